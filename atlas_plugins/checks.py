@@ -1,0 +1,74 @@
+"""Argument checks and reductions shared by loss plugins.
+
+Plugins are free to use these so that every loss answers bad input the same
+way: a :class:`ConfigError` (also a ``ValueError``) naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import ConfigError
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_tau(tau) -> float:
+    """``tau`` must be a finite number > 0."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ConfigError(f"tau must be a positive number, got {tau!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"tau must be a positive number, got {tau!r}")
+    return value
+
+
+def check_alpha(alpha) -> float:
+    """``alpha`` must lie in [0, 1]."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    return value
+
+
+def check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    return reduction
+
+
+def check_matrix(x, arg: str) -> torch.Tensor:
+    """``x`` must be a floating 2-D tensor ``(B, D)``."""
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"{arg} must be a torch.Tensor of shape (B, D), got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ConfigError(f"{arg} must be 2-D (B, D), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ConfigError(f"{arg} must be a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def check_pair(student, teacher, *, min_batch: int = 1, names=("student", "teacher")) -> None:
+    """Both 2-D, the same batch size, and at least ``min_batch`` rows."""
+    check_matrix(student, names[0])
+    check_matrix(teacher, names[1])
+    if student.shape[0] != teacher.shape[0]:
+        raise ConfigError(f"{names[0]} and {names[1]} batch sizes differ: {student.shape[0]} vs {teacher.shape[0]}")
+    if student.shape[0] < min_batch:
+        raise ConfigError(f"this loss compares rows within a batch and needs batch size >= {min_batch}, "
+                          f"got {student.shape[0]}")
+
+
+def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply ``reduction`` to a per-sample loss vector ``(B,)``."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample

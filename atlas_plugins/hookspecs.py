@@ -1,0 +1,60 @@
+"""Hook specifications: the four things a plugin can add.
+
+A plugin is a module (or any object) with functions decorated by
+``atlas_plugins.hookimpl`` and named after one of the hooks below.  Each hook
+receives a ``register`` callable; the plugin calls it once per object::
+
+    register(name: str, obj, description: str = "")
+
+Names are unique per kind; the plugin's distribution is recorded for
+``atlas-run --list-plugins``.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("atlas")
+hookimpl = pluggy.HookimplMarker("atlas")
+
+
+@hookspec
+def register_losses(register):
+    """Register loss functions.
+
+    :param register: call ``register(name, fn, description)``; ``fn(student,
+        teacher, *, tau=1.0, reduction="mean", **params)`` takes a student
+        tensor ``(B, Ds)`` (or a sequence of level tensors) and a teacher
+        tensor ``(B, Dt)`` and returns a scalar, or a ``(B,)`` tensor when
+        ``reduction="none"``.
+    """
+
+
+@hookspec
+def register_schedules(register):
+    """Register temperature schedules.
+
+    :param register: call ``register(name, fn, description)``; ``fn(start,
+        end, num_stages)`` returns a callable ``stage -> tau`` (a float > 0)
+        for stages ``0 .. num_stages - 1``.
+    """
+
+
+@hookspec
+def register_teachers(register):
+    """Register teacher loaders.
+
+    :param register: call ``register(name, fn, description)``; ``fn(path,
+        **params)`` returns an ``atlas_plugins.TeacherData``.  Give ``fn`` a
+        ``suffixes`` attribute (e.g. ``(".npy",)``) to be picked by file suffix
+        when a pipeline names no loader.
+    """
+
+
+@hookspec
+def register_students(register):
+    """Register student models.
+
+    :param register: call ``register(name, fn, description)``; ``fn(input_dim,
+        dim, **params)`` returns a ``torch.nn.Module`` mapping ``(B, input_dim)``
+        to ``(B, dim)`` (or a tuple of level tensors, coarse first).  A student
+        that can reconstruct its input also has ``decode(z) -> (B, input_dim)``.
+    """

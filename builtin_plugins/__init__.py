@@ -1,0 +1,36 @@
+"""The built-in plugins, registered through the same hooks a third-party package uses."""
+
+from atlas_plugins import hookimpl
+
+from . import losses, schedules, students, teachers
+
+
+@hookimpl
+def register_losses(register):
+    register("mse", losses.mse, "MSE; relational on similarity matrices when dimensions differ")
+    register("cosine", losses.cosine, "cosine distance; Pearson of similarity rows when dimensions differ")
+    register("relational", losses.relational, "soft-neighbour KL of in-batch similarities (any dims)")
+    register("kl", losses.kl, "Hinton KL between softened logits")
+    register("combined", losses.combined, "alpha * distillation + (1 - alpha) * reconstruction")
+    register("hierarchical", losses.hierarchical, "weighted sum of a base loss over student levels")
+
+
+@hookimpl
+def register_schedules(register):
+    register("linear", schedules.linear, "tau falls linearly from start to end")
+    register("exponential", schedules.exponential, "tau falls geometrically from start to end")
+    register("cosine", schedules.cosine, "tau follows half a cosine from start to end")
+
+
+@hookimpl
+def register_teachers(register):
+    register("pt", teachers.pt, "torch checkpoint (tensor or dict), loaded with weights_only=True")
+    register("npy", teachers.npy, "NumPy .npy (memory-mapped) or .npz")
+    register("safetensors", teachers.safetensors, "safetensors file (optional extra)")
+
+
+@hookimpl
+def register_students(register):
+    register("linear", students.linear, "one linear layer")
+    register("mlp", students.mlp, "MLP with GELU hidden layers")
+    register("hierarchical", students.hierarchical, "coarse dim + fine dim*dim levels")

@@ -1,0 +1,148 @@
+"""Built-in distillation losses.
+
+Notation: student ``s`` (B, Ds), teacher ``t`` (B, Dt); ``ŝ, t̂`` are the rows
+L2-normalised; ``S = ŝŝᵀ`` and ``T = t̂t̂ᵀ`` are in-batch cosine similarity
+matrices; ``j≠i`` leaves the diagonal out.  Every loss takes ``tau`` (> 0) and
+``reduction`` ("mean", "sum" or "none" for the per-sample vector ``(B,)``).
+The teacher never receives a gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from atlas_plugins.checks import check_alpha, check_matrix, check_pair, check_reduction, check_tau, reduce
+from atlas_plugins.errors import ConfigError
+
+
+def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The ``(B, B-1)`` matrix of ``m``'s off-diagonal entries, row by row."""
+    b = m.shape[0]
+    return m.flatten()[1:].view(b - 1, b + 1)[:, :-1].reshape(b, b - 1)
+
+
+def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x̂ x̂ᵀ``: pairwise cosine similarities of the rows of ``x`` (B, D) -> (B, B)."""
+    xn = F.normalize(x, dim=1)
+    return xn @ xn.T
+
+
+def _teacher_sims(teacher: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return off_diagonal(cosine_matrix(teacher.detach()))
+
+
+def mse(student, teacher, *, tau=1.0, reduction="mean"):
+    """Mean squared error; relational (on similarity matrices) when dimensions differ.
+
+    Ds = Dt: ℓᵢ = mean_d (sᵢd − tᵢd)².  Ds ≠ Dt: ℓᵢ = mean_{j≠i} (Sᵢⱼ − Tᵢⱼ)².
+    """
+    check_tau(tau), check_reduction(reduction)
+    check_pair(student, teacher)
+    if student.shape[1] == teacher.shape[1]:
+        per = (student - teacher.detach()).pow(2).mean(dim=1)
+    else:
+        check_pair(student, teacher, min_batch=2)
+        per = (off_diagonal(cosine_matrix(student)) - _teacher_sims(teacher)).pow(2).mean(dim=1)
+    return reduce(per, reduction)
+
+
+def cosine(student, teacher, *, tau=1.0, reduction="mean"):
+    """Cosine distance; relational (Pearson of similarity rows) when dimensions differ.
+
+    Ds = Dt: ℓᵢ = 1 − cos(sᵢ, tᵢ).  Ds ≠ Dt: ℓᵢ = 1 − corr(S_{i,j≠i}, T_{i,j≠i}).
+    """
+    check_tau(tau), check_reduction(reduction)
+    check_pair(student, teacher)
+    if student.shape[1] == teacher.shape[1]:
+        per = 1.0 - F.cosine_similarity(student, teacher.detach(), dim=1)
+    else:
+        check_pair(student, teacher, min_batch=3)
+        a = off_diagonal(cosine_matrix(student))
+        b = _teacher_sims(teacher)
+        a = a - a.mean(dim=1, keepdim=True)
+        b = b - b.mean(dim=1, keepdim=True)
+        corr = (a * b).sum(1) / (a.pow(2).sum(1) * b.pow(2).sum(1)).clamp_min(1e-24).sqrt()
+        per = 1.0 - corr
+    return reduce(per, reduction)
+
+
+def relational(student, teacher, *, tau=1.0, reduction="mean"):
+    """Soft-neighbour KL between in-batch similarity distributions (any Ds, Dt).
+
+    Pᵢ = softmax_{j≠i}(Tᵢⱼ/τ), Qᵢ = softmax_{j≠i}(Sᵢⱼ/τ), ℓᵢ = τ² · KL(Pᵢ ‖ Qᵢ).
+    """
+    tau = check_tau(tau)
+    check_reduction(reduction)
+    check_pair(student, teacher, min_batch=2)
+    log_p = torch.log_softmax(_teacher_sims(teacher) / tau, dim=1)
+    log_q = torch.log_softmax(off_diagonal(cosine_matrix(student)) / tau, dim=1)
+    per = (log_p.exp() * (log_p - log_q)).sum(dim=1) * tau**2
+    return reduce(per, reduction)
+
+
+def kl(student, teacher, *, tau=1.0, reduction="mean"):
+    """Hinton KL on logits: p = softmax(t/τ), q = softmax(s/τ), ℓᵢ = τ² · KL(pᵢ ‖ qᵢ).
+
+    ``student`` and ``teacher`` are logits ``(B, C)`` with the same C; "mean"
+    averages the per-sample KL over the batch.
+    """
+    tau = check_tau(tau)
+    check_reduction(reduction)
+    check_pair(student, teacher, names=("student_logits", "teacher_logits"))
+    if student.shape[1] != teacher.shape[1]:
+        raise ConfigError(f"kl needs the same number of classes for student_logits and teacher_logits, "
+                          f"got {student.shape[1]} and {teacher.shape[1]}")
+    log_p = torch.log_softmax(teacher.detach() / tau, dim=1)
+    log_q = torch.log_softmax(student / tau, dim=1)
+    per = (log_p.exp() * (log_p - log_q)).sum(dim=1) * tau**2
+    return reduce(per, reduction)
+
+
+def _base(name: str):
+    from atlas_plugins import get_loss  # looked up by name, so third-party bases work too
+
+    if not isinstance(name, str):
+        raise ConfigError(f"base must be a loss name, got {name!r}")
+    return get_loss(name)
+
+
+def combined(student, teacher, *, tau=1.0, reduction="mean", alpha=0.5, reconstruction_loss=None, base="relational"):
+    """α · base(s, t, τ) + (1 − α) · reconstruction_loss; plain ``base`` without one.
+
+    ``reconstruction_loss`` is a scalar tensor (or ``(B,)`` with reduction "none").
+    """
+    alpha = check_alpha(alpha)
+    distill = _base(base)(student, teacher, tau=tau, reduction=reduction)
+    if reconstruction_loss is None:
+        return distill
+    if not isinstance(reconstruction_loss, torch.Tensor):
+        reconstruction_loss = torch.as_tensor(reconstruction_loss, dtype=distill.dtype, device=distill.device)
+    return alpha * distill + (1.0 - alpha) * reconstruction_loss
+
+
+def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights=None, base="relational"):
+    """Σₗ wₗ · base(sₗ, tₗ, τ) over levels, coarse first (e.g. 5-D then 25-D).
+
+    ``student`` is a sequence of level tensors ``(B, Dₗ)``; ``teacher`` is one
+    tensor used for every level, or one tensor per level.  Weights default to
+    equal and summing to 1.
+    """
+    levels = [student] if isinstance(student, torch.Tensor) else list(student)
+    if not levels:
+        raise ConfigError("hierarchical needs at least one student level")
+    teachers = [teacher] * len(levels) if isinstance(teacher, torch.Tensor) else list(teacher)
+    if len(teachers) != len(levels):
+        raise ConfigError(f"hierarchical got {len(levels)} student levels but {len(teachers)} teacher levels")
+    if weights is None:
+        weights = [1.0 / len(levels)] * len(levels)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(levels) or any(w < 0 for w in weights):
+        raise ConfigError(f"weights must be {len(levels)} non-negative numbers (one per level), got {weights}")
+    fn = _base(base)
+    for i, level in enumerate(levels):
+        check_matrix(level, f"student level {i}")
+    return sum(w * fn(s, t, tau=tau, reduction=reduction) for w, s, t in zip(weights, levels, teachers))

@@ -1,0 +1,96 @@
+"""Built-in students: ``linear``, ``mlp`` and ``hierarchical`` (coarse ``dim`` + fine ``dim × dim``)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from atlas_plugins.errors import ConfigError
+
+
+def _sizes(hidden) -> list[int]:
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = [hidden]
+    if not isinstance(hidden, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+        raise ConfigError(f"hidden must be a list of positive integers, got {hidden!r}")
+    return list(hidden)
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class MLPStudent(nn.Module):
+    """``(B, input_dim) -> (B, dim)`` through GELU hidden layers; optionally decodes back.
+
+    With ``reconstruct=True`` a mirrored decoder maps ``z`` back to ``(B, input_dim)``
+    (used by the ``combined`` loss as its reconstruction term).
+    """
+
+    def __init__(self, input_dim: int, dim: int, hidden: Sequence[int] = (), reconstruct: bool = False):
+        super().__init__()
+        hidden = list(hidden)
+        self.encoder = _mlp([input_dim, *hidden, dim])
+        self.decoder = _mlp([dim, *reversed(hidden), input_dim]) if reconstruct else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            raise ConfigError("this student was built without reconstruct = true")
+        return self.decoder(z)
+
+
+class HierarchicalStudent(nn.Module):
+    """Two levels from one trunk: coarse ``(B, dim)`` and fine ``(B, dim·dim)``, coarse first."""
+
+    def __init__(self, input_dim: int, dim: int, hidden: Sequence[int] = (256,), reconstruct: bool = False):
+        super().__init__()
+        hidden = list(hidden)
+        width = hidden[-1] if hidden else input_dim
+        self.trunk = nn.Sequential(_mlp([input_dim, *hidden]), nn.GELU()) if hidden else nn.Identity()
+        self.coarse = nn.Linear(width, dim)
+        self.fine = nn.Linear(width + dim, dim * dim)
+        self.decoder = _mlp([dim * dim, *reversed(hidden), input_dim]) if reconstruct else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        coarse = self.coarse(h)
+        return coarse, self.fine(torch.cat([h, coarse], dim=1))
+
+    def decode(self, z) -> torch.Tensor:
+        if self.decoder is None:
+            raise ConfigError("this student was built without reconstruct = true")
+        return self.decoder(z[-1] if isinstance(z, (tuple, list)) else z)
+
+
+def _check_dims(input_dim, dim):
+    for name, v in (("input_dim", input_dim), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"student {name} must be a positive integer, got {v!r}")
+
+
+def linear(input_dim: int, dim: int = 5, reconstruct: bool = False):
+    """One linear map (the quickstart's student)."""
+    _check_dims(input_dim, dim)
+    return MLPStudent(input_dim, dim, [], reconstruct=reconstruct)
+
+
+def mlp(input_dim: int, dim: int = 5, hidden: Sequence[int] = (256,), reconstruct: bool = False):
+    """Multi-layer perceptron with GELU hidden layers."""
+    _check_dims(input_dim, dim)
+    return MLPStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)
+
+
+def hierarchical(input_dim: int, dim: int = 5, hidden: Sequence[int] = (256,), reconstruct: bool = False):
+    """Coarse ``dim`` and fine ``dim × dim`` levels; pair with the ``hierarchical`` loss."""
+    _check_dims(input_dim, dim)
+    return HierarchicalStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)

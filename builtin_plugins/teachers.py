@@ -1,0 +1,124 @@
+"""Built-in teacher loaders: ``pt``, ``npy`` (also ``.npz``) and ``safetensors``."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas_plugins.checkpoint import safe_load
+from atlas_plugins.errors import DataError
+from atlas_plugins.teacher import TeacherData
+
+
+def _exists(path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: teacher file not found")
+    return p
+
+
+def _read_meta(meta, n_hint=None):
+    """Texts and labels from a JSONL file with ``text`` and optional ``label`` fields."""
+    p = Path(meta)
+    if not p.is_file():
+        raise DataError(f"{p}: meta file not found")
+    texts, labels = [], []
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                texts.append(str(row["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field") from None
+            labels.append(row.get("label"))
+    return texts, (labels if any(lab is not None for lab in labels) else None)
+
+
+def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = None):
+    """Torch checkpoint: a tensor, or a dict with ``embeddings`` and optional ``labels``/``texts``/``model_state``."""
+    obj = safe_load(_exists(path), trust=trust, what="teacher file")
+    labels = texts = state = None
+    if isinstance(obj, dict):
+        if key not in obj:
+            raise DataError(f"{path}: no key '{key}' in the checkpoint; keys are: {', '.join(map(str, obj)) or 'none'}")
+        emb = obj[key]
+        labels, texts, state = obj.get("labels"), obj.get("texts"), obj.get("model_state")
+        if isinstance(labels, torch.Tensor):
+            labels = labels.tolist()
+    else:
+        emb = obj
+    if isinstance(emb, np.ndarray):
+        emb = torch.from_numpy(emb)
+    if not isinstance(emb, torch.Tensor):
+        raise DataError(f"{path}: '{key}' is a {type(emb).__name__}, expected a tensor of shape (N, D)")
+    if meta is not None:
+        texts, labels = _read_meta(meta)
+    return TeacherData(emb, labels=labels, texts=texts, model_state=state, source=str(path))
+
+
+pt.suffixes = (".pt", ".pth")
+
+
+def npy(path, key: str | None = None, meta: str | None = None):
+    """NumPy ``.npy`` (memory-mapped, never read whole) or ``.npz`` (one array by ``key``).
+
+    ``meta`` names a JSONL file with a ``text`` (and optional ``label``) per row.
+    """
+    p = _exists(path)
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as archive:
+                if key is None:
+                    key = "embeddings" if "embeddings" in archive.files else archive.files[0] if len(archive.files) == 1 else None
+                if key not in archive.files:
+                    raise DataError(f"{p}: no array '{key}' in the .npz; arrays are: {', '.join(archive.files)}; "
+                                    "set key in [teacher]")
+                emb = archive[key]
+                labels = archive["labels"].tolist() if "labels" in archive.files else None
+        else:
+            emb = np.load(p, mmap_mode="r", allow_pickle=False)
+            labels = None
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{p}: not a readable NumPy file ({str(exc).splitlines()[0][:160]})") from None
+    texts = None
+    if meta is not None:
+        texts, meta_labels = _read_meta(meta)
+        labels = meta_labels if meta_labels is not None else labels
+    return TeacherData(emb, labels=labels, texts=texts, source=str(p))
+
+
+npy.suffixes = (".npy", ".npz")
+
+
+def safetensors(path, key: str = "embeddings", meta: str | None = None):
+    """A ``.safetensors`` file (needs the ``safetensors`` extra); the tensor named ``key``."""
+    p = _exists(path)
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise DataError("the safetensors teacher needs the optional extra: pip install 'atlas-distill[safetensors]'") from None
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            keys = list(fh.keys())
+            if key not in keys:
+                raise DataError(f"{p}: no tensor '{key}'; tensors are: {', '.join(keys) or 'none'}")
+            emb = fh.get_tensor(key)
+    except DataError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+        raise DataError(f"{p}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+    texts = labels = None
+    if meta is not None:
+        texts, labels = _read_meta(meta)
+    return TeacherData(emb, labels=labels, texts=texts, source=str(p))
+
+
+safetensors.suffixes = (".safetensors",)
