@@ -60,7 +60,7 @@ class TeacherData:
             if isinstance(block, torch.Tensor):
                 yield start, block.to(torch.float32)
             else:
-                yield start, torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+                yield start, torch.from_numpy(np.array(block, dtype=np.float32))
 
 
 def _dtype_name(emb) -> str:

@@ -1,0 +1,76 @@
+"""``torch.distributed`` glue: ranks from ``torchrun``'s environment, DDP on ``gloo`` (CPU) or ``nccl`` (CUDA).
+
+Without ``WORLD_SIZE`` > 1 in the environment everything is a no-op and the
+run is a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+
+
+@attrs.frozen
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_from_env(device: torch.device) -> DistInfo:
+    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def broadcast(info: DistInfo, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (our own state only: it travels pickled between our processes)."""
+    if not info.active:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_ok(info: DistInfo, ok: bool) -> bool:
+    """True when every rank reports ``ok`` (so all ranks stop together on an error)."""
+    if not info.active:
+        return ok
+    flag = torch.tensor([0 if ok else 1])
+    dist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def mean(info: DistInfo, value: float) -> float:
+    """The mean of ``value`` over all ranks."""
+    if not info.active:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.active and dist.is_initialized():
+        dist.destroy_process_group()
