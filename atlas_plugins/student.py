@@ -44,7 +44,7 @@ class TrainedStudent:
         outs: list = []
         for start in range(0, x.shape[0], batch_size):
             block = x[start:start + batch_size]
-            block = torch.as_tensor(np.asarray(block) if not isinstance(block, torch.Tensor) else block)
+            block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block, dtype=np.float32))
             z = self.module(block.to(device=device, dtype=torch.float32))
             outs.append(tuple(z) if isinstance(z, (tuple, list)) else (z,))
         levels = [torch.cat([o[i] for o in outs]).cpu() for i in range(len(outs[0]))] if outs else []

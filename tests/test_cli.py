@@ -1,0 +1,266 @@
+"""``atlas-run`` driven as a user drives it: the real entry point, in a subprocess, on real data."""
+
+import json
+import os
+import textwrap
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins import load_student
+from conftest import EXAMPLE_META, EXAMPLE_NPY, run_atlas
+
+
+def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
+                   student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run"):
+    teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
+    sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
+    text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
+            f"[train]\nepochs_per_stage = {epochs}\nbatch_size = 128\nlearning_rate = 2e-3\nseed = 0\n"
+            f"val_fraction = 0.2\neval_rows = 300\n[output]\ndir = \"{output}\"\nplots = false\n{extra}")
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def weights(path):
+    return load_student(path).module.state_dict()
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def one_error_line(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atlas-run: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    proc = run_atlas(write_pipeline(folder), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return folder, proc
+
+
+def test_full_run_leaves_everything_it_promises(finished_run):
+    folder, proc = finished_run
+    run = folder / "run"
+    resolved = tomllib.loads((run / "pipeline.toml").read_text())
+    assert resolved["train"]["accumulate"] == 1 and resolved["train"]["weight_decay"] == 0.0
+    assert resolved["student"]["reconstruct"] is False and resolved["output"]["dir"] == str(run)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["stage"], m["epoch"]) for m in metrics] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert {"stage", "epoch", "tau", "train_loss", "val_loss", "seconds", "samples_per_s"} <= set(metrics[0])
+    assert metrics[0]["tau"] == pytest.approx(0.2) and metrics[-1]["tau"] == pytest.approx(0.05)
+    assert (run / "checkpoints" / "stage-0.pt").is_file() and (run / "checkpoints" / "stage-1.pt").is_file()
+    ckpt = torch.load(run / "checkpoints" / "stage-0.pt", weights_only=True)
+    assert {"student", "optimizer", "rng", "position", "config_hash"} <= set(ckpt)
+    student = load_student(run / "student.pt")
+    x = np.load(EXAMPLE_NPY, mmap_mode="r")
+    z = student.encode(x)
+    assert z.shape == (x.shape[0], 5) and torch.isfinite(z).all()
+    report = json.loads((run / "report.json").read_text())
+    assert report["student"]["recall@10"] > 0 and "axis_cards" in report
+    assert "stage 1/2" in proc.stdout and "stage 2/2" in proc.stdout and "recall@10" in proc.stdout
+
+
+def test_same_seed_gives_bit_identical_student(finished_run, tmp_path):
+    folder, _ = finished_run
+    proc = run_atlas(write_pipeline(tmp_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert same_weights(weights(tmp_path / "run" / "student.pt"), weights(folder / "run" / "student.pt"))
+
+
+def test_resume_from_a_stage_checkpoint_ends_bit_identical(finished_run, tmp_path):
+    folder, _ = finished_run
+    run_atlas(write_pipeline(tmp_path), "--quiet")
+    run = tmp_path / "run"
+    for name in ("checkpoints/stage-1.pt", "checkpoints/latest.pt", "student.pt"):  # as if killed in stage 2
+        (run / name).unlink()
+    proc = run_atlas(tmp_path / "pipeline.toml", "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in proc.stdout and "stage-0.pt" in proc.stdout
+    assert "stage 1/2" not in proc.stdout and "stage 2/2" in proc.stdout
+    assert same_weights(weights(run / "student.pt"), weights(folder / "run" / "student.pt"))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_dry_run_checks_and_writes_nothing(tmp_path):
+    proc = run_atlas(write_pipeline(tmp_path), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "teacher    npy:" in proc.stdout and "(2642 x 384 float32, with labels and texts)" in proc.stdout
+    assert "tau 0.2, 0.05 over 2 stage(s)" in proc.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_values(tmp_path):
+    proc = run_atlas(write_pipeline(tmp_path), "--set", "train.epochs_per_stage=1", "--set", "schedule.stages=1",
+                     "--set", 'output.dir="other"', "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "other" / "metrics.jsonl").read_text().splitlines()) == 1
+    resolved = tomllib.loads((tmp_path / "other" / "pipeline.toml").read_text())
+    assert resolved["train"]["epochs_per_stage"] == 1
+
+
+def test_relative_paths_resolve_against_the_pipeline_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "t.npy", np.load(EXAMPLE_NPY)[:600])
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    write_pipeline(sub, teacher='path = "../data/t.npy"', stages=1, epochs=1)
+    proc = run_atlas("configs/pipeline.toml", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (sub / "run" / "student.pt").is_file()
+
+
+THIRD_PARTY = """
+    import atlas_plugins
+    from atlas_plugins.checks import check_pair, reduce
+
+    def sq_relational(student, teacher, *, tau=1.0, reduction="mean", power=2.0):
+        check_pair(student, teacher, min_batch=2)
+        s = atlas_plugins.get_loss("mse")(student, teacher, tau=tau, reduction="none")
+        return reduce(s ** (power / 2), reduction)
+
+    @atlas_plugins.hookimpl
+    def register_losses(register):
+        register("sq-relational", sq_relational, "a third-party test loss")
+"""
+
+
+def test_third_party_loss_named_in_the_pipeline(tmp_path):
+    from test_registry import make_distribution
+
+    site = tmp_path / "site"
+    site.mkdir()
+    make_distribution(site, "atlas-sq", "atlas_sq_plugin", THIRD_PARTY)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    pipe = write_pipeline(tmp_path, loss='name = "sq-relational"\npower = 3.0', stages=1, epochs=1)
+    listing = run_atlas("--list-plugins", env=env)
+    assert "sq-relational" in listing.stdout and "atlas-sq 1.0" in listing.stdout
+    proc = run_atlas(pipe, "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert tomllib.loads((tmp_path / "run" / "pipeline.toml").read_text())["loss"] == {"name": "sq-relational",
+                                                                                      "power": 3.0}
+    bad = run_atlas(pipe, "--dry-run", "--set", "loss.powr=1", env=env)
+    one_error_line(bad, "loss.powr is not a parameter of loss 'sq-relational'", "did you mean 'power'?")
+
+
+@pytest.mark.parametrize("teacher_kind", ["pt", "npz", "safetensors"])
+def test_teacher_loaders_by_name_and_by_suffix(tmp_path, teacher_kind):
+    emb = np.load(EXAMPLE_NPY)[:500]
+    if teacher_kind == "pt":
+        torch.save({"embeddings": torch.from_numpy(emb), "labels": list(range(500))}, tmp_path / "t.pt")
+        teacher = f'path = "{tmp_path / "t.pt"}"'
+    elif teacher_kind == "npz":
+        np.savez(tmp_path / "t.npz", vectors=emb)
+        teacher = f'loader = "npy"\npath = "{tmp_path / "t.npz"}"\nkey = "vectors"'
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"embeddings": torch.from_numpy(emb)}, tmp_path / "t.safetensors")
+        teacher = f'path = "{tmp_path / "t.safetensors"}"'
+    proc = run_atlas(write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert load_student(tmp_path / "run" / "student.pt").encode(torch.from_numpy(emb)).shape == (500, 5)
+
+
+def test_hierarchical_student_with_hierarchical_loss(tmp_path):
+    pipe = write_pipeline(tmp_path, student='name = "hierarchical"\ndim = 5\nhidden = [32]',
+                          loss='name = "hierarchical"\nweights = [0.7, 0.3]\nbase = "relational"',
+                          schedule=False, epochs=1)
+    proc = run_atlas(pipe, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    coarse, fine = load_student(tmp_path / "run" / "student.pt").encode(torch.from_numpy(np.load(EXAMPLE_NPY)[:10]))
+    assert coarse.shape == (10, 5) and fine.shape == (10, 25)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["levels"]) == ["level 0 (5-D)", "level 1 (25-D)"]
+
+
+def test_reconstructing_student_with_combined_loss(tmp_path):
+    pipe = write_pipeline(tmp_path, student='name = "linear"\ndim = 5\nreconstruct = true',
+                          loss='name = "combined"\nalpha = 0.7\nbase = "mse"', epochs=1)
+    proc = run_atlas(pipe, "--quiet", "--set", 'schedule.name="exponential"')
+    assert proc.returncode == 0, proc.stderr
+    resolved = tomllib.loads((tmp_path / "run" / "pipeline.toml").read_text())
+    assert resolved["loss"] == {"name": "combined", "alpha": 0.7, "base": "mse"}
+    assert resolved["schedule"]["name"] == "exponential"
+
+
+def test_list_plugins_table_and_json():
+    table = run_atlas("--list-plugins")
+    assert table.returncode == 0
+    header, *rows = table.stdout.strip().splitlines()
+    assert header.split() == ["KIND", "NAME", "DESCRIPTION", "PROVIDED", "BY"]
+    assert any(r.split()[:2] == ["loss", "relational"] and "atlas-distill" in r for r in rows)
+    listing = json.loads(run_atlas("--list-plugins", "--json").stdout)
+    assert {"kind": "schedule", "name": "cosine"}.items() <= next(p for p in listing if p["name"] == "cosine"
+                                                                  and p["kind"] == "schedule").items()
+    assert all(p["distribution"] == "atlas-distill" for p in listing if p["name"] in ("mse", "npy"))
+
+
+# -- error paths: exit code 2, one line naming the file and key, no traceback -------------------
+@pytest.mark.parametrize("extra_args, edit, fragments", [
+    ((), lambda t: t.replace("batch_size = 128", "batchsize = 128"),
+     ["pipeline.toml: unknown key train.batchsize", "did you mean 'batch_size'?"]),
+    ((), lambda t: t.replace("batch_size = 128", "batch_size = -4"),
+     ["pipeline.toml: train.batch_size must be a positive integer, got -4"]),
+    ((), lambda t: t.replace("learning_rate = 2e-3", 'learning_rate = "fast"'),
+     ["train.learning_rate must be a positive number, got 'fast'"]),
+    ((), lambda t: t.replace('name = "relational"', 'name = "relatinal"'),
+     ["pipeline.toml: loss.name: unknown loss 'relatinal'", "did you mean 'relational'?"]),
+    ((), lambda t: t.replace("hidden = [32]", "hiden = [32]"),
+     ["student.hiden is not a parameter of student 'mlp'", "did you mean 'hidden'?"]),
+    ((), lambda t: t.replace("[output]", "[outptu]"), ["unknown section [outptu]", "did you mean 'output'?"]),
+    ((), lambda t: t.replace("[train]", "[train"), ["pipeline.toml: not valid TOML"]),
+    ((), lambda t: t.replace(str(EXAMPLE_NPY), "/nonexistent/t.npy"), ["/nonexistent/t.npy: teacher file not found"]),
+    ((), lambda t: t.replace(str(EXAMPLE_NPY), "/tmp/t.csv"), ["teacher.loader is not set and no teacher plugin reads '.csv'"]),
+    (("--set", "train.seed"), None, ["--set 'train.seed': expected SECTION.KEY=VALUE"]),
+    (("--set", "trian.seed=1"), None, ["unknown section 'trian'", "did you mean 'train'?"]),
+    (("--set", "train.device=\"cuda:x\""), None, ["train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"]),
+    (("--set", "teacher.dim=100"), None, ["stdlib-minilm.npy: embeddings have dimension 384, but the configuration expects 100"]),
+    (("--set", "train.batch_size=5000"), None, ["2114 training rows", "fewer than train.batch_size = 5000"]),
+    (("--set", "loss.name=\"kl\"", "--set", "schedule.stages=1"), None, ["[loss] loss 'kl'", "same number of classes"]),
+    (("--bogus",), None, ["unrecognized arguments: --bogus"]),
+])
+def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, extra_args, edit, fragments):
+    pipe = write_pipeline(tmp_path)
+    if edit:
+        pipe.write_text(edit(pipe.read_text()))
+    proc = run_atlas(pipe, "--dry-run", *extra_args)
+    one_error_line(proc, *fragments)
+
+
+def test_missing_pipeline_file(tmp_path):
+    one_error_line(run_atlas(tmp_path / "nope.toml"), "nope.toml: pipeline file not found")
+
+
+def test_fresh_run_into_an_occupied_folder_is_refused_unless_overwrite(finished_run, tmp_path):
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    assert run_atlas(pipe, "--quiet").returncode == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    one_error_line(run_atlas(pipe, "--quiet"), "already holds a run", "--resume", "--overwrite")
+    proc = run_atlas(pipe, "--quiet", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path):
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    assert run_atlas(pipe, "--quiet").returncode == 0
+    line = one_error_line(run_atlas(pipe, "--resume", "--set", "train.seed=7", "--set", "student.hidden=[16]"),
+                          "cannot resume: the configuration changed")
+    assert "train.seed: 0 -> 7" in line and "student.hidden: [32] -> [16]" in line
+
+
+def test_resume_with_nothing_to_resume(tmp_path):
+    one_error_line(run_atlas(write_pipeline(tmp_path), "--resume"), "nothing to resume")
