@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -74,7 +75,12 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint") -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines() if ln.strip()]
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", " ".join(lines))
+        if not found:
+            raise CheckpointError(f"{p}: not a readable {what}: it is damaged or not a torch file "
+                                  "(torch.save writes a zip archive)") from None
+        first = f"it would import {found.group(1)}"
         hint = ("set trust = true in [teacher] only for a file you trust" if what == "teacher file"
                 else "only tensors, numbers, strings, lists and dicts can be loaded")
         raise CheckpointError(f"{p}: refused to load {what}: it holds pickled objects that weights_only=True "

@@ -16,6 +16,7 @@ import math
 import os
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -265,6 +266,11 @@ def build_config(doc: dict, path: Path, registry=None) -> PipelineConfig:
         raise ConfigError(f"{path}: missing teacher.path; add [teacher] with path = \"embeddings.npy\"")
     tables = {name: dict(doc.get(name, {})) for name in SECTIONS}
     loss_tau = tables["loss"].pop("tau", None)
+    if loss_tau is not None:
+        try:
+            positive_number(None, SimpleNamespace(name="tau"), loss_tau)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: loss.{exc}") from None
     if loss_tau is not None and "schedule" in doc:
         raise ConfigError(f"{path}: loss.tau is set, but [schedule] sets τ per stage; remove one of them")
     if "schedule" not in doc:  # no curriculum: one stage at a fixed τ

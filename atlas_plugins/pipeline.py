@@ -159,7 +159,10 @@ def _smoke_test(pipe: Pipeline, registry: Registry) -> None:
         except Exception as exc:
             raise PluginError(f"student '{name}' failed on a batch of shape {tuple(x.shape)}: "
                               f"{type(exc).__name__}: {exc}") from None
-        levels = as_student_output(out, name, x.shape[0])
+        try:
+            levels = as_student_output(out, name, x.shape[0])
+        except PluginError as exc:
+            raise PluginError(f"{exc} (distribution '{registry.info('student', name).distribution}')") from None
         xhat = pipe.student.decode(out) if pipe.reconstruct else None
         try:
             loss = pipe.loss(out, x, pipe.taus[0], xhat)

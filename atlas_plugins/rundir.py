@@ -50,6 +50,15 @@ class RunDir:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._lock_fd = fd
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of atomic writes interrupted by a crash (``.<name>.<random>.tmp`` next to a file we own)."""
+        owned = {Path(rel).name: Path(rel).parent for rel in self.manifest()}
+        for tmp in self.path.rglob(".*.tmp"):
+            target = tmp.name[1:].rsplit(".", 2)[0]
+            if target in owned or target == MANIFEST:
+                tmp.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._lock_fd is not None:

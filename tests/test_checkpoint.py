@@ -1,0 +1,109 @@
+"""No code from data: every .pt load is weights_only; atomic writes; student files."""
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins import CheckpointError, load_student, load_teacher_checkpoint
+from atlas_plugins.checkpoint import atomic_save, atomic_write_bytes
+from conftest import EXAMPLE_NPY, run_atlas
+from test_cli import one_error_line, write_pipeline
+
+
+class MakesAFile:
+    """Unpickling this calls open(path, "w"): proof that a loader executed the file's pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (builtins.open, (self.path, "w"))
+
+
+@pytest.fixture
+def evil_pt(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"embeddings": torch.randn(300, 384), "payload": MakesAFile(marker)}, path)
+    return path, marker
+
+
+def test_teacher_checkpoint_with_code_is_refused(evil_pt):
+    path, marker = evil_pt
+    with pytest.raises(CheckpointError, match="refused to load teacher file.*weights_only=True.*it would import io.open"):
+        load_teacher_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_atlas_run_refuses_a_pickled_teacher(evil_pt, tmp_path):
+    path, marker = evil_pt
+    proc = run_atlas(write_pipeline(tmp_path, teacher=f'path = "{path}"'), "--dry-run")
+    one_error_line(proc, "evil.pt: refused to load teacher file", "trust = true")
+    assert not marker.exists()
+
+
+def test_student_file_with_code_is_refused(evil_pt):
+    path, marker = evil_pt
+    with pytest.raises(CheckpointError, match="refused to load student file"):
+        load_student(path)
+    assert not marker.exists()
+
+
+def test_resume_skips_a_checkpoint_with_code(evil_pt, tmp_path):
+    path, marker = evil_pt
+    pipe = write_pipeline(tmp_path, stages=2, epochs=1)
+    assert run_atlas(pipe, "--quiet").returncode == 0
+    (tmp_path / "run" / "checkpoints" / "stage-9.pt").write_bytes(path.read_bytes())
+    proc = run_atlas(pipe, "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipping unreadable checkpoint" in proc.stderr and "stage-9.pt: refused to load checkpoint" in proc.stderr
+    assert not marker.exists()
+
+
+def test_trust_is_an_explicit_opt_in(tmp_path):
+    path = tmp_path / "numpy-inside.pt"
+    torch.save({"embeddings": np.load(EXAMPLE_NPY)[:400]}, path)  # a NumPy array: not allowed by weights_only
+    pipe = write_pipeline(tmp_path, teacher=f'path = "{path}"', stages=1, epochs=1)
+    one_error_line(run_atlas(pipe, "--dry-run"), "refused to load teacher file")
+    proc = run_atlas(pipe, "--dry-run", "--set", "teacher.trust=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "(400 x 384 float32)" in proc.stdout
+
+
+def test_corrupt_and_non_torch_files(tmp_path):
+    trunc = tmp_path / "trunc.pt"
+    torch.save({"embeddings": torch.randn(10, 4)}, trunc)
+    trunc.write_bytes(trunc.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="trunc.pt: not a readable teacher file"):
+        load_teacher_checkpoint(trunc)
+    with pytest.raises(CheckpointError, match="expected a tensor or a dict with 'embeddings'"):
+        torch.save({"vectors": torch.randn(3, 3)}, tmp_path / "k.pt")
+        load_teacher_checkpoint(tmp_path / "k.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_teacher_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_writes_replace_whole_files_and_leave_no_temp(tmp_path):
+    target = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    atomic_save({"w": torch.ones(3)}, tmp_path / "s.pt")
+    assert torch.equal(torch.load(tmp_path / "s.pt", weights_only=True)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.bin", "s.pt", "sub"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "keep.bin"
+    atomic_write_bytes(target, b"good")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"bad")
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]

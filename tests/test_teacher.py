@@ -1,0 +1,73 @@
+"""Bad teacher data is caught before training, with one line naming the file and the problem."""
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins import DataError, TeacherData
+from atlas_plugins.teacher import validate_teacher
+from conftest import EXAMPLE_NPY, run_atlas
+from test_cli import one_error_line, write_pipeline
+
+
+def test_nan_scan_is_chunked_and_names_the_first_bad_row(tmp_path, monkeypatch):
+    emb = np.load(EXAMPLE_NPY)[:1000].copy()
+    emb[777, 3] = np.nan
+    emb[900, 0] = np.inf
+    np.save(tmp_path / "t.npy", emb)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    data = TeacherData(mm, source="t.npy")
+    seen = []
+    original = TeacherData.chunks
+    monkeypatch.setattr(TeacherData, "chunks", lambda self, rows: seen.append(rows) or original(self, rows))
+    with pytest.raises(DataError, match="t.npy: row 777 contains NaN or Inf"):
+        validate_teacher(data, chunk_rows=100)
+    assert seen == [100]
+
+
+def test_rows_reads_only_requested_rows_in_order():
+    emb = np.arange(20, dtype=np.float32).reshape(10, 2)
+    data = TeacherData(emb)
+    assert data.rows(np.array([7, 2, 5])).tolist() == [[14, 15], [4, 5], [10, 11]]
+    assert TeacherData(torch.from_numpy(emb)).rows([1, 0]).tolist() == [[2, 3], [0, 1]]
+
+
+def _text(name, content, teacher):
+    return lambda p: (p / name).write_text(content) and teacher
+
+
+def _npy(arr):
+    return lambda p: np.save(p / "t.npy", arr) or 'path = "t.npy"'
+
+
+CASES = {
+    "nan-row": (_npy(np.where(np.arange(600)[:, None] == 412, np.nan, np.ones((600, 384), np.float32))),
+                ["t.npy: row 412 contains NaN or Inf"]),
+    "one-dimensional": (_npy(np.ones(600, np.float32)), ["t.npy: embeddings must be 2-D (N, D), got shape (600,)"]),
+    "three-dimensional": (_npy(np.ones((600, 4, 4), np.float32)), ["must be 2-D (N, D), got shape (600, 4, 4)"]),
+    "integers": (_npy(np.ones((600, 384), np.int32)), ["unsupported dtype int32", "float32"]),
+    "no-rows": (_npy(np.ones((0, 384), np.float32)), ["embeddings are empty (shape (0, 384))"]),
+    "empty-file": (lambda p: (p / "t.npy").write_bytes(b"") or 'path = "t.npy"', ["t.npy: not a readable NumPy file"]),
+    "text-named-npy": (_text("t.npy", "1,2,3\n", 'path = "t.npy"'),
+                       ["t.npy: not a readable NumPy file"]),
+    "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
+                     or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"', ["t.pt: not a readable teacher file"]),
+    "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
+                        or 'path = "t.npz"', ["t.npz: no array 'None'", "arrays are: a, b", "set key"]),
+    "pt-missing-key": (lambda p: torch.save({"vectors": torch.ones(600, 384)}, p / "t.pt")
+                       or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors"]),
+    "too-few-rows": (_npy(np.ones((100, 384), np.float32)), ["80 training rows", "fewer than train.batch_size = 128"]),
+    "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                    or _text("m.jsonl", '{"text": "a"}\n', 'path = "t.npy"\nmeta = "m.jsonl"')(p),
+                    ["t.npy: 1 texts for 600 embedding rows"]),
+    "meta-not-json": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                      or _text("m.jsonl", "hello\n", 'path = "t.npy"\nmeta = "m.jsonl"')(p),
+                      ["m.jsonl:1: expected a JSON object with a 'text' field"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
+    make, fragments = CASES[case]
+    teacher = make(tmp_path)
+    one_error_line(run_atlas(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
