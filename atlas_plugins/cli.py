@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
         pipe = assemble(config)
         print(pipe.describe())
-        print("dry run: everything checks out; nothing was trained or written")
+        print("dry run: everything checks out; nothing was trained")
         return 0
     from .orchestrator import run_pipeline
 

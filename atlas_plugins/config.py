@@ -295,6 +295,9 @@ def build_config(doc: dict, path: Path, registry=None) -> PipelineConfig:
             key = "loader" if section == "teacher" else "name"
             raise ConfigError(f"{path}: {section}.{key}: {exc}") from None
         params = _check_params(path, section, kind, plugin_name, fn, sec.params)
+        if section == "teacher" and "cache_dir" not in params and _accepts(fn, "cache_dir"):
+            # a teacher that caches what it computes keeps it in the run folder by default
+            params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
         sections[section] = attrs.evolve(sec, params=params)
     return PipelineConfig(source=path, **sections)
 
@@ -352,6 +355,13 @@ def _check_params(path: Path, section: str, kind: str, plugin: str, fn, params: 
             out[pname] = list(p.default) if isinstance(p.default, tuple) else p.default
     out.update({k: v for k, v in params.items() if k not in out})
     return out
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _toml_value(v) -> bool:

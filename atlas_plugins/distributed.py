@@ -71,6 +71,26 @@ def mean(info: DistInfo, value: float) -> float:
     return float(t.item()) / info.world
 
 
+def parameter_digest(module: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def digests(info: DistInfo, module: torch.nn.Module) -> list[str]:
+    """Every rank's parameter digest (rank order); DDP keeps them equal, so they must all match."""
+    mine = parameter_digest(module)
+    if not info.active:
+        return [mine]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, mine)
+    return out
+
+
 def shutdown(info: DistInfo) -> None:
     if info.active and dist.is_initialized():
         dist.destroy_process_group()

@@ -9,7 +9,7 @@ import torch
 
 from . import distributed
 from .config import PipelineConfig, dump_toml
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, resolve_device
 from .registry import Registry
 from .rundir import RunDir
@@ -57,6 +57,12 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         blob = distributed.broadcast(dist, blob)
         trainer = Trainer(pipe, run, dist, progress=progress, echo=echo, resume_hint=command)
         trainer.fit(blob)
+        if dist.active:
+            found = distributed.digests(dist, pipe.student)
+            if len(set(found)) != 1:
+                raise TrainingError(f"ranks finished with different student parameters ({', '.join(d[:12] for d in found)})")
+            if dist.is_main:
+                echo(f"{dist.world} ranks finished with identical student parameters (sha256 {found[0][:16]})")
         student = TrainedStudent(pipe.student, config.student.name, dict(config.student.params),
                                  pipe.teacher.dim, config.student.dim)
         result = RunResult(pipe, student, trainer.metrics)

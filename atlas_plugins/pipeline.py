@@ -83,10 +83,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation split of ``n`` rows; both index arrays sorted."""
+    """Seeded train/validation split of ``n`` rows; both index arrays sorted.
+
+    ``perm = numpy.random.default_rng(seed).permutation(n)``; the last
+    ``round(n * val_fraction)`` rows of ``perm`` are held out.
+    """
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    n_train = n - int(round(n * val_fraction))
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
 def _call_plugin(section: str, kind: str, name: str, fn, *args, **kwargs):

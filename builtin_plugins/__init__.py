@@ -2,7 +2,7 @@
 
 from atlas_plugins import hookimpl
 
-from . import losses, schedules, students, teachers
+from . import losses, schedules, students, teachers, text
 
 
 @hookimpl
@@ -13,6 +13,7 @@ def register_losses(register):
     register("kl", losses.kl, "Hinton KL between softened logits")
     register("combined", losses.combined, "alpha * distillation + (1 - alpha) * reconstruction")
     register("hierarchical", losses.hierarchical, "weighted sum of a base loss over student levels")
+    register("neighbors", losses.neighbors, "calibrated neighbour KL for very low dimensions (distance kernel)")
 
 
 @hookimpl
@@ -27,6 +28,8 @@ def register_teachers(register):
     register("pt", teachers.pt, "torch checkpoint (tensor or dict), loaded with weights_only=True")
     register("npy", teachers.npy, "NumPy .npy (memory-mapped) or .npz")
     register("safetensors", teachers.safetensors, "safetensors file (optional extra)")
+    register("sentence-transformers", text.sentence_transformers,
+             "embed a .txt/.jsonl file with a local SentenceTransformer model (optional extra 'text')")
 
 
 @hookimpl

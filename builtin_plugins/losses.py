@@ -146,3 +146,35 @@ def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights=None, b
     for i, level in enumerate(levels):
         check_matrix(level, f"student level {i}")
     return sum(w * fn(s, t, tau=tau, reduction=reduction) for w, s, t in zip(weights, levels, teachers))
+
+
+def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel="gaussian", dof=1.0):
+    """Neighbour-preserving KL for very low dimensions (2–10-D students).
+
+    The teacher side is calibrated per point: each row of in-batch cosine
+    similarities is standardised, zᵢⱼ = (Tᵢⱼ − meanⱼ Tᵢ)/stdⱼ Tᵢ, so τ means the
+    same on any teacher (MiniLM's spread-out similarities, OpenAI's narrow
+    band).  The student side is a distance kernel, not a cosine:
+
+    Pᵢ = softmax_{j≠i}(zᵢⱼ/τ);  Qᵢ ∝ k(‖sᵢ − sⱼ‖²) over j≠i, with
+    k(d²) = exp(−d²) ("gaussian") or (1 + d²/ν)^(−(ν+1)/2) ("student-t", ν = dof);
+    ℓᵢ = KL(Pᵢ ‖ Qᵢ).
+    """
+    tau = check_tau(tau)
+    check_reduction(reduction)
+    check_pair(student, teacher, min_batch=3)
+    if kernel not in ("gaussian", "student-t"):
+        raise ConfigError(f"kernel must be 'gaussian' or 'student-t', got {kernel!r}")
+    with torch.no_grad():
+        t = _teacher_sims(teacher)
+        z = (t - t.mean(dim=1, keepdim=True)) / t.std(dim=1, keepdim=True).clamp_min(1e-8)
+        log_p = torch.log_softmax(z / tau, dim=1)
+    sq = student.pow(2).sum(dim=1)
+    d2 = off_diagonal((sq[:, None] + sq[None, :] - 2.0 * student @ student.T).clamp_min(0.0))
+    if kernel == "gaussian":
+        logits = -d2
+    else:
+        logits = -(float(dof) + 1.0) / 2.0 * torch.log1p(d2 / float(dof))
+    log_q = torch.log_softmax(logits, dim=1)
+    per = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return reduce(per, reduction)

