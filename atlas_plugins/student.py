@@ -8,6 +8,7 @@ same way as a built-in one.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import attrs
@@ -30,24 +31,30 @@ class TrainedStudent:
     input_dim: int = 0
     dim: int = 0
 
-    @torch.no_grad()
-    def encode(self, x, batch_size: int = 65536):
+    @torch.inference_mode()
+    def encode(self, x, batch_size: int = 65536, precision: str = "float32"):
         """Map teacher vectors ``(N, Dt)`` to student vectors ``(N, Ds)`` in batches.
 
         Accepts a tensor or a (possibly memory-mapped) NumPy array; returns a
         CPU float32 tensor, or a tuple of them for a multi-level student.
+        ``precision="bfloat16"`` runs the student in bfloat16 (about twice as
+        fast on CPUs with bf16 matrix units; coordinates differ by ~1e-2).
         """
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"encode expects shape (N, {self.input_dim}), got {tuple(x.shape)}")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        dtype = getattr(torch, precision)
         self.module.eval()
         device = next(self.module.parameters()).device
+        module = self.module if dtype == torch.float32 else copy.deepcopy(self.module).to(dtype)
         outs: list = []
         for start in range(0, x.shape[0], batch_size):
             block = x[start:start + batch_size]
             block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block, dtype=np.float32))
-            z = self.module(block.to(device=device, dtype=torch.float32))
+            z = module(block.to(device=device, dtype=dtype))
             outs.append(tuple(z) if isinstance(z, (tuple, list)) else (z,))
-        levels = [torch.cat([o[i] for o in outs]).cpu() for i in range(len(outs[0]))] if outs else []
+        levels = [torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0]))] if outs else []
         return levels[0] if len(levels) == 1 else tuple(levels)
 
     def save(self, path) -> None:

@@ -7,6 +7,7 @@ shape ``(N, D)``; batches are read row by row with :meth:`TeacherData.rows`.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, Sequence
 
 import attrs
@@ -16,6 +17,7 @@ import torch
 from .errors import DataError
 
 FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+CHUNK_BYTES = 8 * 2**20
 
 
 @attrs.define
@@ -49,18 +51,52 @@ class TeacherData:
         idx = np.asarray(index, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), emb.shape[1]), dtype=np.float32)
-        out[order] = emb[idx[order]]
+        if _file_backed(emb):
+            sidx = idx[order]
+            cuts = np.flatnonzero(np.diff(sidx) != 1) + 1
+            fd = os.open(emb.filename, os.O_RDONLY)
+            try:
+                for pos, run in zip(np.concatenate([[0], cuts]), np.split(sidx, cuts)):
+                    out[order[pos:pos + len(run)]] = _pread(emb, int(run[0]), int(run[0]) + len(run), fd)
+            finally:
+                os.close(fd)
+        else:
+            out[order] = emb[idx[order]]
         return torch.from_numpy(out)
 
-    def chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(start, rows)`` over the whole array, ``chunk_rows`` at a time."""
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(start, rows)`` over the whole array, ``chunk_rows`` at a time (default: about 8 MB)."""
+        chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * self.dim))
         for start in range(0, self.num_rows, chunk_rows):
             stop = min(start + chunk_rows, self.num_rows)
-            block = self.embeddings[start:stop]
+            block = _pread(self.embeddings, start, stop) if _file_backed(self.embeddings) else self.embeddings[start:stop]
             if isinstance(block, torch.Tensor):
                 yield start, block.to(torch.float32)
             else:
                 yield start, torch.from_numpy(np.array(block, dtype=np.float32))
+
+
+def _file_backed(emb) -> bool:
+    """A C-ordered ``np.memmap`` of a file: read with ``pread`` so the map's pages never count as our memory."""
+    return isinstance(emb, np.memmap) and bool(getattr(emb, "filename", None)) and emb.flags.c_contiguous \
+        and emb.ndim == 2
+
+
+def _pread(emb: np.memmap, start: int, stop: int, fd: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of a memory-mapped array, read from its file (not through the map).
+
+    Touching the map would make every page read part of the process's resident
+    memory; ``pread`` copies just these rows and leaves the page cache to the kernel.
+    """
+    row_bytes = emb.shape[1] * emb.itemsize
+    own = fd is None
+    fd = os.open(emb.filename, os.O_RDONLY) if own else fd
+    try:
+        buf = os.pread(fd, (stop - start) * row_bytes, emb.offset + start * row_bytes)
+    finally:
+        if own:
+            os.close(fd)
+    return np.frombuffer(buf, dtype=emb.dtype).reshape(stop - start, emb.shape[1])
 
 
 def _dtype_name(emb) -> str:
@@ -68,7 +104,7 @@ def _dtype_name(emb) -> str:
 
 
 def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int = 1,
-                     chunk_rows: int = 65536) -> TeacherData:
+                     chunk_rows: int | None = None) -> TeacherData:
     """Check shape, dtype and values before any training; raise :class:`DataError` naming the file.
 
     The NaN/Inf scan reads ``chunk_rows`` rows at a time, so a memory-mapped

@@ -1,0 +1,64 @@
+"""Teacher files larger than memory: batches, validation and the NaN scan stream from the file."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins import TeacherData
+from conftest import EXAMPLE_NPY
+from test_cli import write_pipeline
+
+
+def make_teacher(path, rows, dim=384, chunk=50_000):
+    """A real-directions teacher of ``rows`` rows, written in chunks (never whole in this process)."""
+    base = np.load(EXAMPLE_NPY)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        block = base[rng.integers(0, len(base), n)] + 0.01 * rng.standard_normal((n, dim), dtype=np.float32)
+        out[start:start + n] = block
+    out.flush()
+    del out
+
+
+def test_memory_mapped_rows_match_plain_indexing(tmp_path):
+    make_teacher(tmp_path / "t.npy", 5000)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    plain = np.load(tmp_path / "t.npy")
+    idx = np.array([4999, 3, 4, 5, 3, 1200, 0, 4998])
+    assert torch.equal(TeacherData(mm).rows(idx), torch.from_numpy(plain[idx]))
+    blocks = list(TeacherData(mm).chunks(1024))
+    assert [s for s, _ in blocks] == [0, 1024, 2048, 3072, 4096]
+    assert torch.equal(torch.cat([b for _, b in blocks]), torch.from_numpy(plain))
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+proc = subprocess.run([sys.executable, "-m", "atlas_plugins.cli", *sys.argv[1:]], capture_output=True, text=True)
+sys.stderr.write(proc.stderr)
+print(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def peak_rss_mb(*args):
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, *map(str, args)], capture_output=True, text=True)
+    code, kb = out.stdout.split()
+    assert code == "0", out.stderr
+    return int(kb) / 1024
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_teacher_file(tmp_path):
+    make_teacher(tmp_path / "big.npy", 300_000)     # 440 MB
+    make_teacher(tmp_path / "small.npy", 20_000)    # 29 MB
+    common = dict(stages=1, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [32]')
+    big = write_pipeline(tmp_path, teacher='path = "big.npy"', name="big.toml", output="big", **common)
+    small = write_pipeline(tmp_path, teacher='path = "small.npy"', name="small.toml", output="small", **common)
+    rss_small = peak_rss_mb(small, "--quiet", "--set", "train.batch_size=1024")
+    rss_big = peak_rss_mb(big, "--quiet", "--set", "train.batch_size=1024")
+    file_mb = (tmp_path / "big.npy").stat().st_size / 2**20
+    assert rss_big - rss_small < 0.2 * file_mb, (rss_small, rss_big, file_mb)
