@@ -91,7 +91,7 @@ class StudentSection:
 class LossSection:
     """``[loss]``: the distillation objective."""
 
-    name: str = _field("relational", name, "loss plugin name")
+    name: str = _field("neighbors", name, "loss plugin name")
     params: dict = attrs.field(factory=dict)
 
 
@@ -111,20 +111,21 @@ class TrainSection:
     """``[train]``: optimisation."""
 
     epochs_per_stage: int = _field(10, positive_int, "epochs in each curriculum stage")
-    batch_size: int = _field(512, positive_int, "rows per batch (anchors plus neighbours with batches = 'neighbors')")
-    learning_rate: float = _field(1e-3, positive_number, "Adam learning rate")
+    batch_size: int = _field(1024, positive_int, "rows per batch (anchors plus neighbours with neighbour batches)")
+    learning_rate: float = _field(5e-3, positive_number, "Adam learning rate")
     weight_decay: float = _field(0.0, nonneg_number, "AdamW weight decay (0: plain Adam)")
-    lr_schedule: str = _field("constant", one_of("constant", "cosine"),
+    lr_schedule: str = _field("cosine", one_of("constant", "cosine"),
                               "'constant', or 'cosine' decay over the whole run after warm-up")
-    warmup_steps: int = _field(0, nonneg_int, "optimizer steps of linear learning-rate warm-up")
+    warmup_steps: int = _field(50, nonneg_int, "optimizer steps of linear learning-rate warm-up")
     device: str = _field("cpu", device, "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     seed: int = _field(0, nonneg_int, "seed for initialisation, split and batch order")
     val_fraction: float = _field(0.1, fraction, "share of rows held out for validation and the report")
     accumulate: int = _field(1, positive_int, "gradient accumulation steps per optimizer step")
-    batches: str = _field("random", one_of("random", "neighbors"),
-                          "'random' batches, or 'neighbors': anchors plus teacher neighbours")
+    batches: str = _field("auto", one_of("auto", "random", "neighbors"),
+                          "'neighbors': anchors plus teacher neighbours (needs the training rows in memory); "
+                          "'random'; 'auto': neighbors up to 100,000 training rows, else random")
     neighbors: int = _field(15, positive_int, "with batches = 'neighbors': neighbours drawn per anchor")
-    neighbor_pool: int = _field(30, positive_int, "with batches = 'neighbors': draw from each anchor's top-k")
+    neighbor_pool: int = _field(60, positive_int, "with batches = 'neighbors': draw from each anchor's top-k")
     eval_rows: int = _field(5000, positive_int, "at most this many validation rows for the report metrics")
 
 

@@ -122,3 +122,10 @@ def pca_fit(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pca_transform(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.float64) - mean) @ components
+
+
+def pca_projector(mean: torch.Tensor, components: torch.Tensor):
+    """A fast float32 PCA transform: ``x @ W − mean @ W`` (one matrix product, no centred copy)."""
+    w = components.to(torch.float32).contiguous()
+    b = (mean.to(torch.float32) @ w)
+    return lambda x: torch.as_tensor(x, dtype=torch.float32) @ w - b

@@ -63,7 +63,7 @@ class Pipeline:
             f"loss       {c.loss.name} {_fmt_params(c.loss.params)}".rstrip(),
             f"schedule   {c.schedule.name}: tau " + ", ".join(f"{t:.3g}" for t in self.taus)
             + f" over {c.schedule.stages} stage(s)",
-            f"train      {c.train.epochs_per_stage} epoch(s)/stage, batch {c.train.batch_size} ({c.train.batches}), "
+            f"train      {c.train.epochs_per_stage} epoch(s)/stage, batch {c.train.batch_size} ({c.train.batches} batches), "
             f"lr {c.train.learning_rate:g}, device {self.device}",
             f"output     {c.output.dir}",
         ]

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .evaluation import evaluate, pca_fit, pca_transform
+from .evaluation import evaluate, pca_fit, pca_projector, pca_transform
 from .rundir import RunDir
 
 K = 10
@@ -60,7 +60,7 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
         "student": evaluate(x, levels[0], labels, K),
         "pca": evaluate(x, pca_z, labels, K),
         "encode_vectors_per_s": _throughput(student.encode, x),
-        "pca_transform_vectors_per_s": _throughput(lambda a: pca_transform(a, mean, comps), x),
+        "pca_transform_vectors_per_s": _throughput(pca_projector(mean, comps), x),
         "train_seconds": round(sum(m["seconds"] for m in metrics), 3),
         "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
         "final_val_loss": metrics[-1]["val_loss"] if metrics else None,

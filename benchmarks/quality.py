@@ -21,22 +21,24 @@ import numpy as np
 import torch
 
 from atlas_plugins.config import build_config
-from atlas_plugins.evaluation import evaluate, pca_fit, pca_transform
+from atlas_plugins.evaluation import evaluate, pca_fit, pca_projector, pca_transform
 from atlas_plugins.pipeline import assemble
 from atlas_plugins.student import TrainedStudent
 from atlas_plugins.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "stdlib.emb.npy"
+RANDOM_TRAIN = {"batches": "random", "batch_size": 512, "learning_rate": 1e-3, "lr_schedule": "constant",
+                "warmup_steps": 0}
 NEIGHBOR_TRAIN = {"batches": "neighbors", "batch_size": 1024, "neighbor_pool": 60, "neighbors": 15,
                   "learning_rate": 5e-3, "lr_schedule": "cosine", "warmup_steps": 50}
 
 # (label, [student], [loss], [schedule] or None, [train]); every student sees 20 or 24 epochs; MLP 384→256→5 unless said.
 CONFIGS = [
     ("relational, random batches, τ 0.05", {}, {"name": "relational", "tau": 0.05}, None,
-     {"batch_size": 512, "epochs_per_stage": 20}),
+     {**RANDOM_TRAIN, "epochs_per_stage": 20}),
     ("relational, random batches, quickstart curriculum τ 4.0→0.5", {}, {"name": "relational"},
-     {"name": "linear", "start": 4.0, "end": 0.5, "stages": 5}, {"batch_size": 512, "epochs_per_stage": 4}),
+     {"name": "linear", "start": 4.0, "end": 0.5, "stages": 5}, {**RANDOM_TRAIN, "epochs_per_stage": 4}),
     ("neighbors, kNN batches, τ 0.4", {}, {"name": "neighbors", "tau": 0.4}, None,
      {**NEIGHBOR_TRAIN, "epochs_per_stage": 20}),
     ("neighbors, kNN batches, quickstart curriculum τ 4.0→0.5", {}, {"name": "neighbors"},
@@ -60,7 +62,7 @@ def throughput(fn, x, min_seconds=0.5):
 
 def train_student(data: Path, label, student, loss, schedule, train, quick):
     doc = {"teacher": {"path": str(data), "loader": "npy"},
-           "student": {"name": "mlp", "dim": 5, "hidden": [256], **student}, "loss": loss,
+           "student": {"name": "mlp", "dim": 5, "hidden": [256], **student}, "loss": {**loss},
            "train": {"val_fraction": 0.2, "seed": 0, **train}, "output": {"dir": "unused", "report": False}}
     if quick:
         doc["train"]["epochs_per_stage"] = max(1, doc["train"]["epochs_per_stage"] // 4)
@@ -97,7 +99,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     mean, comps = pca_fit(xt, 5)
     pca_seconds = time.perf_counter() - t0
-    pca_fn = lambda a: (a - mean.float()) @ comps.float()
+    pca_fn = pca_projector(mean, comps)
     pca_speed = throughput(pca_fn, big)
     rows.append(("PCA", evaluate(xe, pca_transform(xe, mean, comps), le), pca_seconds, pca_speed))
 

@@ -38,7 +38,8 @@ def teacher_file(tmp_path_factory):
 def _config(teacher_file, out):
     doc = {"teacher": {"path": str(teacher_file)}, "student": {"name": "mlp", "dim": 5, "hidden": [256]},
            "loss": {"name": "relational", "tau": TAU},
-           "train": {"epochs_per_stage": EPOCHS, "batch_size": BATCH, "learning_rate": LR, "val_fraction": 0.0},
+           "train": {"epochs_per_stage": EPOCHS, "batch_size": BATCH, "learning_rate": LR, "val_fraction": 0.0,
+                     "batches": "random", "lr_schedule": "constant", "warmup_steps": 0},
            "output": {"dir": str(out), "report": False}}
     return build_config(doc, teacher_file)
 

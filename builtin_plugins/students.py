@@ -84,7 +84,7 @@ def linear(input_dim: int, dim: int = 5, reconstruct: bool = False):
     return MLPStudent(input_dim, dim, [], reconstruct=reconstruct)
 
 
-def mlp(input_dim: int, dim: int = 5, hidden: Sequence[int] = (256,), reconstruct: bool = False):
+def mlp(input_dim: int, dim: int = 5, hidden: Sequence[int] = (128,), reconstruct: bool = False):
     """Multi-layer perceptron with GELU hidden layers."""
     _check_dims(input_dim, dim)
     return MLPStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)

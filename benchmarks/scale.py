@@ -1,0 +1,125 @@
+"""Scaling on one machine: epoch time vs rows, encode throughput vs memory bandwidth, peak memory vs file size.
+
+    python benchmarks/scale.py            # about 2 minutes on 2 cores; writes ~2.6 GB of temporary files
+
+1. One epoch (random batches of 1024, relational loss, MLP 1536→128→5) on N = 50k, 100k, 200k memory-mapped
+   1536-D rows; time per epoch, samples/s and the ratio time(200k)/time(50k) (linear: 4).
+2. Encode throughput of the trained student against a memory-bandwidth reference measured on the same array in
+   the same run (a plain ``sum`` over it: reading every byte once), as a ratio.
+3. Peak resident memory of ``atlas-run`` (one epoch) on a 2 GB teacher file vs a 100 MB one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas_plugins.config import build_config
+from atlas_plugins.pipeline import assemble
+from atlas_plugins.student import TrainedStudent
+from atlas_plugins.trainer import Trainer
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "stdlib-minilm.npy"
+DIM = 1536
+
+
+def make_teacher(path: Path, rows: int, chunk: int = 20_000) -> Path:
+    """``rows`` 1536-D rows built from the real 384-D example (4 noisy copies side by side), written in chunks."""
+    base = np.load(EXAMPLE)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, DIM))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        block = np.tile(base[rng.integers(0, len(base), n)], (1, 4))
+        out[start:start + n] = block + 0.02 * rng.standard_normal(block.shape, dtype=np.float32)
+    out.flush()
+    del out
+    return path
+
+
+def doc(path: Path, out: Path) -> dict:
+    return {"teacher": {"path": str(path)}, "student": {"name": "mlp", "dim": 5, "hidden": [128]},
+            "loss": {"name": "relational", "tau": 0.1},
+            "train": {"epochs_per_stage": 1, "batch_size": 1024, "learning_rate": 1e-3, "val_fraction": 0.01,
+                      "batches": "random",
+                      "eval_rows": 1000},
+            "output": {"dir": str(out), "report": False}}
+
+
+def epoch_seconds(path: Path, tmp: Path):
+    pipe = assemble(build_config(doc(path, tmp / "unused"), path))
+    trainer = Trainer(pipe, None, echo=lambda m: None)
+    t0 = time.perf_counter()
+    trainer.fit()
+    return time.perf_counter() - t0, pipe, len(pipe.train_rows)
+
+
+PEAK = ("import resource, subprocess, sys; "
+        "p = subprocess.run([sys.executable, '-m', 'atlas_plugins.cli', *sys.argv[1:]], capture_output=True); "
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def peak_rss_mb(pipeline: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", PEAK, str(pipeline), "--quiet", "--overwrite"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "0":
+        raise SystemExit(f"atlas-run failed on {pipeline}")
+    return int(out[1]) / 1024
+
+
+def toml(d: dict) -> str:
+    from atlas_plugins.config import dump_toml
+
+    return dump_toml(d)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skip-rss", action="store_true", help="skip the 2 GB peak-memory measurement")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        print("| rows | epoch s | samples/s | time ÷ time(50k) |\n|---:|---:|---:|---:|")
+        base_t, pipe = None, None
+        for rows in (50_000, 100_000, 200_000):
+            path = make_teacher(tmp / f"t{rows}.npy", rows)
+            secs, pipe, n_train = epoch_seconds(path, tmp)
+            base_t = base_t or secs
+            print(f"| {rows:,} | {secs:.2f} | {n_train / secs:,.0f} | {secs / base_t:.2f} |", flush=True)
+        student = TrainedStudent(pipe.student.cpu(), "mlp", {}, DIM, 5)
+        x = torch.from_numpy(np.load(path))  # the 200k x 1536 array, in memory (1.2 GB)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            x.sum()
+        bandwidth = 3 * len(x) / (time.perf_counter() - t0)
+        student.encode(x[:65536])
+        for precision in ("float32", "bfloat16"):
+            t0 = time.perf_counter()
+            student.encode(x, precision=precision)
+            speed = len(x) / (time.perf_counter() - t0)
+            print(f"\nencode ({precision}): {speed:,.0f} vectors/s; memory-bandwidth reference (sum over the same "
+                  f"array): {bandwidth:,.0f} vectors/s ({bandwidth * DIM * 4 / 1e9:.1f} GB/s); ratio {speed / bandwidth:.3f}")
+        del x
+        if not args.skip_rss:
+            results = {}
+            for name, rows in (("100 MB", 16_000), ("2 GB", 350_000)):
+                path = make_teacher(tmp / f"rss{rows}.npy", rows)
+                pipeline = tmp / f"rss{rows}.toml"
+                pipeline.write_text(toml(doc(path, tmp / f"run{rows}")))
+                results[name] = peak_rss_mb(pipeline)
+                size = path.stat().st_size / 2**30
+                print(f"\npeak RSS of atlas-run, one epoch on a {size:.2f} GiB teacher: {results[name]:,.0f} MB",
+                      flush=True)
+            print(f"growth from 100 MB to 2 GB file: {results['2 GB'] - results['100 MB']:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
