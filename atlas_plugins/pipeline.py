@@ -37,6 +37,7 @@ class Pipeline:
     reconstruct: bool
     train_rows: np.ndarray
     val_rows: np.ndarray
+    batch_mode: str  # "random" or "neighbors" ("auto" resolved by the number of training rows)
 
     def loss(self, out, x, tau: float, xhat=None):
         """The configured loss on one batch; ``out`` is the student's output for teacher rows ``x``."""
@@ -63,11 +64,14 @@ class Pipeline:
             f"loss       {c.loss.name} {_fmt_params(c.loss.params)}".rstrip(),
             f"schedule   {c.schedule.name}: tau " + ", ".join(f"{t:.3g}" for t in self.taus)
             + f" over {c.schedule.stages} stage(s)",
-            f"train      {c.train.epochs_per_stage} epoch(s)/stage, batch {c.train.batch_size} ({c.train.batches} batches), "
+            f"train      {c.train.epochs_per_stage} epoch(s)/stage, batch {c.train.batch_size} ({self.batch_mode} batches), "
             f"lr {c.train.learning_rate:g}, device {self.device}",
             f"output     {c.output.dir}",
         ]
         return "\n".join(lines)
+
+
+AUTO_NEIGHBORS_MAX_ROWS = 100_000  # batches = "auto": exact kNN graph up to here, random batches beyond
 
 
 def _fmt_params(params: dict) -> str:
@@ -119,9 +123,15 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     device = device or resolve_device(tr.device)
     teacher = validate_teacher(load_teacher(config, registry), dim=config.teacher.dim, min_rows=2)
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
-    if len(train_rows) < tr.batch_size:
+    batch_mode = tr.batches
+    if batch_mode == "auto":
+        batch_mode = "neighbors" if len(train_rows) <= AUTO_NEIGHBORS_MAX_ROWS else "random"
+    if batch_mode == "random" and len(train_rows) < tr.batch_size:
         raise DataError(f"{teacher.source}: {len(train_rows)} training rows after the validation split, fewer than "
                         f"train.batch_size = {tr.batch_size}; lower the batch size or add data")
+    if batch_mode == "neighbors" and len(train_rows) <= tr.neighbors:
+        raise DataError(f"{teacher.source}: {len(train_rows)} training rows after the validation split, too few for "
+                        f"neighbour batches with train.neighbors = {tr.neighbors}; add data")
 
     s = config.student
     torch.manual_seed(tr.seed)
@@ -148,7 +158,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
         taus.append(float(tau))
 
     pipe = Pipeline(config, teacher, student, loss_fn, dict(config.loss.params), schedule, taus, device,
-                    reconstruct, train_rows, val_rows)
+                    reconstruct, train_rows, val_rows, batch_mode)
     _smoke_test(pipe, registry)
     return pipe
 

@@ -32,7 +32,6 @@ from .rundir import RunDir
 
 CHECKPOINT_FORMAT = "atlas-checkpoint/1"
 # Keys that may change on --resume (they do not change what the weights mean).
-AUTO_NEIGHBORS_MAX_ROWS = 100_000  # batches = "auto": exact kNN graph up to here, random batches beyond
 RESUMABLE = {"train.learning_rate", "train.device", "train.eval_rows"}
 
 
@@ -87,10 +86,7 @@ class Trainer:
         self.global_step = 0
         self.metrics: list[dict] = []
         self.stop_requested = False
-        self.batch_mode = self.cfg.batches
-        if self.batch_mode == "auto":
-            self.batch_mode = "neighbors" if len(pipe.train_rows) <= AUTO_NEIGHBORS_MAX_ROWS else "random"
-        self.graph = self._neighbor_graph() if self.batch_mode == "neighbors" else None
+        self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
         self.steps_per_epoch = math.ceil(len(self.batches(0, 0)) / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs_per_stage * len(pipe.taus)
         self.config_dict = pipe.config.to_dict()

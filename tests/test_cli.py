@@ -228,7 +228,8 @@ def test_list_plugins_table_and_json():
     (("--set", "trian.seed=1"), None, ["unknown section 'trian'", "did you mean 'train'?"]),
     (("--set", "train.device=\"cuda:x\""), None, ["train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"]),
     (("--set", "teacher.dim=100"), None, ["stdlib-minilm.npy: embeddings have dimension 384, but the configuration expects 100"]),
-    (("--set", "train.batch_size=5000"), None, ["2114 training rows", "fewer than train.batch_size = 5000"]),
+    (("--set", "train.batch_size=5000", "--set", 'train.batches="random"'), None,
+     ["2114 training rows", "fewer than train.batch_size = 5000"]),
     (("--set", "loss.name=\"kl\"", "--set", "schedule.stages=1"), None, ["[loss] loss 'kl'", "same number of classes"]),
     (("--bogus",), None, ["unrecognized arguments: --bogus"]),
 ])

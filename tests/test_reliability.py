@@ -274,3 +274,25 @@ def test_fuzzed_configurations_load_or_raise_config_error(tmp_path, doc, sets, r
 
 
 _REGISTRY = Registry(load_entrypoints=False)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(reference, tmp_path):
+    ref_weights, _ = reference
+    pipe = write_pipeline(tmp_path, **SLOW)
+    proc = popen_atlas(pipe)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.is_file() and time.time() < deadline:  # wait until training is under way
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("atlas-run: error: interrupted") and "checkpoint saved" in line
+    assert f"atlas-run {pipe} --resume" in line
+    ckpts = {p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")}
+    assert "interrupt.pt" in ckpts or "latest.pt" in ckpts
+    resumed = run_atlas(pipe, "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(weights(tmp_path / "run" / "student.pt"), ref_weights)

@@ -46,3 +46,21 @@ def test_plain_text_file_and_missing_model(tmp_path):
     bad = run_atlas(tmp_path / "p.toml", "--dry-run", "--set", f'teacher.model="{tmp_path / "nope"}"',
                     env={"HF_HUB_OFFLINE": "1"})
     assert bad.returncode == 2 and "cannot load the SentenceTransformer model" in bad.stderr
+
+
+def test_the_quickstart_page_recipe_for_your_own_texts(tmp_path):
+    from conftest import ROOT
+    from mdblocks import code_blocks
+
+    page = ROOT / "docs" / "quickstart.md"
+    toml = next(code for lang, code, _ in code_blocks(page, "toml") if 'path = "notes.txt"' in code)
+    commands = next(code for lang, code, _ in code_blocks(page, "bash") if "my-map.toml" in code)
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:300]]
+    (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "my-map.toml").write_text(toml)
+    for command in commands.splitlines():
+        args = command.split("#")[0].split()[1:]
+        proc = run_atlas(*args, "--quiet", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "runs" / "my-map" / "report.md").read_text()
+    assert "## Axis cards" in report and "| recall@10 |" in report
