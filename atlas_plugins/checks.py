@@ -1,4 +1,4 @@
-"""Argument checks and reductions shared by loss plugins.
+"""Argument checks, reductions and small tensor helpers shared by loss plugins.
 
 Plugins are free to use these so that every loss answers bad input the same
 way: a :class:`ConfigError` (also a ``ValueError``) naming the argument.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ConfigError
 
@@ -72,3 +73,15 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
+
+
+def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The ``(B, B-1)`` matrix of ``m``'s off-diagonal entries, row by row."""
+    b = m.shape[0]
+    return m.flatten()[1:].view(b - 1, b + 1)[:, :-1].reshape(b, b - 1)
+
+
+def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x̂ x̂ᵀ``: pairwise cosine similarities of the rows of ``x`` (B, D) -> (B, B)."""
+    xn = F.normalize(x, dim=1)
+    return xn @ xn.T

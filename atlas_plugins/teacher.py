@@ -18,6 +18,7 @@ from .errors import DataError
 
 FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 CHUNK_BYTES = 8 * 2**20
+MAP_BUDGET_BYTES = 64 * 2**20  # larger memory-mapped files are read with pread (see _large_file)
 
 
 @attrs.define
@@ -41,8 +42,8 @@ class TeacherData:
     def rows(self, index) -> torch.Tensor:
         """Rows ``index`` (a 1-D integer array or tensor) as a float32 tensor ``(len(index), D)``.
 
-        For a memory-mapped array only those rows are read; indices are read in
-        sorted order for locality and returned in the order given.
+        For a memory-mapped array only those rows are read (in sorted order, for
+        locality) and returned in the order given.
         """
         emb = self.embeddings
         if isinstance(emb, torch.Tensor):
@@ -51,13 +52,12 @@ class TeacherData:
         idx = np.asarray(index, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), emb.shape[1]), dtype=np.float32)
-        if _file_backed(emb):
-            sidx = idx[order]
-            cuts = np.flatnonzero(np.diff(sidx) != 1) + 1
+        if _large_file(emb):
+            row_bytes = emb.shape[1] * emb.itemsize
             fd = os.open(emb.filename, os.O_RDONLY)
             try:
-                for pos, run in zip(np.concatenate([[0], cuts]), np.split(sidx, cuts)):
-                    out[order[pos:pos + len(run)]] = _pread(emb, int(run[0]), int(run[0]) + len(run), fd)
+                for pos, row in zip(order.tolist(), idx[order].tolist()):
+                    out[pos] = np.frombuffer(os.pread(fd, row_bytes, emb.offset + row * row_bytes), dtype=emb.dtype)
             finally:
                 os.close(fd)
         else:
@@ -66,36 +66,38 @@ class TeacherData:
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, rows)`` over the whole array, ``chunk_rows`` at a time (default: about 8 MB)."""
+        emb = self.embeddings
         chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * self.dim))
         for start in range(0, self.num_rows, chunk_rows):
             stop = min(start + chunk_rows, self.num_rows)
-            block = _pread(self.embeddings, start, stop) if _file_backed(self.embeddings) else self.embeddings[start:stop]
+            block = _pread_range(emb, start, stop) if _large_file(emb) else emb[start:stop]
             if isinstance(block, torch.Tensor):
                 yield start, block.to(torch.float32)
             else:
                 yield start, torch.from_numpy(np.array(block, dtype=np.float32))
 
 
-def _file_backed(emb) -> bool:
-    """A C-ordered ``np.memmap`` of a file: read with ``pread`` so the map's pages never count as our memory."""
-    return isinstance(emb, np.memmap) and bool(getattr(emb, "filename", None)) and emb.flags.c_contiguous \
-        and emb.ndim == 2
+def _large_file(emb) -> bool:
+    """A memory-mapped ``.npy`` larger than :data:`MAP_BUDGET_BYTES`, read with ``pread`` instead of the map.
 
-
-def _pread(emb: np.memmap, start: int, stop: int, fd: int | None = None) -> np.ndarray:
-    """Rows ``start:stop`` of a memory-mapped array, read from its file (not through the map).
-
-    Touching the map would make every page read part of the process's resident
-    memory; ``pread`` copies just these rows and leaves the page cache to the kernel.
+    Every page read through a map counts as resident memory of the process
+    until it is unmapped, so reading a large file through its map would grow
+    resident memory up to the file's size; ``pread`` copies just the rows asked
+    for and leaves caching to the kernel.  Small files are read through the map
+    (faster; they cannot grow memory by more than their size).
     """
+    return (isinstance(emb, np.memmap) and bool(getattr(emb, "filename", None)) and emb.ndim == 2
+            and emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES)
+
+
+def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a memory-mapped array, read from its file (not through the map)."""
     row_bytes = emb.shape[1] * emb.itemsize
-    own = fd is None
-    fd = os.open(emb.filename, os.O_RDONLY) if own else fd
+    fd = os.open(emb.filename, os.O_RDONLY)
     try:
         buf = os.pread(fd, (stop - start) * row_bytes, emb.offset + start * row_bytes)
     finally:
-        if own:
-            os.close(fd)
+        os.close(fd)
     return np.frombuffer(buf, dtype=emb.dtype).reshape(stop - start, emb.shape[1])
 
 

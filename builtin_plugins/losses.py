@@ -9,25 +9,13 @@ The teacher never receives a gradient.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from atlas_plugins.checks import check_alpha, check_matrix, check_pair, check_reduction, check_tau, reduce
+from atlas_plugins.checks import (check_alpha, check_matrix, check_pair, check_reduction, check_tau, cosine_matrix,
+                                  off_diagonal, reduce)
 from atlas_plugins.errors import ConfigError
-
-
-def off_diagonal(m: torch.Tensor) -> torch.Tensor:
-    """The ``(B, B-1)`` matrix of ``m``'s off-diagonal entries, row by row."""
-    b = m.shape[0]
-    return m.flatten()[1:].view(b - 1, b + 1)[:, :-1].reshape(b, b - 1)
-
-
-def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
-    """``x̂ x̂ᵀ``: pairwise cosine similarities of the rows of ``x`` (B, D) -> (B, B)."""
-    xn = F.normalize(x, dim=1)
-    return xn @ xn.T
 
 
 def _teacher_sims(teacher: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,10 @@ def make_teacher(path, rows, dim=384, chunk=50_000):
     del out
 
 
-def test_memory_mapped_rows_match_plain_indexing(tmp_path):
+@pytest.mark.parametrize("budget", [None, 0], ids=["through-the-map", "pread"])
+def test_memory_mapped_rows_match_plain_indexing(tmp_path, monkeypatch, budget):
+    if budget is not None:
+        monkeypatch.setattr("atlas_plugins.teacher.MAP_BUDGET_BYTES", budget)
     make_teacher(tmp_path / "t.npy", 5000)
     mm = np.load(tmp_path / "t.npy", mmap_mode="r")
     plain = np.load(tmp_path / "t.npy")

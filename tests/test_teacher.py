@@ -56,7 +56,7 @@ CASES = {
                         or 'path = "t.npz"', ["t.npz: no array 'None'", "arrays are: a, b", "set key"]),
     "pt-missing-key": (lambda p: torch.save({"vectors": torch.ones(600, 384)}, p / "t.pt")
                        or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors"]),
-    "too-few-rows": (_npy(np.ones((100, 384), np.float32)), ["80 training rows", "fewer than train.batch_size = 128"]),
+    "too-few-rows": (_npy(np.ones((12, 384), np.float32)), ["10 training rows", "too few for neighbour batches"]),
     "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                     or _text("m.jsonl", '{"text": "a"}\n', 'path = "t.npy"\nmeta = "m.jsonl"')(p),
                     ["t.npy: 1 texts for 600 embedding rows"]),

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import atlas_plugins
-from atlas_plugins.checks import check_pair, check_reduction, reduce
-from builtin_plugins.losses import off_diagonal
+from atlas_plugins.checks import check_pair, check_reduction, off_diagonal, reduce
 
 
 def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
