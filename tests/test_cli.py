@@ -265,3 +265,37 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
 
 def test_resume_with_nothing_to_resume(tmp_path):
     one_error_line(run_atlas(write_pipeline(tmp_path), "--resume"), "nothing to resume")
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    pipe = write_pipeline(tmp_path, stages=1, epochs=2)
+    import fcntl
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "atlas_plugins.cli", str(pipe)], stdout=subprocess.PIPE,
+                            stderr=terminal, text=True)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not data:
+            break
+        chunks.append(data.decode(errors="replace"))
+    proc.wait(timeout=120)
+    os.close(controller)
+    shown = "".join(chunks)
+    assert proc.returncode == 0
+    assert "stage 1/1" in shown and "tau=0.2" in shown and "loss=" in shown  # the tqdm bar, on stderr
+    assert "stage 1/1  tau 0.2" in proc.stdout.read()  # the one-line summary, always
+    quiet = run_atlas(pipe, "--overwrite")  # stderr is a pipe here: no bar
+    assert "it/s" not in quiet.stderr and "stage 1/1  tau 0.2" in quiet.stdout
