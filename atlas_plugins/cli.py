@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     command = "atlas-run " + " ".join(shlex.quote(a) for a in [args.pipeline, *sum((["--set", o] for o in args.overrides), [])])
     progress = not args.quiet and sys.stderr.isatty()
-    result = run_pipeline(config, resume=args.resume, overwrite=args.overwrite, progress=progress,
+    run_pipeline(config, resume=args.resume, overwrite=args.overwrite, progress=progress,
                           echo=lambda m: print(m, flush=True), warn=_warn, command=command)
     print(f"done: student written to {config.run_dir / 'student.pt'}")
     return 0

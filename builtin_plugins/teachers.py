@@ -21,22 +21,27 @@ def _exists(path) -> Path:
     return p
 
 
-def _read_meta(meta, n_hint=None):
-    """Texts and labels from a JSONL file with ``text`` and optional ``label`` fields."""
-    p = Path(meta)
-    if not p.is_file():
-        raise DataError(f"{p}: meta file not found")
+def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
+    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``), or a text file, one per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
     texts, labels = [], []
-    with p.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                texts.append(line.rstrip("\n"))
                 continue
             try:
                 row = json.loads(line)
                 texts.append(str(row["text"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field") from None
+                raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
             labels.append(row.get("label"))
+    if not texts:
+        raise DataError(f"{path}: no texts found")
     return texts, (labels if any(lab is not None for lab in labels) else None)
 
 
@@ -58,7 +63,7 @@ def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = No
     if not isinstance(emb, torch.Tensor):
         raise DataError(f"{path}: '{key}' is a {type(emb).__name__}, expected a tensor of shape (N, D)")
     if meta is not None:
-        texts, labels = _read_meta(meta)
+        texts, labels = read_texts(meta, "meta file")
     return TeacherData(emb, labels=labels, texts=texts, model_state=state, source=str(path))
 
 
@@ -90,7 +95,7 @@ def npy(path, key: str | None = None, meta: str | None = None):
         raise DataError(f"{p}: not a readable NumPy file ({str(exc).splitlines()[0][:160]})") from None
     texts = None
     if meta is not None:
-        texts, meta_labels = _read_meta(meta)
+        texts, meta_labels = read_texts(meta, "meta file")
         labels = meta_labels if meta_labels is not None else labels
     return TeacherData(emb, labels=labels, texts=texts, source=str(p))
 
@@ -117,7 +122,7 @@ def safetensors(path, key: str = "embeddings", meta: str | None = None):
         raise DataError(f"{p}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
     texts = labels = None
     if meta is not None:
-        texts, labels = _read_meta(meta)
+        texts, labels = read_texts(meta, "meta file")
     return TeacherData(emb, labels=labels, texts=texts, source=str(p))
 
 

@@ -20,30 +20,9 @@ from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
 from atlas_plugins.teacher import TeacherData
 
+from .teachers import read_texts
+
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-def read_texts(path: Path) -> tuple[list[str], list | None]:
-    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``) or a text file, one per line."""
-    if not path.is_file():
-        raise DataError(f"{path}: text file not found")
-    texts, labels = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                    texts.append(str(row["text"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
-                labels.append(row.get("label"))
-            else:
-                texts.append(line.rstrip("\n"))
-    if not texts:
-        raise DataError(f"{path}: no texts found")
-    return texts, (labels if any(lab is not None for lab in labels) else None)
 
 
 def _model_location(model: str) -> str:

@@ -7,17 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas_plugins import ConfigError, Registry, hookimpl
+from atlas_plugins import ConfigError, Registry
 from atlas_plugins.config import load_config
-from conftest import EXAMPLE_NPY, run_atlas
+from conftest import run_atlas
 from test_cli import one_error_line, same_weights, weights, write_pipeline
 from test_registry import make_distribution
 
