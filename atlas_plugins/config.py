@@ -121,6 +121,8 @@ class TrainSection:
     seed: int = _field(0, nonneg_int, "seed for initialisation, split and batch order")
     val_fraction: float = _field(0.1, fraction, "share of rows held out for validation and the report")
     accumulate: int = _field(1, positive_int, "gradient accumulation steps per optimizer step")
+    input_noise: float = _field(0.0, nonneg_number, "Gaussian noise on training inputs, std = this × the row's RMS "
+                                "(targets stay clean); smooths the map for unseen points")
     batches: str = _field("auto", one_of("auto", "random", "neighbors"),
                           "'neighbors': anchors plus teacher neighbours (needs the training rows in memory); "
                           "'random'; 'auto': neighbors up to 100,000 training rows, else random")

@@ -42,14 +42,21 @@ class Interrupted(AtlasError):
 
 
 class _Objective(nn.Module):
-    """Student forward (and decode, when reconstructing) in one module, so DDP sees every parameter."""
+    """Student forward (and decode, when reconstructing) in one module, so DDP sees every parameter.
 
-    def __init__(self, student: nn.Module, reconstruct: bool):
+    With ``noise`` > 0, training inputs get Gaussian noise of std ``noise × RMS(xᵢ)`` per row (the
+    targets stay clean), which smooths the map for points it has not seen.
+    """
+
+    def __init__(self, student: nn.Module, reconstruct: bool, noise: float = 0.0):
         super().__init__()
         self.student = student
         self.reconstruct = reconstruct
+        self.noise = noise
 
     def forward(self, x):
+        if self.training and self.noise > 0:
+            x = x + self.noise * x.pow(2).mean(dim=1, keepdim=True).sqrt() * torch.randn_like(x)
         out = self.student(x)
         return out, (self.student.decode(out) if self.reconstruct else None)
 
@@ -75,7 +82,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.resume_hint = resume_hint
         self.student = pipe.student.to(pipe.device)
-        objective = _Objective(self.student, pipe.reconstruct)
+        objective = _Objective(self.student, pipe.reconstruct, self.cfg.input_noise)
         if self.dist.active:
             ids = [pipe.device.index or 0] if pipe.device.type == "cuda" else None
             objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)

@@ -43,11 +43,14 @@ CONFIGS = [
      {**NEIGHBOR_TRAIN, "epochs_per_stage": 20}),
     ("neighbors, kNN batches, quickstart curriculum τ 4.0→0.5", {}, {"name": "neighbors"},
      {"name": "linear", "start": 4.0, "end": 0.5, "stages": 5}, {**NEIGHBOR_TRAIN, "epochs_per_stage": 4}),
-    ("**default** (examples/quickstart.toml): neighbors, kNN batches, cosine τ 2.0→0.4, MLP 384→128→5",
-     {"hidden": [128]}, {"name": "neighbors"}, {"name": "cosine", "start": 2.0, "end": 0.4, "stages": 4},
-     {**NEIGHBOR_TRAIN, "epochs_per_stage": 6}),
-    ("same, MLP 384→256→5", {}, {"name": "neighbors"}, {"name": "cosine", "start": 2.0, "end": 0.4, "stages": 4},
-     {**NEIGHBOR_TRAIN, "epochs_per_stage": 6}),
+    ("neighbors, kNN batches, cosine τ 2.0→0.4", {}, {"name": "neighbors"},
+     {"name": "cosine", "start": 2.0, "end": 0.4, "stages": 4}, {**NEIGHBOR_TRAIN, "epochs_per_stage": 6}),
+    ("same, MLP 384→128→5", {"hidden": [128]}, {"name": "neighbors"},
+     {"name": "cosine", "start": 2.0, "end": 0.4, "stages": 4}, {**NEIGHBOR_TRAIN, "epochs_per_stage": 6}),
+    ("**default** (examples/quickstart.toml): neighbors, kNN batches, cosine τ 2.0→0.4, MLP 384→128→5, "
+     "input noise 0.8", {"hidden": [128]}, {"name": "neighbors"},
+     {"name": "cosine", "start": 2.0, "end": 0.4, "stages": 4},
+     {**NEIGHBOR_TRAIN, "epochs_per_stage": 6, "input_noise": 0.8}),
 ]
 
 

@@ -1,0 +1,74 @@
+"""The training loop in-process: determinism, input noise, learning-rate schedule, neighbour batches."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins.config import build_config
+from atlas_plugins.neighbors import neighbor_batches, normalized_rows, topk_cosine
+from atlas_plugins.pipeline import assemble
+from atlas_plugins.trainer import Trainer
+from conftest import EXAMPLE_NPY
+
+
+def trained(tmp_path, **train):
+    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+           "train": {"epochs_per_stage": 1, "batch_size": 256, "eval_rows": 100, **train},
+           "output": {"dir": str(tmp_path / "unused"), "report": False}}
+    pipe = assemble(build_config(doc, tmp_path / "p.toml"))
+    trainer = Trainer(pipe, None, echo=lambda m: None)
+    trainer.fit()
+    return trainer
+
+
+def test_input_noise_changes_training_but_stays_deterministic(tmp_path):
+    clean = trained(tmp_path).student.state_dict()
+    noisy = trained(tmp_path, input_noise=0.5).student.state_dict()
+    again = trained(tmp_path, input_noise=0.5).student.state_dict()
+    assert all(torch.equal(noisy[k], again[k]) for k in noisy)
+    assert not all(torch.equal(noisy[k], clean[k]) for k in noisy)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine(tmp_path):
+    t = trained(tmp_path, learning_rate=1e-2, warmup_steps=4, lr_schedule="cosine")
+    assert [t.lr_at(s) for s in range(4)] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])
+    mid = 4 + (t.total_steps - 4) // 2
+    assert t.lr_at(mid) == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * (mid - 4) / (t.total_steps - 4))))
+    assert t.lr_at(t.total_steps) == pytest.approx(0.0, abs=1e-12)
+    assert t.metrics[-1]["step"] == t.total_steps
+
+
+def test_auto_batches_use_teacher_neighbours_for_small_sets(tmp_path):
+    t = trained(tmp_path)
+    assert t.pipe.batch_mode == "neighbors" and t.graph.shape == (len(t.pipe.train_rows), 60)
+
+
+def test_topk_cosine_is_exact_and_excludes_self(real_embeddings):
+    x = torch.nn.functional.normalize(torch.from_numpy(real_embeddings[:300]), dim=1)
+    got = topk_cosine(x, 5, block=64)
+    sims = (x @ x.T).fill_diagonal_(-2)
+    assert torch.equal(got, sims.topk(5, dim=1).indices)
+
+
+def test_neighbor_batches_hold_anchors_and_their_neighbours():
+    graph = torch.arange(100).view(100, 1).add(torch.arange(1, 11)).remainder(100)  # i's pool: i+1 .. i+10
+    order = np.random.default_rng(0).permutation(100)
+    batches = neighbor_batches(order, graph, batch_size=64, neighbors=3, generator=torch.Generator().manual_seed(0))
+    anchors_per_batch = 64 // 4
+    assert len(batches) == math.ceil(100 / anchors_per_batch)
+    for b, batch in enumerate(batches):
+        anchors = order[b * anchors_per_batch:(b + 1) * anchors_per_batch]
+        assert list(batch[:len(anchors)]) == list(anchors) and len(set(batch)) == len(batch)
+        others = set(batch) - set(anchors)
+        assert all(any((o - a) % 100 in range(1, 11) for a in anchors) for o in others)
+
+
+def test_normalized_rows_reads_in_chunks(real_embeddings):
+    from atlas_plugins import TeacherData
+
+    rows = np.arange(0, 500, 3)
+    got = normalized_rows(TeacherData(real_embeddings), rows, chunk=50)
+    want = torch.nn.functional.normalize(torch.from_numpy(real_embeddings[rows]), dim=1)
+    assert torch.allclose(got, want)
