@@ -100,3 +100,11 @@ def test_readme_starts_with_the_two_commands():
     for page in ["index.md", "quickstart.md", "pipeline.md", "losses.md", "plugins.md", "scaling.md",
                  "reliability.md"]:
         assert f"docs/{page}" in text
+
+
+def test_every_test_named_in_the_docs_exists():
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    named = set()
+    for page in DOCS + [ROOT / "docs" / "reliability.md"]:
+        named |= set(re.findall(r"::(test_\w+)", page.read_text()))
+    assert named and all(f"def {name}(" in sources for name in named), named
