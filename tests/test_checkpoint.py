@@ -30,10 +30,14 @@ def evil_pt(tmp_path):
     return path, marker
 
 
-def test_teacher_checkpoint_with_code_is_refused(evil_pt):
+@pytest.mark.parametrize("load, message", [
+    (load_teacher_checkpoint, "refused to load teacher file.*weights_only=True.*it would import io.open"),
+    (load_student, "refused to load student file.*it would import io.open"),
+])
+def test_files_with_code_are_refused(evil_pt, load, message):
     path, marker = evil_pt
-    with pytest.raises(CheckpointError, match="refused to load teacher file.*weights_only=True.*it would import io.open"):
-        load_teacher_checkpoint(path)
+    with pytest.raises(CheckpointError, match=message):
+        load(path)
     assert not marker.exists()
 
 
@@ -41,13 +45,6 @@ def test_atlas_run_refuses_a_pickled_teacher(evil_pt, tmp_path):
     path, marker = evil_pt
     proc = run_atlas(write_pipeline(tmp_path, teacher=f'path = "{path}"'), "--dry-run")
     one_error_line(proc, "evil.pt: refused to load teacher file", "trust = true")
-    assert not marker.exists()
-
-
-def test_student_file_with_code_is_refused(evil_pt):
-    path, marker = evil_pt
-    with pytest.raises(CheckpointError, match="refused to load student file"):
-        load_student(path)
     assert not marker.exists()
 
 

@@ -137,12 +137,9 @@ THIRD_PARTY = """
 
 
 def test_third_party_loss_named_in_the_pipeline(tmp_path):
-    from test_registry import make_distribution
+    from test_registry import plugin_env
 
-    site = tmp_path / "site"
-    site.mkdir()
-    make_distribution(site, "atlas-sq", "atlas_sq_plugin", THIRD_PARTY)
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = plugin_env(tmp_path, "atlas-sq", "atlas_sq_plugin", THIRD_PARTY)
     pipe = write_pipeline(tmp_path, loss='name = "sq-relational"\npower = 3.0', stages=1, epochs=1)
     listing = run_atlas("--list-plugins", env=env)
     assert "sq-relational" in listing.stdout and "atlas-sq 1.0" in listing.stdout

@@ -19,6 +19,16 @@ def make_distribution(root, dist, module, code, ep_name=None, version="1.0"):
     (info / "entry_points.txt").write_text(f"[atlas.plugins]\n{ep_name or module} = {module}\n")
 
 
+def plugin_env(tmp_path, dist, module, code):
+    """Environment for a subprocess that sees ``dist`` as an installed distribution (via PYTHONPATH)."""
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    make_distribution(site, dist, module, code)
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
 GOOD = """
     import atlas_plugins
 

@@ -17,7 +17,7 @@ from atlas_plugins import ConfigError, Registry
 from atlas_plugins.config import load_config
 from conftest import run_atlas
 from test_cli import one_error_line, same_weights, weights, write_pipeline
-from test_registry import make_distribution
+from test_registry import plugin_env
 
 SLOW = dict(stages=3, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]')
 
@@ -145,10 +145,7 @@ NAN_PLUGIN = """
 
 
 def test_divergence_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    make_distribution(site, "atlas-flaky", "atlas_flaky", NAN_PLUGIN)
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = plugin_env(tmp_path, "atlas-flaky", "atlas_flaky", NAN_PLUGIN)
     pipe = write_pipeline(tmp_path, loss='name = "flaky"', stages=2, epochs=1)
     proc = run_atlas(pipe, "--quiet", env={**env, "FLAKY_NAN": "1"})
     assert proc.returncode == 1
@@ -196,10 +193,7 @@ BAD_PLUGINS = """
     ('student.name="not-a-module"', ["student 'not-a-module' (atlas-bad) returned str"]),
 ])
 def test_misbehaving_plugins_are_named_and_nothing_is_written(tmp_path, override, fragments):
-    site = tmp_path / "site"
-    site.mkdir()
-    make_distribution(site, "atlas-bad", "atlas_bad", BAD_PLUGINS)
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = plugin_env(tmp_path, "atlas-bad", "atlas_bad", BAD_PLUGINS)
     pipe = write_pipeline(tmp_path, student='name = "mlp"\ndim = 5')
     one_error_line(run_atlas(pipe, "--set", override, env=env), *fragments)
     assert not (tmp_path / "run").exists()
