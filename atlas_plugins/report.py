@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import time
 from typing import Callable
 
@@ -148,7 +149,7 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 6))
     y = z[:, 1] if z.shape[1] > 1 else np.zeros(len(z))
     if labels is not None:
-        top = [lab for lab, _ in sorted(_counts(labels).items(), key=lambda kv: -kv[1])[:10]]
+        top = [lab for lab, _ in Counter(labels).most_common(10)]
         for lab in top:
             m = np.array([lab_i == lab for lab_i in labels])
             ax.scatter(z[m, 0], y[m], s=4, label=str(lab))
@@ -164,13 +165,6 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     plt.close(fig)
     written.append("scatter.png")
     return written
-
-
-def _counts(labels) -> dict:
-    out: dict = {}
-    for lab in labels:
-        out[lab] = out.get(lab, 0) + 1
-    return out
 
 
 def write_report(pipe, student, metrics, run: RunDir, *, echo: Callable = print, warn: Callable = print) -> dict:

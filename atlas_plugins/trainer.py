@@ -82,7 +82,8 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.resume_hint = resume_hint
         self.student = pipe.student.to(pipe.device)
-        objective = _Objective(self.student, pipe.reconstruct, self.cfg.input_noise)
+        self.plain_objective = _Objective(self.student, pipe.reconstruct, self.cfg.input_noise)
+        objective = self.plain_objective
         if self.dist.active:
             ids = [pipe.device.index or 0] if pipe.device.type == "cuda" else None
             objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
@@ -94,7 +95,8 @@ class Trainer:
         self.metrics: list[dict] = []
         self.stop_requested = False
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
-        self.steps_per_epoch = math.ceil(len(self.batches(0, 0)) / self.cfg.accumulate)
+        self.batches_per_epoch = len(self.batches(0, 0))  # the same every epoch: only the order changes
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs_per_stage * len(pipe.taus)
         self.config_dict = pipe.config.to_dict()
         self.config_hash = pipe.config.config_hash()
@@ -188,7 +190,7 @@ class Trainer:
 
         tau = self.pipe.taus[stage]
         n_stages, epochs = len(self.pipe.taus), self.cfg.epochs_per_stage
-        n_batches = len(self.batches(stage, 0))
+        n_batches = self.batches_per_epoch
         bar = tqdm(total=epochs * n_batches, initial=first_epoch * n_batches + first_batch, leave=False,
                    desc=f"stage {stage + 1}/{n_stages}", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True)
@@ -265,18 +267,17 @@ class Trainer:
         rows = self.pipe.val_rows[: self.cfg.eval_rows]
         if len(rows) < 2:
             return None
-        self.student.eval()
+        self.plain_objective.eval()
         total, count, bs = 0.0, 0, max(2, self.cfg.batch_size)
         for i in range(0, len(rows), bs):
             chunk = rows[i:i + bs]
             if len(chunk) < 2:
                 continue
             x = self.pipe.teacher.rows(chunk).to(self.pipe.device)
-            out = self.student(x)
-            xhat = self.student.decode(out) if self.pipe.reconstruct else None
+            out, xhat = self.plain_objective(x)
             total += float(self.pipe.loss(out, x, tau, xhat))
             count += 1
-        self.student.train()
+        self.plain_objective.train()
         return total / max(1, count)
 
 
