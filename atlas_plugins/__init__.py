@@ -9,7 +9,7 @@ hooks in :mod:`atlas_plugins.hookspecs`; code picks any of them by name::
 
 from .hookspecs import hookimpl
 from .errors import (AtlasError, CheckpointError, ConfigError, DataError, DuplicatePluginError, PluginError,
-                     RunDirError, TrainingError, UnknownPluginError)
+                     RunDirError, TrainingError, UnknownPluginError, WriteError)
 from .registry import KINDS, PluginInfo, PluginLoadWarning, Registry, get_registry, reset_registry
 from .teacher import TeacherData
 from .checkpoint import load_teacher_checkpoint
@@ -37,7 +37,7 @@ def register(kind: str, name: str, obj=None, description: str = ""):
 
 __all__ = [
     "hookimpl", "AtlasError", "CheckpointError", "ConfigError", "DataError", "DuplicatePluginError",
-    "PluginError", "RunDirError", "TrainingError", "UnknownPluginError", "KINDS", "PluginInfo",
+    "PluginError", "RunDirError", "TrainingError", "UnknownPluginError", "WriteError", "KINDS", "PluginInfo",
     "PluginLoadWarning", "Registry", "get_registry", "reset_registry", "TeacherData", "load_teacher_checkpoint",
     "TrainedStudent", "load_student", "combined_distill_loss", "create_curriculum_schedule",
     "curriculum_distill_step", "distill_loss", "get_loss", "get_schedule", "get_student", "get_teacher",

@@ -12,15 +12,16 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import re
+import pickletools
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from .errors import CheckpointError
+from .config import flatten, resumable_keys, training_keys
+from .errors import CheckpointError, WriteError
 
 
 def _umask() -> int:
@@ -35,18 +36,22 @@ _FILE_MODE = 0o666 & ~_umask()
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise WriteError(f"{path}: could not be written ({exc.strerror or exc}); the previous version of this "
+                             "file and every file written before are intact") from None
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -68,26 +73,60 @@ def atomic_save(obj: Any, path) -> None:
 
 
 def safe_load(path, *, trust: bool = False, what: str = "checkpoint") -> Any:
-    """Load a ``.pt`` file with ``weights_only=True`` (unless ``trust``), mapping failures to :class:`CheckpointError`."""
+    """Load a ``.pt`` file with ``weights_only=True`` (unless ``trust is True``), mapping failures to
+    :class:`CheckpointError`.
+
+    Only the boolean ``True`` turns the check off: a string such as ``"false"`` never does.
+    """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{p}: {what} not found")
+        raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file ({what})")
     try:
-        return torch.load(p, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines() if ln.strip()]
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", " ".join(lines))
-        if not found:
+        return torch.load(p, map_location="cpu", weights_only=trust is not True)
+    except pickle.UnpicklingError:
+        imports = pickled_imports(p)
+        if imports is None:
             raise CheckpointError(f"{p}: not a readable {what}: it is damaged or not a torch file "
                                   "(torch.save writes a zip archive)") from None
-        first = f"it would import {found.group(1)}"
+        unsafe = [g for g in imports if not g.startswith(_SAFE_PREFIXES)]
+        first = f" (it would import {unsafe[0]})" if unsafe else ""
         hint = ("set trust = true in [teacher] only for a file you trust" if what == "teacher file"
                 else "only tensors, numbers, strings, lists and dicts can be loaded")
         raise CheckpointError(f"{p}: refused to load {what}: it holds pickled objects that weights_only=True "
-                              f"does not allow ({first}); unpickling could run code; {hint}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+                              f"does not allow{first}; unpickling could run code; {hint}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{p}: not a readable {what} ({type(exc).__name__}: {first})") from None
+
+
+_SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                  "builtins.complex", "builtins.slice", "builtins.range")
+
+
+def pickled_imports(path) -> list[str] | None:
+    """The ``module.name`` globals the pickle inside a ``torch.save`` archive would import, read without
+    unpickling (``pickletools``); ``None`` when the file is not an intact archive with a pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return None
+            data = archive.read(name)
+        found, strings, memo = [], [], {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT") and strings:
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = strings[-1]
+            elif op.name in ("GET", "BINGET", "LONG_BINGET") and arg in memo:
+                strings.append(memo[arg])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+        return found
+    except Exception:  # any damage: not an intact archive
+        return None
 
 
 def load_teacher_checkpoint(checkpoint_path, device: str = "cpu") -> dict:
@@ -107,3 +146,59 @@ def load_teacher_checkpoint(checkpoint_path, device: str = "cpu") -> dict:
     obj = dict(obj)
     obj["embeddings"] = obj["embeddings"].to(device)
     return obj
+
+
+# -- training checkpoints ---------------------------------------------------------------------
+CHECKPOINT_FORMAT = "atlas-checkpoint/1"
+
+
+def checkpoint_order(blob: dict) -> tuple[int, int, int]:
+    p = blob["position"]
+    return (int(p["stage"]), int(p["epoch"]), int(p["batch"]))
+
+
+def find_resume_checkpoint(run, warn: Callable[[str], None]) -> dict | None:
+    """The most advanced readable checkpoint in the :class:`~atlas_plugins.rundir.RunDir` ``run``; unreadable,
+    foreign or incomplete ones are reported and skipped."""
+    best = None
+    for path in sorted((run.path / "checkpoints").glob("*.pt")):
+        try:
+            if run.inside(str(path.relative_to(run.path))) is None:
+                raise CheckpointError(f"{path}: a symbolic link; checkpoints are only read from the run folder")
+            blob = safe_load(path, what="checkpoint")
+            check_checkpoint(blob, path)
+            key = checkpoint_order(blob)
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            warn(f"skipping unreadable checkpoint: {exc}")
+            continue
+        if best is None or key > checkpoint_order(best[1]):
+            best = (path, blob)
+    if best is None:
+        return None
+    best[1]["_path"] = str(best[0])
+    return best[1]
+
+
+def check_checkpoint(blob, path) -> None:
+    """A checkpoint must be ours and complete: every key the trainer restores, of the right type."""
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an atlas checkpoint")
+    expected = {"position": dict, "global_step": int, "student": dict, "optimizer": dict, "rng": torch.Tensor,
+                "epoch_acc": dict, "metrics": list, "config_hash": str, "config": dict}
+    for key, kind in expected.items():
+        if not isinstance(blob.get(key), kind):
+            raise CheckpointError(f"{path}: incomplete checkpoint ('{key}' is missing or not a {kind.__name__})")
+    if not blob["student"]:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no student weights)")
+
+
+def check_resumable(blob: dict, config_dict: dict, source) -> list[str]:
+    """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes."""
+    old, new = flatten(training_keys(blob["config"])), flatten(training_keys(config_dict))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    blocking = [k for k in changed if k not in resumable_keys()]
+    if blocking:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking)
+        raise CheckpointError(f"{source}: cannot resume: the configuration changed since the checkpoint ({detail}); "
+                              "restore those values or start a fresh run with --overwrite")
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]

@@ -1,15 +1,18 @@
 """``atlas-run``: train a student from a pipeline file.
 
 Exit codes: 0 done; 2 a configuration or input problem (one line, no
-traceback); 1 anything else, including a diverged run; 130 interrupted
-(a checkpoint was saved).
+traceback); 1 anything else, including a diverged run or a full disk; 130
+interrupted by Ctrl-C, 143 stopped by SIGTERM (a checkpoint was saved either
+way); 141 the reader of the output went away (a broken pipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -68,20 +71,17 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise _usage("--resume and --overwrite cannot be used together")
     config = load_config(args.pipeline, args.overrides)
-    if args.dry_run:
-        from .pipeline import assemble
-
-        pipe = assemble(config)
-        print(pipe.describe())
-        print("dry run: everything checks out; nothing was trained")
-        return 0
     from .orchestrator import run_pipeline
 
     command = "atlas-run " + " ".join(shlex.quote(a) for a in [args.pipeline, *sum((["--set", o] for o in args.overrides), [])])
     progress = not args.quiet and sys.stderr.isatty()
-    run_pipeline(config, resume=args.resume, overwrite=args.overwrite, progress=progress,
-                          echo=lambda m: print(m, flush=True), warn=_warn, command=command)
-    print(f"done: student written to {config.run_dir / 'student.pt'}")
+    result = run_pipeline(config, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run,
+                          progress=progress, echo=lambda m: print(m, flush=True), warn=_warn, command=command)
+    if args.dry_run:
+        print(result.pipeline.describe())
+        print("dry run: everything checks out; nothing was trained")
+    else:
+        print(f"done: student written to {config.run_dir / 'student.pt'}")
     return 0
 
 
@@ -99,15 +99,33 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except AtlasError as exc:
-        print(f"atlas-run: error: {exc}", file=sys.stderr)
+        print(f"atlas-run: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("atlas-run: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (atlas-run --list-plugins | head): stop quietly
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
+    except RecursionError:
+        print("atlas-run: error: the input is nested too deeply to process", file=sys.stderr)
+        return 2
     except Exception:
         traceback.print_exc()
         print("atlas-run: internal error (above); please report it", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message as one line (a message with line breaks keeps its first line and the rest folded)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -14,57 +14,74 @@ import inspect
 import json
 import math
 import os
+import stat
 import tomllib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
 
 from .errors import ConfigError, UnknownPluginError, did_you_mean
+from .params import describe, matches, plugin_ref, signature_annotations
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
+# Shared by the pipeline file's sections and the quickstart's DistillationConfig (presets.py).
+MAX_STAGES = 10_000      # τ per stage is listed in full (dry run, checkpoints): keep the list small
+MAX_DIM = 4096           # a 5-D map is the point; 4096 already means a 64 MB output per million rows
+MAX_COUNT = 2**40        # epochs, batch sizes, rows: larger than any machine can run
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_int(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
 def _check(pred, expected):
+    """An attrs validator; the message names the field (prefixed by the class's ``ERROR_PREFIX``, if any)."""
     def validator(inst, attr, value):
         try:
             ok = pred(value)
         except (TypeError, ValueError, OverflowError):
             ok = False
         if not ok:
-            raise ConfigError(f"{attr.name} must be {expected}, got {value!r}")
-    validator.expected = expected
+            raise ConfigError(f"{getattr(inst, 'ERROR_PREFIX', '')}{attr.name} must be {expected}, got {value!r}")
     return validator
 
 
-positive_int = _check(lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**40,
-                      "a positive integer")
-nonneg_int = _check(lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**62,
-                    "an integer >= 0")
+def bounded_int(lo: int, hi: int):
+    expected = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+    return _check(lambda v: _is_int(v, lo, hi), expected if hi >= MAX_COUNT else f"{expected} (at most {hi:,})")
+
+
+positive_int = bounded_int(1, MAX_COUNT)
+nonneg_int = _check(lambda v: _is_int(v, 0, 2**62), "an integer >= 0")
 positive_number = _check(lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a positive number")
 nonneg_number = _check(lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a number >= 0")
+unit_number = _check(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 fraction = _check(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 boolean = _check(lambda v: isinstance(v, bool), "true or false")
 name = _check(lambda v: isinstance(v, str) and v.strip() != "", "a plugin name (a non-empty string)")
 path_str = _check(lambda v: isinstance(v, str) and v.strip() != "" and "\x00" not in v, "a path (a non-empty string)")
 optional_name = _check(lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "a plugin name")
-optional_dim = _check(lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                      "a positive integer")
-device = _check(lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or
-                                                  (v.startswith("cuda:") and v[5:].isdigit())),
-                "'cpu', 'cuda', 'cuda:N' or 'auto'")
+optional_dim = _check(lambda v: v is None or _is_int(v, 1, 2**31), "a positive integer")
+optional_positive_number = _check(lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
+                                  "a positive number")
+DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
+device = _check(lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "mps", "auto") or
+                                                  (v.startswith("cuda:") and v[5:].isdigit())), DEVICES)
 
 
 def one_of(*choices):
     return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def _field(default, validator, help):
-    return attrs.field(default=default, validator=validator, metadata={"help": help})
+def _field(default, validator, help, *, resumable: bool = False):
+    """A section field; ``resumable``: may change on ``--resume`` (it does not change what the weights mean)."""
+    return attrs.field(default=default, validator=validator, metadata={"help": help, "resumable": resumable})
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -83,7 +100,7 @@ class StudentSection:
     """``[student]``: the model that maps teacher vectors to a few dimensions."""
 
     name: str = _field("mlp", name, "student plugin name (linear, mlp, hierarchical, ...)")
-    dim: int = _field(5, positive_int, "output dimension (the coarse level's for hierarchical)")
+    dim: int = _field(5, bounded_int(1, MAX_DIM), "output dimension (the coarse level's for hierarchical)")
     params: dict = attrs.field(factory=dict)
 
 
@@ -92,6 +109,8 @@ class LossSection:
     """``[loss]``: the distillation objective."""
 
     name: str = _field("neighbors", name, "loss plugin name")
+    tau: float | None = _field(None, optional_positive_number,
+                               "fixed τ for a run without [schedule] (1.0 when neither is given)")
     params: dict = attrs.field(factory=dict)
 
 
@@ -102,7 +121,7 @@ class ScheduleSection:
     name: str = _field("linear", name, "schedule plugin name (linear, exponential, cosine, ...)")
     start: float = _field(1.0, positive_number, "τ at the first stage")
     end: float = _field(1.0, positive_number, "τ at the last stage")
-    stages: int = _field(1, positive_int, "number of curriculum stages")
+    stages: int = _field(1, bounded_int(1, MAX_STAGES), "number of curriculum stages")
     params: dict = attrs.field(factory=dict)
 
 
@@ -112,12 +131,12 @@ class TrainSection:
 
     epochs_per_stage: int = _field(10, positive_int, "epochs in each curriculum stage")
     batch_size: int = _field(1024, positive_int, "rows per batch (anchors plus neighbours with neighbour batches)")
-    learning_rate: float = _field(5e-3, positive_number, "Adam learning rate")
+    learning_rate: float = _field(5e-3, positive_number, "Adam learning rate", resumable=True)
     weight_decay: float = _field(0.0, nonneg_number, "AdamW weight decay (0: plain Adam)")
     lr_schedule: str = _field("cosine", one_of("constant", "cosine"),
                               "'constant', or 'cosine' decay over the whole run after warm-up")
     warmup_steps: int = _field(50, nonneg_int, "optimizer steps of linear learning-rate warm-up")
-    device: str = _field("cpu", device, "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
+    device: str = _field("cpu", device, f"{DEVICES} (auto: CUDA when available)", resumable=True)
     seed: int = _field(0, nonneg_int, "seed for initialisation, split and batch order")
     val_fraction: float = _field(0.1, fraction, "share of rows held out for validation and the report")
     accumulate: int = _field(1, positive_int, "gradient accumulation steps per optimizer step")
@@ -128,7 +147,13 @@ class TrainSection:
                           "'random'; 'auto': neighbors up to 100,000 training rows, else random")
     neighbors: int = _field(15, positive_int, "with batches = 'neighbors': neighbours drawn per anchor")
     neighbor_pool: int = _field(60, positive_int, "with batches = 'neighbors': draw from each anchor's top-k")
-    eval_rows: int = _field(5000, positive_int, "at most this many validation rows for the report metrics")
+    eval_rows: int = _field(5000, positive_int, "at most this many validation rows for the report metrics",
+                            resumable=True)
+
+    def __attrs_post_init__(self):
+        if self.neighbors > self.neighbor_pool:
+            raise ConfigError(f"neighbors must be at most neighbor_pool ({self.neighbor_pool}), got {self.neighbors}; "
+                              "raise train.neighbor_pool or lower train.neighbors")
 
 
 @attrs.frozen
@@ -145,7 +170,7 @@ SECTIONS = {"teacher": TeacherSection, "student": StudentSection, "loss": LossSe
 PLUGIN_SECTIONS = {"teacher": "teacher", "student": "student", "loss": "loss", "schedule": "schedule"}
 # Arguments the orchestrator passes itself, so a pipeline file may not set them.
 RESERVED = {"teacher": {"path"}, "student": {"input_dim", "dim"},
-            "loss": {"student", "teacher", "reduction", "reconstruction_loss"},
+            "loss": {"student", "teacher", "tau", "reduction", "reconstruction_loss"},
             "schedule": {"start", "end", "num_stages"}}
 PATH_KEYS = ("path", "meta", "cache_dir")
 
@@ -168,6 +193,8 @@ class PipelineConfig:
         for section in SECTIONS:
             obj = getattr(self, section)
             table = {k: v for k, v in attrs.asdict(obj, recurse=False).items() if k != "params" and v is not None}
+            if section == "loss":
+                table.pop("tau", None)  # a fixed τ is written out as its one-stage [schedule]
             table.update(getattr(obj, "params", {}))
             out[section] = table
         return out
@@ -179,6 +206,12 @@ class PipelineConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir)
+
+
+def resumable_keys() -> set[str]:
+    """``section.key`` of every field marked ``resumable`` (may change on ``--resume``)."""
+    return {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in attrs.fields(cls)
+            if f.metadata.get("resumable")}
 
 
 def training_keys(d: dict) -> dict:
@@ -201,7 +234,22 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# -- loading ---------------------------------------------------------------------------------
+# -- loading: read, override, check, resolve -------------------------------------------------
+MAX_NESTING = 8  # tables and lists nested deeper than this are refused (no plugin needs more)
+
+
+@attrs.frozen
+class Origin:
+    """Where each value came from, so that an error blames the pipeline file or the ``--set`` that gave it."""
+
+    path: Path
+    overrides: dict = attrs.field(factory=dict)  # "section.key" -> the --set argument that set it
+
+    def __call__(self, key: str) -> str:
+        item = self.overrides.get(key)
+        return f"--set {item!r}" if item is not None else str(self.path)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.batch_size=64"`` -> ``(["train", "batch_size"], 64)``; the value is parsed as TOML, else a string."""
     key, sep, raw = item.partition("=")
@@ -212,10 +260,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"--set {item!r}: the value is nested too deeply") from None
     return [p.strip() for p in parts], value
 
 
-def apply_overrides(doc: dict, overrides) -> dict:
+def apply_overrides(doc: dict, overrides) -> tuple[dict, dict]:
+    """Apply ``--set`` items to ``doc``; return it and ``{"section.key": item}`` for :class:`Origin`."""
+    origins = {}
     for item in overrides or ():
         parts, value = parse_override(item)
         if parts[0] not in SECTIONS:
@@ -228,19 +280,29 @@ def apply_overrides(doc: dict, overrides) -> dict:
                 raise ConfigError(f"--set {item!r}: '{p}' is a value, not a table")
             table = nxt
         table[parts[-1]] = value
-    return doc
+        for i in range(2, len(parts) + 1):
+            origins[".".join(parts[:i])] = item
+    return doc, origins
 
 
 def read_toml(path: Path) -> dict:
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise ConfigError(f"{path}: pipeline file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; expected a pipeline .toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path}: is a folder; expected a pipeline .toml file")
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+        raise ConfigError(f"{path}: is not a regular file (a FIFO, socket or device); expected a pipeline .toml file")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML for a pipeline: values are nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
     except OSError as exc:
@@ -250,62 +312,73 @@ def read_toml(path: Path) -> dict:
 def load_config(path, overrides=(), registry=None) -> PipelineConfig:
     """Read, override, validate and resolve a pipeline file; plugin parameters are checked by signature."""
     path = Path(path)
-    doc = apply_overrides(read_toml(path), overrides)
-    return build_config(doc, path, registry)
+    doc, origins = apply_overrides(read_toml(path), overrides)
+    return build_config(doc, path, registry, Origin(path, origins))
 
 
-def build_config(doc: dict, path: Path, registry=None) -> PipelineConfig:
+def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = None) -> PipelineConfig:
+    """Validate the tables of a pipeline file (``doc``, as ``tomllib`` reads it) into a :class:`PipelineConfig`."""
     from .registry import get_registry
 
     registry = registry or get_registry()
-    base = path.resolve().parent
+    origin = origin or Origin(path)
+    _check_shape(doc, origin)
+    tables = _resolve_paths(_schedule_from_tau({name: dict(doc.get(name, {})) for name in SECTIONS}, origin),
+                            path, origin)
+    sections = {name: _make_section(origin, name, tables[name]) for name in SECTIONS}
+    return PipelineConfig(source=path, **_resolve_plugins(sections, origin, registry))
+
+
+def _check_shape(doc: dict, origin: Origin) -> None:
+    """Known sections, each a table, nothing nested too deeply, and a teacher path."""
     for key, value in doc.items():
         if key not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{key}]{did_you_mean(key, SECTIONS)}; "
+            raise ConfigError(f"{origin(key)}: unknown section [{key}]{did_you_mean(key, SECTIONS)}; "
                               f"sections are: {', '.join(SECTIONS)}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: '{key}' must be a table [{key}], got {value!r}")
-    if "teacher" not in doc or "path" not in doc["teacher"]:
-        raise ConfigError(f"{path}: missing teacher.path; add [teacher] with path = \"embeddings.npy\"")
-    tables = {name: dict(doc.get(name, {})) for name in SECTIONS}
-    loss_tau = tables["loss"].pop("tau", None)
-    if loss_tau is not None:
-        try:
-            positive_number(None, SimpleNamespace(name="tau"), loss_tau)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: loss.{exc}") from None
-    if loss_tau is not None and "schedule" in doc:
-        raise ConfigError(f"{path}: loss.tau is set, but [schedule] sets τ per stage; remove one of them")
-    if "schedule" not in doc:  # no curriculum: one stage at a fixed τ
-        tables["schedule"] = {"start": 1.0 if loss_tau is None else loss_tau,
-                              "end": 1.0 if loss_tau is None else loss_tau, "stages": 1}
+            raise ConfigError(f"{origin(key)}: '{key}' must be a table [{key}], got {value!r}")
+    stack = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{origin.path}: values are nested more than {MAX_NESTING} levels deep")
+        if isinstance(value, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ConfigError(f"{origin.path}: a value holds bytes that are not valid text: {value!r}")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((v, depth + 1) for v in children)
+    if "path" not in doc.get("teacher", {}):
+        raise ConfigError(f"{origin.path}: missing teacher.path; add [teacher] with path = \"embeddings.npy\"")
+
+
+def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
+    """The τ rule: ``loss.tau`` and ``[schedule]`` exclude each other; without a schedule, one stage at a fixed τ."""
+    tau = tables["loss"].get("tau")
+    if tau is not None and tables["schedule"]:
+        raise ConfigError(f"{origin('loss.tau')}: loss.tau is set, but [schedule] sets τ per stage; "
+                          "remove one of them")
+    if not tables["schedule"]:
+        fixed = tau if _is_number(tau) else 1.0  # a bad tau is reported by the [loss] section itself
+        tables["schedule"] = {"start": fixed, "end": fixed, "stages": 1}
+    return tables
+
+
+def _resolve_paths(tables: dict, path: Path, origin: Origin) -> dict:
+    """Relative paths resolve against the pipeline file's folder; ``output.dir`` defaults to runs/<file name>."""
+    base = path.resolve().parent
     for key in PATH_KEYS:
         if isinstance(tables["teacher"].get(key), str):
             tables["teacher"][key] = os.path.normpath(base / Path(tables["teacher"][key]).expanduser())
-    tables["output"].setdefault("dir", str(Path("runs") / path.stem))
-    if isinstance(tables["output"]["dir"], str):
-        tables["output"]["dir"] = os.path.normpath(base / Path(tables["output"]["dir"]).expanduser())
-    sections = {name: _make_section(path, name, tables[name]) for name in SECTIONS}
-    if sections["teacher"].loader is None:
-        sections["teacher"] = attrs.evolve(sections["teacher"],
-                                           loader=_loader_for_suffix(path, sections["teacher"].path, registry))
-    for section, kind in PLUGIN_SECTIONS.items():
-        sec = sections[section]
-        plugin_name = sec.loader if section == "teacher" else sec.name
-        try:
-            fn = registry.get(kind, plugin_name)
-        except UnknownPluginError as exc:
-            key = "loader" if section == "teacher" else "name"
-            raise ConfigError(f"{path}: {section}.{key}: {exc}") from None
-        params = _check_params(path, section, kind, plugin_name, fn, sec.params)
-        if section == "teacher" and "cache_dir" not in params and _accepts(fn, "cache_dir"):
-            # a teacher that caches what it computes keeps it in the run folder by default
-            params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
-        sections[section] = attrs.evolve(sec, params=params)
-    return PipelineConfig(source=path, **sections)
+    out = tables["output"]
+    out.setdefault("dir", str(Path("runs") / path.stem))
+    if isinstance(out["dir"], str) and out["dir"].strip() and "\x00" not in out["dir"]:
+        out["dir"] = os.path.normpath(base / Path(out["dir"]).expanduser())
+        if Path(out["dir"]) == Path(out["dir"]).parent:
+            raise ConfigError(f"{origin('output.dir')}: output.dir must not be the file system's root "
+                              f"({out['dir']}); choose a folder for this run")
+    return tables
 
 
-def _make_section(path: Path, section: str, table: dict):
+def _make_section(origin: Origin, section: str, table: dict):
     cls = SECTIONS[section]
     fixed = {f.name for f in attrs.fields(cls) if f.name != "params"}
     if section in PLUGIN_SECTIONS:
@@ -314,26 +387,47 @@ def _make_section(path: Path, section: str, table: dict):
     else:
         for key in table:
             if key not in fixed:
-                raise ConfigError(f"{path}: unknown key {section}.{key}{did_you_mean(key, fixed)}; "
-                                  f"[{section}] accepts: {', '.join(sorted(fixed))}")
+                raise ConfigError(f"{origin(f'{section}.{key}')}: unknown key {section}.{key}"
+                                  f"{did_you_mean(key, fixed)}; [{section}] accepts: {', '.join(sorted(fixed))}")
         kwargs = table
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {section}.{exc}") from None
+        key = str(exc).split(" ", 1)[0]
+        raise ConfigError(f"{origin(f'{section}.{key}')}: {section}.{exc}") from None
 
 
-def _loader_for_suffix(path: Path, teacher_path: str, registry) -> str:
+def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
+    """Look up each plugin by name and check its parameters against its signature."""
+    if sections["teacher"].loader is None:
+        sections["teacher"] = attrs.evolve(sections["teacher"],
+                                           loader=_loader_for_suffix(origin, sections["teacher"].path, registry))
+    for section, kind in PLUGIN_SECTIONS.items():
+        sec = sections[section]
+        key = "loader" if section == "teacher" else "name"
+        try:
+            fn = registry.get(kind, getattr(sec, key))
+        except UnknownPluginError as exc:
+            raise ConfigError(f"{origin(f'{section}.{key}')}: {section}.{key}: {exc}") from None
+        params = _check_params(origin, section, kind, getattr(sec, key), fn, sec.params, registry)
+        if section == "teacher" and "cache_dir" not in params and _accepts(fn, "cache_dir"):
+            # a teacher that caches what it computes keeps it in the run folder by default
+            params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
+        sections[section] = attrs.evolve(sec, params=params)
+    return sections
+
+
+def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
     suffix = Path(teacher_path).suffix.lower()
     for info in registry.available("teacher"):
         if suffix in getattr(info.obj, "suffixes", ()):
             return info.name
-    raise ConfigError(f"{path}: teacher.loader is not set and no teacher plugin reads '{suffix or teacher_path}' "
-                      f"files; set loader to one of: {', '.join(registry.names('teacher'))}")
+    raise ConfigError(f"{origin('teacher.path')}: teacher.loader is not set and no teacher plugin reads "
+                      f"'{suffix or teacher_path}' files; set loader to one of: {', '.join(registry.names('teacher'))}")
 
 
-def _check_params(path: Path, section: str, kind: str, plugin: str, fn, params: dict) -> dict:
-    """Reject keys the plugin does not take; return the params with the plugin's defaults filled in."""
+def _check_params(origin: Origin, section: str, kind: str, plugin: str, fn, params: dict, registry) -> dict:
+    """Check the keys and value types the plugin takes; return the params with its defaults filled in."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -341,15 +435,25 @@ def _check_params(path: Path, section: str, kind: str, plugin: str, fn, params: 
     reserved = RESERVED[kind]
     accepted = {p.name: p for p in sig.parameters.values()
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in reserved}
-    if kind == "loss":
-        accepted.pop("tau", None)
     takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-    for key in params:
-        if key in reserved or (kind == "loss" and key == "tau"):
-            raise ConfigError(f"{path}: {section}.{key} is set by the orchestrator and cannot be given here")
+    annotations = signature_annotations(fn)
+    for key, value in params.items():
+        where = origin(f"{section}.{key}")
+        if key in reserved:
+            raise ConfigError(f"{where}: {section}.{key} is set by the orchestrator and cannot be given here")
         if key not in accepted and not takes_any:
-            raise ConfigError(f"{path}: {section}.{key} is not a parameter of {kind} '{plugin}'"
+            raise ConfigError(f"{where}: {section}.{key} is not a parameter of {kind} '{plugin}'"
                               f"{did_you_mean(key, accepted)}; it accepts: {', '.join(accepted) or 'no parameters'}")
+        annotation = annotations.get(key)
+        if annotation is not None and not matches(value, annotation):
+            raise ConfigError(f"{where}: {section}.{key} must be {describe(annotation)} for {kind} '{plugin}', "
+                              f"got {value!r}")
+        ref = plugin_ref(annotation) if annotation is not None else None
+        if ref is not None and isinstance(value, str):
+            try:
+                registry.get(ref.kind, value)
+            except UnknownPluginError as exc:
+                raise ConfigError(f"{where}: {section}.{key}: {exc}") from None
     out = {}
     for pname, p in accepted.items():
         if pname in params:
@@ -378,6 +482,21 @@ def _toml_value(v) -> bool:
 
 
 # -- writing ---------------------------------------------------------------------------------
+_TOML_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and every control character (U+0000–U+001F, U+007F) escaped."""
+    return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in text) + '"'
+
+
+def _toml_key(key) -> str:
+    key = str(key)
+    bare = key != "" and key.isascii() and key.replace("_", "").replace("-", "").isalnum()
+    return key if bare else toml_string(key)
+
+
 def _toml_scalar(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -390,11 +509,11 @@ def _toml_scalar(v) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+        return toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_scalar(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_scalar(x)}" for k, x in v.items()) + " }"
     raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) to TOML")
 
 
@@ -404,7 +523,6 @@ def dump_toml(doc: dict) -> str:
     for section, table in doc.items():
         lines.append(f"[{section}]")
         for k, v in table.items():
-            key = k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else json.dumps(k)
-            lines.append(f"{key} = {_toml_scalar(v)}")
+            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
         lines.append("")
     return "\n".join(lines)

@@ -47,7 +47,7 @@ def combined_distill_loss(student_vec, teacher_vec, reconstruction_loss=None, al
                           tau: float = 1.0, reduction: str = "mean", method: str = "relational"):
     """α · distill_loss + (1 − α) · reconstruction_loss (plain distillation when it is None)."""
     return get_loss("combined")(student_vec, teacher_vec, tau=tau, reduction=reduction, alpha=alpha,
-                                reconstruction_loss=reconstruction_loss, base=method)
+                                reconstruction_loss=reconstruction_loss, base=get_loss(method))
 
 
 def create_curriculum_schedule(start_tau: float, end_tau: float, num_stages: int,

@@ -13,6 +13,8 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @attrs.frozen
 class DistInfo:
@@ -31,9 +33,18 @@ class DistInfo:
 
 def init_from_env(device: torch.device) -> DistInfo:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if not raw.isdigit():
+        raise ConfigError(f"WORLD_SIZE={raw!r} in the environment is not a number of processes; unset it, or start "
+                          "the run with torchrun")
+    world = int(raw)
     if world <= 1:
         return DistInfo()
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                          "not: start the run with torchrun (torchrun --nproc_per_node=N -m atlas_plugins.cli ...), "
+                          "or unset WORLD_SIZE for a single process")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

@@ -48,6 +48,12 @@ class RunDirError(AtlasError):
     """The output folder is locked by another run, or already holds a run."""
 
 
+class WriteError(AtlasError):
+    """A file could not be written (a full disk, no permission); what was written before is intact."""
+
+    exit_code = 1
+
+
 class TrainingError(AtlasError):
     """Training went wrong (for example, the loss became NaN)."""
 

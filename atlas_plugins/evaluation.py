@@ -104,9 +104,12 @@ def knn_accuracy(student, labels, k: int = 10) -> float:
 
 
 def evaluate(teacher, student, labels=None, k: int = 10) -> dict:
-    """All metrics for one student space ``(N, Ds)`` against teacher rows ``(N, Dt)``."""
-    out = {f"recall@{k}": recall_at_k(teacher, student, k), f"trustworthiness@{k}": trustworthiness(teacher, student, k),
-           "spearman": spearman(teacher, student)}
+    """All metrics for one student space ``(N, Ds)`` against teacher rows ``(N, Dt)`` that ``N`` rows allow
+    (``k`` < N; trustworthiness needs k < N/2 and is left out otherwise)."""
+    out = {f"recall@{k}": recall_at_k(teacher, student, k)}
+    if k < student.shape[0] / 2:
+        out[f"trustworthiness@{k}"] = trustworthiness(teacher, student, k)
+    out["spearman"] = spearman(teacher, student)
     if labels is not None:
         out[f"knn_label_acc@{k}"] = knn_accuracy(student, labels, k)
     return out

@@ -1,10 +1,4 @@
-"""Teacher nearest neighbours: an exact, blocked cosine top-k in torch, and neighbour batches.
-
-Random batches almost never hold a point's true neighbours, so a relational
-loss rarely sees the pairs that matter most.  Neighbour batches take ``A``
-anchors and, for each, ``m`` neighbours drawn from its top-``pool`` teacher
-neighbours.
-"""
+"""Teacher nearest neighbours: an exact, blocked cosine top-k in torch (for neighbour batches)."""
 
 from __future__ import annotations
 
@@ -35,24 +29,3 @@ def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tenso
             sims[torch.arange(len(idx)), idx] = -float("inf")
         out[start:start + block] = sims.topk(k, dim=1).indices
     return out
-
-
-def neighbor_batches(order: np.ndarray, graph: torch.Tensor, batch_size: int, neighbors: int,
-                     generator: torch.Generator) -> list[np.ndarray]:
-    """Batches of positions: each holds ``batch_size // (1 + neighbors)`` anchors from ``order`` and,
-    for each anchor, ``neighbors`` positions drawn without replacement from its row of ``graph``
-    (``(n, pool)`` positions).  Duplicates within a batch are dropped."""
-    anchors_per_batch = max(1, batch_size // (1 + neighbors))
-    pool = graph.shape[1]
-    m = min(neighbors, pool)
-    batches = []
-    for start in range(0, len(order), anchors_per_batch):
-        anchors = torch.as_tensor(order[start:start + anchors_per_batch], dtype=torch.long)
-        pick = torch.rand(len(anchors), pool, generator=generator).argsort(dim=1)[:, :m]
-        nbrs = graph[anchors].gather(1, pick)
-        rows = torch.cat([anchors, nbrs.flatten()]).numpy()
-        _, first = np.unique(rows, return_index=True)
-        batch = rows[np.sort(first)]
-        if len(batch) >= 2:
-            batches.append(batch)
-    return batches

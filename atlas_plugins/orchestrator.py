@@ -1,4 +1,9 @@
-"""One run from start to finish: lock the folder, train (or resume), save the student, write the report."""
+"""One run from start to finish: lock the folder, check it, assemble, train (or resume), save, report.
+
+Nothing in the run folder is touched before the pipeline has been assembled and
+smoke-tested, except the lock (removed again at the end, with the folder itself
+when the run created it and left it empty).
+"""
 
 from __future__ import annotations
 
@@ -8,50 +13,79 @@ import attrs
 import torch
 
 from . import distributed
+from .checkpoint import find_resume_checkpoint, check_resumable
 from .config import PipelineConfig, dump_toml
 from .errors import CheckpointError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, resolve_device
 from .registry import Registry
 from .rundir import RunDir
 from .student import TrainedStudent
-from .trainer import Trainer, check_resumable, find_resume_checkpoint
+from .trainer import Trainer
 
 
 @attrs.define
 class RunResult:
     pipeline: Pipeline
-    student: TrainedStudent
+    student: TrainedStudent | None
     metrics: list[dict]
     report: dict | None = None
 
 
-def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = False,
-                 echo: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+def next_step(run: RunDir, command: str) -> str:
+    """The command that continues a run in ``run``: ``--resume`` when a checkpoint exists, else a fresh start."""
+    has_checkpoint = any(p.is_file() for p in (run.path / "checkpoints").glob("*.pt"))
+    return f"{command} --resume" if has_checkpoint else f"{command} --overwrite"
+
+
+def check_folder(run: RunDir, resume: bool, overwrite: bool, command: str) -> None:
+    """What a run (or a dry run) may do with ``run``; raise :class:`RunDirError` naming the first obstacle."""
+    holder = run.is_locked()
+    if holder is not None:
+        raise RunDirError(f"{run.path} is in use by another atlas-run ({holder}); wait for it to finish "
+                          "or choose another output.dir")
+    if resume:
+        return
+    if run.holds_run() and not overwrite:
+        raise RunDirError(f"{run.path} already holds a run; continue it with: {next_step(run, command)}"
+                          + ("" if "--overwrite" in next_step(run, command) else
+                             ", or replace it with --overwrite (removes only files atlas-run wrote there)"))
+    foreign = run.foreign_outputs()  # --overwrite removes only files atlas-run wrote: these would stay
+    if foreign:
+        raise RunDirError(f"{foreign[0]} exists and was not written by atlas-run; move it away or choose another "
+                          "output.dir (atlas-run never overwrites files it did not write)")
+
+
+def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
+                 progress: bool = False, echo: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                  registry: Registry | None = None, command: str = "atlas-run") -> RunResult:
-    """Train the pipeline ``config`` describes into ``config.output.dir``."""
+    """Train the pipeline ``config`` describes into ``config.output.dir`` (with ``dry_run``: check only)."""
     device = resolve_device(config.train.device)
     dist = distributed.init_from_env(device)
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    pipe = assemble(config, registry, device=device)
     run = RunDir(config.output.dir)
     try:
         blob = None
         if dist.is_main:
-            run.acquire()
+            check_folder(run, resume, overwrite, command)
+            if not dry_run:
+                run.acquire()
             if resume:
                 blob = find_resume_checkpoint(run, warn)
                 if blob is None:
-                    raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); "
-                                          "run again without --resume")
+                    hint = next_step(run, command) if run.holds_run() else command
+                    raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); start with: {hint}")
                 for change in check_resumable(blob, config.to_dict(), config.source):
                     echo(f"note: resuming with changed {change}")
+        with run.recording_new_files("cache", enabled=dist.is_main and not dry_run):
+            pipe = assemble(config, registry, device=device)
+        if dry_run:
+            return RunResult(pipe, None, [])
+        if dist.is_main:
+            if blob is not None:
                 echo(f"resuming from {blob.pop('_path')}")
-            elif run.holds_run():
-                if not overwrite:
-                    raise RunDirError(f"{run.path} already holds a run; continue it with --resume, or replace it "
-                                      "with --overwrite (removes only files atlas-run wrote there)")
+            elif overwrite:
                 run.clear()
             run.write_text("pipeline.toml", dump_toml(config.to_dict()))
         blob = distributed.broadcast(dist, blob)

@@ -1,22 +1,30 @@
 """Assemble a training pipeline from a :class:`PipelineConfig`: every plugin looked up by name.
 
 :func:`assemble` loads and checks the teacher, builds the student, picks the
-loss and schedule, and runs one tiny forward pass so that a misbehaving plugin
-is caught before any training (``atlas-run --dry-run`` stops there).
+loss and schedule, and runs one real forward and backward pass on a throw-away
+copy of the student, so that a misbehaving plugin is caught before anything is
+written (``atlas-run --dry-run`` stops there).  Every error raised inside a
+plugin, then or during training, becomes one line naming the plugin's kind,
+name and distribution (:func:`blame`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import math
+import warnings
 from typing import Callable
 
 import attrs
 import numpy as np
 import torch
 
+from .batches import MIN_BATCH_ROWS
 from .config import PipelineConfig
 from .errors import AtlasError, ConfigError, DataError, PluginError
+from .params import resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
 from .teacher import TeacherData, validate_teacher
@@ -31,13 +39,18 @@ class Pipeline:
     student: torch.nn.Module
     loss_fn: Callable
     loss_params: dict
-    schedule: Callable[[int], float]
     taus: list[float]
     device: torch.device
     reconstruct: bool
     train_rows: np.ndarray
     val_rows: np.ndarray
     batch_mode: str  # "random" or "neighbors" ("auto" resolved by the number of training rows)
+    providers: dict = attrs.field(factory=dict)  # kind -> distribution, for error messages
+
+    def forward(self, module: torch.nn.Module, x: torch.Tensor):
+        """``module(x)`` (the student, or a wrapper of it); an error inside is blamed on the student plugin."""
+        with blame("student", self.config.student.name, self.providers.get("student")):
+            return module(x)
 
     def loss(self, out, x, tau: float, xhat=None):
         """The configured loss on one batch; ``out`` is the student's output for teacher rows ``x``."""
@@ -45,7 +58,8 @@ class Pipeline:
         extra = {}
         if self.reconstruct:
             extra["reconstruction_loss"] = torch.mean((xhat - x) ** 2)
-        return self.loss_fn(levels[0] if len(levels) == 1 else levels, x, tau=tau, **self.loss_params, **extra)
+        with blame("loss", self.config.loss.name, self.providers.get("loss")):
+            return self.loss_fn(levels[0] if len(levels) == 1 else levels, x, tau=tau, **self.loss_params, **extra)
 
     def describe(self) -> str:
         """A readable summary of the assembled pipeline (what ``--dry-run`` prints)."""
@@ -83,6 +97,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device = '{name}' but CUDA is not available here; use 'cpu' or 'auto'")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device = '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device = 'mps' but Apple's MPS is not available here; use 'cpu' or 'auto'")
     return torch.device(name)
 
 
@@ -97,19 +115,34 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
-def _call_plugin(section: str, kind: str, name: str, fn, *args, **kwargs):
-    """Call a plugin factory, turning its complaints into one-line errors that name the section."""
+@contextlib.contextmanager
+def blame(kind: str, name: str, distribution: str | None, section: str | None = None):
+    """Turn an error raised inside a plugin into one line naming its kind, name and distribution.
+
+    The toolkit's own errors (a loss's ``ConfigError`` about its input) keep their
+    class and get the plugin named in front; anything else becomes a :class:`PluginError`.
+    """
+    who = f"{kind} '{name}'" + (f" ({distribution})" if distribution else "")
     try:
-        return fn(*args, **kwargs)
+        yield
     except AtlasError as exc:
-        raise type(exc)(f"[{section}] {kind} '{name}': {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[{section}] {kind} '{name}' rejected its parameters: {exc}") from None
+        raise type(exc)(f"[{section or kind}] {who}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise PluginError(f"[{section or kind}] {who} failed: {type(exc).__name__}" + (f": {text}" if text else "")) \
+            from None
+
+
+def _call_plugin(registry: Registry, section: str, kind: str, name: str, *args, **params):
+    """Call a plugin factory with its parameters (plugin references resolved through ``registry``)."""
+    fn = registry.get(kind, name)
+    with blame(kind, name, registry.info(kind, name).distribution, section):
+        return fn(*args, **resolve_refs(fn, params, registry))
 
 
 def load_teacher(config: PipelineConfig, registry: Registry) -> TeacherData:
     t = config.teacher
-    data = _call_plugin("teacher", "teacher", t.loader, registry.get("teacher", t.loader), t.path, **t.params)
+    data = _call_plugin(registry, "teacher", "teacher", t.loader, t.path, **t.params)
     if not isinstance(data, TeacherData):
         raise PluginError(f"teacher '{t.loader}' ({registry.info('teacher', t.loader).distribution}) returned "
                           f"{type(data).__name__}; teacher plugins must return atlas_plugins.TeacherData")
@@ -121,73 +154,96 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     registry = registry or get_registry()
     tr = config.train
     device = device or resolve_device(tr.device)
-    teacher = validate_teacher(load_teacher(config, registry), dim=config.teacher.dim, min_rows=2)
+    teacher = validate_teacher(load_teacher(config, registry), dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS)
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
-    batch_mode = tr.batches
-    if batch_mode == "auto":
-        batch_mode = "neighbors" if len(train_rows) <= AUTO_NEIGHBORS_MAX_ROWS else "random"
-    if batch_mode == "random" and len(train_rows) < tr.batch_size:
-        raise DataError(f"{teacher.source}: {len(train_rows)} training rows after the validation split, fewer than "
-                        f"train.batch_size = {tr.batch_size}; lower the batch size or add data")
-    if batch_mode == "neighbors" and len(train_rows) <= tr.neighbors:
-        raise DataError(f"{teacher.source}: {len(train_rows)} training rows after the validation split, too few for "
-                        f"neighbour batches with train.neighbors = {tr.neighbors}; add data")
+    batch_mode = _batch_mode(config, teacher, len(train_rows))
 
     s = config.student
     torch.manual_seed(tr.seed)
-    student = _call_plugin("student", "student", s.name, registry.get("student", s.name), teacher.dim, s.dim,
-                           **s.params)
+    student = _call_plugin(registry, "student", "student", s.name, teacher.dim, s.dim, **s.params)
     if not isinstance(student, torch.nn.Module):
         raise PluginError(f"student '{s.name}' ({registry.info('student', s.name).distribution}) returned "
                           f"{type(student).__name__}; student plugins must return a torch.nn.Module")
-    reconstruct = bool(s.params.get("reconstruct", False))
+    reconstruct = bool(getattr(student, "reconstructs", False))
     loss_fn = registry.get("loss", config.loss.name)
     if reconstruct and "reconstruction_loss" not in inspect.signature(loss_fn).parameters:
-        raise ConfigError(f"{config.source}: student.reconstruct = true needs a loss that takes a reconstruction "
-                          f"term, and loss '{config.loss.name}' does not; use name = \"combined\" in [loss]")
+        raise ConfigError(f"{config.source}: student '{s.name}' reconstructs its input, which needs a loss that takes "
+                          f"a reconstruction term, and loss '{config.loss.name}' does not; use name = \"combined\" "
+                          "in [loss]")
 
     sch = config.schedule
-    schedule = _call_plugin("schedule", "schedule", sch.name, registry.get("schedule", sch.name),
-                            sch.start, sch.end, sch.stages, **sch.params)
+    schedule = _call_plugin(registry, "schedule", "schedule", sch.name, sch.start, sch.end, sch.stages, **sch.params)
     taus = []
     for stage in range(sch.stages):
-        tau = schedule(stage) if callable(schedule) else None
+        with blame("schedule", sch.name, registry.info("schedule", sch.name).distribution):
+            tau = schedule(stage) if callable(schedule) else None
         if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau) or tau <= 0:
             raise PluginError(f"schedule '{sch.name}' ({registry.info('schedule', sch.name).distribution}) gave "
                               f"tau = {tau!r} for stage {stage}; schedules must give positive numbers")
         taus.append(float(tau))
 
-    pipe = Pipeline(config, teacher, student, loss_fn, dict(config.loss.params), schedule, taus, device,
-                    reconstruct, train_rows, val_rows, batch_mode)
-    _smoke_test(pipe, registry)
+    providers = {kind: registry.info(kind, name).distribution for kind, name in
+                 (("teacher", config.teacher.loader), ("student", s.name), ("loss", config.loss.name),
+                  ("schedule", sch.name))}
+    pipe = Pipeline(config, teacher, student, loss_fn, resolve_refs(loss_fn, config.loss.params, registry), taus,
+                    device, reconstruct, train_rows, val_rows, batch_mode, providers)
+    _smoke_test(pipe)
     return pipe
 
 
-def _smoke_test(pipe: Pipeline, registry: Registry) -> None:
-    """One forward pass and loss on a few real rows, so plugin mistakes surface before training."""
-    x = pipe.teacher.rows(pipe.train_rows[: min(8, len(pipe.train_rows))])
+def _batch_mode(config: PipelineConfig, teacher: TeacherData, n_train: int) -> str:
+    """``train.batches`` with "auto" resolved; checks that the training rows make at least one valid batch."""
+    tr = config.train
+    if n_train < MIN_BATCH_ROWS:
+        raise DataError(f"{teacher.source}: {n_train} training rows after the validation split "
+                        f"(train.val_fraction = {tr.val_fraction}); a batch needs at least {MIN_BATCH_ROWS}: "
+                        "add data or lower train.val_fraction")
+    mode = tr.batches
+    if mode == "auto":
+        mode = "neighbors" if n_train <= AUTO_NEIGHBORS_MAX_ROWS else "random"
+    if mode == "neighbors" and n_train <= tr.neighbors:
+        raise DataError(f"{teacher.source}: {n_train} training rows after the validation split, too few for "
+                        f"neighbour batches with train.neighbors = {tr.neighbors}; lower train.neighbors or add data")
+    if n_train < tr.batch_size:
+        warnings.warn(f"atlas: train.batch_size = {tr.batch_size} is larger than the {n_train} training rows; "
+                      "each batch holds all of them", stacklevel=3)
+    return mode
+
+
+def _smoke_test(pipe: Pipeline) -> None:
+    """One real forward and backward pass on a throw-away copy of the student, on the smallest batch training
+    can build and on a full one, so plugin mistakes surface before anything is written."""
+    n_train = len(pipe.train_rows)
     name, loss_name = pipe.config.student.name, pipe.config.loss.name
-    with torch.no_grad():
-        try:
-            out = pipe.student(x)
-        except Exception as exc:
-            raise PluginError(f"student '{name}' failed on a batch of shape {tuple(x.shape)}: "
-                              f"{type(exc).__name__}: {exc}") from None
-        try:
-            levels = as_student_output(out, name, x.shape[0])
-        except PluginError as exc:
-            raise PluginError(f"{exc} (distribution '{registry.info('student', name).distribution}')") from None
-        xhat = pipe.student.decode(out) if pipe.reconstruct else None
-        try:
-            loss = pipe.loss(out, x, pipe.taus[0], xhat)
-        except AtlasError as exc:
-            hint = (f"; student '{name}' returns {len(levels)} levels: use loss 'hierarchical' "
-                    "(or 'combined' with base = \"hierarchical\")") if len(levels) > 1 else ""
-            raise ConfigError(f"[loss] loss '{loss_name}': {exc}{hint}") from None
-        except Exception as exc:
-            raise PluginError(f"loss '{loss_name}' ({registry.info('loss', loss_name).distribution}) failed: "
-                              f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise PluginError(f"loss '{loss_name}' ({registry.info('loss', loss_name).distribution}) returned {got}; "
-                          "a loss must return a scalar tensor")
+    with torch.random.fork_rng(devices=[]):  # the real run's random numbers stay as they were
+        student = copy.deepcopy(pipe.student)
+        if not any(p.requires_grad for p in student.parameters()):
+            raise PluginError(f"student '{name}' ({pipe.providers['student']}) has no trainable parameters; "
+                              "a student must have parameters that require gradients")
+        for size in sorted({MIN_BATCH_ROWS, min(n_train, pipe.config.train.batch_size)}):
+            x = pipe.teacher.rows(pipe.train_rows[:size])
+            student.zero_grad(set_to_none=True)
+            out = pipe.forward(student, x)
+            try:
+                levels = as_student_output(out, name, size)
+            except PluginError as exc:
+                raise PluginError(f"{exc} (distribution '{pipe.providers['student']}')") from None
+            xhat = pipe.forward(student.decode, out) if pipe.reconstruct else None
+            try:
+                loss = pipe.loss(out, x, pipe.taus[0], xhat)
+            except ConfigError as exc:
+                hint = (f"; student '{name}' returns {len(levels)} levels: use loss 'hierarchical' "
+                        "(or 'combined' with base = \"hierarchical\")") if len(levels) > 1 else ""
+                raise ConfigError(f"{exc}{hint}") from None
+            who = f"loss '{loss_name}' ({pipe.providers['loss']})"
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise PluginError(f"{who} returned {got}; a loss must return a scalar tensor")
+            if not loss.requires_grad:
+                raise PluginError(f"{who} returned a tensor without a gradient (a constant, or computed under "
+                                  "no_grad or from detached inputs); a loss must depend on the student's output")
+            with blame("loss", loss_name, pipe.providers["loss"]):
+                loss.backward()
+            if all(p.grad is None for p in student.parameters()):
+                raise PluginError(f"{who} gives student '{name}' no gradient: the loss does not depend on the "
+                                  "student's parameters (frozen, or its output is detached)")

@@ -7,66 +7,46 @@ a bad value raises :class:`ConfigError` naming the field.  ``loss`` and
 
 from __future__ import annotations
 
-import math
-
 import attrs
 
+from .config import (MAX_DIM, MAX_STAGES, boolean, bounded_int, device, name, one_of, positive_int, positive_number,
+                     unit_number)
 from .errors import ConfigError
-
-
-def _positive_int(inst, attr, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"DistillationConfig.{attr.name} must be a positive integer, got {value!r}")
-
-
-def _positive(inst, attr, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"DistillationConfig.{attr.name} must be a positive number, got {value!r}")
-
-
-def _unit(inst, attr, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ConfigError(f"DistillationConfig.{attr.name} must be a number in [0, 1], got {value!r}")
 
 
 def _pair_of_taus(inst, attr, value):
     if len(value) != 2:
         raise ConfigError(f"DistillationConfig.{attr.name} must be (start_tau, end_tau), got {value!r}")
     for v in value:
-        _positive(inst, attr, v)
-
-
-def _device(inst, attr, value):
-    if not isinstance(value, str) or not (value in ("cpu", "cuda", "auto", "mps") or value.startswith("cuda:")):
-        raise ConfigError(f"DistillationConfig.{attr.name} must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")
-
-
-def _name(inst, attr, value):
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"DistillationConfig.{attr.name} must be a plugin name, got {value!r}")
+        positive_number(inst, attr, v)
 
 
 @attrs.frozen
 class DistillationConfig:
-    """Everything a teacher→student distillation needs, with the quickstart's names."""
+    """Everything a teacher→student distillation needs, with the quickstart's names.
+
+    Its fields are checked by the same validators as the pipeline file's (``atlas_plugins.config``).
+    """
+
+    ERROR_PREFIX = "DistillationConfig."
 
     teacher_checkpoint: str | None = None
-    teacher_dim: int = attrs.field(default=1536, validator=_positive_int)
-    student_dim: int = attrs.field(default=5, validator=_positive_int)
-    tau: float = attrs.field(default=1.0, validator=_positive)
-    alpha: float = attrs.field(default=0.7, validator=_unit)
-    device: str = attrs.field(default="cpu", validator=_device)
-    curriculum: bool = False
-    curriculum_stages: int = attrs.field(default=5, validator=_positive_int)
+    teacher_dim: int = attrs.field(default=1536, validator=bounded_int(1, 2**31))
+    student_dim: int = attrs.field(default=5, validator=bounded_int(1, MAX_DIM))
+    tau: float = attrs.field(default=1.0, validator=positive_number)
+    alpha: float = attrs.field(default=0.7, validator=unit_number)
+    device: str = attrs.field(default="cpu", validator=device)
+    curriculum: bool = attrs.field(default=False, validator=boolean)
+    curriculum_stages: int = attrs.field(default=5, validator=bounded_int(1, MAX_STAGES))
     curriculum_tau_schedule: tuple = attrs.field(default=(4.0, 0.5), converter=tuple, validator=_pair_of_taus)
-    schedule_type: str = attrs.field(default="linear", validator=_name)
-    loss: str = attrs.field(default="neighbors", validator=_name)
-    batch_size: int = attrs.field(default=32, validator=_positive_int)
-    learning_rate: float = attrs.field(default=1e-4, validator=_positive)
-    epochs_per_stage: int = attrs.field(default=10, validator=_positive_int)
-    student: str = attrs.field(default="mlp", validator=_name)
+    schedule_type: str = attrs.field(default="linear", validator=name)
+    loss: str = attrs.field(default="neighbors", validator=name)
+    batch_size: int = attrs.field(default=32, validator=positive_int)
+    learning_rate: float = attrs.field(default=1e-4, validator=positive_number)
+    epochs_per_stage: int = attrs.field(default=10, validator=positive_int)
+    student: str = attrs.field(default="mlp", validator=name)
     student_hidden: tuple = attrs.field(default=(128,), converter=tuple)
-    batches: str = attrs.field(default="neighbors", validator=attrs.validators.in_(("random", "neighbors")))
+    batches: str = attrs.field(default="neighbors", validator=one_of("random", "neighbors"))
 
     def get_tau_for_stage(self, stage: int) -> float:
         """τ for ``stage``: from the schedule when ``curriculum`` is on, else the fixed ``tau``."""

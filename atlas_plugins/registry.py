@@ -84,7 +84,6 @@ class Registry:
         self.pm = pluggy.PluginManager("atlas")
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[LoadFailure] = []
-        self._sources: dict[str, tuple[str, str | None]] = {}
         self._entries: dict[str, dict[str, PluginInfo]] = {k: {} for k in KINDS}
         self._conflicts: dict[str, dict[str, list[PluginInfo]]] = {k: {} for k in KINDS}
         if load_entrypoints is None:
@@ -102,13 +101,16 @@ class Registry:
             version = ep.dist.version if ep.dist is not None else None
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not break the others
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break the others
                 self._fail(LoadFailure(ep.name, dist, version, f"{type(exc).__name__}: {exc}"))
                 continue
             if self.pm.is_registered(plugin):
                 continue
             name = ep.name if self.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
-            self.add_plugin(plugin, name=name, distribution=dist, version=version)
+            try:
+                self.add_plugin(plugin, name=name, distribution=dist, version=version)
+            except PluginError as exc:  # an invalid plugin is reported like one that fails to import
+                self._fail(LoadFailure(name, dist, version, str(exc)))
 
     def _fail(self, failure: LoadFailure) -> None:
         self.failures.append(failure)
@@ -119,7 +121,9 @@ class Registry:
         """Register an object holding ``@hookimpl`` functions and collect what it registers.
 
         A hook function whose name is not one of the hook specs (a typo such as
-        ``register_loss``) or whose arguments differ raises :class:`PluginError`.
+        ``register_loss``) or whose arguments differ, or a registration with a bad name
+        or a non-callable object, raises :class:`PluginError`.  A hook that raises is
+        reported as a warning.  Either way none of the plugin's names is registered.
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         try:
@@ -131,20 +135,26 @@ class Registry:
             hooks = ", ".join(_HOOKS.values())
             raise PluginError(f"plugin '{name}' from distribution '{distribution}' is invalid: {exc} "
                               f"(valid hooks: {hooks})") from None
-        self._sources[name] = (distribution, version)
+        staged: list[PluginInfo] = []
         for kind, hook in _HOOKS.items():
             for impl in getattr(self.pm.hook, hook).get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
                 try:
-                    impl.function(register=self._registrar(kind, name, distribution, version))
-                except (DuplicatePluginError, PluginError):
+                    impl.function(register=self._registrar(kind, name, distribution, version, staged.append))
+                except PluginError:
+                    self.pm.unregister(plugin)
                     raise
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
+                    self.pm.unregister(plugin)
                     self._fail(LoadFailure(name, distribution, version,
                                            f"{hook}() raised {type(exc).__name__}: {exc}"))
+                    return
+        for info in staged:
+            self._add(info)
 
-    def _registrar(self, kind: str, plugin: str, distribution: str, version: str | None) -> Callable:
+    def _registrar(self, kind: str, plugin: str, distribution: str, version: str | None,
+                   collect: Callable[[PluginInfo], None]) -> Callable:
         def register(name: str, obj: Any, description: str = "") -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin '{plugin}' ({distribution}) registered a {kind} with an invalid name {name!r}; "
@@ -152,9 +162,8 @@ class Registry:
             if not callable(obj):
                 raise PluginError(f"plugin '{plugin}' ({distribution}) registered {kind} '{name}' as {obj!r}, "
                                   "which is not callable")
-            info = PluginInfo(kind, name, obj, description or (obj.__doc__ or "").strip().split("\n")[0],
-                              plugin, distribution, version)
-            self._add(info)
+            text = str(description or getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+            collect(PluginInfo(kind, name, obj, text, plugin, distribution, version))
         return register
 
     def _add(self, info: PluginInfo) -> None:
@@ -186,7 +195,7 @@ class Registry:
         if old is not None and old.plugin != "__main__":
             raise DuplicatePluginError(f"{kind} '{name}' is already provided by plugin '{old.plugin}' "
                                        f"(distribution '{old.distribution}'); choose another name")
-        self._registrar(kind, "__main__", "__main__", None)(name, obj, description)
+        self._registrar(kind, "__main__", "__main__", None, self._add)(name, obj, description)
         return None
 
     # -- lookup --------------------------------------------------------------

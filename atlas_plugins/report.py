@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
-from collections import Counter
 import time
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -49,6 +50,10 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
         rows.sort()
     x = pipe.teacher.rows(rows)
     labels = [pipe.teacher.labels[i] for i in rows] if pipe.teacher.labels is not None else None
+    k = min(K, len(rows) - 1)  # a point's neighbours are the other rows: at most N - 1 of them
+    notes = [f"k = {k} instead of {K}: only {len(rows)} rows to measure on"] if k < K else []
+    if k >= len(rows) / 2:
+        notes.append(f"trustworthiness@{k} left out: it needs k < rows / 2")
     student.module.to("cpu")
     z = student.encode(x)
     levels = z if isinstance(z, tuple) else (z,)
@@ -57,9 +62,9 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
     mean, comps = pca_fit(pipe.teacher.rows(pipe.train_rows[fit_rows]), levels[0].shape[1])
     pca_z = pca_transform(x, mean, comps)
     report = {
-        "rows": len(rows), "held_out": held_out, "k": K,
-        "student": evaluate(x, levels[0], labels, K),
-        "pca": evaluate(x, pca_z, labels, K),
+        "rows": len(rows), "held_out": held_out, "k": k, "notes": notes,
+        "student": evaluate(x, levels[0], labels, k),
+        "pca": evaluate(x, pca_z, labels, k),
         "encode_vectors_per_s": _throughput(student.encode, x),
         "pca_transform_vectors_per_s": _throughput(pca_projector(mean, comps), x),
         "train_seconds": round(sum(m["seconds"] for m in metrics), 3),
@@ -67,7 +72,7 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
         "final_val_loss": metrics[-1]["val_loss"] if metrics else None,
     }
     if len(levels) > 1:
-        report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, labels, K) for i, lv in enumerate(levels)}
+        report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, labels, k) for i, lv in enumerate(levels)}
     if pipe.teacher.texts is not None:
         texts = [pipe.teacher.texts[i] for i in rows]
         report["axis_cards"] = axis_cards(levels[0], texts)
@@ -98,6 +103,7 @@ def markdown(report: dict, pipe) -> str:
         out.append(f"| {key} | {value:.3f} | {report['pca'][key]:.3f} |")
     out.append(f"| encode vectors/s | {report['encode_vectors_per_s']:,.0f} | "
                f"{report['pca_transform_vectors_per_s']:,.0f} |")
+    out += [f"\nNote: {note}." for note in report.get("notes", [])]
     out += ["", f"Training took {report['train_seconds']:.1f} s; final train loss "
                 f"{report['final_train_loss']:.4f}" + (f", validation loss {report['final_val_loss']:.4f}."
                                                        if report["final_val_loss"] is not None else ".")]
@@ -141,8 +147,7 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     ax2.set_ylabel("τ")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(run.file("training.png"), dpi=100)
-    plt.close(fig)
+    _save_png(run, "training.png", fig)
     written.append("training.png")
 
     z, labels = arrays["z"], arrays["labels"]
@@ -161,10 +166,19 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     ax.set_xlabel("student dim 0")
     ax.set_ylabel("student dim 1")
     fig.tight_layout()
-    fig.savefig(run.file("scatter.png"), dpi=100)
-    plt.close(fig)
+    _save_png(run, "scatter.png", fig)
     written.append("scatter.png")
     return written
+
+
+def _save_png(run: RunDir, rel: str, fig) -> None:
+    """Render ``fig`` in memory, then write it atomically like every other file of the run."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    run.write_bytes(rel, buf.getvalue())
 
 
 def write_report(pipe, student, metrics, run: RunDir, *, echo: Callable = print, warn: Callable = print) -> dict:

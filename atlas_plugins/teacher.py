@@ -105,19 +105,26 @@ def _dtype_name(emb) -> str:
     return str(emb.dtype).replace("torch.", "")
 
 
+LABEL_TYPES = (str, int, float, bool)
+
+
 def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int = 1,
                      chunk_rows: int | None = None) -> TeacherData:
-    """Check shape, dtype and values before any training; raise :class:`DataError` naming the file.
+    """Check shape, dtype, values, labels and texts before any training; raise :class:`DataError` naming the file.
 
     The NaN/Inf scan reads ``chunk_rows`` rows at a time, so a memory-mapped
-    file is never loaded whole.
+    file is never loaded whole.  Labels must be strings, numbers or booleans (they are
+    counted and compared); texts must be strings.
     """
+    if not isinstance(data, TeacherData):
+        raise DataError(f"the teacher plugin returned {type(data).__name__}, expected atlas_plugins.TeacherData")
     src = data.source or "teacher"
     emb = data.embeddings
-    if not isinstance(data, TeacherData):
-        raise DataError(f"{src}: the teacher plugin returned {type(data).__name__}, expected atlas_plugins.TeacherData")
     if not isinstance(emb, (np.ndarray, torch.Tensor)):
         raise DataError(f"{src}: embeddings must be a numpy array or torch tensor, got {type(emb).__name__}")
+    if isinstance(emb, torch.Tensor) and (emb.layout != torch.strided or emb.is_meta):
+        kind = "on the meta device (it holds no values)" if emb.is_meta else f"sparse ({emb.layout})"
+        raise DataError(f"{src}: embeddings are a {kind} tensor; save a dense tensor (tensor.to_dense())")
     if emb.ndim != 2:
         raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}")
     if _dtype_name(emb) not in FLOAT_DTYPES:
@@ -129,13 +136,26 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if dim is not None and d != dim:
         raise DataError(f"{src}: embeddings have dimension {d}, but the configuration expects {dim}")
     if n < min_rows:
-        raise DataError(f"{src}: has {n} rows, fewer than needed ({min_rows}); lower train.batch_size or add data")
-    for name, seq in (("labels", data.labels), ("texts", data.texts)):
-        if seq is not None and len(seq) != n:
+        raise DataError(f"{src}: has {n} rows, fewer than needed ({min_rows}); add data")
+    for name, seq, types, expected in (("labels", data.labels, LABEL_TYPES, "strings, numbers or booleans"),
+                                       ("texts", data.texts, (str,), "strings")):
+        if seq is None:
+            continue
+        if not isinstance(seq, (list, tuple)):
+            raise DataError(f"{src}: {name} must be a list of {expected}, got {type(seq).__name__}")
+        if len(seq) != n:
             raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows")
+        bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and (v is not None or name == "texts")),
+                   None)
+        if bad is not None:
+            raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")
     for start, block in data.chunks(chunk_rows):
         bad = ~torch.isfinite(block).all(dim=1)
         if bool(bad.any()):
             row = start + int(bad.nonzero()[0, 0])
+            raw = np.asarray(emb[row].double() if isinstance(emb, torch.Tensor) else emb[row], dtype=np.float64)
+            if np.isfinite(raw).all():
+                raise DataError(f"{src}: row {row} has values too large for float32 (|x| > 3.4e38; largest "
+                                f"{np.abs(raw).max():.3g}); rescale the embeddings")
             raise DataError(f"{src}: row {row} contains NaN or Inf; clean or drop it before training")
     return data

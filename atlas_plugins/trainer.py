@@ -23,22 +23,23 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from . import distributed
-from .config import flatten, hash_dict, training_keys
-from .checkpoint import safe_load
-from .errors import AtlasError, CheckpointError, TrainingError
-from .neighbors import neighbor_batches, normalized_rows, topk_cosine
+from .batches import MIN_BATCH_ROWS, chunks, neighbor_batches, random_batches
+from .checkpoint import CHECKPOINT_FORMAT, safe_load
+from .config import hash_dict
+from .errors import AtlasError, CheckpointError, TrainingError, WriteError
+from .neighbors import normalized_rows, topk_cosine
 from .pipeline import Pipeline
 from .rundir import RunDir
 
-CHECKPOINT_FORMAT = "atlas-checkpoint/1"
-# Keys that may change on --resume (they do not change what the weights mean).
-RESUMABLE = {"train.learning_rate", "train.device", "train.eval_rows"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both save a checkpoint and stop; exit code 128 + signal
 
 
 class Interrupted(AtlasError):
-    """Ctrl-C: a checkpoint was saved; the message says how to resume."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the message says how to resume."""
 
-    exit_code = 130
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class _Objective(nn.Module):
@@ -93,7 +94,7 @@ class Trainer:
         self.opt = opt_cls(self.student.parameters(), lr=self.cfg.learning_rate, **kwargs)
         self.global_step = 0
         self.metrics: list[dict] = []
-        self.stop_requested = False
+        self.stop_signal: int | None = None
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
         self.batches_per_epoch = len(self.batches(0, 0))  # the same every epoch: only the order changes
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
@@ -108,10 +109,13 @@ class Trainer:
                          "rows": hash_dict({"r": rows[:: max(1, len(rows) // 1000)].tolist(), "len": len(rows)}),
                          "pool": self.cfg.neighbor_pool})[:16]
         rel = f"cache/knn-{key}.pt"
-        if self.run is not None and (self.run.path / rel).is_file():
+        cached = self.run.inside(rel) if self.run is not None else None
+        if cached is not None and cached.is_file():
             try:
-                graph = safe_load(self.run.path / rel, what="neighbour cache")
-                if isinstance(graph, torch.Tensor) and graph.shape[0] == len(rows):
+                graph = safe_load(cached, what="neighbour cache")
+                if (isinstance(graph, torch.Tensor) and graph.dtype == torch.long and graph.dim() == 2
+                        and graph.shape[0] == len(rows) and graph.numel() and 0 <= int(graph.min())
+                        and int(graph.max()) < len(rows)):
                     return graph
             except CheckpointError:
                 pass
@@ -129,11 +133,11 @@ class Trainer:
         sampler.set_epoch(global_epoch)
         order = np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
         if self.graph is not None:
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + global_epoch * 7919 + self.dist.rank)
-            positions = neighbor_batches(order, self.graph, self.cfg.batch_size, self.cfg.neighbors, gen)
+            seed = (self.cfg.seed * 1_000_003 + global_epoch * 7919 + self.dist.rank) % 2**63
+            positions = neighbor_batches(order, self.graph, self.cfg.batch_size, self.cfg.neighbors,
+                                         torch.Generator().manual_seed(seed))
         else:
-            bs = self.cfg.batch_size
-            positions = [order[i:i + bs] for i in range(0, len(order), bs) if len(order[i:i + bs]) >= 2]
+            positions = random_batches(order, self.cfg.batch_size)
         return [self.pipe.train_rows[p] for p in positions]
 
     def lr_at(self, step: int) -> float:
@@ -147,43 +151,59 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------
     def state(self, stage: int, epoch: int, batch: int, acc: EpochAcc) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "position": {"stage": stage, "epoch": epoch, "batch": batch},
+        """Everything a resume needs, including every random generator in use (CPU, and CUDA on a GPU)."""
+        blob = {"format": CHECKPOINT_FORMAT, "position": {"stage": stage, "epoch": epoch, "batch": batch},
                 "global_step": self.global_step, "student": self.student.state_dict(),
                 "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                 "epoch_acc": attrs.asdict(acc), "metrics": list(self.metrics),
                 "config_hash": self.config_hash, "config": self.config_dict}
+        if self.pipe.device.type == "cuda":
+            blob["cuda_rng"] = torch.cuda.get_rng_state(self.pipe.device)
+        return blob
 
     def save_checkpoint(self, rel: str, blob: dict) -> None:
         if self.run is not None and self.dist.is_main:
-            self.run.save(rel, blob)
+            try:
+                self.run.save(rel, blob)
+            except WriteError as exc:
+                raise WriteError(f"{exc}; make room, then continue with: {self.next_step()}") from None
 
     def restore(self, blob: dict) -> tuple[int, int, int, EpochAcc]:
         self.student.load_state_dict(blob["student"])
         self.opt.load_state_dict(blob["optimizer"])
         torch.set_rng_state(blob["rng"])
+        if self.pipe.device.type == "cuda" and isinstance(blob.get("cuda_rng"), torch.Tensor):
+            torch.cuda.set_rng_state(blob["cuda_rng"], self.pipe.device)
         self.global_step = int(blob["global_step"])
         self.metrics = list(blob["metrics"])
         pos = blob["position"]
         return pos["stage"], pos["epoch"], pos["batch"], EpochAcc(**blob["epoch_acc"])
 
+    def next_step(self) -> str:
+        """The command that continues this run from where it stopped."""
+        has_checkpoint = self.run is not None and any((self.run.path / "checkpoints").glob("*.pt"))
+        return f"{self.resume_hint} --resume" if has_checkpoint else f"{self.resume_hint} --overwrite"
+
     # -- the loop ------------------------------------------------------------------
     def fit(self, resume: dict | None = None) -> None:
         stage0, epoch0, batch0, acc = (0, 0, 0, EpochAcc()) if resume is None else self.restore(resume)
-        old_handler = None
+        old_handlers = {}
         if self.dist.is_main and _main_thread():
-            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             for stage in range(stage0, len(self.pipe.taus)):
                 self._stage(stage, epoch0 if stage == stage0 else 0, batch0 if stage == stage0 else 0,
                             acc if stage == stage0 else EpochAcc())
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        if self.run is not None and self.dist.is_main:
+            self.run.remove("checkpoints/interrupt.pt")  # the run is complete: nothing to resume from it
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C stops at once
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.stop_signal = signum
 
     def _stage(self, stage: int, first_epoch: int, first_batch: int, acc: EpochAcc) -> None:
         from tqdm.auto import tqdm
@@ -205,76 +225,103 @@ class Trainer:
         self.save_checkpoint(f"checkpoints/stage-{stage}.pt", self.state(stage + 1, 0, 0, EpochAcc()))
         if self.dist.is_main:
             val = f"{last['val_loss']:.4f}" if last["val_loss"] is not None else "n/a"
+            mine = [m for m in self.metrics if m["stage"] == stage]
+            rate = sum(m["samples_per_s"] * m["seconds"] for m in mine) / max(1e-9, sum(m["seconds"] for m in mine))
             self.echo(f"stage {stage + 1}/{n_stages}  tau {tau:.3g}  train loss {last['train_loss']:.4f}  "
-                      f"val loss {val}  {time.perf_counter() - t_stage:.1f}s  {last['samples_per_s']:,.0f} samples/s")
+                      f"val loss {val}  {time.perf_counter() - t_stage:.1f}s  {rate:,.0f} samples/s")
 
     def _epoch(self, stage: int, epoch: int, tau: float, first_batch: int, acc: EpochAcc, bar) -> None:
         batches = self.batches(stage, epoch)
-        acc_steps = self.cfg.accumulate
         self.objective.train()
         t0 = time.perf_counter() - acc.seconds
         for b in range(first_batch, len(batches)):
-            x = self.pipe.teacher.rows(batches[b]).to(self.pipe.device, non_blocking=True)
-            out, xhat = self.objective(x)
-            loss = self.pipe.loss(out, x, tau, xhat)
-            finite = bool(torch.isfinite(loss).item())
-            if not distributed.all_ok(self.dist, finite):
-                raise TrainingError(
-                    f"the loss became {loss.item() if not finite else 'non-finite on another rank'} at stage "
-                    f"{stage + 1}, epoch {epoch + 1}, step {b + 1} (tau {tau:.3g}, learning rate "
-                    f"{self.lr_at(self.global_step):.3g}); the last good checkpoint is kept; resume with a lower "
-                    f"learning rate: {self.resume_hint} --resume --set train.learning_rate="
-                    f"{self.cfg.learning_rate / 10:g}")
-            (loss / acc_steps).backward()
-            acc.loss_sum += float(loss.detach())
+            loss = self._step(batches[b], tau, (stage, epoch, b))
+            acc.loss_sum += float(loss)
             acc.batches += 1
             acc.samples += len(batches[b])
-            if (b + 1) % acc_steps == 0 or b + 1 == len(batches):
-                for group in self.opt.param_groups:
-                    group["lr"] = self.lr_at(self.global_step)
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.global_step += 1
-                if self.stop_requested and b + 1 < len(batches):
+            if (b + 1) % self.cfg.accumulate == 0 or b + 1 == len(batches):
+                self._optimizer_step()
+                if self.stop_signal is not None and b + 1 < len(batches):
                     acc.seconds = time.perf_counter() - t0
-                    self._interrupt(stage, epoch, b + 1, acc)
+                    self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, epoch, b + 1, acc))
+                    raise self._interrupted(f"at stage {stage + 1}, epoch {epoch + 1}")
             if b % 10 == 0 or b + 1 == len(batches):
-                bar.set_postfix(loss=f"{loss.item():.4f}", tau=f"{tau:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}", refresh=False)
             bar.update(1)
-        seconds = time.perf_counter() - t0
+        self._end_epoch(stage, epoch, tau, acc, time.perf_counter() - t0)
+
+    def _step(self, rows: np.ndarray, tau: float, where: tuple[int, int, int]) -> float:
+        """Forward, loss and backward on one batch (gradients accumulate); returns the batch's loss."""
+        x = self.pipe.teacher.rows(rows).to(self.pipe.device, non_blocking=True)
+        out, xhat = self.pipe.forward(self.objective, x)
+        loss = self.pipe.loss(out, x, tau, xhat)
+        finite = bool(torch.isfinite(loss).item())
+        if not distributed.all_ok(self.dist, finite):
+            raise TrainingError(self._divergence(loss, x, out, tau, where))
+        (loss / self.cfg.accumulate).backward()
+        return float(loss.detach())
+
+    def _optimizer_step(self) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.global_step)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+    def _end_epoch(self, stage: int, epoch: int, tau: float, acc: EpochAcc, seconds: float) -> None:
+        """Metrics, ``metrics.jsonl`` and ``checkpoints/latest.pt``; stop here when a signal asked to."""
         train_loss = acc.loss_sum / max(1, acc.batches)
         if self.dist.active:
             train_loss = distributed.mean(self.dist, train_loss)
-        record = {"stage": stage, "epoch": epoch, "tau": tau, "lr": self.lr_at(max(0, self.global_step - 1)),
-                  "train_loss": train_loss, "val_loss": self.val_loss(tau) if self.dist.is_main else None,
-                  "seconds": round(seconds, 4), "samples_per_s": acc.samples * self.dist.world / max(seconds, 1e-9),
-                  "step": self.global_step}
-        self.metrics.append(record)
+        self.metrics.append({"stage": stage, "epoch": epoch, "tau": tau,
+                             "lr": self.lr_at(max(0, self.global_step - 1)), "train_loss": train_loss,
+                             "val_loss": self.val_loss(tau) if self.dist.is_main else None,
+                             "seconds": round(seconds, 4),
+                             "samples_per_s": acc.samples * self.dist.world / max(seconds, 1e-9),
+                             "step": self.global_step})
         if self.run is not None and self.dist.is_main:
             self.run.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
         self.save_checkpoint("checkpoints/latest.pt", self.state(stage, epoch + 1, 0, EpochAcc()))
-        if self.stop_requested and not (stage + 1 == len(self.pipe.taus) and epoch + 1 == self.cfg.epochs_per_stage):
-            raise Interrupted(f"interrupted after stage {stage + 1}, epoch {epoch + 1}; checkpoint saved; "
-                              f"continue with: {self.resume_hint} --resume")
+        last = stage + 1 == len(self.pipe.taus) and epoch + 1 == self.cfg.epochs_per_stage
+        if self.stop_signal is not None and not last:
+            raise self._interrupted(f"after stage {stage + 1}, epoch {epoch + 1}")
 
-    def _interrupt(self, stage: int, epoch: int, batch: int, acc: EpochAcc) -> None:
-        self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, epoch, batch, acc))
-        raise Interrupted(f"interrupted at stage {stage + 1}, epoch {epoch + 1}; checkpoint saved; "
-                          f"continue with: {self.resume_hint} --resume")
+    def _interrupted(self, where: str) -> Interrupted:
+        name = signal.Signals(self.stop_signal).name
+        return Interrupted(f"interrupted ({name}) {where}; checkpoint saved; continue with: {self.next_step()}",
+                           self.stop_signal)
+
+    def _divergence(self, loss: torch.Tensor, x: torch.Tensor, out, tau: float, where: tuple[int, int, int]) -> str:
+        """Why the loss stopped being finite, as far as what was seen tells, and the command that helps."""
+        stage, epoch, b = where
+        value = loss.item() if loss.numel() == 1 and not bool(torch.isfinite(loss).all()) else "non-finite on another rank"
+        head = f"the loss became {value} at stage {stage + 1}, epoch {epoch + 1}, step {b + 1} (tau {tau:.3g}, " \
+               f"learning rate {self.lr_at(self.global_step):.3g})"
+        levels = out if isinstance(out, (tuple, list)) else (out,)
+        biggest = float(x.abs().max()) if x.numel() else 0.0
+        if biggest > 1e15:
+            return (f"{head}: the teacher rows hold values up to {biggest:.3g}, too large for float32 arithmetic; "
+                    f"rescale or normalise the embeddings in {self.pipe.teacher.source}")
+        if tau < 1e-6:
+            return (f"{head}: tau = {tau:.3g} is too small for float32 arithmetic; raise the schedule's end "
+                    "(or loss.tau)")
+        if self.global_step == 0 and all(bool(torch.isfinite(z).all()) for z in levels):
+            return (f"{head}, before any weight update, so the learning rate is not the cause: check the [loss] "
+                    f"parameters of '{self.pipe.config.loss.name}' ({self.pipe.loss_params})")
+        lower = min(self.cfg.learning_rate, self.lr_at(self.global_step)) / 10
+        return (f"{head}; the last good checkpoint is kept; continue with a lower learning rate: "
+                f"{self.next_step()} --set train.learning_rate={lower:.3g}")
 
     @torch.no_grad()
     def val_loss(self, tau: float) -> float | None:
         rows = self.pipe.val_rows[: self.cfg.eval_rows]
-        if len(rows) < 2:
+        if len(rows) < MIN_BATCH_ROWS:
             return None
         self.plain_objective.eval()
-        total, count, bs = 0.0, 0, max(2, self.cfg.batch_size)
-        for i in range(0, len(rows), bs):
-            chunk = rows[i:i + bs]
-            if len(chunk) < 2:
-                continue
+        total, count = 0.0, 0
+        for chunk in chunks(rows, self.cfg.batch_size):
             x = self.pipe.teacher.rows(chunk).to(self.pipe.device)
-            out, xhat = self.plain_objective(x)
+            out, xhat = self.pipe.forward(self.plain_objective, x)
             total += float(self.pipe.loss(out, x, tau, xhat))
             count += 1
         self.plain_objective.train()
@@ -285,40 +332,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def checkpoint_order(blob: dict) -> tuple[int, int, int]:
-    p = blob["position"]
-    return (int(p["stage"]), int(p["epoch"]), int(p["batch"]))
-
-
-def find_resume_checkpoint(run: RunDir, warn: Callable[[str], None]) -> dict | None:
-    """The most advanced readable checkpoint in ``run``; corrupt ones are reported and skipped."""
-    best = None
-    for path in sorted((run.path / "checkpoints").glob("*.pt")):
-        try:
-            blob = safe_load(path, what="checkpoint")
-            if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-                raise CheckpointError(f"{path}: not an atlas checkpoint")
-            key = checkpoint_order(blob)
-        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
-            warn(f"skipping unreadable checkpoint: {exc}")
-            continue
-        if best is None or key > checkpoint_order(best[1]):
-            best = (path, blob)
-    if best is None:
-        return None
-    best[1]["_path"] = str(best[0])
-    return best[1]
-
-
-def check_resumable(blob: dict, config_dict: dict, source) -> list[str]:
-    """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes."""
-    old, new = flatten(training_keys(blob["config"])), flatten(training_keys(config_dict))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    blocking = [k for k in changed if k not in RESUMABLE]
-    if blocking:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking)
-        raise CheckpointError(f"{source}: cannot resume: the configuration changed since the checkpoint ({detail}); "
-                              "restore those values or start a fresh run with --overwrite")
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]

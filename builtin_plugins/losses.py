@@ -9,6 +9,8 @@ The teacher never receives a gradient.
 
 from __future__ import annotations
 
+import math
+from typing import Annotated, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from atlas_plugins.checks import (check_alpha, check_matrix, check_pair, check_reduction, check_tau, cosine_matrix,
                                   off_diagonal, reduce)
 from atlas_plugins.errors import ConfigError
+from atlas_plugins.params import PluginRef
 
 
 def _teacher_sims(teacher: torch.Tensor) -> torch.Tensor:
@@ -90,15 +93,21 @@ def kl(student, teacher, *, tau=1.0, reduction="mean"):
     return reduce(per, reduction)
 
 
-def _base(name: str):
-    from atlas_plugins import get_loss  # looked up by name, so third-party bases work too
-
-    if not isinstance(name, str):
-        raise ConfigError(f"base must be a loss name, got {name!r}")
-    return get_loss(name)
+LossName = Annotated[str, PluginRef("loss")]
 
 
-def combined(student, teacher, *, tau=1.0, reduction="mean", alpha=0.5, reconstruction_loss=None, base="relational"):
+def _base(base):
+    """A base loss: a function (what atlas-run passes, resolved through its registry) or a built-in's name."""
+    if callable(base):
+        return base
+    if isinstance(base, str) and base in BUILTIN_BASES:
+        return BUILTIN_BASES[base]
+    raise ConfigError(f"base must be a loss function or one of {', '.join(BUILTIN_BASES)}, got {base!r}; "
+                      "atlas-run and atlas_plugins.distill_loss look up any registered loss by name")
+
+
+def combined(student, teacher, *, tau=1.0, reduction="mean", alpha: float = 0.5, reconstruction_loss=None,
+             base: LossName | Callable = "relational"):
     """α · base(s, t, τ) + (1 − α) · reconstruction_loss; plain ``base`` without one.
 
     ``reconstruction_loss`` is a scalar tensor (or ``(B,)`` with reduction "none").
@@ -112,7 +121,8 @@ def combined(student, teacher, *, tau=1.0, reduction="mean", alpha=0.5, reconstr
     return alpha * distill + (1.0 - alpha) * reconstruction_loss
 
 
-def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights=None, base="relational"):
+def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights: list[float] | None = None,
+                 base: LossName | Callable = "relational"):
     """Σₗ wₗ · base(sₗ, tₗ, τ) over levels, coarse first (e.g. 5-D then 25-D).
 
     ``student`` is a sequence of level tensors ``(B, Dₗ)``; ``teacher`` is one
@@ -128,7 +138,7 @@ def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights=None, b
     if weights is None:
         weights = [1.0 / len(levels)] * len(levels)
     weights = [float(w) for w in weights]
-    if len(weights) != len(levels) or any(w < 0 for w in weights):
+    if len(weights) != len(levels) or any(not math.isfinite(w) or w < 0 for w in weights):
         raise ConfigError(f"weights must be {len(levels)} non-negative numbers (one per level), got {weights}")
     fn = _base(base)
     for i, level in enumerate(levels):
@@ -136,7 +146,8 @@ def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights=None, b
     return sum(w * fn(s, t, tau=tau, reduction=reduction) for w, s, t in zip(weights, levels, teachers))
 
 
-def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel="gaussian", dof=1.0):
+def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel: Literal["gaussian", "student-t"] = "gaussian",
+              dof: float = 1.0):
     """Neighbour-preserving KL for very low dimensions (2–10-D students).
 
     The teacher side is calibrated per point: each row of in-batch cosine
@@ -153,6 +164,8 @@ def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel="gaussian",
     check_pair(student, teacher, min_batch=3)
     if kernel not in ("gaussian", "student-t"):
         raise ConfigError(f"kernel must be 'gaussian' or 'student-t', got {kernel!r}")
+    if isinstance(dof, bool) or not isinstance(dof, (int, float)) or not math.isfinite(dof) or dof <= 0:
+        raise ConfigError(f"dof must be a positive number, got {dof!r}")
     with torch.no_grad():
         t = _teacher_sims(teacher)
         z = (t - t.mean(dim=1, keepdim=True)) / t.std(dim=1, keepdim=True).clamp_min(1e-8)
@@ -166,3 +179,7 @@ def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel="gaussian",
     log_q = torch.log_softmax(logits, dim=1)
     per = (log_p.exp() * (log_p - log_q)).sum(dim=1)
     return reduce(per, reduction)
+
+
+# The bases combined and hierarchical find by name when called directly, without a registry.
+BUILTIN_BASES = {"mse": mse, "cosine": cosine, "relational": relational, "kl": kl, "neighbors": neighbors}

@@ -10,11 +10,19 @@ from torch import nn
 from atlas_plugins.errors import ConfigError
 
 
+MAX_LAYERS = 64
+MAX_WIDTH = 65536
+
+
 def _sizes(hidden) -> list[int]:
+    """Hidden layer sizes: an integer or a list of them, at most MAX_LAYERS layers of at most MAX_WIDTH units."""
     if isinstance(hidden, int) and not isinstance(hidden, bool):
         hidden = [hidden]
-    if not isinstance(hidden, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
-        raise ConfigError(f"hidden must be a list of positive integers, got {hidden!r}")
+    if (not isinstance(hidden, (list, tuple)) or len(hidden) > MAX_LAYERS
+            or not all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_WIDTH for h in hidden)):
+        shown = hidden if not isinstance(hidden, (list, tuple)) or len(hidden) <= 8 else f"a list of {len(hidden)}"
+        raise ConfigError(f"hidden must be a list of at most {MAX_LAYERS} positive integers of at most {MAX_WIDTH:,}, "
+                          f"got {shown!r}")
     return list(hidden)
 
 
@@ -31,12 +39,14 @@ class MLPStudent(nn.Module):
     """``(B, input_dim) -> (B, dim)`` through GELU hidden layers; optionally decodes back.
 
     With ``reconstruct=True`` a mirrored decoder maps ``z`` back to ``(B, input_dim)``
-    (used by the ``combined`` loss as its reconstruction term).
+    (used by the ``combined`` loss as its reconstruction term); ``reconstructs`` tells the
+    pipeline so.
     """
 
     def __init__(self, input_dim: int, dim: int, hidden: Sequence[int] = (), reconstruct: bool = False):
         super().__init__()
         hidden = list(hidden)
+        self.reconstructs = reconstruct
         self.encoder = _mlp([input_dim, *hidden, dim])
         self.decoder = _mlp([dim, *reversed(hidden), input_dim]) if reconstruct else None
 
@@ -55,6 +65,7 @@ class HierarchicalStudent(nn.Module):
     def __init__(self, input_dim: int, dim: int, hidden: Sequence[int] = (256,), reconstruct: bool = False):
         super().__init__()
         hidden = list(hidden)
+        self.reconstructs = reconstruct
         width = hidden[-1] if hidden else input_dim
         self.trunk = nn.Sequential(_mlp([input_dim, *hidden]), nn.GELU()) if hidden else nn.Identity()
         self.coarse = nn.Linear(width, dim)
@@ -84,13 +95,16 @@ def linear(input_dim: int, dim: int = 5, reconstruct: bool = False):
     return MLPStudent(input_dim, dim, [], reconstruct=reconstruct)
 
 
-def mlp(input_dim: int, dim: int = 5, hidden: Sequence[int] = (128,), reconstruct: bool = False):
+def mlp(input_dim: int, dim: int = 5, hidden: int | Sequence[int] = (128,), reconstruct: bool = False):
     """Multi-layer perceptron with GELU hidden layers."""
     _check_dims(input_dim, dim)
     return MLPStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)
 
 
-def hierarchical(input_dim: int, dim: int = 5, hidden: Sequence[int] = (256,), reconstruct: bool = False):
+def hierarchical(input_dim: int, dim: int = 5, hidden: int | Sequence[int] = (256,), reconstruct: bool = False):
     """Coarse ``dim`` and fine ``dim × dim`` levels; pair with the ``hierarchical`` loss."""
     _check_dims(input_dim, dim)
+    if dim > 256:
+        raise ConfigError(f"student dim must be at most 256 for hierarchical (its fine level has dim × dim = "
+                          f"{dim * dim:,} dimensions), got {dim}")
     return HierarchicalStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)

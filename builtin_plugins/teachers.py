@@ -14,31 +14,41 @@ from atlas_plugins.errors import DataError
 from atlas_plugins.teacher import TeacherData
 
 
-def _exists(path) -> Path:
+def _exists(path, what: str = "teacher file") -> Path:
+    """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end)."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder; expected a {what}")
+    if not p.exists():
+        raise DataError(f"{p}: {what} not found")
     if not p.is_file():
-        raise DataError(f"{p}: teacher file not found")
+        raise DataError(f"{p}: is not a regular file (a FIFO, socket or device); expected a {what}")
     return p
 
 
 def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
     """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``), or a text file, one per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
+    path = _exists(path, what)
     texts, labels = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text; save the {what} as UTF-8") from None
             if not line.strip():
                 continue
             if path.suffix != ".jsonl":
-                texts.append(line.rstrip("\n"))
+                texts.append(line.rstrip("\r\n"))
                 continue
             try:
                 row = json.loads(line)
-                texts.append(str(row["text"]))
+                text = row["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
+            texts.append(text)
             labels.append(row.get("label"))
     if not texts:
         raise DataError(f"{path}: no texts found")
@@ -46,7 +56,10 @@ def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
 
 
 def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = None):
-    """Torch checkpoint: a tensor, or a dict with ``embeddings`` and optional ``labels``/``texts``/``model_state``."""
+    """Torch checkpoint: a tensor, or a dict with ``embeddings`` and optional ``labels``/``texts``/``model_state``.
+
+    ``trust = true`` loads a full pickle, which can run code: only for files you trust.
+    """
     obj = safe_load(_exists(path), trust=trust, what="teacher file")
     labels = texts = state = None
     if isinstance(obj, dict):
@@ -87,6 +100,9 @@ def npy(path, key: str | None = None, meta: str | None = None):
                 emb = archive[key]
                 labels = archive["labels"].tolist() if "labels" in archive.files else None
         else:
+            if key is not None:
+                raise DataError(f"{p}: key = {key!r} is set, but a .npy file holds one array; remove teacher.key "
+                                "(it names an array inside a .npz)")
             emb = np.load(p, mmap_mode="r", allow_pickle=False)
             labels = None
     except DataError:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas_plugins import CheckpointError, load_student, load_teacher_checkpoint
+from atlas_plugins import CheckpointError, WriteError, load_student, load_teacher_checkpoint
 from atlas_plugins.checkpoint import atomic_save, atomic_write_bytes
 from conftest import EXAMPLE_NPY, run_atlas
 from test_cli import one_error_line, write_pipeline
@@ -100,7 +100,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="keep.bin: could not be written .disk full.; the previous version"):
         atomic_write_bytes(target, b"bad")
     assert target.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]

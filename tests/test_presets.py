@@ -11,7 +11,9 @@ from conftest import EXAMPLE_NPY
     ("teacher_dim", 0, "teacher_dim must be a positive integer"),
     ("tau", -1.0, "tau must be a positive number"),
     ("alpha", 1.5, r"alpha must be a number in \[0, 1\]"),
-    ("device", "gpu", "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
+    ("device", "gpu", "device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"),
+    ("curriculum", "false", "curriculum must be true or false"),
+    ("curriculum_stages", 10**9, "curriculum_stages must be a positive integer \\(at most 10,000\\)"),
     ("curriculum_tau_schedule", (4.0,), r"curriculum_tau_schedule must be \(start_tau, end_tau\)"),
     ("curriculum_tau_schedule", (4.0, 0.0), "curriculum_tau_schedule must be a positive number"),
 ])
@@ -36,3 +38,19 @@ def test_presets_become_runnable_pipelines(preset, tmp_path):
     pipe = assemble(build_config(doc, tmp_path / "preset.toml"))
     assert pipe.config.loss.name == "neighbors" and pipe.config.train.batches == "neighbors"
     assert len(pipe.taus) == (preset.curriculum_stages if preset.curriculum else 1)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "mps", "auto", "gpu", "cuda:x", "CPU"])
+def test_quickstart_and_pipeline_configs_accept_the_same_devices(device, tmp_path):
+    """One validator serves both: a device is accepted by both configurations or by neither."""
+    def accepted(make):
+        try:
+            make()
+            return True
+        except ConfigError:
+            return False
+
+    by_quickstart = accepted(lambda: DistillationConfig(device=device))
+    by_pipeline = accepted(lambda: build_config({"teacher": {"path": str(EXAMPLE_NPY)}, "train": {"device": device}},
+                                                tmp_path / "p.toml"))
+    assert by_quickstart == by_pipeline == (device in ("cpu", "cuda", "cuda:1", "mps", "auto"))

@@ -95,7 +95,7 @@ def test_plugin_that_fails_to_import_does_not_break_the_others(site):
         reg.get("loss", "broken-loss")
 
 
-def test_misspelled_hook_fails_loudly(site):
+def test_an_invalid_installed_plugin_is_a_warning_and_its_names_are_unavailable(site):
     make_distribution(site, "atlas-typo", "atlas_typo_plugin", """
         import atlas_plugins
 
@@ -103,9 +103,42 @@ def test_misspelled_hook_fails_loudly(site):
         def register_loss(register):
             pass
     """)
-    with pytest.raises(PluginError, match="plugin 'atlas_typo_plugin' from distribution 'atlas-typo' is invalid.*"
-                                          "register_loss"):
-        Registry()
+    with pytest.warns(PluginLoadWarning, match="plugin 'atlas_typo_plugin' from distribution 'atlas-typo' is invalid.*"
+                                               "register_loss"):
+        reg = Registry()
+    assert reg.get("loss", "relational")
+
+
+@pytest.mark.parametrize("body, reason", [
+    ('register("half-ok", lambda s, t, **kw: s.sum())\n    register("bad", 42)', "which is not callable"),
+    ('register("half-ok", lambda s, t, **kw: s.sum())\n    register(7, lambda s, t, **kw: s.sum())',
+     "invalid name 7"),
+    ('register("half-ok", lambda s, t, **kw: s.sum())\n    raise SystemExit(0)', "raised SystemExit"),
+])
+def test_a_plugin_that_registers_badly_loses_all_its_names_with_the_reason(site, body, reason):
+    module = "atlas_sloppy_" + "".join(c for c in reason if c.isalnum())  # a fresh module per case
+    make_distribution(site, "atlas-sloppy", module, f"""
+import atlas_plugins
+
+@atlas_plugins.hookimpl
+def register_losses(register):
+    {body}
+""")
+    with pytest.warns(PluginLoadWarning, match=reason):
+        reg = Registry()
+    with pytest.raises(UnknownPluginError, match=f"unknown loss 'half-ok'.*atlas-sloppy.*{reason}"):
+        reg.get("loss", "half-ok")
+    assert reg.get("loss", "relational")
+
+
+def test_a_description_that_is_not_a_string_is_shown_as_text(registry):
+    class Odd:
+        @hookimpl
+        def register_losses(self, register):
+            register("odd-description", lambda s, t, **kw: s.sum(), 42)
+
+    registry.add_plugin(Odd(), name="odd")
+    assert registry.info("loss", "odd-description").description == "42"
 
 
 def test_hook_that_raises_is_reported(registry):
