@@ -181,7 +181,7 @@ class RunDir:
     def foreign_outputs(self) -> list[Path]:
         """Files where a run would write that atlas-run did not write (so a fresh run must not overwrite)."""
         owned = {p for p in map(self.inside, self.manifest()) if p is not None}
-        found = []
+        found = [self.path / f for f in ("checkpoints", "cache") if (self.path / f).is_symlink()]
         for pattern in OUTPUTS:
             found += sorted(p for p in self.path.glob(pattern) if (p.exists() or p.is_symlink()) and p not in owned)
         return found

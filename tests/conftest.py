@@ -1,4 +1,7 @@
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +38,82 @@ def registry():
     return Registry(load_entrypoints=False)
 
 
+class MakesAFile:
+    """Unpickling this calls open(path, "w"): proof that a loader executed the file's pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import builtins
+
+        return (builtins.open, (self.path, "w"))
+
+
+@pytest.fixture
+def evil_teacher(tmp_path):
+    """A teacher ``.pt`` whose pickle would create the file ``marker`` when loaded without weights_only."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"embeddings": torch.randn(300, 384), "payload": MakesAFile(marker)}, path)
+    return path, marker
+
+
 def run_atlas(*args, cwd=None, env=None, timeout=300, input=None):
     """Run the real ``atlas-run`` entry point in a subprocess."""
-    import os
-    import subprocess
-
     full_env = dict(os.environ)
     full_env.pop("ATLAS_DISABLE_PLUGIN_AUTOLOAD", None)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "atlas_plugins.cli", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
+                   student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run"):
+    teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
+    sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
+    text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
+            f"[train]\nepochs_per_stage = {epochs}\nbatch_size = 128\nlearning_rate = 2e-3\nseed = 0\n"
+            f"val_fraction = 0.2\neval_rows = 300\n[output]\ndir = \"{output}\"\nplots = false\n{extra}")
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def weights(path):
+    from atlas_plugins import load_student
+
+    return load_student(path).module.state_dict()
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def one_error_line(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atlas-run: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def make_distribution(root, dist, module, code, ep_name=None, version="1.0"):
+    """Make ``dist`` visible to importlib.metadata: a module plus a ``*.dist-info`` with entry_points.txt."""
+    (root / f"{module}.py").write_text(textwrap.dedent(code))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[atlas.plugins]\n{ep_name or module} = {module}\n")
+
+
+def plugin_env(tmp_path, dist, module, code):
+    """Environment for a subprocess that sees ``dist`` as an installed distribution (via PYTHONPATH)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    make_distribution(site, dist, module, code)
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+

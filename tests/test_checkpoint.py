@@ -1,7 +1,5 @@
 """No code from data: every .pt load is weights_only; atomic writes; student files."""
 
-import builtins
-
 import numpy as np
 import pytest
 import torch
@@ -9,47 +7,29 @@ import torch
 from atlas_plugins import CheckpointError, WriteError, load_student, load_teacher_checkpoint
 from atlas_plugins.checkpoint import atomic_save, atomic_write_bytes
 from conftest import EXAMPLE_NPY, run_atlas
-from test_cli import one_error_line, write_pipeline
-
-
-class MakesAFile:
-    """Unpickling this calls open(path, "w"): proof that a loader executed the file's pickle."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (builtins.open, (self.path, "w"))
-
-
-@pytest.fixture
-def evil_pt(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pt"
-    torch.save({"embeddings": torch.randn(300, 384), "payload": MakesAFile(marker)}, path)
-    return path, marker
+from conftest import one_error_line, write_pipeline
 
 
 @pytest.mark.parametrize("load, message", [
     (load_teacher_checkpoint, "refused to load teacher file.*weights_only=True.*it would import io.open"),
     (load_student, "refused to load student file.*it would import io.open"),
 ])
-def test_files_with_code_are_refused(evil_pt, load, message):
-    path, marker = evil_pt
+def test_files_with_code_are_refused(evil_teacher, load, message):
+    path, marker = evil_teacher
     with pytest.raises(CheckpointError, match=message):
         load(path)
     assert not marker.exists()
 
 
-def test_atlas_run_refuses_a_pickled_teacher(evil_pt, tmp_path):
-    path, marker = evil_pt
+def test_atlas_run_refuses_a_pickled_teacher(evil_teacher, tmp_path):
+    path, marker = evil_teacher
     proc = run_atlas(write_pipeline(tmp_path, teacher=f'path = "{path}"'), "--dry-run")
     one_error_line(proc, "evil.pt: refused to load teacher file", "trust = true")
     assert not marker.exists()
 
 
-def test_resume_skips_a_checkpoint_with_code(evil_pt, tmp_path):
-    path, marker = evil_pt
+def test_resume_skips_a_checkpoint_with_code(evil_teacher, tmp_path):
+    path, marker = evil_teacher
     pipe = write_pipeline(tmp_path, stages=2, epochs=1)
     assert run_atlas(pipe, "--quiet").returncode == 0
     (tmp_path / "run" / "checkpoints" / "stage-9.pt").write_bytes(path.read_bytes())

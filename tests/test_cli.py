@@ -9,37 +9,7 @@ import pytest
 import torch
 
 from atlas_plugins import load_student
-from conftest import EXAMPLE_META, EXAMPLE_NPY, run_atlas
-
-
-def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
-                   student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run"):
-    teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
-    sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
-    text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
-            f"[train]\nepochs_per_stage = {epochs}\nbatch_size = 128\nlearning_rate = 2e-3\nseed = 0\n"
-            f"val_fraction = 0.2\neval_rows = 300\n[output]\ndir = \"{output}\"\nplots = false\n{extra}")
-    path = folder / name
-    path.write_text(text)
-    return path
-
-
-def weights(path):
-    return load_student(path).module.state_dict()
-
-
-def same_weights(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def one_error_line(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("atlas-run: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
+from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_atlas, same_weights, weights, write_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +107,7 @@ THIRD_PARTY = """
 
 
 def test_third_party_loss_named_in_the_pipeline(tmp_path):
-    from test_registry import plugin_env
+    from conftest import plugin_env
 
     env = plugin_env(tmp_path, "atlas-sq", "atlas_sq_plugin", THIRD_PARTY)
     pipe = write_pipeline(tmp_path, loss='name = "sq-relational"\npower = 3.0', stages=1, epochs=1)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from test_cli import same_weights, weights, write_pipeline
+from conftest import same_weights, weights, write_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_atlas
-from test_cli import write_pipeline
+from conftest import write_pipeline
 
 PACKAGE = ROOT / "examples" / "atlas-plugin-example"
 pytestmark = pytest.mark.slow

@@ -1,32 +1,12 @@
 """The registry: built-ins, entry-point discovery from (fake) installed distributions, errors."""
 
-import textwrap
-
 import pytest
 import torch
 
 import atlas_plugins
+from conftest import make_distribution
 from atlas_plugins import (DuplicatePluginError, PluginError, PluginLoadWarning, Registry, UnknownPluginError,
                            hookimpl)
-
-
-def make_distribution(root, dist, module, code, ep_name=None, version="1.0"):
-    """Make ``dist`` visible to importlib.metadata: a module plus a ``*.dist-info`` with entry_points.txt."""
-    (root / f"{module}.py").write_text(textwrap.dedent(code))
-    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text(f"[atlas.plugins]\n{ep_name or module} = {module}\n")
-
-
-def plugin_env(tmp_path, dist, module, code):
-    """Environment for a subprocess that sees ``dist`` as an installed distribution (via PYTHONPATH)."""
-    import os
-
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    make_distribution(site, dist, module, code)
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
 GOOD = """

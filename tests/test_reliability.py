@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from atlas_plugins import ConfigError, Registry
 from atlas_plugins.config import load_config
 from conftest import run_atlas
-from test_cli import one_error_line, same_weights, weights, write_pipeline
-from test_registry import plugin_env
+from conftest import one_error_line, same_weights, weights, write_pipeline
+from conftest import plugin_env
 
 SLOW = dict(stages=3, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]')
 

@@ -9,7 +9,7 @@ import torch
 
 from atlas_plugins import TeacherData
 from conftest import EXAMPLE_NPY
-from test_cli import write_pipeline
+from conftest import write_pipeline
 
 
 def make_teacher(path, rows, dim=384, chunk=50_000):

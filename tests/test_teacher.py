@@ -7,7 +7,7 @@ import torch
 from atlas_plugins import DataError, TeacherData
 from atlas_plugins.teacher import validate_teacher
 from conftest import EXAMPLE_NPY, run_atlas
-from test_cli import one_error_line, write_pipeline
+from conftest import one_error_line, write_pipeline
 
 
 def test_nan_scan_is_chunked_and_names_the_first_bad_row(tmp_path, monkeypatch):
