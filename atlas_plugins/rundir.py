@@ -5,7 +5,8 @@ The rules, all enforced here:
 - atlas-run writes only inside its run folder, never through a symbolic link, and never over a
   file it did not write (a file that exists but is not in the manifest);
 - only files listed in the manifest are ever removed (``--overwrite``), and only when they lie
-  inside the folder; any other manifest entry is ignored with a warning;
+  inside the folder; any other manifest entry is ignored with a warning; caches (``cache/``,
+  keyed by their content) are kept for the next run;
 - one process at a time holds the folder's lock (``flock`` on ``.atlas.lock``, opened without
   following links); the lock file is removed when the run ends.
 
@@ -188,9 +189,12 @@ class RunDir:
 
     def clear(self) -> list[str]:
         """Remove the files a previous run wrote (only those, only inside the folder); return what was removed."""
-        removed, folders = [], set()
+        removed, folders, kept = [], set(), []
         for rel in self.manifest():
             target = self.inside(rel)
+            if target is not None and target.parent == self.path / "cache":
+                kept.append(rel)  # caches are keyed by their content and belong to no run: the next run reuses them
+                continue
             if target is None:
                 warnings.warn(f"atlas: ignoring manifest entry {rel!r} in {self.path / MANIFEST}: not a file inside "
                               "the run folder (nothing outside it is ever removed)", stacklevel=2)
@@ -202,7 +206,10 @@ class RunDir:
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             if self.path in folder.parents and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-        (self.path / MANIFEST).unlink(missing_ok=True)
+        if kept:
+            atomic_write_bytes(self.path / MANIFEST, json.dumps(kept, indent=0).encode())
+        else:
+            (self.path / MANIFEST).unlink(missing_ok=True)
         return removed
 
     def remove(self, rel: str) -> bool:

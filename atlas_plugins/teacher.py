@@ -74,7 +74,8 @@ class TeacherData:
             if isinstance(block, torch.Tensor):
                 yield start, block.to(torch.float32)
             else:
-                yield start, torch.from_numpy(np.array(block, dtype=np.float32))
+                with np.errstate(over="ignore"):  # values beyond float32 become inf: validate_teacher names them
+                    yield start, torch.from_numpy(np.array(block, dtype=np.float32))
 
 
 def _large_file(emb) -> bool:

@@ -7,6 +7,7 @@ hash of the model and the texts, so a second run does not embed again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -38,26 +39,49 @@ def _model_location(model: str) -> str:
     return model
 
 
+def _model_fingerprint(location: str) -> list:
+    """What identifies a model: its absolute folder and the names and sizes of its files (a folder's basename
+    alone would let two different local models share cached embeddings); a hub name as it is."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return [location]
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    return [str(folder.resolve()), files]
+
+
+@contextlib.contextmanager
+def _offline_hub():
+    """``HF_HUB_OFFLINE=1`` while the model loads (never fetch from a hub at run time), restored afterwards."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
 def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
                           device: str = "cpu", cache_dir: str | None = None, progress: bool = True):
     """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``)."""
     path = Path(path)
     texts, labels = read_texts(path)
     location = _model_location(model)
-    key = hashlib.sha256(json.dumps([Path(location).name if os.path.isdir(location) else location, normalize, texts])
-                         .encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([_model_fingerprint(location), normalize, texts]).encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"st-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         print(f"atlas: using {len(texts)} cached embeddings from {cache}", file=sys.stderr)
         return TeacherData(np.load(cache, mmap_mode="r"), labels=labels, texts=texts, source=str(path))
     try:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise DataError("the sentence-transformers teacher needs the optional extra: "
                         "pip install 'atlas-distill[text]'") from None
     try:
-        encoder = SentenceTransformer(location, device=device)
+        with _offline_hub():
+            encoder = SentenceTransformer(location, device=device)
     except Exception as exc:
         raise DataError(f"cannot load the SentenceTransformer model '{model}' ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160]}); give teacher.model as a local model folder") from None

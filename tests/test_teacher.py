@@ -1,5 +1,7 @@
 """Bad teacher data is caught before training, with one line naming the file and the problem."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,27 @@ CASES = {
     "meta-not-json": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                       or _text("m.jsonl", "hello\n", 'path = "t.npy"\nmeta = "m.jsonl"')(p),
                       ["m.jsonl:1: expected a JSON object with a 'text' field"]),
+    "non-utf8-meta": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                      or (p / "m.jsonl").write_bytes(b'{"text": "caf\xe9"}\n') and 'path = "t.npy"\nmeta = "m.jsonl"',
+                      ["m.jsonl:1: not UTF-8 text"]),
+    "float32-overflow": (_npy(np.where(np.arange(600)[:, None] == 5, 1e300, np.ones((600, 384)))),
+                         ["t.npy: row 5 has values too large for float32", "largest 1e+300"]),
+    "fifo": (lambda p: os.mkfifo(p / "t.npy") or 'path = "t.npy"', ["t.npy: is not a regular file"]),
+    "device": (lambda p: 'path = "/dev/zero"\nloader = "npy"', ["/dev/zero: is not a regular file"]),
+    "folder": (lambda p: (p / "t.npy").mkdir() or 'path = "t.npy"', ["t.npy: is a folder"]),
+    "npy-with-key": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32)) or 'path = "t.npy"\nkey = "x"',
+                     ["key = 'x' is set, but a .npy file holds one array; remove teacher.key"]),
+    "sparse-pt": (lambda p: torch.save(torch.eye(600, 384).to_sparse(), p / "t.pt") or 'path = "t.pt"',
+                  ["t.pt: embeddings are a sparse (torch.sparse_coo) tensor"]),
+    "meta-pt": (lambda p: torch.save(torch.empty(600, 384, device="meta"), p / "t.pt") or 'path = "t.pt"',
+                ["t.pt: embeddings are a on the meta device"]),
+    "texts-not-a-list": (lambda p: torch.save({"embeddings": torch.ones(600, 384), "texts": "abc"}, p / "t.pt")
+                         or 'path = "t.pt"', ["t.pt: texts must be a list of strings, got str"]),
+    "integer-texts": (lambda p: torch.save({"embeddings": torch.ones(600, 384), "texts": list(range(600))},
+                                           p / "t.pt") or 'path = "t.pt"', ["t.pt: texts[0] is a int; texts must be strings"]),
+    "list-labels": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                    or _text("m.jsonl", '{"text": "a", "label": [1, 2]}\n' * 600, 'path = "t.npy"\nmeta = "m.jsonl"')(p),
+                    ["t.npy: labels[0] is a list; labels must be strings, numbers or booleans"]),
 }
 
 
@@ -71,3 +94,14 @@ def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
     make, fragments = CASES[case]
     teacher = make(tmp_path)
     one_error_line(run_atlas(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
+
+
+def test_two_local_models_with_the_same_folder_name_do_not_share_a_cache(tmp_path):
+    from builtin_plugins.text import _model_fingerprint
+
+    for owner, weights in (("a", b"1" * 10), ("b", b"2" * 11)):
+        folder = tmp_path / owner / "model"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(weights)
+    assert _model_fingerprint(str(tmp_path / "a" / "model")) != _model_fingerprint(str(tmp_path / "b" / "model"))
+    assert _model_fingerprint("all-MiniLM-L6-v2") == ["all-MiniLM-L6-v2"]

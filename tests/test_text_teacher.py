@@ -31,9 +31,25 @@ def test_embeds_a_jsonl_file_once_and_reuses_the_cache(tmp_path):
     assert report["axis_cards"][0]["high"][0] in {json.loads(line)["text"] for line in lines}
     assert "knn_label_acc@10" in report["student"] and (run / "scatter.png").is_file()
 
+    manifest = json.loads((run / ".atlas-manifest.json").read_text())
+    assert f"cache/{cached[0].name}" in manifest  # written under the run's lock, owned by the run
+
     second = run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"})
     assert second.returncode == 0, second.stderr
     assert "using 400 cached embeddings" in second.stderr and "embedding 400 texts" not in second.stderr
+    assert cached[0].is_file()  # --overwrite keeps caches for the next run
+
+
+def test_the_model_is_loaded_offline_without_changing_the_environment(tmp_path, monkeypatch):
+    from builtin_plugins.text import sentence_transformers
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "t.txt").write_text("parse a CSV file\nopen a socket\nsort a list\n")
+    data = sentence_transformers(tmp_path / "t.txt", cache_dir=None, progress=False)
+    assert data.embeddings.shape == (3, 384)
+    import os
+
+    assert "HF_HUB_OFFLINE" not in os.environ
 
 
 def test_plain_text_file_and_missing_model(tmp_path):
