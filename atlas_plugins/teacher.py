@@ -75,7 +75,8 @@ class TeacherData:
                 yield start, block.to(torch.float32)
             else:
                 with np.errstate(over="ignore"):  # values beyond float32 become inf: validate_teacher names them
-                    yield start, torch.from_numpy(np.array(block, dtype=np.float32))
+                    converted = np.array(block, dtype=np.float32)
+                yield start, torch.from_numpy(converted)
 
 
 def _large_file(emb) -> bool:

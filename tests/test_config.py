@@ -1,0 +1,106 @@
+"""The pipeline file: bounds, nesting, non-regular files, who is blamed, and a resolved file that reads back."""
+
+import os
+import tomllib
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atlas_plugins import ConfigError, Registry
+from atlas_plugins.config import SECTIONS, build_config, dump_toml, load_config, resumable_keys
+from conftest import EXAMPLE_NPY, one_error_line, run_atlas, write_pipeline
+
+REGISTRY = Registry(load_entrypoints=False)
+
+
+def load(tmp_path, text, overrides=()):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[teacher]\npath = "{EXAMPLE_NPY}"\n' + text)
+    return load_config(path, overrides, registry=REGISTRY)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[schedule]\nstages = 1000000000", "schedule.stages must be a positive integer (at most 10,000)"),
+    ("[student]\ndim = 1099511627776", "student.dim must be a positive integer (at most 4,096)"),
+    ("[train]\nneighbors = 80", "train.neighbors must be at most neighbor_pool (60), got 80"),
+    ("[loss]\ntau = 0.5\n[schedule]\nstages = 2", "loss.tau is set, but [schedule] sets τ per stage"),
+    ("[loss]\ntau = -1", "loss.tau must be a positive number, got -1"),
+    ("[output]\ndir = \"\"", "output.dir must be a path"),
+])
+def test_values_beyond_what_can_run_are_refused_with_the_bound(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load(tmp_path, text)
+
+
+def test_deeply_nested_values_are_refused_not_a_recursion_error(tmp_path):
+    with pytest.raises(ConfigError, match="nested too deeply|nested more than"):
+        load(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="--set .*nested too deeply|nested more than"):
+        load(tmp_path, "", ["student.hidden=" + "[" * 5000 + "]" * 5000])
+    with pytest.raises(ConfigError, match="nested more than 8 levels"):
+        load(tmp_path, "", ["loss.weights=" + "[" * 12 + "]" * 12])
+
+
+def test_a_fifo_or_a_device_as_pipeline_file_is_refused_without_reading(tmp_path):
+    fifo = tmp_path / "p.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(fifo, registry=REGISTRY)
+    with pytest.raises(ConfigError, match="/dev/zero: is not a regular file"):
+        load_config("/dev/zero", registry=REGISTRY)
+
+
+def test_a_bad_value_from_set_is_blamed_on_set_not_on_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--set 'train.batch_size=-1': train.batch_size must be a positive"):
+        load(tmp_path, "[train]\nbatch_size = 64\n", ["train.batch_size=-1"])
+    with pytest.raises(ConfigError, match=r"^--set 'student.bogus=1': student.bogus is not a parameter"):
+        load(tmp_path, "", ["student.bogus=1"])
+    with pytest.raises(ConfigError, match=r"p.toml: train.batch_size must be a positive integer"):
+        load(tmp_path, "[train]\nbatch_size = -1\n", ["train.seed=3"])
+
+
+def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
+    config = load(tmp_path, "[loss]\ntau = 0.3\n")
+    assert config.loss.tau == 0.3 and (config.schedule.start, config.schedule.end, config.schedule.stages) == (0.3, 0.3, 1)
+    assert "tau" not in config.to_dict()["loss"]  # the resolved file holds it in [schedule]
+
+
+def test_resumable_fields_are_marked_next_to_their_definition():
+    assert resumable_keys() == {"train.learning_rate", "train.device", "train.eval_rows"}
+
+
+def test_dry_run_checks_the_output_folder(tmp_path):
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    assert run_atlas(pipe, "--quiet").returncode == 0
+    one_error_line(run_atlas(pipe, "--dry-run"), "already holds a run", "--resume")
+    assert run_atlas(pipe, "--dry-run", "--resume").returncode == 0
+    assert run_atlas(pipe, "--dry-run", "--overwrite").returncode == 0
+
+
+# -- the resolved pipeline.toml reads back as the same configuration ---------------------------
+text_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(teacher_path=text_values.filter(lambda s: s.strip() and "\x00" not in s), meta=text_values,
+       out=text_values.filter(lambda s: s.strip() and "\x00" not in s and s.strip() not in ("/", ".")),
+       hidden=st.lists(st.integers(1, 64), max_size=3), seed=st.integers(0, 2**62),
+       lr=st.floats(1e-9, 10, allow_nan=False), noise=st.floats(0, 5, allow_nan=False),
+       report=st.booleans(), batches=st.sampled_from(["auto", "random", "neighbors"]),
+       device=st.sampled_from(["cpu", "cuda", "cuda:3", "mps", "auto"]),
+       stages=st.integers(1, 10), start=st.floats(1e-3, 1e3), end=st.floats(1e-3, 1e3))
+def test_dump_toml_round_trips_every_field(tmp_path, teacher_path, meta, out, hidden, seed, lr, noise, report,
+                                           batches, device, stages, start, end):
+    doc = {"teacher": {"path": teacher_path + ".npy", "meta": meta or "m.jsonl"},
+           "student": {"name": "mlp", "hidden": hidden, "dim": 5},
+           "schedule": {"name": "cosine", "start": start, "end": end, "stages": stages},
+           "train": {"seed": seed, "learning_rate": lr, "input_noise": noise, "batches": batches, "device": device},
+           "output": {"dir": out, "report": report}}
+    config = build_config(doc, tmp_path / "p.toml", REGISTRY)
+    resolved = config.to_dict()
+    again = tomllib.loads(dump_toml(resolved))
+    assert again == resolved
+    assert build_config(again, tmp_path / "p.toml", REGISTRY).to_dict() == resolved
+    assert set(again) == set(SECTIONS) and all(f.name in again["train"] for f in attrs.fields(SECTIONS["train"]))
