@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from atlas_plugins import ConfigError, Registry
 from atlas_plugins.config import load_config
-from conftest import run_atlas
+from conftest import EXAMPLE_META, EXAMPLE_NPY, run_atlas
 from conftest import one_error_line, same_weights, weights, write_pipeline
 from conftest import plugin_env
 
@@ -151,7 +152,9 @@ def test_divergence_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("atlas-run: error: the loss became nan at stage 2, epoch 1, step 1 (tau 0.05")
-    assert "--resume --set train.learning_rate=0.0002" in last and "Traceback" not in proc.stderr
+    # a tenth of the learning rate in force when it diverged (cosine decay: 0.00116 at that step)
+    assert "learning rate 0.00116)" in last and "--resume --set train.learning_rate=0.000116" in last
+    assert "Traceback" not in proc.stderr
     run = tmp_path / "run"
     assert not (run / "student.pt").exists()
     assert torch.load(run / "checkpoints" / "stage-0.pt", weights_only=True)["position"]["stage"] == 1
@@ -187,8 +190,8 @@ BAD_PLUGINS = """
 
 @pytest.mark.parametrize("override, fragments", [
     ('loss.name="returns-float"', ["loss 'returns-float' (atlas-bad) returned float", "scalar tensor"]),
-    ('loss.name="returns-vector"', ["loss 'returns-vector' (atlas-bad) returned shape (8,)"]),
-    ('student.name="wrong-shape"', ["student 'wrong-shape' returned (1, 5); expected a tensor of shape (8, D)",
+    ('loss.name="returns-vector"', ["loss 'returns-vector' (atlas-bad) returned shape (3,)"]),
+    ('student.name="wrong-shape"', ["student 'wrong-shape' returned (1, 5); expected a tensor of shape (3, D)",
                                     "distribution 'atlas-bad'"]),
     ('student.name="not-a-module"', ["student 'not-a-module' (atlas-bad) returned str"]),
 ])
@@ -288,3 +291,195 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(reference, tmp_pa
     resumed = run_atlas(pipe, "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert same_weights(weights(tmp_path / "run" / "student.pt"), ref_weights)
+
+
+# -- issue 10: crashes a real user hits, misbehaving plugins, honest hints ----------------------
+def small_teacher(folder, rows, labels=True):
+    """The first ``rows`` rows of the bundled example (with its texts and labels) as a pipeline's teacher."""
+    np.save(folder / "t.npy", np.load(EXAMPLE_NPY)[:rows])
+    lines = EXAMPLE_META.read_text().splitlines()[:rows]
+    if not labels:
+        lines = [json.dumps({"text": json.loads(line)["text"]}) for line in lines]
+    (folder / "m.jsonl").write_text("\n".join(lines) + "\n")
+    return 'path = "t.npy"\nmeta = "m.jsonl"'
+
+
+TINY_STUDENT = 'name = "mlp"\ndim = 5\nhidden = [8]'
+
+
+@pytest.mark.parametrize("rows, sets", [
+    (1000, ["train.batch_size=98"]),                                        # validation: 98 + a tail of 2
+    (1000, ["train.batch_size=449", 'train.batches="random"']),             # training: 2 x 449 + 2
+    (1000, ["train.neighbors=1", "train.batch_size=358"]),                  # neighbour batches: 179 + 1 anchors
+])
+def test_no_batch_is_ever_too_small_for_the_loss(tmp_path, rows, sets):
+    pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, rows), stages=1, epochs=1, student=TINY_STUDENT,
+                          loss='name = "neighbors"')
+    proc = run_atlas(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("rows, sets, note", [
+    (5, [], "k = 4 instead of 10: only 5 rows"),
+    (10, [], "k = 9 instead of 10: only 10 rows"),
+    (200, ["train.eval_rows=15"], "trustworthiness@10 left out"),
+])
+def test_the_report_fits_k_to_the_rows_there_are(tmp_path, rows, sets, note):
+    pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, rows), stages=1, epochs=1, student=TINY_STUDENT,
+                          loss='name = "neighbors"', extra="report = true\n")
+    proc = run_atlas(pipe, "--quiet", "--set", "train.neighbors=1", "--set", "train.val_fraction=0.0", *sum(
+        (["--set", s] for s in sets), []))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert any(note in n for n in report["notes"]), report["notes"]
+    assert report["k"] == min(10, report["rows"] - 1) and f"recall@{report['k']}" in report["student"]
+
+
+def test_a_batch_larger_than_the_data_is_a_warning(tmp_path):
+    pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, 300), stages=1, epochs=1, student=TINY_STUDENT)
+    proc = run_atlas(pipe, "--quiet", "--set", "train.batch_size=5000", "--set", 'train.batches="random"')
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: train.batch_size = 5000 is larger than the 240 training rows" in proc.stderr
+
+
+MISBEHAVING = """
+    import torch
+    from torch import nn
+    import atlas_plugins
+
+    class Frozen(nn.Module):
+        def __init__(self, input_dim, dim):
+            super().__init__()
+            self.lin = nn.Linear(input_dim, dim).requires_grad_(False)
+        def forward(self, x):
+            return self.lin(x)
+
+    def only_eight(student, teacher, *, tau=1.0, reduction="mean"):
+        if student.shape[0] != 8:
+            raise IndexError("index 8 is out of bounds")
+        return student.pow(2).mean()
+
+    @atlas_plugins.hookimpl
+    def register_losses(register):
+        register("constant", lambda student, teacher, *, tau=1.0, reduction="mean": torch.tensor(0.5))
+        register("detached", lambda student, teacher, *, tau=1.0, reduction="mean": student.detach().pow(2).mean())
+        register("only-eight", only_eight)
+
+    @atlas_plugins.hookimpl
+    def register_students(register):
+        register("frozen", lambda input_dim, dim: Frozen(input_dim, dim))
+"""
+
+
+@pytest.mark.parametrize("sets, fragments", [
+    (['loss.name="constant"'], ["loss 'constant' (atlas-misbehaving) returned a tensor without a gradient"]),
+    (['loss.name="detached"'], ["loss 'detached' (atlas-misbehaving) returned a tensor without a gradient"]),
+    (['loss.name="only-eight"'], ["[loss] loss 'only-eight' (atlas-misbehaving) failed: IndexError: index 8"]),
+    (['student.name="frozen"'], ["student 'frozen' (atlas-misbehaving) has no trainable parameters"]),
+])
+def test_misbehaving_plugins_are_caught_by_a_real_backward_before_anything_is_written(tmp_path, sets, fragments):
+    env = plugin_env(tmp_path, "atlas-misbehaving", "atlas_misbehaving", MISBEHAVING)
+    pipe = write_pipeline(tmp_path, student='name = "mlp"\ndim = 5')
+    one_error_line(run_atlas(pipe, *sum((["--set", s] for s in sets), []), env=env), *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_broken_installed_plugins_do_not_stop_list_plugins(tmp_path):
+    env = plugin_env(tmp_path, "atlas-typo", "atlas_typo", """
+        import atlas_plugins
+
+        @atlas_plugins.hookimpl
+        def register_loss(register):
+            pass
+    """)
+    proc = run_atlas("--list-plugins", env=env)
+    assert proc.returncode == 0 and "relational" in proc.stdout
+    assert "warning: plugin 'atlas_typo' from distribution 'atlas-typo 1.0' failed to load" in proc.stderr
+
+
+def test_a_broken_pipe_exits_quietly(tmp_path):
+    cmd = f"{sys.executable} -m atlas_plugins.cli --list-plugins --json | head -n 1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert proc.stdout == "[\n" and proc.stderr == ""
+    assert proc.returncode in (0, 141)
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' in the environment is not a number of processes"),
+    ({"WORLD_SIZE": "2", "RANK": "", "MASTER_ADDR": "", "MASTER_PORT": ""},
+     "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not: start the run with torchrun"),
+])
+def test_a_stray_world_size_is_one_line(tmp_path, env, fragment):
+    one_error_line(run_atlas(write_pipeline(tmp_path, stages=1, epochs=1), "--quiet", env=env), fragment)
+
+
+def test_a_huge_seed_works_with_neighbour_batches(tmp_path):
+    pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, 400), stages=1, epochs=1, student=TINY_STUDENT)
+    proc = run_atlas(pipe, "--quiet", "--set", "train.seed=100000000000000", "--set", 'train.batches="neighbors"')
+    assert proc.returncode == 0, proc.stderr
+
+
+ENOSPC_AFTER = """
+import errno, os, sys
+from atlas_plugins.cli import main
+real, calls = os.fsync, [0]
+def fsync(fd):
+    calls[0] += 1
+    if calls[0] > int(os.environ["FSYNCS"]):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(fd)
+os.fsync = fsync
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path):
+    pipe = write_pipeline(tmp_path, stages=2, epochs=1, student=TINY_STUDENT)
+    proc = subprocess.run([sys.executable, "-c", ENOSPC_AFTER, str(pipe), "--quiet"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "FSYNCS": "12"})
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("atlas-run: error: ") and "could not be written (No space left on device)" in line
+    assert "previous version of this file and every file written before are intact" in line
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "run").rglob("*.tmp"))
+    for ckpt in (tmp_path / "run" / "checkpoints").glob("*.pt"):
+        torch.load(ckpt, weights_only=True)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    pipe = write_pipeline(tmp_path, **SLOW)
+    proc = popen_atlas(pipe)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not metrics.is_file() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("atlas-run: error: interrupted (SIGTERM)") and f"atlas-run {pipe} --resume" in line
+
+
+@pytest.mark.parametrize("make, sets, fragment", [
+    (lambda p: np.save(p / "t.npy", np.load(EXAMPLE_NPY)[:600] * 1e30) or 'path = "t.npy"', [],
+     "the teacher rows hold values up to"),
+    (None, ["schedule.end=1e-300", "schedule.start=1e-300"], "tau = 1e-300 is too small for float32"),
+])
+def test_divergence_names_the_likely_cause(tmp_path, make, sets, fragment):
+    teacher = make(tmp_path) if make else None
+    pipe = write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1, student=TINY_STUDENT, loss='name = "neighbors"')
+    proc = run_atlas(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
+    assert fragment in proc.stderr.strip().splitlines()[-1] and "learning_rate" not in proc.stderr
+
+
+def test_after_a_failure_before_the_first_checkpoint_the_hint_is_a_command_that_works(tmp_path):
+    env = plugin_env(tmp_path, "atlas-flaky", "atlas_flaky", NAN_PLUGIN)
+    pipe = write_pipeline(tmp_path, loss='name = "flaky"', stages=1, epochs=1)
+    proc = run_atlas(pipe, "--quiet", "--set", "schedule.start=0.05", env={**env, "FLAKY_NAN": "1"})
+    assert proc.returncode in (1, 2)
+    again = run_atlas(pipe, "--quiet", "--set", "schedule.start=0.05", env=env)
+    line = one_error_line(again, "already holds a run")
+    assert "--resume" not in line and "--overwrite" in line
+    assert run_atlas(pipe, "--quiet", "--overwrite", "--set", "schedule.start=0.05", env=env).returncode == 0
