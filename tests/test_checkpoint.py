@@ -84,3 +84,43 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_bytes(target, b"bad")
     assert target.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_a_pickle_that_calls_os_system_is_refused_with_the_documented_message(tmp_path):
+    import os
+
+    class RunsAShellCommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"embeddings": torch.randn(10, 4), "x": RunsAShellCommand()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"refused to load teacher file: it holds pickled objects that "
+                                              r"weights_only=True does not allow \(it would import posix.system\); "
+                                              r"unpickling could run code; set trust = true in \[teacher\] only"):
+        load_teacher_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "damaged.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="damaged.pt: not a readable teacher file"):
+        load_teacher_checkpoint(tmp_path / "damaged.pt")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda b: b.pop("config"), "'config' is missing"),
+    (lambda b: b.update(student={}), "no student weights"),
+    (lambda b: b.update(rng="not a tensor"), "'rng' is missing or not a Tensor"),
+    (lambda b: b.update(format="something-else/9"), "not an atlas checkpoint"),
+])
+def test_crafted_checkpoints_are_skipped_with_a_warning(tmp_path, damage, reason):
+    from atlas_plugins.checkpoint import find_resume_checkpoint
+    from atlas_plugins.rundir import RunDir
+
+    pipe = write_pipeline(tmp_path, stages=2, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [8]')
+    assert run_atlas(pipe, "--quiet").returncode == 0
+    ckpts = tmp_path / "run" / "checkpoints"
+    blob = torch.load(ckpts / "latest.pt", weights_only=True)
+    damage(blob)
+    torch.save(blob, ckpts / "stage-7.pt")
+    warnings = []
+    best = find_resume_checkpoint(RunDir(tmp_path / "run"), warnings.append)
+    assert best["_path"].endswith("stage-1.pt") or best["_path"].endswith("latest.pt")
+    assert any("stage-7.pt" in w and reason in w for w in warnings), warnings

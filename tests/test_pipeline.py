@@ -1,0 +1,76 @@
+"""Assembly: plugins resolved through the registry the pipeline is assembled with; students declare what they can do."""
+
+import io
+
+import pytest
+import torch
+
+from atlas_plugins import Registry
+from atlas_plugins.config import build_config
+from atlas_plugins.pipeline import assemble
+from conftest import EXAMPLE_NPY
+
+
+def doc(tmp_path, **loss):
+    return {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [8]}, "loss": loss,
+            "train": {"batch_size": 128, "epochs_per_stage": 1}, "output": {"dir": str(tmp_path / "run")}}
+
+
+def test_a_base_loss_is_found_in_the_registry_the_pipeline_was_assembled_with(tmp_path):
+    registry = Registry(load_entrypoints=False)
+    calls = []
+
+    def counted(student, teacher, *, tau=1.0, reduction="mean"):
+        calls.append(student.shape)
+        return registry.get("loss", "relational")(student, teacher, tau=tau, reduction=reduction)
+
+    registry.register("loss", "counted-relational", counted)
+    pipe = assemble(build_config(doc(tmp_path, name="combined", base="counted-relational"), tmp_path / "p.toml",
+                                 registry), registry)
+    assert pipe.loss_params["base"] is counted and calls  # the smoke test ran it
+    assert pipe.config.to_dict()["loss"]["base"] == "counted-relational"  # the file keeps the name
+    with pytest.raises(Exception, match="unknown loss 'counted-relational'"):
+        build_config(doc(tmp_path, name="combined", base="counted-relational"), tmp_path / "p.toml",
+                     Registry(load_entrypoints=False))
+
+
+def test_combined_called_directly_takes_a_function_or_a_builtin_name():
+    registry = Registry(load_entrypoints=False)
+    combined = registry.get("loss", "combined")
+    s, t = torch.randn(8, 5), torch.randn(8, 32)
+    relational = registry.get("loss", "relational")
+    assert torch.equal(combined(s, t, base=relational), combined(s, t, base="relational"))
+    with pytest.raises(Exception, match="base must be a loss function or one of"):
+        combined(s, t, base="rank-margin")
+
+
+def test_reconstruction_is_a_capability_the_student_declares(tmp_path):
+    registry = Registry(load_entrypoints=False)
+    d = doc(tmp_path, name="combined")
+    d["student"]["reconstruct"] = True
+    pipe = assemble(build_config(d, tmp_path / "p.toml", registry), registry)
+    assert pipe.reconstruct and pipe.student.reconstructs
+
+
+def test_plots_are_written_atomically_through_the_run_folder(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from atlas_plugins import report
+    from atlas_plugins.rundir import RunDir
+
+    written = {}
+    monkeypatch.setattr("atlas_plugins.rundir.atomic_write_bytes", lambda path, data: written.update({path.name: data}))
+    metrics = [{"train_loss": 1.0, "val_loss": 0.9, "tau": 1.0}, {"train_loss": 0.5, "val_loss": None, "tau": 0.5}]
+    names = report.plot(RunDir(tmp_path), metrics, {"z": np.random.rand(50, 5), "labels": ["a", "b"] * 25})
+    assert names == ["training.png", "scatter.png"]
+    assert all(written[n].startswith(b"\x89PNG") for n in names) and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("hidden, message", [([1] * 1_000_000, "at most 64 positive integers"),
+                                             ([10**9], "of at most 65,536")])
+def test_student_sizes_are_bounded_by_what_can_run(hidden, message):
+    from atlas_plugins import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Registry(load_entrypoints=False).get("student", "mlp")(384, 5, hidden=hidden)
