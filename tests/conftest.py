@@ -59,7 +59,7 @@ def evil_teacher(tmp_path):
     return path, marker
 
 
-def run_atlas(*args, cwd=None, env=None, timeout=300, input=None):
+def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None):
     """Run the real ``atlas-run`` entry point in a subprocess."""
     full_env = dict(os.environ)
     full_env.pop("ATLAS_DISABLE_PLUGIN_AUTOLOAD", None)

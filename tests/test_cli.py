@@ -256,7 +256,7 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
         if not data:
             break
         chunks.append(data.decode(errors="replace"))
-    proc.wait(timeout=120)
+    proc.wait(timeout=1200)
     os.close(controller)
     shown = "".join(chunks)
     assert proc.returncode == 0

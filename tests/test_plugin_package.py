@@ -38,7 +38,7 @@ def test_list_plugins_shows_the_package(installed):
 
 def test_the_package_own_tests_pass(installed):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PACKAGE / "tests")],
-                          capture_output=True, text=True, cwd=PACKAGE, timeout=300)
+                          capture_output=True, text=True, cwd=PACKAGE, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
