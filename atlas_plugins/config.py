@@ -23,6 +23,7 @@ import attrs
 
 from .errors import ConfigError, UnknownPluginError, did_you_mean
 from .params import describe, matches, plugin_ref, signature_annotations
+from .registry import get_registry
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -318,8 +319,6 @@ def load_config(path, overrides=(), registry=None) -> PipelineConfig:
 
 def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = None) -> PipelineConfig:
     """Validate the tables of a pipeline file (``doc``, as ``tomllib`` reads it) into a :class:`PipelineConfig`."""
-    from .registry import get_registry
-
     registry = registry or get_registry()
     origin = origin or Origin(path)
     _check_shape(doc, origin)

@@ -6,6 +6,7 @@ run is a single process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -83,8 +84,6 @@ def mean(info: DistInfo, value: float) -> float:
 
 
 def parameter_digest(module: torch.nn.Module) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())

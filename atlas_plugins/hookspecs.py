@@ -56,5 +56,6 @@ def register_students(register):
     :param register: call ``register(name, fn, description)``; ``fn(input_dim,
         dim, **params)`` returns a ``torch.nn.Module`` mapping ``(B, input_dim)``
         to ``(B, dim)`` (or a tuple of level tensors, coarse first).  A student
-        that can reconstruct its input also has ``decode(z) -> (B, input_dim)``.
+        that reconstructs its input sets ``reconstructs = True`` and has
+        ``decode(z) -> (B, input_dim)``.
     """

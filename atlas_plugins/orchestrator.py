@@ -18,6 +18,7 @@ from .config import PipelineConfig, dump_toml
 from .errors import CheckpointError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, resolve_device
 from .registry import Registry
+from .report import write_report
 from .rundir import RunDir
 from .student import TrainedStudent
 from .trainer import Trainer
@@ -103,8 +104,6 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         if dist.is_main:
             student.save(run.file("student.pt"))
             if config.output.report:
-                from .report import write_report
-
                 result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn)
         distributed.barrier(dist)
         return result

@@ -11,6 +11,7 @@ import attrs
 
 from .config import (MAX_DIM, MAX_STAGES, boolean, bounded_int, device, name, one_of, positive_int, positive_number,
                      unit_number)
+from .distill import create_curriculum_schedule
 from .errors import ConfigError
 
 
@@ -50,8 +51,6 @@ class DistillationConfig:
 
     def get_tau_for_stage(self, stage: int) -> float:
         """τ for ``stage``: from the schedule when ``curriculum`` is on, else the fixed ``tau``."""
-        from .distill import create_curriculum_schedule
-
         if not self.curriculum:
             return float(self.tau)
         start, end = self.curriculum_tau_schedule

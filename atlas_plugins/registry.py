@@ -88,7 +88,7 @@ class Registry:
         self._conflicts: dict[str, dict[str, list[PluginInfo]]] = {k: {} for k in KINDS}
         if load_entrypoints is None:
             load_entrypoints = os.environ.get("ATLAS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
-        import builtin_plugins  # the single place the core loads the defaults
+        import builtin_plugins  # the single place the core loads the defaults (here: they import atlas_plugins)
 
         self.add_plugin(builtin_plugins, name="builtin", distribution="atlas-distill", version=_own_version())
         if load_entrypoints:

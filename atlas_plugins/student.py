@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import atomic_save, safe_load
 from .errors import CheckpointError, PluginError
+from .registry import get_registry
 
 STUDENT_FORMAT = "atlas-student/1"
 
@@ -66,8 +67,6 @@ class TrainedStudent:
 
 def load_student(path, registry=None) -> TrainedStudent:
     """Rebuild a student from ``student.pt`` (loaded with ``weights_only=True``)."""
-    from .registry import get_registry
-
     blob = safe_load(path, what="student file")
     if not isinstance(blob, dict) or blob.get("format") != STUDENT_FORMAT:
         raise CheckpointError(f"{path}: not an atlas student file (expected format '{STUDENT_FORMAT}')")

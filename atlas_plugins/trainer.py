@@ -13,6 +13,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
 
 from . import distributed
 from .batches import MIN_BATCH_ROWS, chunks, neighbor_batches, random_batches
@@ -206,8 +208,6 @@ class Trainer:
         self.stop_signal = signum
 
     def _stage(self, stage: int, first_epoch: int, first_batch: int, acc: EpochAcc) -> None:
-        from tqdm.auto import tqdm
-
         tau = self.pipe.taus[stage]
         n_stages, epochs = len(self.pipe.taus), self.cfg.epochs_per_stage
         n_batches = self.batches_per_epoch
@@ -329,6 +329,4 @@ class Trainer:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

@@ -36,9 +36,6 @@ class Schedule:
             return self.start * (self.end / self.start) ** p
         return self.start - (self.start - self.end) * (1.0 - math.cos(math.pi * p)) / 2.0
 
-    def values(self) -> list[float]:
-        return [self(s) for s in range(self.num_stages)]
-
 
 def _make(kind: str, start, end, num_stages) -> Schedule:
     try:

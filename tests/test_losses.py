@@ -175,3 +175,36 @@ def test_combined_rejects_alpha_outside_unit_interval(alpha):
 def test_hierarchical_rejects_mismatched_weights():
     with pytest.raises(ConfigError, match="weights must be 2 non-negative numbers"):
         get_loss("hierarchical")((torch.randn(4, 5), torch.randn(4, 25)), torch.randn(4, 8), weights=[1.0])
+
+
+def ref_neighbors(s, t, tau, kernel="gaussian", dof=1.0):
+    """Plain loops: per-row standardised teacher cosines (sample std, n − 1) against a distance kernel."""
+    b = s.shape[0]
+    T = _sims(t)
+    out = []
+    for i in range(b):
+        row = [T[i, j] for j in range(b) if j != i]
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))
+        lp = _softmax_log([(v - mean) / std / tau for v in row])
+        d2 = [float(np.sum((s[i] - s[j]) ** 2)) for j in range(b) if j != i]
+        if kernel == "gaussian":
+            logits = [-d for d in d2]
+        else:
+            logits = [-(dof + 1) / 2 * math.log(1 + d / dof) for d in d2]
+        lq = _softmax_log(logits)
+        out.append(sum(math.exp(p) * (p - q) for p, q in zip(lp, lq)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kernel, dof", [("gaussian", 1.0), ("student-t", 1.0), ("student-t", 3.5)])
+@pytest.mark.parametrize("tau", [0.4, 2.0])
+def test_neighbors_matches_reference(real_embeddings, kernel, dof, tau):
+    rng = np.random.default_rng(int(tau * 10) + int(dof))
+    t = real_embeddings[rng.choice(len(real_embeddings), 24, replace=False)].astype(np.float64)
+    s = rng.normal(size=(24, 5))
+    got = get_loss("neighbors")(torch.from_numpy(s), torch.from_numpy(t), tau=tau, reduction="none", kernel=kernel,
+                                dof=dof)
+    np.testing.assert_allclose(got.numpy(), ref_neighbors(s, t, tau, kernel, dof), rtol=1e-9, atol=1e-12)
+    mean = get_loss("neighbors")(torch.from_numpy(s), torch.from_numpy(t), tau=tau, kernel=kernel, dof=dof)
+    assert float(mean) == pytest.approx(ref_neighbors(s, t, tau, kernel, dof).mean(), rel=1e-9)

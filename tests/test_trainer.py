@@ -75,3 +75,50 @@ def test_normalized_rows_reads_in_chunks(real_embeddings):
     got = normalized_rows(TeacherData(real_embeddings), rows, chunk=50)
     want = torch.nn.functional.normalize(torch.from_numpy(real_embeddings[rows]), dim=1)
     assert torch.allclose(got, want)
+
+
+def test_accumulation_steps_the_optimizer_once_per_group_of_batches(tmp_path):
+    one = trained(tmp_path, accumulate=1, batches="random")
+    three = trained(tmp_path, accumulate=3, batches="random")
+    assert three.batches_per_epoch == one.batches_per_epoch
+    assert three.global_step == math.ceil(one.batches_per_epoch / 3) and one.global_step == one.batches_per_epoch
+    a, b = one.student.state_dict(), three.student.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_decay_uses_adamw_and_shrinks_the_weights(tmp_path):
+    plain = trained(tmp_path, learning_rate=1e-2)
+    decayed = trained(tmp_path, learning_rate=1e-2, weight_decay=0.5)
+    assert type(plain.opt) is torch.optim.Adam and type(decayed.opt) is torch.optim.AdamW
+    norm = lambda t: sum(float(p.norm()) for p in t.student.parameters())  # noqa: E731
+    assert norm(decayed) < norm(plain)
+
+
+def test_the_student_t_kernel_trains_end_to_end(tmp_path):
+    from atlas_plugins.config import build_config as build
+
+    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+           "loss": {"name": "neighbors", "kernel": "student-t", "dof": 2.0},
+           "train": {"epochs_per_stage": 2, "batch_size": 256, "eval_rows": 300, "learning_rate": 1e-2},
+           "output": {"dir": str(tmp_path / "unused"), "report": False}}
+    pipe = assemble(build(doc, tmp_path / "p.toml"))
+    trainer = Trainer(pipe, None, echo=lambda m: None)
+    first = trainer.val_loss(1.0)
+    trainer.fit()
+    assert trainer.metrics[-1]["val_loss"] < first
+
+
+def test_a_tiny_data_set_trains_end_to_end(tmp_path):
+    np.save(tmp_path / "tiny.npy", np.load(EXAMPLE_NPY)[:7])
+    doc = {"teacher": {"path": str(tmp_path / "tiny.npy")}, "student": {"hidden": [4]},
+           "train": {"epochs_per_stage": 3, "batch_size": 1024, "neighbors": 2, "val_fraction": 0.0},
+           "output": {"dir": str(tmp_path / "unused"), "report": False}}
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = assemble(build_config(doc, tmp_path / "p.toml"))
+    assert any("larger than the 7 training rows" in str(w.message) for w in caught)
+    trainer = Trainer(pipe, None, echo=lambda m: None)
+    trainer.fit()
+    assert len(trainer.metrics) == 3 and all(math.isfinite(m["train_loss"]) for m in trainer.metrics)
