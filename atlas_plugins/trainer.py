@@ -9,6 +9,7 @@ position, and a resumed run ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -235,11 +236,14 @@ class Trainer:
         self.objective.train()
         t0 = time.perf_counter() - acc.seconds
         for b in range(first_batch, len(batches)):
-            loss = self._step(batches[b], tau, (stage, epoch, b))
+            steps_now = (b + 1) % self.cfg.accumulate == 0 or b + 1 == len(batches)
+            # under DDP, gradients are averaged across ranks once per optimizer step, not per micro-batch
+            with self.objective.no_sync() if self.dist.active and not steps_now else contextlib.nullcontext():
+                loss = self._step(batches[b], tau, (stage, epoch, b))
             acc.loss_sum += float(loss)
             acc.batches += 1
             acc.samples += len(batches[b])
-            if (b + 1) % self.cfg.accumulate == 0 or b + 1 == len(batches):
+            if steps_now:
                 self._optimizer_step()
                 if self.stop_signal is not None and b + 1 < len(batches):
                     acc.seconds = time.perf_counter() - t0

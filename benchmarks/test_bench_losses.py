@@ -74,3 +74,27 @@ def test_relational_forward_backward(benchmark):
 def test_reference_forward_backward(benchmark):
     s, t = _data()
     benchmark(_step, reference_relational, s, t)
+
+
+MSE_B, MSE_D = 4096, 1536
+
+
+def test_mse_with_equal_dimensions_matches_the_fused_op():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    assert torch.allclose(get_loss("mse")(s, t), F.mse_loss(s, t))
+    assert torch.allclose(get_loss("mse")(s, t, reduction="sum"), ((s - t) ** 2).mean(1).sum())
+
+
+@pytest.mark.benchmark(group="mse-loss")
+def test_mse_forward_backward_vs_fused(benchmark):
+    """``mse`` with Ds = Dt against ``torch.nn.functional.mse_loss`` on the same tensors (goal: ≤ 1.1×)."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(MSE_B, MSE_D, generator=g, requires_grad=True), torch.randn(MSE_B, MSE_D, generator=g)
+    loss = get_loss("mse")
+    ours = lambda s_, t_, tau: loss(s_, t_, tau=tau)  # noqa: E731
+    fused = lambda s_, t_, tau: F.mse_loss(s_, t_)  # noqa: E731
+    benchmark(_step, ours, s, t)
+    ratio = _median_ratio(ours, fused, s, t)
+    benchmark.extra_info["ratio_vs_fused"] = round(ratio, 3)
+    print(f"\nmse forward+backward B={MSE_B} D={MSE_D}: {ratio:.2f}x F.mse_loss")

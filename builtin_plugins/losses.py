@@ -33,8 +33,12 @@ def mse(student, teacher, *, tau=1.0, reduction="mean"):
     """
     check_tau(tau), check_reduction(reduction)
     check_pair(student, teacher)
-    if student.shape[1] == teacher.shape[1]:
-        per = (student - teacher.detach()).pow(2).mean(dim=1)
+    if student.shape[1] == teacher.shape[1]:  # the fused op; "sum" is a sum of per-sample means
+        if reduction == "mean":
+            return F.mse_loss(student, teacher.detach())
+        if reduction == "sum":
+            return F.mse_loss(student, teacher.detach(), reduction="sum") / student.shape[1]
+        per = F.mse_loss(student, teacher.detach(), reduction="none").mean(dim=1)
     else:
         check_pair(student, teacher, min_batch=2)
         per = (off_diagonal(cosine_matrix(student)) - _teacher_sims(teacher)).pow(2).mean(dim=1)

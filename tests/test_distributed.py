@@ -59,3 +59,11 @@ def test_resume_under_torchrun_is_bit_identical(ddp_run, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming from" in proc.stdout and "stage-0.pt" in proc.stdout
     assert same_weights(weights(run / "student.pt"), weights(folder / "run" / "student.pt"))
+
+
+def test_gradient_accumulation_under_ddp_keeps_the_ranks_identical(tmp_path):
+    """Micro-batches before the last of a step run under ``no_sync``: the ranks must still agree exactly."""
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [16]')
+    proc = torchrun(pipe, "--set", "train.accumulate=3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 ranks finished with identical student parameters" in proc.stdout
