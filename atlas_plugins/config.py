@@ -169,7 +169,8 @@ class OutputSection:
 SECTIONS = {"teacher": TeacherSection, "student": StudentSection, "loss": LossSection,
             "schedule": ScheduleSection, "train": TrainSection, "output": OutputSection}
 PLUGIN_SECTIONS = {"teacher": "teacher", "student": "student", "loss": "loss", "schedule": "schedule"}
-# Arguments the orchestrator passes itself, so a pipeline file may not set them.
+# Arguments assembly passes to plugins itself (pipeline.py; tests/test_pipeline.py pins the two together), so
+# a pipeline file may not set them; a loss also keeps "reduction" and "reconstruction_loss" for the trainer.
 RESERVED = {"teacher": {"path"}, "student": {"input_dim", "dim"},
             "loss": {"student", "teacher", "tau", "reduction", "reconstruction_loss"},
             "schedule": {"start", "end", "num_stages"}}

@@ -99,7 +99,7 @@ class Trainer:
         self.metrics: list[dict] = []
         self.stop_signal: int | None = None
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
-        self.batches_per_epoch = len(self.batches(0, 0))  # the same every epoch: only the order changes
+        self.batches_per_epoch = self._count_batches()
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs_per_stage * len(pipe.taus)
         self.config_dict = pipe.config.to_dict()
@@ -142,6 +142,16 @@ class Trainer:
         else:
             positions = random_batches(order, self.cfg.batch_size)
         return [self.pipe.train_rows[p] for p in positions]
+
+    def _count_batches(self) -> int:
+        """Batches per epoch, the same every epoch (only the order changes), counted without building one."""
+        n = len(self.pipe.train_rows) // self.dist.world  # what each rank's sampler yields (drop_last)
+        if self.graph is None:
+            return len(random_batches(np.arange(n), self.cfg.batch_size))
+        per_batch = 1 + min(self.cfg.neighbors, self.graph.shape[1])  # an anchor and its distinct neighbours
+        if per_batch >= MIN_BATCH_ROWS:
+            return len(chunks(np.arange(n), max(1, self.cfg.batch_size // (1 + self.cfg.neighbors))))
+        return len(self.batches(0, 0))  # small batches may merge: count them as they come
 
     def lr_at(self, step: int) -> float:
         lr, warm = self.cfg.learning_rate, self.cfg.warmup_steps

@@ -75,7 +75,7 @@ def test_pipeline_page_documents_every_builtin_plugin_parameter():
     actual = {}
     for info in Registry(load_entrypoints=False).available():
         for prm in inspect.signature(info.obj).parameters.values():
-            if prm.name in RESERVED[info.kind] or (info.kind == "loss" and prm.name == "tau"):
+            if prm.name in RESERVED[info.kind]:
                 continue
             default = None if prm.default is inspect.Parameter.empty else prm.default
             actual[(info.kind, info.name, prm.name)] = _fmt(default)

@@ -74,3 +74,40 @@ def test_student_sizes_are_bounded_by_what_can_run(hidden, message):
 
     with pytest.raises(ConfigError, match=message):
         Registry(load_entrypoints=False).get("student", "mlp")(384, 5, hidden=hidden)
+
+
+def test_the_reserved_names_are_exactly_what_assembly_passes_to_plugins(tmp_path):
+    """``config.RESERVED`` (names a pipeline file may not set) must stay in step with how plugins are called."""
+    import numpy as np
+    from torch import nn
+
+    from atlas_plugins import TeacherData
+    from atlas_plugins.config import RESERVED
+
+    seen = {}
+    registry = Registry(load_entrypoints=False)
+
+    def teacher(path, **kw):
+        seen["teacher"] = {"path", *kw}
+        return TeacherData(np.load(EXAMPLE_NPY)[:200], source=str(path))
+
+    def student(input_dim, dim, **kw):
+        seen["student"] = {"input_dim", "dim", *kw}
+        return nn.Linear(input_dim, dim)
+
+    def loss(student, teacher, **kw):
+        seen["loss"] = {"student", "teacher", *kw}
+        return student.pow(2).mean()
+
+    def schedule(start, end, num_stages, **kw):
+        seen["schedule"] = {"start", "end", "num_stages", *kw}
+        return lambda stage: 1.0
+
+    for kind, fn in (("teacher", teacher), ("student", student), ("loss", loss), ("schedule", schedule)):
+        registry.register(kind, f"spy-{kind}", fn)
+    doc = {"teacher": {"path": "x.spy", "loader": "spy-teacher"}, "student": {"name": "spy-student"},
+           "loss": {"name": "spy-loss"}, "schedule": {"name": "spy-schedule"},
+           "output": {"dir": str(tmp_path / "run")}}
+    assemble(build_config(doc, tmp_path / "p.toml", registry), registry)
+    assert seen == {"teacher": RESERVED["teacher"], "student": RESERVED["student"],
+                    "loss": RESERVED["loss"] - {"reduction", "reconstruction_loss"}, "schedule": RESERVED["schedule"]}

@@ -52,7 +52,8 @@ def test_a_fresh_run_refuses_to_overwrite_a_users_file(tmp_path, name):
     users = tmp_path / "run" / name
     users.parent.mkdir(parents=True)
     users.write_text("the user's own")
-    for extra in ((), ("--overwrite",), ("--dry-run",)):
+    # a fresh run, and also --overwrite (it removes only atlas-run's files) and a dry run, for one of them
+    for extra in ((), ("--overwrite",), ("--dry-run",)) if name == "report.md" else ((),):
         proc = run_atlas(write_pipeline(tmp_path, **TINY), "--quiet", *extra)
         one_error_line(proc, f"{users} exists and was not written by atlas-run", "choose another output.dir")
         assert users.read_text() == "the user's own"

@@ -122,3 +122,13 @@ def test_a_tiny_data_set_trains_end_to_end(tmp_path):
     trainer = Trainer(pipe, None, echo=lambda m: None)
     trainer.fit()
     assert len(trainer.metrics) == 3 and all(math.isfinite(m["train_loss"]) for m in trainer.metrics)
+
+
+@pytest.mark.parametrize("train", [{"batches": "random", "batch_size": 300}, {"batch_size": 256},
+                                   {"neighbors": 1, "batch_size": 5}, {"neighbors": 1, "batch_size": 358}])
+def test_batches_are_counted_without_building_an_epoch(tmp_path, train):
+    t = trained(tmp_path, **train)
+    assert t.batches_per_epoch == len(t.batches(0, 0))
+    if train.get("neighbors") != 1:  # with one neighbour per anchor, pairs that are each other's neighbour merge
+        assert t.batches_per_epoch == len(t.batches(0, 3))
+    assert all(len(b) >= 3 for b in t.batches(0, 1))
