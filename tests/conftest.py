@@ -68,12 +68,44 @@ def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None):
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def run_cli(*args, env=None):
+    """``atlas-run`` in this process (``atlas_plugins.cli.main``): the same code and messages as
+    :func:`run_atlas` without a new interpreter (torch takes seconds to import), for the many bad-input
+    cases; built-in plugins only. The real entry point in a subprocess is :func:`run_atlas`."""
+    import contextlib
+    import io
+    import warnings
+
+    from atlas_plugins import reset_registry
+    from atlas_plugins.cli import main
+
+    saved = dict(os.environ)
+    os.environ.update({"ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})})
+    out, err = io.StringIO(), io.StringIO()
+    reset_registry()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse
+                code = exc.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_registry()
+    return subprocess.CompletedProcess(["atlas-run", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
-                   student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run"):
+                   student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run",
+                   batches="random"):
+    """A small pipeline on the bundled example; random batches keep test runs short (neighbour batches of 128
+    rows hold 8 anchors, so an epoch takes 16 times the steps)."""
     teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
     sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
     text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
             f"[train]\nepochs_per_stage = {epochs}\nbatch_size = 128\nlearning_rate = 2e-3\nseed = 0\n"
+            f"batches = \"{batches}\"\n"
             f"val_fraction = 0.2\neval_rows = 300\n[output]\ndir = \"{output}\"\nplots = false\n{extra}")
     path = folder / name
     path.write_text(text)

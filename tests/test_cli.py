@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atlas_plugins import load_student
-from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_atlas, same_weights, weights, write_pipeline
+from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_atlas, run_cli, same_weights, weights, write_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, extra_args, edit
     pipe = write_pipeline(tmp_path)
     if edit:
         pipe.write_text(edit(pipe.read_text()))
-    proc = run_atlas(pipe, "--dry-run", *extra_args)
+    proc = run_cli(pipe, "--dry-run", *extra_args)
     one_error_line(proc, *fragments)
 
 

@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Optional, Sequence
 import pytest
 
 from atlas_plugins.params import PluginRef, describe, matches, plugin_ref, resolve_refs
-from conftest import one_error_line, run_atlas, write_pipeline
+from conftest import one_error_line, run_atlas, run_cli, write_pipeline
 
 
 @pytest.mark.parametrize("annotation, good, bad", [
@@ -66,8 +66,9 @@ def test_plugin_references_resolve_through_the_given_registry(registry):
 def test_a_string_never_turns_on_trust(evil_teacher, tmp_path, args, fragment):
     path, marker = evil_teacher
     pipe = write_pipeline(tmp_path, teacher=f'path = "{path}"')
-    for extra in (("--dry-run",), ("--quiet",)) if args[1].endswith("False") else (("--quiet",),):
-        line = one_error_line(run_atlas(pipe, *extra, *args), fragment)
+    for extra in (("--dry-run",), ("--quiet",)):
+        run = run_atlas if args[1].endswith("False") else run_cli  # one case through the real entry point
+        line = one_error_line(run(pipe, *extra, *args), fragment)
         assert line.startswith(f"atlas-run: error: --set '{args[1]}'")
     assert not marker.exists()
 
@@ -90,6 +91,6 @@ def test_a_string_in_the_pipeline_file_is_blamed_on_the_file(evil_teacher, tmp_p
 def test_plugin_parameters_of_the_wrong_type_are_one_line(tmp_path, setting, fragment):
     pipe = write_pipeline(tmp_path, loss='name = "neighbors"')
     extra = ("--set", 'loss.base="nope"') if fragment is None else ()
-    proc = run_atlas(pipe, "--dry-run", "--set", setting, *extra)
+    proc = run_cli(pipe, "--dry-run", "--set", setting, *extra)
     one_error_line(proc, fragment or "loss.base: unknown loss 'nope'")
     assert not (tmp_path / "run").exists()

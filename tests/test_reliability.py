@@ -20,7 +20,7 @@ from conftest import EXAMPLE_META, EXAMPLE_NPY, run_atlas
 from conftest import one_error_line, same_weights, weights, write_pipeline
 from conftest import plugin_env
 
-SLOW = dict(stages=3, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]')
+SLOW = dict(stages=3, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]', batches="neighbors")
 
 
 def popen_atlas(*args, env=None):
@@ -320,7 +320,7 @@ TINY_STUDENT = 'name = "mlp"\ndim = 5\nhidden = [8]'
 @pytest.mark.parametrize("rows, sets", [
     (1000, ["train.batch_size=98"]),                                        # validation: 98 + a tail of 2
     (1000, ["train.batch_size=449", 'train.batches="random"']),             # training: 2 x 449 + 2
-    (1000, ["train.neighbors=1", "train.batch_size=358"]),                  # neighbour batches: 179 + 1 anchors
+    (1000, ["train.neighbors=1", "train.batch_size=358", 'train.batches="neighbors"']),  # 179 + 1 anchors
 ])
 def test_no_batch_is_ever_too_small_for_the_loss(tmp_path, rows, sets):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, rows), stages=1, epochs=1, student=TINY_STUDENT,

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from atlas_plugins.rundir import LOCK, MANIFEST, RunDir
-from conftest import EXAMPLE_NPY, one_error_line, run_atlas, write_pipeline
+from conftest import one_error_line, run_atlas, run_cli, write_pipeline
 
 TINY = dict(stages=1, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [8]')
 
@@ -52,9 +52,10 @@ def test_a_fresh_run_refuses_to_overwrite_a_users_file(tmp_path, name):
     users = tmp_path / "run" / name
     users.parent.mkdir(parents=True)
     users.write_text("the user's own")
-    # a fresh run, and also --overwrite (it removes only atlas-run's files) and a dry run, for one of them
-    for extra in ((), ("--overwrite",), ("--dry-run",)) if name == "report.md" else ((),):
-        proc = run_atlas(write_pipeline(tmp_path, **TINY), "--quiet", *extra)
+    # a fresh run, --overwrite (it removes only atlas-run's files) and a dry run; the real entry point for one
+    for extra in ((), ("--overwrite",), ("--dry-run",)):
+        run = run_atlas if name == "report.md" and not extra else run_cli
+        proc = run(write_pipeline(tmp_path, **TINY), "--quiet", *extra)
         one_error_line(proc, f"{users} exists and was not written by atlas-run", "choose another output.dir")
         assert users.read_text() == "the user's own"
     assert not (tmp_path / "run" / MANIFEST).exists() and not (tmp_path / "run" / LOCK).exists()
@@ -71,7 +72,7 @@ def test_output_dir_next_to_the_pipeline_file_keeps_the_file_and_its_comments(tm
 @pytest.mark.parametrize("value, fragment", [('""', "output.dir must be a path"),
                                              ('"/"', "output.dir must not be the file system's root")])
 def test_output_dir_may_not_be_empty_or_the_root(tmp_path, value, fragment):
-    one_error_line(run_atlas(write_pipeline(tmp_path, **TINY), "--dry-run", "--set", f"output.dir={value}"),
+    one_error_line(run_cli(write_pipeline(tmp_path, **TINY), "--dry-run", "--set", f"output.dir={value}"),
                    fragment)
 
 

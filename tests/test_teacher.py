@@ -8,7 +8,7 @@ import torch
 
 from atlas_plugins import DataError, TeacherData
 from atlas_plugins.teacher import validate_teacher
-from conftest import EXAMPLE_NPY, run_atlas
+from conftest import EXAMPLE_NPY, run_atlas, run_cli
 from conftest import one_error_line, write_pipeline
 
 
@@ -58,7 +58,8 @@ CASES = {
                         or 'path = "t.npz"', ["t.npz: no array 'None'", "arrays are: a, b", "set key"]),
     "pt-missing-key": (lambda p: torch.save({"vectors": torch.ones(600, 384)}, p / "t.pt")
                        or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors"]),
-    "too-few-rows": (_npy(np.ones((12, 384), np.float32)), ["10 training rows", "too few for neighbour batches"]),
+    "too-few-rows": (_npy(np.ones((3, 384), np.float32)), ["2 training rows after the validation split",
+                                                           "a batch needs at least 3"]),
     "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                     or _text("m.jsonl", '{"text": "a"}\n', 'path = "t.npy"\nmeta = "m.jsonl"')(p),
                     ["t.npy: 1 texts for 600 embedding rows"]),
@@ -93,7 +94,7 @@ CASES = {
 def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
     make, fragments = CASES[case]
     teacher = make(tmp_path)
-    one_error_line(run_atlas(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
+    one_error_line(run_cli(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
 
 
 def test_two_local_models_with_the_same_folder_name_do_not_share_a_cache(tmp_path):
