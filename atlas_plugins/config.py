@@ -367,11 +367,11 @@ def _resolve_paths(tables: dict, path: Path, origin: Origin) -> dict:
     base = path.resolve().parent
     for key in PATH_KEYS:
         if isinstance(tables["teacher"].get(key), str):
-            tables["teacher"][key] = os.path.normpath(base / Path(tables["teacher"][key]).expanduser())
+            tables["teacher"][key] = os.path.normpath(base / os.path.expanduser(tables["teacher"][key]))
     out = tables["output"]
     out.setdefault("dir", str(Path("runs") / path.stem))
     if isinstance(out["dir"], str) and out["dir"].strip() and "\x00" not in out["dir"]:
-        out["dir"] = os.path.normpath(base / Path(out["dir"]).expanduser())
+        out["dir"] = os.path.normpath(base / os.path.expanduser(out["dir"]))
         if Path(out["dir"]) == Path(out["dir"]).parent:
             raise ConfigError(f"{origin('output.dir')}: output.dir must not be the file system's root "
                               f"({out['dir']}); choose a folder for this run")

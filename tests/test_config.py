@@ -104,3 +104,9 @@ def test_dump_toml_round_trips_every_field(tmp_path, teacher_path, meta, out, hi
     assert again == resolved
     assert build_config(again, tmp_path / "p.toml", REGISTRY).to_dict() == resolved
     assert set(again) == set(SECTIONS) and all(f.name in again["train"] for f in attrs.fields(SECTIONS["train"]))
+
+
+def test_a_path_with_an_unknown_user_is_kept_as_written(tmp_path):
+    config = build_config({"teacher": {"path": "~no-such-user-here/t.npy"}, "output": {"dir": "~no-such-user/run"}},
+                          tmp_path / "p.toml", REGISTRY)
+    assert config.teacher.path == str(tmp_path / "~no-such-user-here" / "t.npy")

@@ -132,3 +132,29 @@ def test_batches_are_counted_without_building_an_epoch(tmp_path, train):
     if train.get("neighbors") != 1:  # with one neighbour per anchor, pairs that are each other's neighbour merge
         assert t.batches_per_epoch == len(t.batches(0, 3))
     assert all(len(b) >= 3 for b in t.batches(0, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_restores_the_cuda_generator(tmp_path):
+    """Input noise is drawn on the device: a resumed CUDA run must continue the CUDA random stream."""
+    from atlas_plugins.rundir import RunDir
+
+    def run(folder, stop_after=None):
+        doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+               "schedule": {"name": "linear", "start": 1.0, "end": 0.5, "stages": 2},
+               "train": {"epochs_per_stage": 1, "batch_size": 256, "input_noise": 0.5, "device": "cuda"},
+               "output": {"dir": str(folder), "report": False}}
+        pipe = assemble(build_config(doc, tmp_path / "p.toml"))
+        trainer = Trainer(pipe, RunDir(folder), echo=lambda m: None)
+        return pipe, trainer
+
+    _, full = run(tmp_path / "a")
+    full.fit()
+    pipe, first = run(tmp_path / "b")
+    first.fit()
+    blob = torch.load(tmp_path / "b" / "checkpoints" / "stage-0.pt", weights_only=True)
+    assert "cuda_rng" in blob
+    _, resumed = run(tmp_path / "c")
+    resumed.fit(blob)
+    a, b = full.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
