@@ -14,6 +14,23 @@ EXAMPLE_META = ROOT / "examples" / "data" / "stdlib-minilm.jsonl"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+NEW_INTERPRETER = ("run_atlas(", "popen_atlas(", "torchrun(", "subprocess.")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start atlas-run in a new interpreter take seconds each (importing torch, building the first
+    optimizer), so they are marked ``slow`` here, in one place, unless marked ``smoke``: ``pytest -m "not slow"``
+    stays quick for the edit-test loop, with a few real end-to-end runs, while CI runs everything."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None or item.get_closest_marker("smoke") or item.get_closest_marker("slow"):
+            continue
+        if any(call in inspect.getsource(fn) for call in NEW_INTERPRETER):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def real_embeddings() -> np.ndarray:
     """Real all-MiniLM-L6-v2 embeddings (N, 384) of standard-library docstrings (the bundled example)."""

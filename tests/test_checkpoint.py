@@ -21,6 +21,7 @@ def test_files_with_code_are_refused(evil_teacher, load, message):
     assert not marker.exists()
 
 
+@pytest.mark.smoke
 def test_atlas_run_refuses_a_pickled_teacher(evil_teacher, tmp_path):
     path, marker = evil_teacher
     proc = run_atlas(write_pipeline(tmp_path, teacher=f'path = "{path}"'), "--dry-run")

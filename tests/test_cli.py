@@ -63,6 +63,7 @@ def test_resume_from_a_stage_checkpoint_ends_bit_identical(finished_run, tmp_pat
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
 
 
+@pytest.mark.smoke
 def test_dry_run_checks_and_writes_nothing(tmp_path):
     proc = run_atlas(write_pipeline(tmp_path), "--dry-run")
     assert proc.returncode == 0, proc.stderr

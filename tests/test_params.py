@@ -58,6 +58,7 @@ def test_plugin_references_resolve_through_the_given_registry(registry):
         {"base": mine, "alpha": 0.5}
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("args, fragment", [
     (("--set", 'teacher.trust="false"'), "teacher.trust must be true or false for teacher 'pt', got 'false'"),
     (("--set", "teacher.trust=no"), "teacher.trust must be true or false for teacher 'pt', got 'no'"),

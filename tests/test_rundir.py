@@ -46,6 +46,7 @@ def test_overwrite_never_deletes_outside_the_run_folder(tmp_path, victim):
     assert (victim / "precious.txt").read_text() == "mine" and (victim / "linked.txt").read_text() == "mine too"
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", ["report.md", "pipeline.toml", "student.pt", "checkpoints/latest.pt",
                                   "metrics.jsonl"])
 def test_a_fresh_run_refuses_to_overwrite_a_users_file(tmp_path, name):
