@@ -32,24 +32,16 @@ class RunResult:
     report: dict | None = None
 
 
-def next_step(run: RunDir, command: str) -> str:
-    """The command that continues a run in ``run``: ``--resume`` when a checkpoint exists, else a fresh start."""
-    has_checkpoint = any(p.is_file() for p in (run.path / "checkpoints").glob("*.pt"))
-    return f"{command} --resume" if has_checkpoint else f"{command} --overwrite"
-
-
 def check_folder(run: RunDir, resume: bool, overwrite: bool, command: str) -> None:
     """What a run (or a dry run) may do with ``run``; raise :class:`RunDirError` naming the first obstacle."""
-    holder = run.is_locked()
-    if holder is not None:
-        raise RunDirError(f"{run.path} is in use by another atlas-run ({holder}); wait for it to finish "
-                          "or choose another output.dir")
+    run.check_free()
     if resume:
         return
     if run.holds_run() and not overwrite:
-        raise RunDirError(f"{run.path} already holds a run; continue it with: {next_step(run, command)}"
-                          + ("" if "--overwrite" in next_step(run, command) else
-                             ", or replace it with --overwrite (removes only files atlas-run wrote there)"))
+        then = run.continue_command(command)
+        raise RunDirError(f"{run.path} already holds a run; continue it with: {then}" + (
+            ", or replace it with --overwrite (removes only files atlas-run wrote there)"
+            if then.endswith("--resume") else ""))
     foreign = run.foreign_outputs()  # --overwrite removes only files atlas-run wrote: these would stay
     if foreign:
         raise RunDirError(f"{foreign[0]} exists and was not written by atlas-run; move it away or choose another "
@@ -75,7 +67,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             if resume:
                 blob = find_resume_checkpoint(run, warn)
                 if blob is None:
-                    hint = next_step(run, command) if run.holds_run() else command
+                    hint = run.continue_command(command) if run.holds_run() else command
                     raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); start with: {hint}")
                 for change in check_resumable(blob, config.to_dict(), config.source):
                     echo(f"note: resuming with changed {change}")

@@ -72,8 +72,7 @@ class RunDir:
             except BlockingIOError:
                 holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
                 os.close(fd)
-                raise RunDirError(f"{self.path} is in use by another atlas-run ({holder}); wait for it to finish "
-                                  "or choose another output.dir") from None
+                raise self._in_use(holder) from None
             try:  # the previous holder may have removed the file between our open and our lock: retry
                 same = os.fstat(fd).st_ino == os.lstat(lock).st_ino
             except FileNotFoundError:
@@ -87,19 +86,22 @@ class RunDir:
         self._lock_fd = fd
         self._remove_stale_temp_files()
 
-    def is_locked(self) -> str | None:
-        """Who holds the lock (its text), or ``None`` when the folder is free; takes nothing."""
+    def check_free(self) -> None:
+        """Raise :class:`RunDirError` naming the holder when another process holds the lock; takes nothing."""
         try:
             fd = os.open(self.path / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            return None
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None
         except BlockingIOError:
-            return os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
+            raise self._in_use(os.read(fd, 4096).decode(errors="replace").strip() or "unknown process") from None
         finally:
             os.close(fd)
+
+    def _in_use(self, holder: str) -> RunDirError:
+        return RunDirError(f"{self.path} is in use by another atlas-run ({holder}); wait for it to finish or choose "
+                           "another output.dir")
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of atomic writes interrupted by a crash (``.<name>.<random>.tmp`` next to a file we own)."""
@@ -173,6 +175,11 @@ class RunDir:
         if rel not in names:
             names.append(rel)
             atomic_write_bytes(self.path / MANIFEST, json.dumps(names, indent=0).encode())
+
+    def continue_command(self, command: str) -> str:
+        """The command that continues a run here: ``--resume`` when a checkpoint exists, else a fresh start."""
+        has_checkpoint = any(p.is_file() for p in (self.path / "checkpoints").glob("*.pt"))
+        return f"{command} --resume" if has_checkpoint else f"{command} --overwrite"
 
     def holds_run(self) -> bool:
         """Whether a previous run left files here (caches do not count: they belong to no run)."""

@@ -194,8 +194,7 @@ class Trainer:
 
     def next_step(self) -> str:
         """The command that continues this run from where it stopped."""
-        has_checkpoint = self.run is not None and any((self.run.path / "checkpoints").glob("*.pt"))
-        return f"{self.resume_hint} --resume" if has_checkpoint else f"{self.resume_hint} --overwrite"
+        return self.run.continue_command(self.resume_hint) if self.run is not None else self.resume_hint
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, resume: dict | None = None) -> None:

@@ -189,15 +189,31 @@ BAD_PLUGINS = """
         def forward(self, x):
             return self.lin(x)[:1]
 
+    class Frozen(Wrong):
+        def __init__(self, input_dim, dim):
+            super().__init__(input_dim, dim)
+            self.lin.requires_grad_(False)
+        def forward(self, x):
+            return self.lin(x)
+
+    def only_eight(student, teacher, *, tau=1.0, reduction="mean"):
+        if student.shape[0] != 8:
+            raise IndexError("index 8 is out of bounds")
+        return student.pow(2).mean()
+
     @atlas_plugins.hookimpl
     def register_losses(register):
         register("returns-float", lambda student, teacher, *, tau=1.0, reduction="mean": 0.5)
         register("returns-vector", lambda student, teacher, *, tau=1.0, reduction="mean": student.sum(1))
+        register("constant", lambda student, teacher, *, tau=1.0, reduction="mean": torch.tensor(0.5))
+        register("detached", lambda student, teacher, *, tau=1.0, reduction="mean": student.detach().pow(2).mean())
+        register("only-eight", only_eight)
 
     @atlas_plugins.hookimpl
     def register_students(register):
         register("wrong-shape", lambda input_dim, dim: Wrong(input_dim, dim))
         register("not-a-module", lambda input_dim, dim: "model")
+        register("frozen", lambda input_dim, dim: Frozen(input_dim, dim))
 """
 
 
@@ -355,43 +371,14 @@ def test_a_batch_larger_than_the_data_is_a_warning(tmp_path):
     assert "warning: train.batch_size = 5000 is larger than the 240 training rows" in proc.stderr
 
 
-MISBEHAVING = """
-    import torch
-    from torch import nn
-    import atlas_plugins
-
-    class Frozen(nn.Module):
-        def __init__(self, input_dim, dim):
-            super().__init__()
-            self.lin = nn.Linear(input_dim, dim).requires_grad_(False)
-        def forward(self, x):
-            return self.lin(x)
-
-    def only_eight(student, teacher, *, tau=1.0, reduction="mean"):
-        if student.shape[0] != 8:
-            raise IndexError("index 8 is out of bounds")
-        return student.pow(2).mean()
-
-    @atlas_plugins.hookimpl
-    def register_losses(register):
-        register("constant", lambda student, teacher, *, tau=1.0, reduction="mean": torch.tensor(0.5))
-        register("detached", lambda student, teacher, *, tau=1.0, reduction="mean": student.detach().pow(2).mean())
-        register("only-eight", only_eight)
-
-    @atlas_plugins.hookimpl
-    def register_students(register):
-        register("frozen", lambda input_dim, dim: Frozen(input_dim, dim))
-"""
-
-
 @pytest.mark.parametrize("sets, fragments", [
-    (['loss.name="constant"'], ["loss 'constant' (atlas-misbehaving) returned a tensor without a gradient"]),
-    (['loss.name="detached"'], ["loss 'detached' (atlas-misbehaving) returned a tensor without a gradient"]),
-    (['loss.name="only-eight"'], ["[loss] loss 'only-eight' (atlas-misbehaving) failed: IndexError: index 8"]),
-    (['student.name="frozen"'], ["student 'frozen' (atlas-misbehaving) has no trainable parameters"]),
+    (['loss.name="constant"'], ["loss 'constant' (atlas-bad) returned a tensor without a gradient"]),
+    (['loss.name="detached"'], ["loss 'detached' (atlas-bad) returned a tensor without a gradient"]),
+    (['loss.name="only-eight"'], ["[loss] loss 'only-eight' (atlas-bad) failed: IndexError: index 8"]),
+    (['student.name="frozen"'], ["student 'frozen' (atlas-bad) has no trainable parameters"]),
 ])
 def test_misbehaving_plugins_are_caught_by_a_real_backward_before_anything_is_written(tmp_path, sets, fragments):
-    env = plugin_env(tmp_path, "atlas-misbehaving", "atlas_misbehaving", MISBEHAVING)
+    env = plugin_env(tmp_path, "atlas-bad", "atlas_bad", BAD_PLUGINS)
     pipe = write_pipeline(tmp_path, student='name = "mlp"\ndim = 5')
     one_error_line(run_atlas(pipe, *sum((["--set", s] for s in sets), []), env=env), *fragments)
     assert not (tmp_path / "run").exists()
