@@ -17,7 +17,10 @@ import sys
 import traceback
 import warnings
 
+from .config import load_config
 from .errors import AtlasError
+from .orchestrator import run_pipeline
+from .registry import get_registry
 
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
@@ -48,8 +51,6 @@ def _warn(message: str) -> None:
 
 
 def list_plugins(as_json: bool) -> str:
-    from .registry import get_registry
-
     infos = get_registry().available()
     if as_json:
         return json.dumps([{"kind": i.kind, "name": i.name, "description": i.description,
@@ -61,8 +62,6 @@ def list_plugins(as_json: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_config
-
     if args.list_plugins:
         print(list_plugins(args.json))
         return 0
@@ -71,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise _usage("--resume and --overwrite cannot be used together")
     config = load_config(args.pipeline, args.overrides)
-    from .orchestrator import run_pipeline
-
     command = "atlas-run " + " ".join(shlex.quote(a) for a in [args.pipeline, *sum((["--set", o] for o in args.overrides), [])])
     progress = not args.quiet and sys.stderr.isatty()
     result = run_pipeline(config, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run,

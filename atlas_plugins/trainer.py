@@ -268,11 +268,11 @@ class Trainer:
         x = self.pipe.teacher.rows(rows).to(self.pipe.device, non_blocking=True)
         out, xhat = self.pipe.forward(self.objective, x)
         loss = self.pipe.loss(out, x, tau, xhat)
-        finite = bool(torch.isfinite(loss).item())
-        if not distributed.all_ok(self.dist, finite):
+        value = float(loss.detach())  # the one host sync of a step: the value serves both the check and the metrics
+        if not distributed.all_ok(self.dist, math.isfinite(value)):
             raise TrainingError(self._divergence(loss, x, out, tau, where))
         (loss / self.cfg.accumulate).backward()
-        return float(loss.detach())
+        return value
 
     def _optimizer_step(self) -> None:
         for group in self.opt.param_groups:
