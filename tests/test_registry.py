@@ -174,3 +174,22 @@ def test_module_level_api_uses_the_process_registry():
         atlas_plugins.reset_registry()
     with pytest.raises(UnknownPluginError):
         atlas_plugins.get_loss("test-module-level")
+
+
+def test_builtins_use_only_the_public_plugin_api_and_the_core_names_them_once():
+    """docs/index.md and docs/plugins.md: the built-ins use what a third-party plugin can; the core imports them
+    in one place (registry.py) and never reaches back."""
+    import ast
+
+    from conftest import ROOT
+
+    public = {"atlas_plugins", "atlas_plugins.checks", "atlas_plugins.errors", "atlas_plugins.params",
+              "atlas_plugins.teacher", "atlas_plugins.checkpoint"}
+    for path in (ROOT / "builtin_plugins").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("atlas_plugins"):
+                assert node.module in public, f"{path.name} imports {node.module}"
+                assert not {a.name for a in node.names} & {"get_registry", "get_loss", "Registry"}, path.name
+    importers = [p.name for p in (ROOT / "atlas_plugins").glob("*.py") if "import builtin_plugins" in p.read_text()
+                 or "from builtin_plugins" in p.read_text()]
+    assert importers == ["registry.py"]
