@@ -115,13 +115,13 @@ def run_cli(*args, env=None):
 
 def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
                    student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run",
-                   batches="random"):
+                   batches="random", batch_size=128):
     """A small pipeline on the bundled example; random batches keep test runs short (neighbour batches of 128
     rows hold 8 anchors, so an epoch takes 16 times the steps)."""
     teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
     sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
     text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
-            f"[train]\nepochs_per_stage = {epochs}\nbatch_size = 128\nlearning_rate = 2e-3\nseed = 0\n"
+            f"[train]\nepochs_per_stage = {epochs}\nbatch_size = {batch_size}\nlearning_rate = 2e-3\nseed = 0\n"
             f"batches = \"{batches}\"\n"
             f"val_fraction = 0.2\neval_rows = 300\n[output]\ndir = \"{output}\"\nplots = false\n{extra}")
     path = folder / name

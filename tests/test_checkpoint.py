@@ -1,5 +1,7 @@
 """No code from data: every .pt load is weights_only; atomic writes; student files."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -105,18 +107,26 @@ def test_a_pickle_that_calls_os_system_is_refused_with_the_documented_message(tm
         load_teacher_checkpoint(tmp_path / "damaged.pt")
 
 
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory):
+    """A finished two-stage run folder, copied by the tests that tamper with its checkpoints."""
+    folder = tmp_path_factory.mktemp("two-stage")
+    assert run_atlas(write_pipeline(folder, stages=2, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [8]'),
+                     "--quiet").returncode == 0
+    return folder / "run"
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda b: b.pop("config"), "'config' is missing"),
     (lambda b: b.update(student={}), "no student weights"),
     (lambda b: b.update(rng="not a tensor"), "'rng' is missing or not a Tensor"),
     (lambda b: b.update(format="something-else/9"), "not an atlas checkpoint"),
 ])
-def test_crafted_checkpoints_are_skipped_with_a_warning(tmp_path, damage, reason):
+def test_crafted_checkpoints_are_skipped_with_a_warning(two_stage_run, tmp_path, damage, reason):
     from atlas_plugins.checkpoint import find_resume_checkpoint
     from atlas_plugins.rundir import RunDir
 
-    pipe = write_pipeline(tmp_path, stages=2, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [8]')
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    shutil.copytree(two_stage_run, tmp_path / "run")
     ckpts = tmp_path / "run" / "checkpoints"
     blob = torch.load(ckpts / "latest.pt", weights_only=True)
     damage(blob)

@@ -21,7 +21,8 @@ from conftest import EXAMPLE_META, EXAMPLE_NPY, run_atlas
 from conftest import one_error_line, same_weights, weights, write_pipeline
 from conftest import plugin_env
 
-SLOW = dict(stages=3, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]', batches="neighbors")
+# long enough to land a kill mid-run, checkpoints large enough (a 512 x 512 MLP with Adam) to catch one being written
+SLOW = dict(stages=3, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]', batches="neighbors", batch_size=512)
 
 
 def popen_atlas(*args, env=None):
