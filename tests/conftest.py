@@ -31,6 +31,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def builtin_plugins_only(monkeypatch):
+    """In-process code sees the built-ins only, whatever is installed, and a fresh process registry per test."""
+    from atlas_plugins import reset_registry
+
+    monkeypatch.setenv("ATLAS_DISABLE_PLUGIN_AUTOLOAD", "1")
+    reset_registry()
+    yield
+    reset_registry()
+
+
 @pytest.fixture(scope="session")
 def real_embeddings() -> np.ndarray:
     """Real all-MiniLM-L6-v2 embeddings (N, 384) of standard-library docstrings (the bundled example)."""
@@ -76,10 +87,16 @@ def evil_teacher(tmp_path):
     return path, marker
 
 
-def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None):
-    """Run the real ``atlas-run`` entry point in a subprocess."""
+def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None, autoload=None):
+    """Run the real ``atlas-run`` entry point in a subprocess.
+
+    Installed third-party plugins are loaded only when the test asks (``autoload=True``, or an ``env`` from
+    :func:`plugin_env`, which adds a plugin site to ``PYTHONPATH``), so no test depends on which plugins
+    happen to be installed."""
     full_env = dict(os.environ)
     full_env.pop("ATLAS_DISABLE_PLUGIN_AUTOLOAD", None)
+    if not (autoload if autoload is not None else "PYTHONPATH" in (env or {})):
+        full_env["ATLAS_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "atlas_plugins.cli", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=input)

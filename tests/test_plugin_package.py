@@ -30,10 +30,10 @@ def installed():
 
 
 def test_list_plugins_shows_the_package(installed):
-    listing = json.loads(run_atlas("--list-plugins", "--json").stdout)
+    listing = json.loads(run_atlas("--list-plugins", "--json", autoload=True).stdout)
     rkd = next(p for p in listing if p["name"] == "rkd-distance")
     assert (rkd["kind"], rkd["distribution"], rkd["version"]) == ("loss", "atlas-plugin-example", "0.1.0")
-    assert "atlas-plugin-example 0.1.0" in run_atlas("--list-plugins").stdout
+    assert "atlas-plugin-example 0.1.0" in run_atlas("--list-plugins", autoload=True).stdout
 
 
 def test_the_package_own_tests_pass(installed):
@@ -44,7 +44,7 @@ def test_the_package_own_tests_pass(installed):
 
 def test_atlas_run_trains_with_the_package_loss(installed, tmp_path):
     pipe = write_pipeline(tmp_path, loss='name = "rkd-distance"\ndelta = 0.5', stages=1, epochs=2)
-    proc = run_atlas(pipe, "--quiet")
+    proc = run_atlas(pipe, "--quiet", autoload=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "student.pt").is_file()
     resolved = (tmp_path / "run" / "pipeline.toml").read_text()

@@ -193,3 +193,19 @@ def test_builtins_use_only_the_public_plugin_api_and_the_core_names_them_once():
     importers = [p.name for p in (ROOT / "atlas_plugins").glob("*.py") if "import builtin_plugins" in p.read_text()
                  or "from builtin_plugins" in p.read_text()]
     assert importers == ["registry.py"]
+
+
+def test_installed_plugins_do_not_reach_the_tests_process_registry(tmp_path, monkeypatch):
+    """A plugin installed on the machine (here one that registers the docs' example name) cannot change the
+    outcome of in-process tests: conftest's autouse fixture keeps the process registry to the built-ins."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_distribution(tmp_path, "atlas-clash", "atlas_clash_plugin", """
+        import atlas_plugins
+
+        @atlas_plugins.hookimpl
+        def register_losses(register):
+            register("rank-margin", lambda s, t, **kw: s.sum())
+    """)
+    assert "rank-margin" not in atlas_plugins.get_registry().names("loss")
+    monkeypatch.delenv("ATLAS_DISABLE_PLUGIN_AUTOLOAD")
+    assert "rank-margin" in Registry().names("loss")  # it is installed, and found when discovery is on
