@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atlas_plugins import load_student
-from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_atlas, run_cli, same_weights, weights, write_pipeline
+from conftest import EXAMPLE_NPY, one_error_line, run_atlas, run_cli, same_weights, weights, write_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Assembly: plugins resolved through the registry the pipeline is assembled with; students declare what they can do."""
 
-import io
-
 import pytest
 import torch
 

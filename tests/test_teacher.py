@@ -8,7 +8,7 @@ import torch
 
 from atlas_plugins import DataError, TeacherData
 from atlas_plugins.teacher import validate_teacher
-from conftest import EXAMPLE_NPY, run_atlas, run_cli
+from conftest import EXAMPLE_NPY, run_cli
 from conftest import one_error_line, write_pipeline
 
 
