@@ -35,6 +35,7 @@ from .pipeline import Pipeline
 from .rundir import RunDir
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both save a checkpoint and stop; exit code 128 + signal
+READ_EVERY = 10  # optimizer steps between reads of the losses from the device (one host sync each)
 
 
 class Interrupted(AtlasError):
@@ -244,35 +245,66 @@ class Trainer:
         batches = self.batches(stage, epoch)
         self.objective.train()
         t0 = time.perf_counter() - acc.seconds
+        pending: list[tuple[int, int, torch.Tensor]] = []  # (batch, optimizer step, loss on the device) not yet read
         for b in range(first_batch, len(batches)):
             steps_now = (b + 1) % self.cfg.accumulate == 0 or b + 1 == len(batches)
             # under DDP, gradients are averaged across ranks once per optimizer step, not per micro-batch
             with self.objective.no_sync() if self.dist.active and not steps_now else contextlib.nullcontext():
-                loss = self._step(batches[b], tau, (stage, epoch, b))
-            acc.loss_sum += float(loss)
+                pending.append((b, self.global_step, self._step(batches[b], tau)))
             acc.batches += 1
             acc.samples += len(batches[b])
             if steps_now:
                 self._optimizer_step()
-                if self.stop_signal is not None and b + 1 < len(batches):
+            if (b + 1) % (READ_EVERY * self.cfg.accumulate) == 0 or b + 1 == len(batches):
+                loss = self._read(pending, batches, acc, tau, stage, epoch)
+                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}", refresh=False)
+                if self.stop_signal is not None and b + 1 < len(batches):  # a step boundary, every loss checked
                     acc.seconds = time.perf_counter() - t0
                     self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, epoch, b + 1, acc))
                     raise self._interrupted(f"at stage {stage + 1}, epoch {epoch + 1}")
-            if b % 10 == 0 or b + 1 == len(batches):
-                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}", refresh=False)
             bar.update(1)
         self._end_epoch(stage, epoch, tau, acc, time.perf_counter() - t0)
 
-    def _step(self, rows: np.ndarray, tau: float, where: tuple[int, int, int]) -> float:
-        """Forward, loss and backward on one batch (gradients accumulate); returns the batch's loss."""
+    def _step(self, rows: np.ndarray, tau: float) -> torch.Tensor:
+        """Forward, loss and backward on one batch (gradients accumulate); returns the loss, still on the device."""
         x = self.pipe.teacher.rows(rows).to(self.pipe.device, non_blocking=True)
         out, xhat = self.pipe.forward(self.objective, x)
         loss = self.pipe.loss(out, x, tau, xhat)
-        value = float(loss.detach())  # the one host sync of a step: the value serves both the check and the metrics
-        if not distributed.all_ok(self.dist, math.isfinite(value)):
-            raise TrainingError(self._divergence(loss, x, out, tau, where))
         (loss / self.cfg.accumulate).backward()
-        return value
+        return loss.detach()
+
+    def _read(self, pending: list, batches: list, acc: EpochAcc, tau: float, stage: int, epoch: int) -> float:
+        """Bring the pending losses to the host (one sync, one all-reduce under DDP); stop on the first that is
+        not finite, before any checkpoint can hold what followed it.  Returns the last loss."""
+        values = torch.stack([loss for _, _, loss in pending]).tolist()
+        if not distributed.all_ok(self.dist, all(math.isfinite(v) for v in values)):
+            bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+            b, step, _ = pending[bad if bad is not None else -1]
+            raise TrainingError(self._divergence(values[bad] if bad is not None else None, batches[b], step, tau,
+                                                 (stage, epoch, b)))
+        acc.loss_sum += sum(values)
+        pending.clear()
+        return values[-1]
+
+    def _divergence(self, value, rows: np.ndarray, step: int, tau: float, where: tuple[int, int, int]) -> str:
+        """Why the loss stopped being finite, as far as the batch and the step tell, and the command that helps."""
+        stage, epoch, b = where
+        head = (f"the loss became {value if value is not None else 'non-finite on another rank'} at stage {stage + 1}, "
+                f"epoch {epoch + 1}, step {b + 1} (tau {tau:.3g}, learning rate {self.lr_at(step):.3g})")
+        x = self.pipe.teacher.rows(rows)
+        biggest = float(x.abs().max()) if x.numel() else 0.0
+        if biggest > 1e15:
+            return (f"{head}: the teacher rows hold values up to {biggest:.3g}, too large for float32 arithmetic; "
+                    f"rescale or normalise the embeddings in {self.pipe.teacher.source}")
+        if tau < 1e-6:
+            return (f"{head}: tau = {tau:.3g} is too small for float32 arithmetic; raise the schedule's end "
+                    "(or loss.tau)")
+        if step == 0:  # the weights are still the initial ones
+            return (f"{head}, before any weight update, so the learning rate is not the cause: check the [loss] "
+                    f"parameters of '{self.pipe.config.loss.name}' ({self.pipe.loss_params})")
+        lower = min(self.cfg.learning_rate, self.lr_at(step)) / 10
+        return (f"{head}; the last good checkpoint is kept; continue with a lower learning rate: "
+                f"{self.next_step()} --set train.learning_rate={lower:.3g}")
 
     def _optimizer_step(self) -> None:
         for group in self.opt.param_groups:
@@ -303,27 +335,6 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         return Interrupted(f"interrupted ({name}) {where}; checkpoint saved; continue with: {self.next_step()}",
                            self.stop_signal)
-
-    def _divergence(self, loss: torch.Tensor, x: torch.Tensor, out, tau: float, where: tuple[int, int, int]) -> str:
-        """Why the loss stopped being finite, as far as what was seen tells, and the command that helps."""
-        stage, epoch, b = where
-        value = loss.item() if loss.numel() == 1 and not bool(torch.isfinite(loss).all()) else "non-finite on another rank"
-        head = f"the loss became {value} at stage {stage + 1}, epoch {epoch + 1}, step {b + 1} (tau {tau:.3g}, " \
-               f"learning rate {self.lr_at(self.global_step):.3g})"
-        levels = out if isinstance(out, (tuple, list)) else (out,)
-        biggest = float(x.abs().max()) if x.numel() else 0.0
-        if biggest > 1e15:
-            return (f"{head}: the teacher rows hold values up to {biggest:.3g}, too large for float32 arithmetic; "
-                    f"rescale or normalise the embeddings in {self.pipe.teacher.source}")
-        if tau < 1e-6:
-            return (f"{head}: tau = {tau:.3g} is too small for float32 arithmetic; raise the schedule's end "
-                    "(or loss.tau)")
-        if self.global_step == 0 and all(bool(torch.isfinite(z).all()) for z in levels):
-            return (f"{head}, before any weight update, so the learning rate is not the cause: check the [loss] "
-                    f"parameters of '{self.pipe.config.loss.name}' ({self.pipe.loss_params})")
-        lower = min(self.cfg.learning_rate, self.lr_at(self.global_step)) / 10
-        return (f"{head}; the last good checkpoint is kept; continue with a lower learning rate: "
-                f"{self.next_step()} --set train.learning_rate={lower:.3g}")
 
     @torch.no_grad()
     def val_loss(self, tau: float) -> float | None:
