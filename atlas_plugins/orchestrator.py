@@ -2,7 +2,8 @@
 
 Nothing in the run folder is touched before the pipeline has been assembled and
 smoke-tested, except the lock (removed again at the end, with the folder itself
-when the run created it and left it empty).
+when the run created it and left it empty) and what a teacher caches in ``cache/``
+while it loads (recorded in the manifest).
 """
 
 from __future__ import annotations

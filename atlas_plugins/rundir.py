@@ -70,9 +70,9 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
+                error = self._in_use(fd)
                 os.close(fd)
-                raise self._in_use(holder) from None
+                raise error from None
             try:  # the previous holder may have removed the file between our open and our lock: retry
                 same = os.fstat(fd).st_ino == os.lstat(lock).st_ino
             except FileNotFoundError:
@@ -95,11 +95,13 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise self._in_use(os.read(fd, 4096).decode(errors="replace").strip() or "unknown process") from None
+            raise self._in_use(fd) from None
         finally:
             os.close(fd)
 
-    def _in_use(self, holder: str) -> RunDirError:
+    def _in_use(self, fd: int) -> RunDirError:
+        """The error naming the holder, whose pid, host and start time the lock file holds."""
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
         return RunDirError(f"{self.path} is in use by another atlas-run ({holder}); wait for it to finish or choose "
                            "another output.dir")
 
