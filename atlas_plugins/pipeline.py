@@ -154,6 +154,9 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     registry = registry or get_registry()
     tr = config.train
     device = device or resolve_device(tr.device)
+    providers = {kind: registry.info(kind, name).distribution for kind, name in  # for error messages
+                 (("teacher", config.teacher.loader), ("student", config.student.name),
+                  ("loss", config.loss.name), ("schedule", config.schedule.name))}
     teacher = validate_teacher(load_teacher(config, registry), dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS)
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))
@@ -162,7 +165,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     torch.manual_seed(tr.seed)
     student = _call_plugin(registry, "student", "student", s.name, teacher.dim, s.dim, **s.params)
     if not isinstance(student, torch.nn.Module):
-        raise PluginError(f"student '{s.name}' ({registry.info('student', s.name).distribution}) returned "
+        raise PluginError(f"student '{s.name}' ({providers['student']}) returned "
                           f"{type(student).__name__}; student plugins must return a torch.nn.Module")
     reconstruct = bool(getattr(student, "reconstructs", False))
     loss_fn = registry.get("loss", config.loss.name)
@@ -175,16 +178,13 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     schedule = _call_plugin(registry, "schedule", "schedule", sch.name, sch.start, sch.end, sch.stages, **sch.params)
     taus = []
     for stage in range(sch.stages):
-        with blame("schedule", sch.name, registry.info("schedule", sch.name).distribution):
+        with blame("schedule", sch.name, providers["schedule"]):
             tau = schedule(stage) if callable(schedule) else None
         if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau) or tau <= 0:
-            raise PluginError(f"schedule '{sch.name}' ({registry.info('schedule', sch.name).distribution}) gave "
+            raise PluginError(f"schedule '{sch.name}' ({providers['schedule']}) gave "
                               f"tau = {tau!r} for stage {stage}; schedules must give positive numbers")
         taus.append(float(tau))
 
-    providers = {kind: registry.info(kind, name).distribution for kind, name in
-                 (("teacher", config.teacher.loader), ("student", s.name), ("loss", config.loss.name),
-                  ("schedule", sch.name))}
     pipe = Pipeline(config, teacher, student, loss_fn, resolve_refs(loss_fn, config.loss.params, registry), taus,
                     device, reconstruct, train_rows, val_rows, batch_mode, providers)
     _smoke_test(pipe)
