@@ -10,6 +10,7 @@ key path and what was expected, with a did-you-mean where one fits.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import json
 import math
@@ -164,6 +165,14 @@ class OutputSection:
     dir: str = _field(None, path_str, "run folder; default runs/<pipeline file name>")
     report: bool = _field(True, boolean, "write report.json and report.md after training")
     plots: bool = _field(True, boolean, "write PNG plots (needs matplotlib, the 'plots' extra)")
+    map_rows: int = _field(50_000, bounded_int(0, MAX_COUNT),
+                           "training rows kept in map.pt for encode(refine=N), a uniform sample above it; 0: no map")
+    umap: bool = _field(False, boolean, "also fit UMAP in the report, for comparison (needs the 'umap' extra)")
+
+    def __attrs_post_init__(self):
+        if self.umap and importlib.util.find_spec("umap") is None:
+            raise ConfigError("umap = true needs umap-learn, which is not installed: pip install 'atlas-distill[umap]' "
+                              "(or set umap = false)")
 
 
 SECTIONS = {"teacher": TeacherSection, "student": StudentSection, "loss": LossSection,

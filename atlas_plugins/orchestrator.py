@@ -1,5 +1,7 @@
 """One run from start to finish: lock the folder, check it, assemble, train (or resume), save, report.
 
+What it saves: ``student.pt``, and ``map.pt`` (the training rows in both spaces, for ``encode(refine=N)``).
+
 Nothing in the run folder is touched before the pipeline has been assembled and
 smoke-tested, except the lock (removed again at the end, with the folder itself
 when the run created it and left it empty) and what a teacher caches in ``cache/``
@@ -18,6 +20,7 @@ from .checkpoint import find_resume_checkpoint, check_resumable
 from .config import PipelineConfig, dump_toml
 from .errors import CheckpointError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, resolve_device
+from .refine import build_map
 from .registry import Registry
 from .report import write_report
 from .rundir import RunDir
@@ -96,6 +99,13 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         result = RunResult(pipe, student, trainer.metrics)
         if dist.is_main:
             student.save(run.file("student.pt"))
+            if config.output.map_rows:
+                student.module.eval()
+                with torch.inference_mode():
+                    student.training_map = build_map(pipe.teacher, pipe.train_rows, student.encode,
+                                                     max_rows=config.output.map_rows, seed=config.train.seed)
+                student.map_path = run.file("map.pt")
+                student.training_map.save(student.map_path)
             if config.output.report:
                 result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn)
         distributed.barrier(dist)

@@ -1,4 +1,7 @@
-"""The run report: student vs PCA on held-out rows (``report.json``, ``report.md``), plots and axis cards."""
+"""The run report: the student (alone and refined) vs PCA, and UMAP on request, on held-out rows.
+
+``report.json`` and ``report.md`` hold one row per method (metrics and encode speed), plots and axis cards.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from .rundir import RunDir
 
 K = 10
 PCA_FIT_ROWS = 20000
+REFINE_EPOCHS = (10, 30)  # the refine settings the report measures (when the run saved map.pt)
 
 
 def _throughput(fn, x, min_seconds: float = 0.2) -> float:
-    fn(x)  # warm-up
+    """Vectors per second of ``fn(x)``: repeated until ``min_seconds`` have passed (once at least), after a warm-up."""
+    fn(x)
     reps, t0 = 0, time.perf_counter()
     while True:
         fn(x)
@@ -40,7 +45,11 @@ def axis_cards(z: torch.Tensor, texts, n: int = 5) -> list[dict]:
 
 
 def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
-    """Compute the report; returns ``(report, arrays)`` where arrays holds what the plots need."""
+    """Compute the report; returns ``(report, arrays)`` where arrays holds what the plots need.
+
+    ``report["methods"]`` maps each method's name to its metrics and ``vectors_per_s``; ``report["student"]``
+    and ``report["pca"]`` are the student's and PCA's metrics alone.
+    """
     cfg = pipe.config
     rows = pipe.val_rows[: cfg.train.eval_rows]
     held_out = len(rows) > 3 * K
@@ -59,14 +68,28 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
     levels = z if isinstance(z, tuple) else (z,)
     rng = np.random.default_rng(cfg.train.seed)
     fit_rows = np.sort(rng.permutation(len(pipe.train_rows))[:PCA_FIT_ROWS])
+    t0 = time.perf_counter()
     mean, comps = pca_fit(pipe.teacher.rows(pipe.train_rows[fit_rows]), levels[0].shape[1])
-    pca_z = pca_transform(x, mean, comps)
+    methods = {"PCA": {**evaluate(x, pca_transform(x, mean, comps), labels, k),
+                       "fit_seconds": round(time.perf_counter() - t0, 3),
+                       "vectors_per_s": _throughput(pca_projector(mean, comps), x)}}
+    if cfg.output.umap:
+        methods["UMAP + transform"] = _umap(pipe, x, labels, k, levels[0].shape[1], fit_rows)
+    methods["student"] = {**evaluate(x, levels[0], labels, k), "vectors_per_s": _throughput(student.encode, x)}
+    if student.training_map is not None and held_out:
+        for epochs in REFINE_EPOCHS:
+            encode = lambda v, e=epochs: student.encode(v, refine=e, seed=cfg.train.seed)  # noqa: E731
+            refined = encode(x)
+            methods[f"student + refine {epochs}"] = {
+                **evaluate(x, refined[0] if isinstance(refined, tuple) else refined, labels, k),
+                "vectors_per_s": _throughput(encode, x, min_seconds=0.0)}
+    elif student.training_map is not None:
+        notes.append("refine left out: the rows measured are training rows, already in the map")
     report = {
-        "rows": len(rows), "held_out": held_out, "k": k, "notes": notes,
-        "student": evaluate(x, levels[0], labels, k),
-        "pca": evaluate(x, pca_z, labels, k),
-        "encode_vectors_per_s": _throughput(student.encode, x),
-        "pca_transform_vectors_per_s": _throughput(pca_projector(mean, comps), x),
+        "rows": len(rows), "held_out": held_out, "k": k, "notes": notes, "methods": methods,
+        "student": _metrics(methods["student"]), "pca": _metrics(methods["PCA"]),
+        "encode_vectors_per_s": methods["student"]["vectors_per_s"],
+        "pca_transform_vectors_per_s": methods["PCA"]["vectors_per_s"],
         "train_seconds": round(sum(m["seconds"] for m in metrics), 3),
         "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
         "final_val_loss": metrics[-1]["val_loss"] if metrics else None,
@@ -79,30 +102,54 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
     return report, {"z": levels[0].numpy(), "labels": labels}
 
 
+def _metrics(method: dict) -> dict:
+    return {key: v for key, v in method.items() if key not in ("vectors_per_s", "fit_seconds")}
+
+
+def _umap(pipe, x, labels, k: int, dim: int, fit_rows) -> dict:
+    """UMAP (cosine, 15 neighbours) fitted on the same training rows as PCA, new rows placed by ``transform``."""
+    import umap  # installed: checked with the configuration (OutputSection)
+
+    t0 = time.perf_counter()
+    reducer = umap.UMAP(n_components=dim, metric="cosine", random_state=pipe.config.train.seed)
+    reducer.fit(pipe.teacher.rows(pipe.train_rows[fit_rows]).numpy())
+    fit_seconds = time.perf_counter() - t0
+    placed = torch.from_numpy(reducer.transform(x.numpy()))
+    return {**evaluate(x, placed, labels, k), "fit_seconds": round(fit_seconds, 3),
+            "vectors_per_s": _throughput(lambda v: reducer.transform(v.numpy()), x, min_seconds=0.0)}
+
+
 def headline(report: dict) -> str:
-    """The table ``atlas-run`` prints at the end."""
+    """The table ``atlas-run`` prints at the end: one line per method."""
     where = "held-out" if report["held_out"] else "training"
-    lines = [f"{'metric (' + where + ', ' + str(report['rows']) + ' rows)':<40}{'student':>10}{'PCA':>10}"]
-    for key, value in report["student"].items():
-        lines.append(f"{key:<40}{value:>10.3f}{report['pca'][key]:>10.3f}")
-    lines.append(f"{'encode vectors/s':<40}{report['encode_vectors_per_s']:>10.3g}"
-                 f"{report['pca_transform_vectors_per_s']:>10.3g}")
+    keys = list(report["student"])
+    width = max(len(name) for name in report["methods"]) + 2
+    lines = [f"{report['rows']} {where} rows, k = {report['k']}",
+             f"{'method':<{width}}" + "".join(f"{key:>{len(key) + 2}}" for key in keys) + f"{'vectors/s':>12}"]
+    for name, m in report["methods"].items():
+        lines.append(f"{name:<{width}}" + "".join(f"{m[key]:>{len(key) + 2}.3f}" for key in keys)
+                     + f"{m['vectors_per_s']:>12,.0f}")
     return "\n".join(lines)
 
 
 def markdown(report: dict, pipe) -> str:
     cfg = pipe.config
+    keys = list(report["student"])
+    methods = report["methods"]
+    ref = "UMAP + transform" if "UMAP + transform" in methods else "PCA"
     out = [f"# Atlas Distill report: {cfg.source.name}", "",
            f"Student `{cfg.student.name}` ({cfg.student.dim}-D), loss `{cfg.loss.name}`, schedule `{cfg.schedule.name}` "
            f"(τ {', '.join(f'{t:.3g}' for t in pipe.taus)}), teacher `{cfg.teacher.path}` "
            f"({pipe.teacher.num_rows} × {pipe.teacher.dim}).", "",
            f"Measured on {report['rows']} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "
-           f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA is fitted on the training rows.", "",
-           "| metric | student | PCA |", "|---|---:|---:|"]
-    for key, value in report["student"].items():
-        out.append(f"| {key} | {value:.3f} | {report['pca'][key]:.3f} |")
-    out.append(f"| encode vectors/s | {report['encode_vectors_per_s']:,.0f} | "
-               f"{report['pca_transform_vectors_per_s']:,.0f} |")
+           f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA"
+           + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows; `refine N` places each "
+           "new point N epochs against the frozen training map (`map.pt`). Speed: vectors/s on this machine, and "
+           f"as a multiple of {ref}'s.", "",
+           "| method | " + " | ".join(keys) + f" | encode vectors/s | ÷ {ref} |", "|---|" + "---:|" * (len(keys) + 2)]
+    for name, m in methods.items():
+        out.append(f"| {name} | " + " | ".join(f"{m[key]:.3f}" for key in keys)
+                   + f" | {m['vectors_per_s']:,.0f} | {m['vectors_per_s'] / methods[ref]['vectors_per_s']:.2f} |")
     out += [f"\nNote: {note}." for note in report.get("notes", [])]
     out += ["", f"Training took {report['train_seconds']:.1f} s; final train loss "
                 f"{report['final_train_loss']:.4f}" + (f", validation loss {report['final_val_loss']:.4f}."

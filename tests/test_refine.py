@@ -1,0 +1,207 @@
+"""``refine``: new points placed against the frozen training map (``map.pt``), and the map itself."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins import CheckpointError, TrainedStudent, load_student
+from atlas_plugins.config import build_config
+from atlas_plugins.errors import ConfigError
+from atlas_plugins.evaluation import recall_at_k
+from atlas_plugins.pipeline import assemble
+from atlas_plugins.refine import MAP_FORMAT, TrainingMap, build_map, memberships, nearest, refine
+from atlas_plugins.trainer import Trainer
+from conftest import EXAMPLE_NPY, run_cli, write_pipeline
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small student trained on the bundled example, its map of the training rows, and the held-out rows."""
+    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"name": "mlp", "dim": 5, "hidden": [64, 64]},
+           "loss": {"name": "neighbors"}, "schedule": {"name": "cosine", "start": 2.0, "end": 0.4, "stages": 2},
+           "train": {"epochs_per_stage": 3, "batch_size": 256, "batches": "neighbors", "learning_rate": 5e-3,
+                     "input_noise": 1.0, "seed": 0, "val_fraction": 0.2}, "output": {"dir": "unused"}}
+    pipe = assemble(build_config(doc, EXAMPLE_NPY.parent))
+    Trainer(pipe, None, echo=lambda m: None).fit()
+    student = TrainedStudent(pipe.student.eval(), "mlp", {"hidden": [64, 64]}, pipe.teacher.dim, 5)
+    student.training_map = build_map(pipe.teacher, pipe.train_rows, student.encode)
+    return student, pipe.teacher.rows(pipe.val_rows)
+
+
+def unit(n, d, seed):
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_nearest_matches_a_full_sort_across_blocks():
+    q, v = unit(40, 16, 0), unit(203, 16, 1)
+    sims, idx = nearest(q, v, k=7, block=25)
+    full = q @ v.T
+    expected = full.argsort(dim=1, descending=True)[:, :7]
+    assert torch.equal(idx, expected)
+    assert torch.allclose(sims, full.gather(1, expected))
+
+
+def test_memberships_are_exponential_in_distance_and_sum_to_log2_k():
+    dist = torch.rand(50, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64).sort(dim=1).values
+    w = memberships(dist)
+    assert torch.allclose(w.sum(1), torch.full((50,), math.log2(30), dtype=torch.float64), rtol=1e-4)
+    sigma = -dist / w.log()  # w = exp(-d / σ): one σ per row
+    assert torch.allclose(sigma, sigma[:, :1].expand_as(sigma), rtol=1e-6)
+
+
+def reference_refine(coords, idx, w, y, epochs, negatives, alpha, drawn_by_epoch):
+    """UMAP's per-edge updates written out point by point (a = b = 1), summed within an epoch."""
+    y = y.clone().double()
+    coords = coords.double()
+    k = idx.shape[1]
+    for n in range(1, epochs + 1):
+        move = torch.zeros_like(y)
+        rate = (w / w.max(dim=1, keepdim=True).values).tolist()
+        edges = [(i, j) for i in range(y.shape[0]) for j in range(k)
+                 if math.floor(n * rate[i][j]) > math.floor((n - 1) * rate[i][j])]
+        drawn = drawn_by_epoch(n, len(edges))
+        for e, (i, j) in enumerate(edges):
+            diff = y[i] - coords[idx[i, j]]
+            move[i] += (-2.0 / (1.0 + diff.pow(2).sum()) * diff).clamp(-4, 4)
+            for t in range(negatives):
+                diff = y[i] - coords[drawn[t * len(edges) + e]]
+                d2 = diff.pow(2).sum()
+                move[i] += (2.0 / ((0.001 + d2) * (1.0 + d2)) * diff).clamp(-4, 4)
+        y += alpha * (1.0 - (n - 1) / epochs) * move
+    return y
+
+
+def test_refine_follows_umaps_per_edge_updates():
+    vectors, queries = unit(60, 8, 2), unit(9, 8, 3)
+    coords = torch.randn(60, 3, generator=torch.Generator().manual_seed(4))
+    start = torch.randn(9, 3, generator=torch.Generator().manual_seed(5))
+    training_map = TrainingMap(vectors, (coords,), torch.arange(60))
+    got = refine(training_map, queries, (start,), epochs=4, k=6, negatives=2, seed=7)[0]
+
+    sims, idx = nearest(queries, vectors, 6)
+    w = memberships(1.0 - sims)
+    g = torch.Generator().manual_seed(7)
+    expected = reference_refine(coords, idx, w, start, 4, 2, 0.25,
+                                lambda n, edges: torch.randint(0, 60, (2 * edges,), generator=g))
+    assert torch.allclose(got.double(), expected, atol=1e-4)
+    assert not torch.allclose(got, start)
+
+
+def test_refine_is_deterministic_and_leaves_the_training_map_alone(trained):
+    student, held_out = trained
+    before = [t.clone() for t in (student.training_map.vectors, *student.training_map.coords)]
+    a = student.encode(held_out[:300], refine=5, seed=1)
+    b = student.encode(held_out[:300], refine=5, seed=1)
+    c = student.encode(held_out[:300], refine=5, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert all(torch.equal(x, y) for x, y in zip(before, (student.training_map.vectors,
+                                                          *student.training_map.coords)))
+    assert torch.equal(student.encode(held_out[:300], refine=0), student.encode(held_out[:300]))
+
+
+def test_refine_improves_held_out_recall_on_the_bundled_example(trained):
+    student, held_out = trained
+    alone = recall_at_k(held_out, student.encode(held_out))
+    refined = recall_at_k(held_out, student.encode(held_out, refine=10))
+    assert refined > alone + 0.03, (alone, refined)
+
+
+def test_map_pt_is_weights_only_and_found_beside_student_pt(trained, tmp_path):
+    student, held_out = trained
+    student.save(tmp_path / "student.pt")
+    student.training_map.save(tmp_path / "map.pt")
+    blob = torch.load(tmp_path / "map.pt", weights_only=True)
+    assert blob["format"] == MAP_FORMAT and blob["vectors"].dtype == torch.float16
+    loaded = load_student(tmp_path)  # the run folder works as well as student.pt
+    assert loaded.training_map is None  # read on first use
+    z = loaded.encode(held_out[:100], refine=5)
+    assert torch.allclose(z, student.encode(held_out[:100], refine=5), atol=1e-3)
+    assert loaded.training_map.coords[0].shape == student.training_map.coords[0].shape
+
+
+def test_a_map_that_would_unpickle_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": MAP_FORMAT, "vectors": Evil()}, tmp_path / "map.pt")
+    with pytest.raises(CheckpointError, match="map.pt"):
+        TrainingMap.load(tmp_path / "map.pt")
+
+
+def test_refine_without_a_map_says_where_it_looked(trained, tmp_path):
+    student, held_out = trained
+    bare = TrainedStudent(student.module, "mlp", {"hidden": [64, 64]}, student.input_dim, 5)
+    with pytest.raises(CheckpointError, match="refine needs the training map, and this student has none"):
+        bare.encode(held_out, refine=3)
+    student.save(tmp_path / "student.pt")
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'map.pt'} does not exist.*refine=0"):
+        load_student(tmp_path / "student.pt").encode(held_out, refine=3)
+    for bad in (-1, True, 2.5, "10"):
+        with pytest.raises(ConfigError, match="refine must be a number of epochs"):
+            student.encode(held_out, refine=bad)
+
+
+def test_a_map_from_another_teacher_is_named(trained, tmp_path):
+    student, held_out = trained
+    student.save(tmp_path / "student.pt")
+    TrainingMap(unit(10, 7, 0), (torch.zeros(10, 5),), torch.arange(10)).save(tmp_path / "map.pt")
+    with pytest.raises(CheckpointError, match="7-D teacher vectors, the student expects 384-D"):
+        load_student(tmp_path).encode(held_out, refine=2)
+
+
+def test_the_map_keeps_a_sample_of_at_most_max_rows(trained):
+    student, _ = trained
+
+    class Teacher:
+        def rows(self, index):
+            return torch.from_numpy(np.load(EXAMPLE_NPY, mmap_mode="r")[index].copy())
+
+    rows = np.arange(0, 2000, 2)
+    small = build_map(Teacher(), rows, student.encode, max_rows=100, seed=3)
+    assert small.rows.shape == (100,) and set(small.rows.tolist()) <= set(rows.tolist())
+    assert torch.equal(small.rows, small.rows.sort().values)
+    assert torch.allclose(small.coords[0], student.encode(Teacher().rows(small.rows.numpy())), atol=1e-5)
+    assert torch.allclose(small.vectors.norm(dim=1), torch.ones(100), atol=1e-3)
+
+
+def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
+    proc = run_cli(write_pipeline(tmp_path, epochs=1), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    assert (run / "map.pt").is_file()
+    import json
+    report = json.loads((run / "report.json").read_text())
+    assert {"PCA", "student", "student + refine 10", "student + refine 30"} <= set(report["methods"])
+    assert "student + refine 10" in (run / "report.md").read_text()
+    assert "student + refine 10" in proc.stdout
+
+    proc = run_cli(write_pipeline(tmp_path, "map_rows = 0", epochs=1, output="run0"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "run0" / "map.pt").exists()
+    assert set(json.loads((tmp_path / "run0" / "report.json").read_text())["methods"]) == {"PCA", "student"}
+
+
+def test_umap_in_the_report_needs_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else real(name, *a))
+    proc = run_cli(write_pipeline(tmp_path, "umap = true"), "--quiet")
+    assert proc.returncode == 2
+    assert "umap = true needs umap-learn" in proc.stderr and "atlas-distill[umap]" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_report_compares_with_umap_when_asked(tmp_path):
+    pytest.importorskip("umap")
+    proc = run_cli(write_pipeline(tmp_path, "umap = true", epochs=1), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    import json
+    methods = json.loads((tmp_path / "run" / "report.json").read_text())["methods"]
+    umap_row = methods["UMAP + transform"]
+    assert 0 < umap_row["recall@10"] <= 1 and umap_row["vectors_per_s"] > 0 and umap_row["fit_seconds"] > 0
+    assert "÷ UMAP + transform" in (tmp_path / "run" / "report.md").read_text()
