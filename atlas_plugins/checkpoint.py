@@ -72,17 +72,18 @@ def atomic_save(obj: Any, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def safe_load(path, *, trust: bool = False, what: str = "checkpoint") -> Any:
+def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool = False) -> Any:
     """Load a ``.pt`` file with ``weights_only=True`` (unless ``trust is True``), mapping failures to
     :class:`CheckpointError`.
 
-    Only the boolean ``True`` turns the check off: a string such as ``"false"`` never does.
+    Only the boolean ``True`` turns the check off: a string such as ``"false"`` never does.  ``mmap``:
+    tensors stay in the file, paged in as they are read.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file ({what})")
     try:
-        return torch.load(p, map_location="cpu", weights_only=trust is not True)
+        return torch.load(p, map_location="cpu", weights_only=trust is not True, mmap=mmap)
     except pickle.UnpicklingError:
         imports = pickled_imports(p)
         if imports is None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import attrs
 
-from .config import (MAX_DIM, MAX_STAGES, boolean, bounded_int, device, name, one_of, positive_int, positive_number,
-                     unit_number)
+from .config import (MAX_DIM, MAX_STAGES, boolean, bounded_int, device, name, nonneg_number, one_of, positive_int,
+                     positive_number, unit_number)
 from .distill import create_curriculum_schedule
 from .errors import ConfigError
 
@@ -46,7 +46,8 @@ class DistillationConfig:
     learning_rate: float = attrs.field(default=1e-4, validator=positive_number)
     epochs_per_stage: int = attrs.field(default=10, validator=positive_int)
     student: str = attrs.field(default="mlp", validator=name)
-    student_hidden: tuple = attrs.field(default=(128,), converter=tuple)
+    student_hidden: tuple = attrs.field(default=(128, 128, 128, 128), converter=tuple)
+    input_noise: float = attrs.field(default=1.6, validator=nonneg_number)
     batches: str = attrs.field(default="neighbors", validator=one_of("random", "neighbors"))
 
     def get_tau_for_stage(self, stage: int) -> float:
@@ -64,7 +65,8 @@ class DistillationConfig:
                "student": {"name": self.student, "dim": self.student_dim, "hidden": list(self.student_hidden)},
                "loss": {"name": self.loss},
                "train": {"epochs_per_stage": self.epochs_per_stage, "batch_size": self.batch_size,
-                         "learning_rate": self.learning_rate, "device": self.device, "batches": self.batches}}
+                         "learning_rate": self.learning_rate, "device": self.device, "batches": self.batches,
+                         "input_noise": self.input_noise}}
         if self.curriculum:
             start, end = self.curriculum_tau_schedule
             doc["schedule"] = {"name": self.schedule_type, "start": start, "end": end,

@@ -41,7 +41,8 @@ REFINE_NEGATIVES = 3  # random training points pushed from per sampled edge
 class TrainingMap:
     """The training rows a student saw, in both spaces.
 
-    ``vectors``: ``(N, Dt)`` float32 unit rows (teacher vectors, normalised);
+    ``vectors``: ``(N, Dt)`` unit rows (teacher vectors, normalised; float16 as stored, memory-mapped when
+    loaded: the search streams over them in blocks);
     ``coords``: one ``(N, Ds)`` float32 tensor per student level; ``rows``: ``(N,)`` teacher row ids.
     """
 
@@ -57,18 +58,18 @@ class TrainingMap:
                                   f"{tuple(self.rows.shape)}, coords {[tuple(c.shape) for c in self.coords]}")
 
     def save(self, path) -> None:
-        """Write ``map.pt`` atomically; vectors are stored as float16 (half the size, top-k unchanged)."""
+        """Write ``map.pt`` atomically; vectors are stored as float16 (half the size; cosine error ~1e-3)."""
         atomic_save({"format": MAP_FORMAT, "vectors": self.vectors.to(torch.float16),
                      "coords": [c.float() for c in self.coords], "rows": self.rows.long()}, path)
 
     @classmethod
     def load(cls, path) -> "TrainingMap":
-        """Read ``map.pt`` (``weights_only=True``)."""
-        blob = safe_load(path, what="training map")
+        """Read ``map.pt`` (``weights_only=True``; the vectors memory-mapped, not read into memory)."""
+        blob = safe_load(path, what="training map", mmap=True)
         if not isinstance(blob, dict) or blob.get("format") != MAP_FORMAT:
             raise CheckpointError(f"{path}: not an atlas training map (expected format '{MAP_FORMAT}')")
         try:
-            return cls(blob["vectors"].float(), tuple(c.float() for c in blob["coords"]), blob["rows"].long())
+            return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long())
         except (KeyError, AttributeError, TypeError) as exc:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
@@ -87,7 +88,7 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int = MAP_ROWS, se
         x = teacher.rows(rows[start:start + 16384]).float()
         z = encode(x)
         coords.append(z if isinstance(z, tuple) else (z,))
-        vectors.append(torch.nn.functional.normalize(x, dim=1).to(torch.float16).float())
+        vectors.append(torch.nn.functional.normalize(x, dim=1).to(torch.float16))
     levels = tuple(torch.cat([c[i] for c in coords]) for i in range(len(coords[0])))
     return TrainingMap(torch.cat(vectors), levels, torch.as_tensor(rows, dtype=torch.long))
 
@@ -95,13 +96,14 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int = MAP_ROWS, se
 def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = SEARCH_BLOCK):
     """Exact top-``k`` cosine neighbours of unit ``queries (Q, D)`` among unit ``vectors (N, D)``.
 
-    Returns ``(similarities (Q, k), indices (Q, k))``, nearest first; the map is scanned in
-    blocks of ``block`` rows, so memory stays at ``Q × (block + k)`` similarities.
+    Returns ``(similarities (Q, k), indices (Q, k))``, nearest first; ``vectors`` (any float dtype, on any
+    device, memory-mapped or not) are read in blocks of ``block`` rows, converted to the queries' dtype and
+    device, so memory stays at ``Q × (block + k)`` similarities plus one block.
     """
     best_s = torch.full((queries.shape[0], 0), -math.inf, device=queries.device)
     best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     for start in range(0, vectors.shape[0], block):
-        sims = queries @ vectors[start:start + block].to(queries.device).T
+        sims = queries @ vectors[start:start + block].to(queries.device, queries.dtype).T
         s, i = sims.topk(min(k, sims.shape[1]), dim=1)
         best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
