@@ -8,12 +8,17 @@ the training rows, batched in torch so thousands of points move at once:
 1. its ``k`` nearest training rows by cosine similarity (exact, blocked over the map);
 2. fuzzy memberships ``wⱼ = exp(−dⱼ/σ)`` on cosine distances ``dⱼ = 1 − cos``, σ chosen by
    bisection so that ``Σⱼ wⱼ = log₂ k`` (UMAP's smooth-kNN with ρ = 0, as in its ``transform``);
-3. start at the student's output ``y`` and run ``epochs`` rounds of UMAP's layout SGD with the
-   training coordinates ``c`` fixed: an edge of weight ``w`` is sampled in ``⌊epochs · w / w_max⌋``
-   of the rounds (``w_max`` per point, so a point's result does not depend on the others encoded with
-   it); each sample pulls ``y`` towards ``cⱼ`` by ``α·clip(−2ab·d²⁽ᵇ⁻¹⁾/(1 + a·d²ᵇ)·(y − cⱼ))`` and
-   pushes it from ``negatives`` random training points by ``α·clip(2b/((0.001 + d²)(1 + a·d²ᵇ))·(y − cₖ))``;
-   clip at ±4, α falls linearly from ``alpha`` to 0; ``d²`` is the squared distance on the map.
+3. start at the student's output ``y`` and run ``epochs`` rounds of UMAP's layout objective with the
+   training coordinates ``c`` fixed, in expectation: where UMAP samples an edge in a share ``r = w/w_max``
+   of its epochs (``w_max`` per point, so a point's result does not depend on the others encoded with it),
+   every round applies every edge weighted by ``r``: a pull towards ``cⱼ`` of
+   ``r·clip(−2ab·d²⁽ᵇ⁻¹⁾/(1 + a·d²ᵇ)·(y − cⱼ))`` and, from ``negatives`` random training points ``cₘ`` per
+   edge, pushes of ``r·clip(2b/((0.001 + d²)(1 + a·d²ᵇ))·(y − cₘ))``; ``y += α·Σ``, clip at ±4, α falling
+   linearly from ``alpha`` to 0, ``d²`` the squared distance on the map.  The expected step reached in
+   10 rounds what UMAP's sampled one reached in 30 (held-out recall@10 0.348 vs 0.348, 3 seeds).
+   ``a = b = 1`` (the curve ``1/(1 + d²)``) placed new points as well as UMAP's ``min_dist = 0.1`` fit
+   (a ≈ 1.58, b ≈ 0.90) at 10 epochs and better at 33; k = 30 neighbours beat UMAP's 15 by ~0.008 recall@10,
+   and 3 negatives per edge cost ~0.003 against UMAP's 5 for 40 % less work (benchmarks/quality.py's split).
 
 Every level of a multi-level student is refined the same way, on the same neighbours.
 """
@@ -30,7 +35,6 @@ from .checkpoint import atomic_save, safe_load
 from .errors import CheckpointError
 
 MAP_FORMAT = "atlas-map/1"
-MAP_ROWS = 50_000  # default cap on the training rows a map keeps (a uniform sample above it)
 SEARCH_BLOCK = 8192  # map rows compared with the queries at once
 REFINE_BLOCK = 4096  # new points refined at once (memory: about REFINE_BLOCK × SEARCH_BLOCK similarities)
 REFINE_K = 30  # training neighbours per new point
@@ -74,8 +78,9 @@ class TrainingMap:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
 
-def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int = MAP_ROWS, seed: int = 0) -> TrainingMap:
-    """The map of ``rows`` (at most ``max_rows`` of them, a uniform sample by ``seed``) under ``encode``.
+def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0) -> TrainingMap:
+    """The map of ``rows`` (at most ``max_rows`` of them, a uniform sample by ``seed``; atlas-run passes
+    ``output.map_rows``) under ``encode``.
 
     ``teacher`` is a :class:`~atlas_plugins.teacher.TeacherData`; ``encode`` maps ``(n, Dt)`` to a
     tensor or a tuple of per-level tensors.  Rows are read and encoded in chunks.
@@ -127,31 +132,12 @@ def memberships(dist: torch.Tensor, iterations: int = 64) -> torch.Tensor:
     return torch.exp(-dist / sigma)
 
 
-def ab_from_min_dist(min_dist: float = 0.1, spread: float = 1.0) -> tuple[float, float]:
-    """UMAP's curve ``1/(1 + a·d²ᵇ)`` fitted to ``1`` below ``min_dist`` and ``exp(−(d − min_dist)/spread)`` above,
-    by least squares over ``d ∈ (0, 3·spread]`` (Gauss–Newton in torch, no SciPy)."""
-    d = torch.linspace(0, 3 * spread, 300, dtype=torch.float64)[1:]
-    target = torch.where(d < min_dist, torch.ones_like(d), torch.exp(-(d - min_dist) / spread))
-    params = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([params], max_iter=500, line_search_fn="strong_wolfe", tolerance_grad=1e-12)
-
-    def closure():
-        opt.zero_grad()
-        a, b = params
-        err = (1.0 / (1.0 + a * d.pow(2 * b)) - target).pow(2).sum()
-        err.backward()
-        return err
-
-    opt.step(closure)
-    a, b = params.detach().tolist()
-    return a, b
-
-
 def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: int, k: int = REFINE_K,
            negatives: int = REFINE_NEGATIVES, alpha: float = 0.25, a: float = 1.0, b: float = 1.0,
            generator: torch.Generator | None = None, seed: int = 0) -> tuple:
     """Move ``start`` (one ``(Q, Ds)`` tensor per level: the student's output for ``queries (Q, Dt)``)
     ``epochs`` rounds against the frozen map; returns new tensors and leaves the map untouched.
+    Memory: ``Q × k × negatives × Ds`` floats per round besides the search.
 
     Negative samples come from ``generator`` (else a new one seeded with ``seed``): same inputs, same result.
     """
@@ -160,29 +146,27 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
     sims, idx = nearest(torch.nn.functional.normalize(queries.float(), dim=1), map_.vectors, k)
     w = memberships((1.0 - sims).clamp_min(0.0))
-    rate = (w / w.max(dim=1, keepdim=True).values).double()  # samples per epoch, the nearest edge every epoch
-    counts = torch.floor(torch.arange(epochs + 1, device=device, dtype=torch.float64).view(-1, 1, 1) * rate)
+    rate = (w / w.max(dim=1, keepdim=True).values).unsqueeze(2)  # (Q, k, 1): the nearest edge has weight 1
     out = []
     for y0, coords in zip(start, map_.coords):
         coords = coords.to(device)
-        near = coords[idx].flatten(0, 1)  # (Q·k, Ds): edge (i, j) at row i·k + j
+        near = coords[idx]  # (Q, k, Ds)
         y = y0.float().clone()
         for n in range(1, epochs + 1):
-            point, j = (counts[n] > counts[n - 1]).nonzero(as_tuple=True)  # the edges sampled this epoch
-            here = y.index_select(0, point)  # (E, Ds)
-            diff = here - near.index_select(0, point * k + j)
-            d2 = diff.pow(2).sum(1, keepdim=True)
+            diff = y.unsqueeze(1) - near
+            d2 = diff.pow(2).sum(2, keepdim=True)
             if b == 1.0:
                 coeff = -2.0 * a / (1.0 + a * d2)
             else:
                 coeff = -2.0 * a * b * d2.clamp_min(1e-12).pow(b - 1.0) / (1.0 + a * d2.pow(b))
-            step = (coeff * diff).clamp_(-4.0, 4.0)
+            move = ((coeff * diff).clamp_(-4.0, 4.0) * rate).sum(1)
             if negatives:
-                drawn = torch.randint(0, coords.shape[0], (negatives * point.shape[0],), generator=g).to(device)
-                diff = here - coords.index_select(0, drawn).view(negatives, -1, coords.shape[1])  # (neg, E, Ds)
-                d2 = diff.pow(2).sum(2, keepdim=True)
+                drawn = torch.randint(0, coords.shape[0], (idx.numel() * negatives,), generator=g).to(device)
+                other = coords.index_select(0, drawn).view(idx.shape[0], idx.shape[1], negatives, -1)
+                diff = y.view(-1, 1, 1, y.shape[1]) - other  # (Q, k, negatives, Ds)
+                d2 = diff.pow(2).sum(3, keepdim=True)
                 coeff = 2.0 * b / ((0.001 + d2) * (1.0 + a * (d2 if b == 1.0 else d2.pow(b))))
-                step += (coeff * diff).clamp_(-4.0, 4.0).sum(0)
-            y.index_add_(0, point, step, alpha=alpha * (1.0 - (n - 1) / epochs))
+                move += ((coeff * diff).clamp_(-4.0, 4.0) * rate.unsqueeze(3)).sum((1, 2))
+            y.add_(move, alpha=alpha * (1.0 - (n - 1) / epochs))
         out.append(y)
     return tuple(out)

@@ -172,7 +172,7 @@ def main(argv=None):
     rows.append((f"**default** student (examples/quickstart.toml: MLP 384→{'→'.join(map(str, DEFAULT[0]['hidden']))}→5, "
                  f"noise {DEFAULT[3]['input_noise']})", evaluate(xe, st.encode(xe), le), seconds,
                  throughput(st.encode, xe)))
-    st.training_map = build_map(pipe.teacher, pipe.train_rows, st.encode)
+    st.training_map = build_map(pipe.teacher, pipe.train_rows, st.encode, max_rows=len(pipe.train_rows))
     for epochs in REFINE_EPOCHS:
         encode = lambda a, e=epochs: st.encode(a, refine=e)  # noqa: E731
         metrics = evaluate(xe, encode(xe), le)
