@@ -204,3 +204,22 @@ def test_the_report_compares_with_umap_when_asked(tmp_path):
     umap_row = methods["UMAP + transform"]
     assert 0 < umap_row["recall@10"] <= 1 and umap_row["vectors_per_s"] > 0 and umap_row["fit_seconds"] > 0
     assert "÷ UMAP + transform" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_every_level_of_a_hierarchical_student_is_refined():
+    from builtin_plugins.students import hierarchical
+
+    torch.manual_seed(0)
+    student = TrainedStudent(hierarchical(384, 3, [32]).eval(), "hierarchical", {"hidden": [32]}, 384, 3)
+    x = torch.from_numpy(np.load(EXAMPLE_NPY, mmap_mode="r")[:400].copy())
+
+    class Teacher:
+        def rows(self, index):
+            return x[index]
+
+    student.training_map = build_map(Teacher(), np.arange(300), student.encode, max_rows=300)
+    assert [c.shape for c in student.training_map.coords] == [(300, 3), (300, 9)]
+    coarse, fine = student.encode(x[300:], refine=3)
+    plain = student.encode(x[300:])
+    assert coarse.shape == (100, 3) and fine.shape == (100, 9)
+    assert not torch.allclose(coarse, plain[0]) and not torch.allclose(fine, plain[1])
