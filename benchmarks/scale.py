@@ -7,6 +7,10 @@
 2. Encode throughput of the trained student against a memory-bandwidth reference measured on the same array in
    the same run (a plain ``sum`` over it: reading every byte once), as a ratio.
 3. Peak resident memory of ``atlas-run`` (one epoch) on a 2 GB teacher file vs a 100 MB one.
+4. ``encode(refine=10)`` vectors/s against training maps of 5k–50k rows (``map.pt`` written and memory-mapped
+   back, as ``load_student`` does), with the student alone as the same-run reference.
+
+    python benchmarks/scale.py --only-refine     # section 4 alone, under a minute
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from atlas_plugins.config import build_config
 from atlas_plugins.pipeline import assemble
+from atlas_plugins.refine import TrainingMap, build_map
 from atlas_plugins.student import TrainedStudent
 from atlas_plugins.trainer import Trainer
 
@@ -83,10 +88,51 @@ def toml(d: dict) -> str:
     return dump_toml(d)
 
 
+def refine_vs_map_rows(tmp: Path) -> None:
+    """Refine's speed as the training map grows: 384-D rows from the real example (noisy copies)."""
+    from builtin_plugins.students import mlp
+
+    torch.manual_seed(0)
+    base = torch.from_numpy(np.load(EXAMPLE))
+    student = TrainedStudent(mlp(base.shape[1], 5).eval(), "mlp", {}, base.shape[1], 5)
+    rng = np.random.default_rng(0)
+    queries = base[rng.integers(0, len(base), 2000)] + 0.02 * torch.randn(2000, base.shape[1])
+    alone = len(queries) / _seconds(lambda: student.encode(queries))
+    print(f"\n| map rows | map.pt MB | refine 10 vectors/s | ÷ student alone ({alone:,.0f}/s) |\n|---:|---:|---:|---:|")
+    for rows in (5_000, 20_000, 50_000):
+        x = base[rng.integers(0, len(base), rows)] + 0.02 * torch.randn(rows, base.shape[1])
+
+        class Teacher:
+            def rows(self, index):
+                return x[index]
+
+        build_map(Teacher(), np.arange(rows), student.encode, max_rows=rows).save(tmp / "map.pt")
+        student.training_map = TrainingMap.load(tmp / "map.pt")
+        speed = len(queries) / _seconds(lambda: student.encode(queries, refine=10))
+        print(f"| {rows:,} | {(tmp / 'map.pt').stat().st_size / 2**20:.0f} | {speed:,.0f} | {speed / alone:.4f} |",
+              flush=True)
+
+
+def _seconds(fn, repeats: int = 3) -> float:
+    fn()
+    return min(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-rss", action="store_true", help="skip the 2 GB peak-memory measurement")
+    ap.add_argument("--only-refine", action="store_true", help="only section 4 (refine vs training-map rows)")
     args = ap.parse_args(argv)
+    if args.only_refine:
+        with tempfile.TemporaryDirectory() as d:
+            refine_vs_map_rows(Path(d))
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print("| rows | epoch s | samples/s | time ÷ time(50k) |\n|---:|---:|---:|---:|")
@@ -121,6 +167,7 @@ def main(argv=None):
                 print(f"\npeak RSS of atlas-run, one epoch on a {size:.2f} GiB teacher: {results[name]:,.0f} MB",
                       flush=True)
             print(f"growth from 100 MB to 2 GB file: {results['2 GB'] - results['100 MB']:,.0f} MB")
+        refine_vs_map_rows(tmp)
 
 
 if __name__ == "__main__":
