@@ -33,7 +33,7 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path, data) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
     path = Path(path)
     tmp = None
@@ -69,7 +69,7 @@ def atomic_save(obj: Any, path) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getbuffer())  # a view, not a second copy of a large file
 
 
 def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool = False) -> Any:

@@ -88,14 +88,17 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
     rows = np.asarray(rows)
     if len(rows) > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
-    vectors, coords = [], []
+    vectors = None  # filled in place: memory stays at the map itself plus one chunk
+    coords: list = []
     for start in range(0, len(rows), 16384):
         x = teacher.rows(rows[start:start + 16384]).float()
         z = encode(x)
         coords.append(z if isinstance(z, tuple) else (z,))
-        vectors.append(torch.nn.functional.normalize(x, dim=1).to(torch.float16))
+        if vectors is None:
+            vectors = torch.empty((len(rows), x.shape[1]), dtype=torch.float16)
+        vectors[start:start + len(x)] = torch.nn.functional.normalize(x, dim=1)
     levels = tuple(torch.cat([c[i] for c in coords]) for i in range(len(coords[0])))
-    return TrainingMap(torch.cat(vectors), levels, torch.as_tensor(rows, dtype=torch.long))
+    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long))
 
 
 def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = SEARCH_BLOCK):

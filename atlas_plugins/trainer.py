@@ -257,7 +257,8 @@ class Trainer:
                 self._optimizer_step()
             if (b + 1) % (READ_EVERY * self.cfg.accumulate) == 0 or b + 1 == len(batches):
                 loss = self._read(pending, batches, acc, tau, stage, epoch)
-                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}", refresh=False)
+                # drawn at once on an epoch's first read (a fast epoch may end before the bar's next redraw)
+                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}", refresh=b < READ_EVERY * self.cfg.accumulate)
                 if self.stop_signal is not None and b + 1 < len(batches):  # a step boundary, every loss checked
                     acc.seconds = time.perf_counter() - t0
                     self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, epoch, b + 1, acc))
