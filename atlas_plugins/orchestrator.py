@@ -100,10 +100,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         if dist.is_main:
             student.save(run.file("student.pt"))
             if config.output.map_rows:
-                student.module.eval()
-                with torch.inference_mode():
-                    student.training_map = build_map(pipe.teacher, pipe.train_rows, student.encode,
-                                                     max_rows=config.output.map_rows, seed=config.train.seed)
+                student.training_map = build_map(pipe.teacher, pipe.train_rows, student.encode,
+                                                 max_rows=config.output.map_rows, seed=config.train.seed)
                 student.map_path = run.file("map.pt")
                 student.training_map.save(student.map_path)
             if config.output.report:

@@ -16,8 +16,8 @@ the training rows, batched in torch so thousands of points move at once:
    edge, pushes of ``r·clip(2b/((0.001 + d²)(1 + a·d²ᵇ))·(y − cₘ))``; ``y += α·Σ``, clip at ±4, α falling
    linearly from ``alpha`` to 0, ``d²`` the squared distance on the map.  The expected step reached in
    10 rounds what UMAP's sampled one reached in 30 (held-out recall@10 0.348 vs 0.348, 3 seeds).
-   ``a = b = 1`` (the curve ``1/(1 + d²)``) placed new points as well as UMAP's ``min_dist = 0.1`` fit
-   (a ≈ 1.58, b ≈ 0.90) at 10 epochs and better at 33; k = 30 neighbours beat UMAP's 15 by ~0.008 recall@10,
+   Here ``a = b = 1`` (the curve ``1/(1 + d²)``): it placed new points as well as UMAP's ``min_dist = 0.1``
+   fit (a ≈ 1.58, b ≈ 0.90) at 10 epochs and better at 33; k = 30 neighbours beat UMAP's 15 by ~0.008 recall@10,
    and 3 negatives per edge cost ~0.003 against UMAP's 5 for 40 % less work (benchmarks/quality.py's split).
 
 Every level of a multi-level student is refined the same way, on the same neighbours.
@@ -136,8 +136,8 @@ def memberships(dist: torch.Tensor, iterations: int = 64) -> torch.Tensor:
 
 
 def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: int, k: int = REFINE_K,
-           negatives: int = REFINE_NEGATIVES, alpha: float = 0.25, a: float = 1.0, b: float = 1.0,
-           generator: torch.Generator | None = None, seed: int = 0) -> tuple:
+           negatives: int = REFINE_NEGATIVES, alpha: float = 0.25, generator: torch.Generator | None = None,
+           seed: int = 0) -> tuple:
     """Move ``start`` (one ``(Q, Ds)`` tensor per level: the student's output for ``queries (Q, Dt)``)
     ``epochs`` rounds against the frozen map; returns new tensors and leaves the map untouched.
     Memory: ``Q × k × negatives × Ds`` floats per round besides the search.
@@ -158,17 +158,14 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
         for n in range(1, epochs + 1):
             diff = y.unsqueeze(1) - near
             d2 = diff.pow(2).sum(2, keepdim=True)
-            if b == 1.0:
-                coeff = -2.0 * a / (1.0 + a * d2)
-            else:
-                coeff = -2.0 * a * b * d2.clamp_min(1e-12).pow(b - 1.0) / (1.0 + a * d2.pow(b))
+            coeff = -2.0 / (1.0 + d2)  # a = b = 1
             move = ((coeff * diff).clamp_(-4.0, 4.0) * rate).sum(1)
             if negatives:
                 drawn = torch.randint(0, coords.shape[0], (idx.numel() * negatives,), generator=g).to(device)
                 other = coords.index_select(0, drawn).view(idx.shape[0], idx.shape[1], negatives, -1)
                 diff = y.view(-1, 1, 1, y.shape[1]) - other  # (Q, k, negatives, Ds)
                 d2 = diff.pow(2).sum(3, keepdim=True)
-                coeff = 2.0 * b / ((0.001 + d2) * (1.0 + a * (d2 if b == 1.0 else d2.pow(b))))
+                coeff = 2.0 / ((0.001 + d2) * (1.0 + d2))
                 move += ((coeff * diff).clamp_(-4.0, 4.0) * rate.unsqueeze(3)).sum((1, 2))
             y.add_(move, alpha=alpha * (1.0 - (n - 1) / epochs))
         out.append(y)

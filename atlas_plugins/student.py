@@ -59,8 +59,8 @@ class TrainedStudent:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
             raise ConfigError(f"refine must be a number of epochs (an integer >= 0), got {refine!r}")
-        training_map = self.load_map() if refine else None
         if refine:
+            training_map = self.load_map()
             batch_size = min(batch_size, REFINE_BLOCK)
         dtype = getattr(torch, precision)
         self.module.eval()

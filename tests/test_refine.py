@@ -1,5 +1,6 @@
 """``refine``: new points placed against the frozen training map (``map.pt``), and the map itself."""
 
+import json
 import math
 
 import numpy as np
@@ -171,7 +172,6 @@ def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     assert (run / "map.pt").is_file()
-    import json
     report = json.loads((run / "report.json").read_text())
     assert {"PCA", "student", "student + refine 10", "student + refine 20"} <= set(report["methods"])
     assert "student + refine 10" in (run / "report.md").read_text()
@@ -199,7 +199,6 @@ def test_the_report_compares_with_umap_when_asked(tmp_path):
     pytest.importorskip("umap")
     proc = run_cli(write_pipeline(tmp_path, "umap = true", epochs=1), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    import json
     methods = json.loads((tmp_path / "run" / "report.json").read_text())["methods"]
     umap_row = methods["UMAP + transform"]
     assert 0 < umap_row["recall@10"] <= 1 and umap_row["vectors_per_s"] > 0 and umap_row["fit_seconds"] > 0
