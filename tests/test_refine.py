@@ -14,7 +14,7 @@ from atlas_plugins.evaluation import recall_at_k
 from atlas_plugins.pipeline import assemble
 from atlas_plugins.refine import MAP_FORMAT, TrainingMap, build_map, memberships, nearest, refine
 from atlas_plugins.trainer import Trainer
-from conftest import EXAMPLE_NPY, run_cli, write_pipeline
+from conftest import EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,16 @@ def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "run0" / "map.pt").exists()
     assert set(json.loads((tmp_path / "run0" / "report.json").read_text())["methods"]) == {"PCA", "student"}
+
+
+@pytest.mark.parametrize("line, fragments", [
+    ("map_rows = -1", ("output.map_rows must be an integer >= 0", "-1")),
+    ('map_rows = "all"', ("output.map_rows must be an integer >= 0", "'all'")),
+    ('umap = "yes"', ("output.umap must be", "'yes'")),
+])
+def test_bad_map_and_umap_keys_are_one_line_and_write_nothing(tmp_path, line, fragments):
+    one_error_line(run_cli(write_pipeline(tmp_path, line)), "pipeline.toml", *fragments)
+    assert not (tmp_path / "run").exists()
 
 
 def test_umap_in_the_report_needs_the_extra(tmp_path, monkeypatch):
