@@ -42,7 +42,7 @@ def neighbor_batches(order: np.ndarray, graph: torch.Tensor, batch_size: int, ne
     for anchors in chunks(order, max(1, batch_size // (1 + neighbors))):
         anchors = torch.as_tensor(anchors, dtype=torch.long)
         pick = torch.rand(len(anchors), pool, generator=generator).argsort(dim=1)[:, :m]
-        rows = torch.cat([anchors, graph[anchors].gather(1, pick).flatten()]).numpy()
+        rows = torch.cat([anchors, graph[anchors].gather(1, pick).flatten().long()]).numpy()
         batch = _unique_in_order(rows)
         if len(batch) < MIN_BATCH_ROWS and batches:
             batches[-1] = _unique_in_order(np.concatenate([batches[-1], batch]))

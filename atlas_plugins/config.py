@@ -32,6 +32,7 @@ from .registry import get_registry
 MAX_STAGES = 10_000      # τ per stage is listed in full (dry run, checkpoints): keep the list small
 MAX_DIM = 4096           # a 5-D map is the point; 4096 already means a 64 MB output per million rows
 MAX_COUNT = 2**40        # epochs, batch sizes, rows: larger than any machine can run
+DEFAULT_EPOCHS = 10      # train.epochs_per_stage when neither it nor train.steps_per_stage is given
 
 
 def _is_number(v) -> bool:
@@ -70,6 +71,7 @@ name = _check(lambda v: isinstance(v, str) and v.strip() != "", "a plugin name (
 path_str = _check(lambda v: isinstance(v, str) and v.strip() != "" and "\x00" not in v, "a path (a non-empty string)")
 optional_name = _check(lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "a plugin name")
 optional_dim = _check(lambda v: v is None or _is_int(v, 1, 2**31), "a positive integer")
+optional_positive_int = _check(lambda v: v is None or _is_int(v, 1, MAX_COUNT), "a positive integer")
 optional_positive_number = _check(lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
                                   "a positive number")
 DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
@@ -131,7 +133,10 @@ class ScheduleSection:
 class TrainSection:
     """``[train]``: optimisation."""
 
-    epochs_per_stage: int = _field(10, positive_int, "epochs in each curriculum stage")
+    epochs_per_stage: int | None = _field(None, optional_positive_int, "epochs in each curriculum stage "
+                                          f"({DEFAULT_EPOCHS} when steps_per_stage is not set)")
+    steps_per_stage: int | None = _field(None, optional_positive_int, "optimizer steps in each curriculum stage, "
+                                         "instead of epochs_per_stage (a budget that does not grow with the data)")
     batch_size: int = _field(1024, positive_int, "rows per batch (anchors plus neighbours with neighbour batches)")
     learning_rate: float = _field(5e-3, positive_number, "Adam learning rate", resumable=True)
     weight_decay: float = _field(0.0, nonneg_number, "AdamW weight decay (0: plain Adam)")
@@ -145,14 +150,22 @@ class TrainSection:
     input_noise: float = _field(0.0, nonneg_number, "Gaussian noise on training inputs, std = this × the row's RMS "
                                 "(targets stay clean); smooths the map for unseen points")
     batches: str = _field("auto", one_of("auto", "random", "neighbors"),
-                          "'neighbors': anchors plus teacher neighbours (needs the training rows in memory); "
-                          "'random'; 'auto': neighbors up to 100,000 training rows, else random")
+                          "'neighbors': anchors plus their teacher neighbours; 'random'; 'auto': neighbors "
+                          "(random only when there are too few rows for train.neighbors)")
+    neighbor_index: str = _field("auto", one_of("auto", "exact", "faiss"),
+                                 "how neighbour batches find neighbours: 'exact', 'faiss' (approximate, the "
+                                 "'scale' extra), 'auto': exact up to 100,000 training rows on a CPU, faiss above")
     neighbors: int = _field(15, positive_int, "with batches = 'neighbors': neighbours drawn per anchor")
     neighbor_pool: int = _field(60, positive_int, "with batches = 'neighbors': draw from each anchor's top-k")
     eval_rows: int = _field(5000, positive_int, "at most this many validation rows for the report metrics",
                             resumable=True)
 
     def __attrs_post_init__(self):
+        if self.epochs_per_stage is not None and self.steps_per_stage is not None:
+            raise ConfigError("steps_per_stage and epochs_per_stage are both set; a stage is measured in one of "
+                              "them: remove one")
+        if self.steps_per_stage is None and self.epochs_per_stage is None:
+            object.__setattr__(self, "epochs_per_stage", DEFAULT_EPOCHS)  # frozen: set once, here
         if self.neighbors > self.neighbor_pool:
             raise ConfigError(f"neighbors must be at most neighbor_pool ({self.neighbor_pool}), got {self.neighbors}; "
                               "raise train.neighbor_pool or lower train.neighbors")
@@ -324,6 +337,9 @@ def load_config(path, overrides=(), registry=None) -> PipelineConfig:
     """Read, override, validate and resolve a pipeline file; plugin parameters are checked by signature."""
     path = Path(path)
     doc, origins = apply_overrides(read_toml(path), overrides)
+    for given, other in (("steps_per_stage", "epochs_per_stage"), ("epochs_per_stage", "steps_per_stage")):
+        if f"train.{given}" in origins and f"train.{other}" not in origins and isinstance(doc.get("train"), dict):
+            doc["train"].pop(other, None)  # a stage's budget given with --set replaces the file's other one
     return build_config(doc, path, registry, Origin(path, origins))
 
 

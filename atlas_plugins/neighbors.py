@@ -1,10 +1,69 @@
-"""Teacher nearest neighbours: an exact, blocked cosine top-k in torch (for neighbour batches)."""
+"""The teacher k-NN graph behind neighbour batches: exact (blocked torch top-k) or approximate (a faiss index).
+
+Exact search compares every pair of training rows, ``O(N²·D)``: fine up to :data:`EXACT_MAX_ROWS` on a
+CPU and at any size on a GPU.  Above that on a CPU the graph comes from a faiss inverted-file index (the
+optional extra ``scale``, ``pip install 'atlas-distill[scale]'``): spherical k-means cells
+(``nlist ≈ 2·√N``, trained on a sample), each row compared only with the rows of the ``nprobe`` cells
+nearest to it.  ``nprobe`` starts at :data:`NPROBE_START` and doubles until the graph's recall on
+:data:`RECALL_SAMPLE` sampled rows — the share of their exact top-k the index finds — reaches
+:data:`TARGET_RECALL` (or ``nprobe`` reaches ``nlist / 4``).  Rows are stored as float32 (IVF-Flat) while
+they fit in :data:`FLAT_BUDGET_BYTES`, as 8-bit scalars (IVF-SQ8, a quarter of the memory) above.
+
+The teacher is streamed in chunks (never in memory whole, except the exact search's unit rows), and the
+graph is searched in parts of :data:`PART_ROWS` query rows, each saved in the run folder's ``cache/`` as
+it completes: a run killed while building resumes from the parts it finished.  Parts and graph are keyed
+by a fingerprint of the teacher (its rows' bytes at a sample of positions, shape, dtype), the training
+rows, ``k`` and the method, so a changed teacher builds a new graph.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import math
+import os
+import time
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .checkpoint import safe_load
+from .config import hash_dict
+from .errors import CheckpointError, ConfigError
+
+EXACT_MAX_ROWS = 100_000  # exact CPU search up to here (about 100 s at 384-D on 2 cores); faiss above
+RECALL_SAMPLE = 2_000  # training rows whose exact neighbours measure the approximate graph's recall
+TARGET_RECALL = 0.95  # nprobe doubles until the sample's recall reaches this
+WARN_RECALL = 0.9  # a graph below this is reported with a warning
+NPROBE_START = 16
+FLAT_BUDGET_BYTES = 2**30  # IVF-Flat up to 1 GiB of float32 rows; IVF-SQ8 above
+PART_ROWS = 20_000  # query rows per saved part
+CHUNK_ROWS = 16_384  # teacher rows read at a time
+GRAPH_FORMAT = "atlas-knn/2"
+
+
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def choose_method(n_rows: int, device: torch.device, choice: str = "auto") -> str:
+    """``"exact"`` or ``"faiss"`` for a graph over ``n_rows`` rows; the one rule for ``train.neighbor_index``.
+
+    ``"auto"``: exact on a GPU or up to :data:`EXACT_MAX_ROWS`, faiss above.  Needing faiss without it
+    installed is a :class:`ConfigError` (never a silent switch to worse batches).
+    """
+    method = choice if choice != "auto" else (
+        "exact" if device.type != "cpu" or n_rows <= EXACT_MAX_ROWS else "faiss")
+    if method == "faiss" and not faiss_available():
+        why = (f"{n_rows:,} training rows is above the exact neighbour search's limit ({EXACT_MAX_ROWS:,} on a CPU)"
+               if choice == "auto" else "train.neighbor_index = 'faiss'")
+        raise ConfigError(f"{why} and the approximate index needs faiss: pip install 'atlas-distill[scale]' "
+                          "(or set train.batches = \"random\" to train on random batches, which keep fewer "
+                          "neighbours)")
+    return method
 
 
 def normalized_rows(teacher, rows: np.ndarray, chunk: int = 65536) -> torch.Tensor:
@@ -13,19 +72,210 @@ def normalized_rows(teacher, rows: np.ndarray, chunk: int = 65536) -> torch.Tens
     return torch.cat(parts) if parts else torch.empty(0, teacher.dim)
 
 
-def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices ``(Q, k)`` of the ``k`` most cosine-similar rows of unit rows ``x`` (N, D), self excluded.
+def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tensor | None = None,
+                query_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices ``(Q, k)`` of the ``k`` most cosine-similar rows of unit rows ``x`` (N, D), on ``x``'s device.
 
-    ``queries`` defaults to ``x`` itself (then row i never lists i).  Exact:
-    every pair is compared, ``block`` query rows at a time.
+    ``queries`` defaults to ``x`` itself; then (or with ``query_ids``, each query's own row in ``x``)
+    a row never lists itself.  Exact: every pair is compared, ``block`` query rows at a time.
     """
     q = x if queries is None else queries
-    k = min(k, x.shape[0] - (1 if queries is None else 0))
+    if queries is None:
+        query_ids = torch.arange(x.shape[0], device=x.device)
+    k = min(k, x.shape[0] - (1 if query_ids is not None else 0))
     out = torch.empty(q.shape[0], k, dtype=torch.long)
     for start in range(0, q.shape[0], block):
         sims = q[start:start + block] @ x.T
-        if queries is None:
-            idx = torch.arange(start, min(start + block, q.shape[0]))
-            sims[torch.arange(len(idx)), idx] = -float("inf")
-        out[start:start + block] = sims.topk(k, dim=1).indices
+        if query_ids is not None:
+            own = query_ids[start:start + block].to(x.device)
+            sims[torch.arange(len(own), device=x.device), own] = -float("inf")
+        out[start:start + block] = sims.topk(k, dim=1).indices.cpu()
     return out
+
+
+def teacher_fingerprint(teacher, samples: int = 64) -> str:
+    """A hash of the teacher's shape, dtype, the bytes of ``samples`` rows spread over it and, when it comes
+    from a file, that file's size and modification time (so an edit anywhere in it counts)."""
+    n = teacher.num_rows
+    at = np.unique(np.linspace(0, n - 1, min(n, samples)).astype(np.int64))
+    h = hashlib.sha256(f"{n}x{teacher.dim}:{teacher.embeddings.dtype}".encode())
+    for path in sorted({str(p) for p in (getattr(teacher.embeddings, "filename", None), teacher.source) if p}):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(teacher.rows(at).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def graph_key(teacher, rows: np.ndarray, k: int, method: str) -> str:
+    return hash_dict({"teacher": teacher_fingerprint(teacher), "k": k, "method": method, "format": GRAPH_FORMAT,
+                      "rows": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()})[:16]
+
+
+def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: torch.device, run=None,
+                   writer: bool = True, echo=None) -> tuple[torch.Tensor, dict]:
+    """The ``k`` nearest training rows of every training row: ``(len(rows), k)`` positions into ``rows``
+    (int32), and what was measured (method, recall on a sample, seconds, index parameters).
+
+    With a run folder the graph is cached in ``cache/knn-<key>.pt`` and built in parts saved beside it;
+    only a ``writer`` (rank 0 under DDP) writes there.
+    """
+    key = graph_key(teacher, rows, k, method)
+    final = f"cache/knn-{key}.pt"
+    cached = _load(run, final, len(rows))
+    if cached is not None:
+        return cached[0], {**cached[1], "cached": True}
+    t0 = time.perf_counter()
+    k = min(k, len(rows) - 1)
+    if method == "exact":
+        build = _ExactSearch(teacher, rows, device)
+    else:
+        build = _FaissSearch(teacher, rows, k, echo)
+    parts = []
+    for i, start in enumerate(range(0, len(rows), PART_ROWS)):
+        rel = f"cache/knn-{key}-part-{i:05d}.pt"
+        part = _load(run, rel, min(PART_ROWS, len(rows) - start), k)
+        if part is None:
+            part = build.search(start, min(start + PART_ROWS, len(rows)), k)
+            if run is not None and writer:
+                run.save(rel, part)
+        parts.append(part)
+    graph = torch.cat(parts)
+    info = {"method": build.name, "rows": len(rows), "k": k, **build.params,
+            "recall": build.recall, "recall_sample": build.recall_rows, "seconds": round(time.perf_counter() - t0, 2)}
+    if build.recall < WARN_RECALL:
+        warnings.warn(f"atlas: the approximate neighbour graph finds {build.recall:.3f} of the exact {k} nearest "
+                      f"neighbours on {build.recall_rows:,} sampled rows (below {WARN_RECALL}); neighbour batches "
+                      "hold fewer true neighbours: set train.neighbor_index = \"exact\" if time allows", stacklevel=2)
+    if run is not None and writer:
+        run.save(final, {"format": GRAPH_FORMAT, "graph": graph, "info": info})
+        for i in range(len(parts)):
+            run.remove(f"cache/knn-{key}-part-{i:05d}.pt")
+    return graph, {**info, "cached": False}
+
+
+def _load(run, rel: str, n: int, k: int | None = None):
+    """A cached part (tensor ``(n, k)``) or graph (``(graph, info)``) if it is there and well-formed."""
+    path = run.inside(rel) if run is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        blob = safe_load(path, what="neighbour cache")
+    except CheckpointError:
+        return None
+    if k is None:
+        if not isinstance(blob, dict) or blob.get("format") != GRAPH_FORMAT:
+            return None
+        graph, info = blob.get("graph"), blob.get("info")
+    else:
+        graph, info = blob, None
+    ok = (isinstance(graph, torch.Tensor) and graph.dtype == torch.int32 and graph.dim() == 2
+          and graph.shape[0] == n and (k is None or graph.shape[1] == k) and graph.numel() > 0
+          and int(graph.min()) >= 0)
+    return None if not ok else graph if k is not None else (graph, info)
+
+
+class _ExactSearch:
+    """Every pair compared: the unit training rows held on ``device``, queried in blocks."""
+
+    name = "exact"
+    recall, recall_rows, params = 1.0, 0, {}
+
+    def __init__(self, teacher, rows: np.ndarray, device: torch.device):
+        self.x = normalized_rows(teacher, rows).to(device)
+
+    def search(self, start: int, stop: int, k: int) -> torch.Tensor:
+        ids = torch.arange(start, stop, device=self.x.device)
+        return topk_cosine(self.x, k, queries=self.x[start:stop], query_ids=ids).to(torch.int32)
+
+
+class _FaissSearch:
+    """A faiss IVF index over the unit training rows, filled from the teacher in chunks; ``nprobe``
+    calibrated on a sample against exact neighbours (see the module's docstring)."""
+
+    def __init__(self, teacher, rows: np.ndarray, k: int, echo=None):
+        import faiss
+
+        self.teacher, self.rows = teacher, rows
+        n, d = len(rows), teacher.dim
+        nlist = max(1, min(int(2 * math.sqrt(n)), n // 40))
+        sq8 = n * d * 4 > FLAT_BUDGET_BYTES
+        quantizer = faiss.IndexFlatIP(d)
+        if sq8:
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True
+        index.cp.seed = 1234
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
+        index.train(self._unit(sample))
+        for start in range(0, n, CHUNK_ROWS):
+            index.add(self._unit(np.arange(start, min(start + CHUNK_ROWS, n))))
+        self.index, self.quantizer = index, quantizer
+        self.name = "faiss-ivf-sq8" if sq8 else "faiss-ivf-flat"
+        self.recall, self.recall_rows, nprobe = self._calibrate(k, nlist, rng)
+        self.params = {"nlist": nlist, "nprobe": nprobe}
+        if echo is not None:
+            echo(f"neighbour index: {self.name}, {n:,} rows, nlist {nlist}, nprobe {nprobe}, recall@{k} "
+                 f"{self.recall:.3f} on {self.recall_rows:,} sampled rows")
+
+    def _unit(self, positions: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(F.normalize(self.teacher.rows(self.rows[positions]), dim=1).numpy())
+
+    def _calibrate(self, k: int, nlist: int, rng) -> tuple[float, int, int]:
+        n = len(self.rows)
+        sample = np.sort(rng.choice(n, size=min(n, RECALL_SAMPLE), replace=False))
+        queries = torch.from_numpy(self._unit(sample))
+        exact = exact_topk_streamed(queries, torch.from_numpy(sample), self._chunks(), k)
+        nprobe = min(NPROBE_START, nlist)
+        while True:
+            self.index.nprobe = nprobe
+            found = self._search(queries.numpy(), sample, k)
+            recall = graph_recall(found, exact)
+            if recall >= TARGET_RECALL or nprobe >= max(1, nlist // 4):
+                return recall, len(sample), nprobe
+            nprobe = min(2 * nprobe, max(1, nlist // 4))
+
+    def _chunks(self):
+        n = len(self.rows)
+        for start in range(0, n, CHUNK_ROWS):
+            yield start, torch.from_numpy(self._unit(np.arange(start, min(start + CHUNK_ROWS, n))))
+
+    def _search(self, q: np.ndarray, own: np.ndarray, k: int) -> torch.Tensor:
+        """Top-k positions for queries ``q`` whose own positions are ``own``, each row without itself."""
+        _, ids = self.index.search(q, k + 1)
+        keep = ids != own[:, None]
+        keep[keep.all(axis=1), -1] = False  # the row itself was not among the k + 1: drop the last instead
+        ids = ids[keep].reshape(len(q), k)
+        missing = ids < 0  # fewer than k rows in the probed cells: repeat the nearest one found
+        if missing.any():
+            ids = np.where(missing, ids[:, :1], ids)
+        return torch.from_numpy(np.maximum(ids, 0).astype(np.int32))
+
+    def search(self, start: int, stop: int, k: int) -> torch.Tensor:
+        own = np.arange(start, stop)
+        return self._search(self._unit(own), own, k)
+
+
+def exact_topk_streamed(queries: torch.Tensor, query_ids: torch.Tensor, blocks, k: int) -> torch.Tensor:
+    """Exact top-``k`` positions ``(Q, k)`` for unit ``queries`` over unit rows given as ``(start, block)``
+    pairs (a stream: only one block in memory at a time); a query's own position is never listed."""
+    best_s = torch.full((len(queries), k), -float("inf"))
+    best_i = torch.zeros((len(queries), k), dtype=torch.long)
+    for start, block in blocks:
+        sims = queries @ block.T
+        hit = (query_ids >= start) & (query_ids < start + block.shape[0])
+        sims[hit.nonzero()[:, 0], query_ids[hit] - start] = -float("inf")
+        s, i = sims.topk(min(k, block.shape[0]), dim=1)
+        best_s, pick = torch.cat([best_s, s], 1).topk(k, dim=1)
+        best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
+    return best_i
+
+
+def graph_recall(found: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean over rows of ``|found ∩ exact| / k`` (both ``(Q, k)``)."""
+    k = exact.shape[1]
+    hits = (found.long().unsqueeze(2) == exact.long().unsqueeze(1)).any(dim=2).sum(dim=1)
+    return float(hits.float().mean() / k)

@@ -105,7 +105,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                 student.map_path = run.file("map.pt")
                 student.training_map.save(student.map_path)
             if config.output.report:
-                result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn)
+                result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn,
+                                             neighbor_graph=trainer.graph_info)
         distributed.barrier(dist)
         return result
     finally:

@@ -24,6 +24,7 @@ import torch
 from .batches import MIN_BATCH_ROWS
 from .config import PipelineConfig
 from .errors import AtlasError, ConfigError, DataError, PluginError
+from .neighbors import choose_method
 from .params import resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
@@ -45,6 +46,7 @@ class Pipeline:
     train_rows: np.ndarray
     val_rows: np.ndarray
     batch_mode: str  # "random" or "neighbors" ("auto" resolved by the number of training rows)
+    neighbor_index: str | None = None  # "exact" or "faiss" with neighbour batches (neighbors.choose_method)
     providers: dict = attrs.field(factory=dict)  # kind -> distribution, for error messages
 
     def forward(self, module: torch.nn.Module, x: torch.Tensor):
@@ -67,6 +69,8 @@ class Pipeline:
         n_params = sum(p.numel() for p in self.student.parameters())
         emb = self.teacher.embeddings
         dtype = str(emb.dtype).replace("torch.", "")
+        budget = (f"{c.train.steps_per_stage} step(s)/stage" if c.train.steps_per_stage
+                  else f"{c.train.epochs_per_stage} epoch(s)/stage")
         extras = [name for name, v in (("labels", self.teacher.labels), ("texts", self.teacher.texts)) if v is not None]
         lines = [
             f"pipeline   {c.source}",
@@ -78,14 +82,12 @@ class Pipeline:
             f"loss       {c.loss.name} {_fmt_params(c.loss.params)}".rstrip(),
             f"schedule   {c.schedule.name}: tau " + ", ".join(f"{t:.3g}" for t in self.taus)
             + f" over {c.schedule.stages} stage(s)",
-            f"train      {c.train.epochs_per_stage} epoch(s)/stage, batch {c.train.batch_size} ({self.batch_mode} batches), "
+            f"train      {budget}, batch {c.train.batch_size} ({self.batch_mode} batches"
+            + (f", {self.neighbor_index} neighbours" if self.neighbor_index else "") + "), "
             f"lr {c.train.learning_rate:g}, device {self.device}",
             f"output     {c.output.dir}",
         ]
         return "\n".join(lines)
-
-
-AUTO_NEIGHBORS_MAX_ROWS = 100_000  # batches = "auto": exact kNN graph up to here, random batches beyond
 
 
 def _fmt_params(params: dict) -> str:
@@ -160,6 +162,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     teacher = validate_teacher(load_teacher(config, registry), dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS)
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))
+    index = choose_method(len(train_rows), device, tr.neighbor_index) if batch_mode == "neighbors" else None
 
     s = config.student
     torch.manual_seed(tr.seed)
@@ -186,7 +189,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
         taus.append(float(tau))
 
     pipe = Pipeline(config, teacher, student, loss_fn, resolve_refs(loss_fn, config.loss.params, registry), taus,
-                    device, reconstruct, train_rows, val_rows, batch_mode, providers)
+                    device, reconstruct, train_rows, val_rows, batch_mode, index, providers)
     _smoke_test(pipe)
     return pipe
 
@@ -200,7 +203,7 @@ def _batch_mode(config: PipelineConfig, teacher: TeacherData, n_train: int) -> s
                         "add data or lower train.val_fraction")
     mode = tr.batches
     if mode == "auto":
-        mode = "neighbors" if n_train <= AUTO_NEIGHBORS_MAX_ROWS else "random"
+        mode = "neighbors" if n_train > tr.neighbors else "random"
     if mode == "neighbors" and n_train <= tr.neighbors:
         raise DataError(f"{teacher.source}: {n_train} training rows after the validation split, too few for "
                         f"neighbour batches with train.neighbors = {tr.neighbors}; lower train.neighbors or add data")

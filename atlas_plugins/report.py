@@ -232,8 +232,13 @@ def _save_png(run: RunDir, rel: str, fig) -> None:
     run.write_bytes(rel, buf.getvalue())
 
 
-def write_report(pipe, student, metrics, run: RunDir, *, echo: Callable = print, warn: Callable = print) -> dict:
+def write_report(pipe, student, metrics, run: RunDir, *, echo: Callable = print, warn: Callable = print,
+                 neighbor_graph: dict | None = None) -> dict:
+    """Build the report, write report.json, report.md and the plots; ``neighbor_graph``: how the neighbour
+    batches' graph was built (method, recall on a sample, seconds), recorded as it is."""
     report, arrays = build_report(pipe, student, metrics)
+    if neighbor_graph is not None:
+        report["neighbor_graph"] = neighbor_graph
     if pipe.config.output.plots:
         try:
             report["plots"] = plot(run, metrics, arrays)

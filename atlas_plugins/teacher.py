@@ -8,6 +8,7 @@ shape ``(N, D)``; batches are read row by row with :meth:`TeacherData.rows`.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import attrs
@@ -53,13 +54,7 @@ class TeacherData:
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), emb.shape[1]), dtype=np.float32)
         if _large_file(emb):
-            row_bytes = emb.shape[1] * emb.itemsize
-            fd = os.open(emb.filename, os.O_RDONLY)
-            try:
-                for pos, row in zip(order.tolist(), idx[order].tolist()):
-                    out[pos] = np.frombuffer(os.pread(fd, row_bytes, emb.offset + row * row_bytes), dtype=emb.dtype)
-            finally:
-                os.close(fd)
+            out[order] = gather(emb, idx[order])
         else:
             out[order] = emb[idx[order]]
         return torch.from_numpy(out)
@@ -90,6 +85,51 @@ def _large_file(emb) -> bool:
     """
     return (isinstance(emb, np.memmap) and bool(getattr(emb, "filename", None)) and emb.ndim == 2
             and emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES)
+
+
+GATHER_THREADS = 4  # concurrent reads: a cold file on an SSD answers several requests at once
+_gather_pool: ThreadPoolExecutor | None = None
+
+
+def gather(emb: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted) of a memory-mapped array, read from its file (not through the map).
+
+    Runs of consecutive rows become one ``preadv`` each, straight into the result's memory, and the
+    runs are split among :data:`GATHER_THREADS` threads (the reads release the GIL), so scattered
+    rows of a file the page cache does not hold arrive with several requests in flight.
+    """
+    global _gather_pool
+    row_bytes = emb.shape[1] * emb.itemsize
+    buf = np.empty((len(rows), emb.shape[1]), dtype=emb.dtype)
+    if not len(rows):
+        return buf
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, stops = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])
+    view = memoryview(buf.reshape(-1).view(np.uint8))
+    fd = os.open(emb.filename, os.O_RDONLY)
+
+    def read(runs: range) -> None:
+        for r in runs:
+            a, b = int(starts[r]), int(stops[r])
+            want, at = (b - a) * row_bytes, emb.offset + int(rows[a]) * row_bytes
+            got = os.preadv(fd, [view[a * row_bytes:b * row_bytes]], at)
+            if got != want:
+                raise DataError(f"{emb.filename}: short read at byte {at} ({got} of {want} bytes); "
+                                "was the file truncated while training?")
+
+    try:
+        n_runs = len(starts)
+        if n_runs < 64:
+            read(range(n_runs))
+        else:
+            if _gather_pool is None:
+                _gather_pool = ThreadPoolExecutor(GATHER_THREADS, thread_name_prefix="atlas-gather")
+            step = -(-n_runs // GATHER_THREADS)
+            for f in [_gather_pool.submit(read, range(i, min(i + step, n_runs))) for i in range(0, n_runs, step)]:
+                f.result()
+    finally:
+        os.close(fd)
+    return buf
 
 
 def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import attrs
@@ -28,9 +29,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .batches import MIN_BATCH_ROWS, chunks, neighbor_batches, random_batches
 from .checkpoint import CHECKPOINT_FORMAT, safe_load
-from .config import hash_dict
 from .errors import AtlasError, CheckpointError, TrainingError, WriteError
-from .neighbors import normalized_rows, topk_cosine
+from .neighbors import neighbor_graph
 from .pipeline import Pipeline
 from .rundir import RunDir
 
@@ -99,50 +99,65 @@ class Trainer:
         self.global_step = 0
         self.metrics: list[dict] = []
         self.stop_signal: int | None = None
+        self.graph_info: dict | None = None
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
         self.batches_per_epoch = self._count_batches()
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
-        self.total_steps = self.steps_per_epoch * self.cfg.epochs_per_stage * len(pipe.taus)
+        self.steps_per_stage = self.cfg.steps_per_stage or self.steps_per_epoch * self.cfg.epochs_per_stage
+        self.total_steps = self.steps_per_stage * len(pipe.taus)
         self.config_dict = pipe.config.to_dict()
         self.config_hash = pipe.config.config_hash()
 
     # -- data ------------------------------------------------------------------
     def _neighbor_graph(self) -> torch.Tensor:
-        rows = self.pipe.train_rows
-        key = hash_dict({"source": self.pipe.teacher.source, "n": int(self.pipe.teacher.num_rows),
-                         "rows": hash_dict({"r": rows[:: max(1, len(rows) // 1000)].tolist(), "len": len(rows)}),
-                         "pool": self.cfg.neighbor_pool})[:16]
-        rel = f"cache/knn-{key}.pt"
-        cached = self.run.inside(rel) if self.run is not None else None
-        if cached is not None and cached.is_file():
-            try:
-                graph = safe_load(cached, what="neighbour cache")
-                if (isinstance(graph, torch.Tensor) and graph.dtype == torch.long and graph.dim() == 2
-                        and graph.shape[0] == len(rows) and graph.numel() and 0 <= int(graph.min())
-                        and int(graph.max()) < len(rows)):
-                    return graph
-            except CheckpointError:
-                pass
-        graph = topk_cosine(normalized_rows(self.pipe.teacher, rows), self.cfg.neighbor_pool)
-        if self.run is not None and self.dist.is_main:
-            self.run.save(rel, graph)
+        """The training rows' teacher k-NN graph: built by rank 0 (cached in the run folder), read by the others."""
+        pipe, writer = self.pipe, self.dist.is_main or self.run is None
+        args = (pipe.teacher, pipe.train_rows, self.cfg.neighbor_pool)
+        kwargs = {"method": pipe.neighbor_index, "device": pipe.device, "run": self.run}
+        if writer:
+            graph, self.graph_info = neighbor_graph(*args, **kwargs, echo=self.echo if self.dist.is_main else None)
+        distributed.barrier(self.dist)
+        if not writer:
+            graph, self.graph_info = neighbor_graph(*args, **kwargs, writer=False)
+        if self.dist.is_main and not self.graph_info["cached"]:
+            i = self.graph_info
+            self.echo(f"neighbour graph: {i['method']}, {i['rows']:,} rows x {i['k']} in {i['seconds']:.1f}s"
+                      + (f", recall {i['recall']:.3f} on {i['recall_sample']:,} sampled rows"
+                         if i["method"] != "exact" else ""))
         return graph
 
-    def batches(self, stage: int, epoch: int) -> list[np.ndarray]:
-        """This rank's batches (teacher row ids) for one epoch; a pure function of seed and epoch."""
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches (teacher row ids) for pass ``epoch`` over the data (counted from the run's start);
+        a pure function of seed and epoch."""
         n = len(self.pipe.train_rows)
-        global_epoch = stage * self.cfg.epochs_per_stage + epoch
         sampler = DistributedSampler(range(n), num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
                                      seed=self.cfg.seed, drop_last=True)
-        sampler.set_epoch(global_epoch)
+        sampler.set_epoch(epoch)
         order = np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
         if self.graph is not None:
-            seed = (self.cfg.seed * 1_000_003 + global_epoch * 7919 + self.dist.rank) % 2**63
+            seed = (self.cfg.seed * 1_000_003 + epoch * 7919 + self.dist.rank) % 2**63
             positions = neighbor_batches(order, self.graph, self.cfg.batch_size, self.cfg.neighbors,
                                          torch.Generator().manual_seed(seed))
         else:
             positions = random_batches(order, self.cfg.batch_size)
         return [self.pipe.train_rows[p] for p in positions]
+
+    def stage_plan(self, stage: int) -> list[tuple[int, int, int]]:
+        """What stage ``stage`` trains on: ``(epoch, first batch, end batch)`` pieces of the run's stream of
+        epochs.  With ``epochs_per_stage`` E: whole epochs ``stage·E … stage·E + E − 1``.  With
+        ``steps_per_stage`` S: optimizer steps ``stage·S … stage·S + S − 1`` of the stream, where epoch e
+        holds steps ``e·spe …`` (``spe`` steps per epoch), so a stage may start or end inside an epoch."""
+        n_batches, acc = self.batches_per_epoch, self.cfg.accumulate
+        if self.cfg.steps_per_stage is None:
+            first = stage * self.cfg.epochs_per_stage
+            return [(first + e, 0, n_batches) for e in range(self.cfg.epochs_per_stage)]
+        plan, step, end = [], stage * self.steps_per_stage, (stage + 1) * self.steps_per_stage
+        while step < end:
+            epoch, k = divmod(step, self.steps_per_epoch)
+            take = min(end - step, self.steps_per_epoch - k)
+            plan.append((epoch, k * acc, min(n_batches, (k + take) * acc)))
+            step += take
+        return plan
 
     def _count_batches(self) -> int:
         """Batches per epoch, the same every epoch (only the order changes), counted without building one."""
@@ -152,7 +167,7 @@ class Trainer:
         per_batch = 1 + min(self.cfg.neighbors, self.graph.shape[1])  # an anchor and its distinct neighbours
         if per_batch >= MIN_BATCH_ROWS:
             return len(chunks(np.arange(n), max(1, self.cfg.batch_size // (1 + self.cfg.neighbors))))
-        return len(self.batches(0, 0))  # small batches may merge: count them as they come
+        return len(self.batches(0))  # small batches may merge: count them as they come
 
     def lr_at(self, step: int) -> float:
         lr, warm = self.cfg.learning_rate, self.cfg.warmup_steps
@@ -203,11 +218,13 @@ class Trainer:
         old_handlers = {}
         if self.dist.is_main and _main_thread():
             old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-read")
         try:
             for stage in range(stage0, len(self.pipe.taus)):
                 self._stage(stage, epoch0 if stage == stage0 else 0, batch0 if stage == stage0 else 0,
                             acc if stage == stage0 else EpochAcc())
         finally:
+            self._reader.shutdown(wait=True, cancel_futures=True)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
         if self.run is not None and self.dist.is_main:
@@ -218,18 +235,21 @@ class Trainer:
             raise KeyboardInterrupt
         self.stop_signal = signum
 
-    def _stage(self, stage: int, first_epoch: int, first_batch: int, acc: EpochAcc) -> None:
+    def _stage(self, stage: int, first_piece: int, first_batch: int, acc: EpochAcc) -> None:
         tau = self.pipe.taus[stage]
-        n_stages, epochs = len(self.pipe.taus), self.cfg.epochs_per_stage
-        n_batches = self.batches_per_epoch
-        bar = tqdm(total=epochs * n_batches, initial=first_epoch * n_batches + first_batch, leave=False,
+        n_stages, plan = len(self.pipe.taus), self.stage_plan(stage)
+        done = sum(end - start for _, start, end in plan[:first_piece])
+        if first_piece < len(plan):
+            done += max(0, first_batch - plan[first_piece][1])
+        bar = tqdm(total=sum(end - start for _, start, end in plan), initial=done, leave=False,
                    desc=f"stage {stage + 1}/{n_stages}", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True)
         t_stage = time.perf_counter()
         try:
-            for epoch in range(first_epoch, epochs):
-                self._epoch(stage, epoch, tau, first_batch if epoch == first_epoch else 0,
-                            acc if epoch == first_epoch else EpochAcc(), bar)
+            for piece in range(first_piece, len(plan)):
+                epoch, start, end = plan[piece]
+                first = max(start, first_batch) if piece == first_piece else start
+                self._epoch(stage, piece, epoch, tau, first, end, acc if piece == first_piece else EpochAcc(), bar)
         finally:
             bar.close()
         last = self.metrics[-1]
@@ -241,34 +261,43 @@ class Trainer:
             self.echo(f"stage {stage + 1}/{n_stages}  tau {tau:.3g}  train loss {last['train_loss']:.4f}  "
                       f"val loss {val}  {time.perf_counter() - t_stage:.1f}s  {rate:,.0f} samples/s")
 
-    def _epoch(self, stage: int, epoch: int, tau: float, first_batch: int, acc: EpochAcc, bar) -> None:
-        batches = self.batches(stage, epoch)
+    def _epoch(self, stage: int, piece: int, epoch: int, tau: float, first_batch: int, end: int, acc: EpochAcc,
+               bar) -> None:
+        """Batches ``first_batch … end − 1`` of epoch ``epoch`` (piece ``piece`` of the stage's plan); the next
+        batch's rows are read in a background thread while the current one trains."""
+        batches = self.batches(epoch)
         self.objective.train()
         t0 = time.perf_counter() - acc.seconds
         pending: list[tuple[int, int, torch.Tensor]] = []  # (batch, optimizer step, loss on the device) not yet read
-        for b in range(first_batch, len(batches)):
+        reading = self._reader.submit(self.pipe.teacher.rows, batches[first_batch]) if first_batch < end else None
+        for b in range(first_batch, end):
+            x = reading.result()
+            if b + 1 < end:
+                reading = self._reader.submit(self.pipe.teacher.rows, batches[b + 1])
             steps_now = (b + 1) % self.cfg.accumulate == 0 or b + 1 == len(batches)
             # under DDP, gradients are averaged across ranks once per optimizer step, not per micro-batch
             with self.objective.no_sync() if self.dist.active and not steps_now else contextlib.nullcontext():
-                pending.append((b, self.global_step, self._step(batches[b], tau)))
+                pending.append((b, self.global_step, self._step(x, tau)))
             acc.batches += 1
             acc.samples += len(batches[b])
             if steps_now:
                 self._optimizer_step()
-            if (b + 1) % (READ_EVERY * self.cfg.accumulate) == 0 or b + 1 == len(batches):
-                loss = self._read(pending, batches, acc, tau, stage, epoch)
+            if (b + 1) % (READ_EVERY * self.cfg.accumulate) == 0 or b + 1 == end:
+                loss = self._read(pending, batches, acc, tau, stage, piece)
                 # drawn at once on an epoch's first read (a fast epoch may end before the bar's next redraw)
-                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}", refresh=b < READ_EVERY * self.cfg.accumulate)
-                if self.stop_signal is not None and b + 1 < len(batches):  # a step boundary, every loss checked
+                bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}",
+                                refresh=b - first_batch < READ_EVERY * self.cfg.accumulate)
+                if self.stop_signal is not None and b + 1 < end:  # a step boundary, every loss checked
                     acc.seconds = time.perf_counter() - t0
-                    self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, epoch, b + 1, acc))
-                    raise self._interrupted(f"at stage {stage + 1}, epoch {epoch + 1}")
+                    self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, piece, b + 1, acc))
+                    raise self._interrupted(f"at stage {stage + 1}, epoch {piece + 1}")
             bar.update(1)
-        self._end_epoch(stage, epoch, tau, acc, time.perf_counter() - t0)
+        self._end_epoch(stage, piece, epoch, tau, acc, time.perf_counter() - t0)
 
-    def _step(self, rows: np.ndarray, tau: float) -> torch.Tensor:
-        """Forward, loss and backward on one batch (gradients accumulate); returns the loss, still on the device."""
-        x = self.pipe.teacher.rows(rows).to(self.pipe.device, non_blocking=True)
+    def _step(self, x: torch.Tensor, tau: float) -> torch.Tensor:
+        """Forward, loss and backward on one batch of teacher rows (gradients accumulate); returns the loss,
+        still on the device."""
+        x = x.to(self.pipe.device, non_blocking=True)
         out, xhat = self.pipe.forward(self.objective, x)
         loss = self.pipe.loss(out, x, tau, xhat)
         (loss / self.cfg.accumulate).backward()
@@ -314,12 +343,12 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.global_step += 1
 
-    def _end_epoch(self, stage: int, epoch: int, tau: float, acc: EpochAcc, seconds: float) -> None:
+    def _end_epoch(self, stage: int, piece: int, epoch: int, tau: float, acc: EpochAcc, seconds: float) -> None:
         """Metrics, ``metrics.jsonl`` and ``checkpoints/latest.pt``; stop here when a signal asked to."""
         train_loss = acc.loss_sum / max(1, acc.batches)
         if self.dist.active:
             train_loss = distributed.mean(self.dist, train_loss)
-        self.metrics.append({"stage": stage, "epoch": epoch, "tau": tau,
+        self.metrics.append({"stage": stage, "epoch": piece, "data_epoch": epoch, "tau": tau,
                              "lr": self.lr_at(max(0, self.global_step - 1)), "train_loss": train_loss,
                              "val_loss": self.val_loss(tau) if self.dist.is_main else None,
                              "seconds": round(seconds, 4),
@@ -327,10 +356,10 @@ class Trainer:
                              "step": self.global_step})
         if self.run is not None and self.dist.is_main:
             self.run.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
-        self.save_checkpoint("checkpoints/latest.pt", self.state(stage, epoch + 1, 0, EpochAcc()))
-        last = stage + 1 == len(self.pipe.taus) and epoch + 1 == self.cfg.epochs_per_stage
+        self.save_checkpoint("checkpoints/latest.pt", self.state(stage, piece + 1, 0, EpochAcc()))
+        last = stage + 1 == len(self.pipe.taus) and piece + 1 == len(self.stage_plan(stage))
         if self.stop_signal is not None and not last:
-            raise self._interrupted(f"after stage {stage + 1}, epoch {epoch + 1}")
+            raise self._interrupted(f"after stage {stage + 1}, epoch {piece + 1}")
 
     def _interrupted(self, where: str) -> Interrupted:
         name = signal.Signals(self.stop_signal).name

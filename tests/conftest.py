@@ -138,7 +138,8 @@ def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="
     teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
     sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
     text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
-            f"[train]\nepochs_per_stage = {epochs}\nbatch_size = {batch_size}\nlearning_rate = 2e-3\nseed = 0\n"
+            "[train]\n" + (f"epochs_per_stage = {epochs}\n" if epochs is not None else "")
+            + f"batch_size = {batch_size}\nlearning_rate = 2e-3\nseed = 0\n"
             f"batches = \"{batches}\"\n"
             f"val_fraction = 0.2\neval_rows = 300\n[output]\ndir = \"{output}\"\nplots = false\n{extra}")
     path = folder / name

@@ -28,6 +28,10 @@ def load(tmp_path, text, overrides=()):
     ("[loss]\ntau = 0.5\n[schedule]\nstages = 2", "loss.tau is set, but [schedule] sets τ per stage"),
     ("[loss]\ntau = -1", "loss.tau must be a positive number, got -1"),
     ("[output]\ndir = \"\"", "output.dir must be a path"),
+    ("[train]\nsteps_per_stage = 100\nepochs_per_stage = 2", "train.steps_per_stage and epochs_per_stage are both set"),
+    ("[train]\nsteps_per_stage = 0", "train.steps_per_stage must be a positive integer, got 0"),
+    ("[train]\nsteps_per_stage = \"500\"", "train.steps_per_stage must be a positive integer, got '500'"),
+    ("[train]\nneighbor_index = \"hnsw\"", "train.neighbor_index must be one of 'auto', 'exact', 'faiss'"),
 ])
 def test_values_beyond_what_can_run_are_refused_with_the_bound(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -124,3 +128,16 @@ def test_a_path_with_an_unknown_user_is_kept_as_written(tmp_path):
     config = build_config({"teacher": {"path": "~no-such-user-here/t.npy"}, "output": {"dir": "~no-such-user/run"}},
                           tmp_path / "p.toml", REGISTRY)
     assert config.teacher.path == str(tmp_path / "~no-such-user-here" / "t.npy")
+
+
+def test_a_step_budget_replaces_the_default_epochs(tmp_path):
+    steps = load(tmp_path, "[train]\nsteps_per_stage = 300").train
+    assert steps.steps_per_stage == 300 and steps.epochs_per_stage is None
+    plain = load(tmp_path, "").train
+    assert plain.epochs_per_stage == 10 and plain.steps_per_stage is None
+    assert "steps_per_stage" not in load(tmp_path, "").to_dict()["train"]  # unchanged hash for epoch runs
+    assert load(tmp_path, "", ["train.steps_per_stage=50"]).train.steps_per_stage == 50
+    switched = load(tmp_path, "[train]\nepochs_per_stage = 6", ["train.steps_per_stage=50"]).train
+    assert (switched.steps_per_stage, switched.epochs_per_stage) == (50, None)  # --set replaces the file's budget
+    back = load(tmp_path, "[train]\nsteps_per_stage = 50", ["train.epochs_per_stage=2"]).train
+    assert (back.steps_per_stage, back.epochs_per_stage) == (None, 2)

@@ -16,7 +16,8 @@ from conftest import EXAMPLE_NPY
 
 def trained(tmp_path, **train):
     doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
-           "train": {"epochs_per_stage": 1, "batch_size": 256, "eval_rows": 100, **train},
+           "train": {k: v for k, v in {"epochs_per_stage": 1, "batch_size": 256, "eval_rows": 100, **train}.items()
+                     if v is not None},
            "output": {"dir": str(tmp_path / "unused"), "report": False}}
     pipe = assemble(build_config(doc, tmp_path / "p.toml"))
     trainer = Trainer(pipe, None, echo=lambda m: None)
@@ -128,10 +129,10 @@ def test_a_tiny_data_set_trains_end_to_end(tmp_path):
                                    {"neighbors": 1, "batch_size": 5}, {"neighbors": 1, "batch_size": 358}])
 def test_batches_are_counted_without_building_an_epoch(tmp_path, train):
     t = trained(tmp_path, **train)
-    assert t.batches_per_epoch == len(t.batches(0, 0))
+    assert t.batches_per_epoch == len(t.batches(0))
     if train.get("neighbors") != 1:  # with one neighbour per anchor, pairs that are each other's neighbour merge
-        assert t.batches_per_epoch == len(t.batches(0, 3))
-    assert all(len(b) >= 3 for b in t.batches(0, 1))
+        assert t.batches_per_epoch == len(t.batches(3))
+    assert all(len(b) >= 3 for b in t.batches(1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -158,3 +159,82 @@ def test_resume_on_cuda_restores_the_cuda_generator(tmp_path):
     resumed.fit(blob)
     a, b = full.student.state_dict(), resumed.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_steps_per_stage_cuts_stages_inside_epochs(tmp_path):
+    t = trained(tmp_path, batches="random", batch_size=512, epochs_per_stage=None, steps_per_stage=3)
+    assert t.batches_per_epoch == 5  # 2,378 training rows in batches of 512
+    assert t.stage_plan(0) == [(0, 0, 3)]
+    assert t.total_steps == 3 and t.metrics[-1]["step"] == 3
+    t = trained(tmp_path, batches="random", batch_size=512, epochs_per_stage=None, steps_per_stage=4,
+                accumulate=2)  # 3 optimizer steps per epoch (the last of one batch): the 4th is the next epoch's
+    assert t.stage_plan(0) == [(0, 0, 5), (1, 0, 2)] and t.metrics[-1]["step"] == 4
+
+
+def test_steps_per_stage_over_several_stages_continues_the_epoch_stream(tmp_path):
+    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+           "schedule": {"name": "linear", "start": 1.0, "end": 0.2, "stages": 3},
+           "train": {"steps_per_stage": 7, "batch_size": 512, "batches": "random", "eval_rows": 100},
+           "output": {"dir": str(tmp_path / "unused"), "report": False}}
+    t = Trainer(assemble(build_config(doc, tmp_path / "p.toml")), None, echo=lambda m: None)
+    assert [t.stage_plan(s) for s in range(3)] == [[(0, 0, 5), (1, 0, 2)], [(1, 2, 5), (2, 0, 4)],
+                                                   [(2, 4, 5), (3, 0, 5), (4, 0, 1)]]  # 5 batches an epoch
+    t.fit()
+    assert [m["step"] for m in t.metrics] == [5, 7, 10, 14, 15, 20, 21]  # stages end after steps 7, 14, 21
+    assert [(m["stage"], m["epoch"], m["data_epoch"]) for m in t.metrics] == [
+        (0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 2), (2, 0, 2), (2, 1, 3), (2, 2, 4)]
+    assert [m["tau"] for m in t.metrics] == pytest.approx([1.0, 1.0, 0.6, 0.6, 0.2, 0.2, 0.2])
+
+
+def test_a_step_budget_of_whole_epochs_trains_exactly_like_epochs(tmp_path):
+    by_epochs = trained(tmp_path, batches="random", batch_size=512, epochs_per_stage=2)
+    by_steps = trained(tmp_path, batches="random", batch_size=512, epochs_per_stage=None, steps_per_stage=10)
+    a, b = by_epochs.student.state_dict(), by_steps.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_inside_a_step_stage_resumes_bit_identical(tmp_path):
+    """Ctrl-C in the middle of a piece of an epoch; resume from interrupt.pt reaches the uninterrupted weights."""
+    import signal
+
+    from atlas_plugins.checkpoint import find_resume_checkpoint
+    from atlas_plugins.rundir import RunDir
+    from atlas_plugins.trainer import Interrupted
+
+    def setup(out):
+        doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+               "schedule": {"name": "linear", "start": 1.0, "end": 0.2, "stages": 2},
+               "train": {"steps_per_stage": 25, "batch_size": 128, "batches": "random", "eval_rows": 100},
+               "output": {"dir": str(out), "report": False}}
+        pipe = assemble(build_config(doc, tmp_path / "p.toml"))
+        run = RunDir(out)
+        run.acquire()
+        return pipe, run
+
+    pipe, run = setup(tmp_path / "whole")
+    whole = Trainer(pipe, run, echo=lambda m: None)
+    whole.fit()
+    run.release()
+    assert whole.stage_plan(1) == [(1, 6, 19), (2, 0, 12)]  # 19 batches an epoch: stage 2 starts inside epoch 2
+
+    pipe, run = setup(tmp_path / "stopped")
+    first = Trainer(pipe, run, echo=lambda m: None)
+    step = first._optimizer_step
+
+    def stop_after_step_26():
+        step()
+        if first.global_step == 26:
+            first.stop_signal = signal.SIGINT
+
+    first._optimizer_step = stop_after_step_26
+    with pytest.raises(Interrupted, match="at stage 2, epoch 1"):
+        first.fit()
+    blob = find_resume_checkpoint(run, warn=lambda m: None)
+    assert blob["position"] == {"stage": 1, "epoch": 0, "batch": 10}  # batch 10 of epoch 2: inside the piece
+    pipe = assemble(pipe.config)
+    second = Trainer(pipe, run, echo=lambda m: None)
+    second.fit(blob)
+    run.release()
+    a, b = whole.student.state_dict(), second.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in second.metrics] == [m["step"] for m in whole.metrics]
