@@ -92,13 +92,16 @@ _gather_pool: ThreadPoolExecutor | None = None
 
 
 def gather(emb: np.memmap, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted) of a memory-mapped array, read from its file (not through the map).
+    """Rows ``rows`` (sorted, repeats allowed) of a memory-mapped array, read from its file (not through the map).
 
     Runs of consecutive rows become one ``preadv`` each, straight into the result's memory, and the
     runs are split among :data:`GATHER_THREADS` threads (the reads release the GIL), so scattered
     rows of a file the page cache does not hold arrive with several requests in flight.
     """
     global _gather_pool
+    if len(rows) > 1 and not (np.diff(rows) > 0).all():  # repeated rows: read each once
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return gather(emb, unique)[inverse]
     row_bytes = emb.shape[1] * emb.itemsize
     buf = np.empty((len(rows), emb.shape[1]), dtype=emb.dtype)
     if not len(rows):

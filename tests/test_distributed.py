@@ -67,3 +67,20 @@ def test_gradient_accumulation_under_ddp_keeps_the_ranks_identical(tmp_path):
     proc = torchrun(pipe, "--set", "train.accumulate=3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 ranks finished with identical student parameters" in proc.stdout
+
+
+def test_a_step_budget_and_neighbour_batches_under_torchrun(tmp_path):
+    """Rank 0 builds the neighbour graph into the run folder, rank 1 reads it; stages of 7 steps end inside
+    epochs on both ranks alike."""
+    pipe = write_pipeline(tmp_path, stages=2, epochs=None, batches="neighbors", batch_size=256,
+                          student='name = "mlp"\ndim = 5\nhidden = [16]')
+    pipe.write_text(pipe.read_text().replace("[train]\n", "[train]\nsteps_per_stage = 7\n"))
+    proc = torchrun(pipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 ranks finished with identical student parameters" in proc.stdout
+    assert proc.stdout.count("neighbour graph: exact") == 1
+    run = tmp_path / "run"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 14 and {m["step"] for m in metrics} >= {7, 14}
+    assert len(list((run / "cache").glob("knn-*.pt"))) == 1
+    assert json.loads((run / "report.json").read_text())["neighbor_graph"]["method"] == "exact"

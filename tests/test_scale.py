@@ -39,6 +39,36 @@ def test_memory_mapped_rows_match_plain_indexing(tmp_path, monkeypatch, budget):
     assert torch.equal(torch.cat([b for _, b in blocks]), torch.from_numpy(plain))
 
 
+def test_gathers_of_many_runs_read_in_threads_match_plain_indexing(tmp_path, monkeypatch):
+    from atlas_plugins import teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 0)
+    make_teacher(tmp_path / "t.npy", 5000)
+    mm, plain = np.load(tmp_path / "t.npy", mmap_mode="r"), np.load(tmp_path / "t.npy")
+    idx = np.random.default_rng(1).choice(5000, 3000, replace=True)  # hundreds of runs, repeats, any order
+    idx[:40] = np.arange(100, 140)  # and one long run
+    reads = []
+    real = teacher_module.os.preadv
+    monkeypatch.setattr(teacher_module.os, "preadv", lambda fd, bufs, at: reads.append(at) or real(fd, bufs, at))
+    assert torch.equal(TeacherData(mm).rows(idx), torch.from_numpy(plain[idx]))
+    runs = np.unique(idx)
+    assert len(reads) == 1 + int((np.diff(runs) != 1).sum())  # one read per run of consecutive rows
+    assert teacher_module._gather_pool is not None  # more than 64 runs: read by the pool's threads
+
+
+def test_a_file_truncated_under_a_run_is_a_clear_error(tmp_path, monkeypatch):
+    from atlas_plugins import teacher as teacher_module
+    from atlas_plugins.errors import DataError
+
+    monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 0)
+    make_teacher(tmp_path / "t.npy", 1000)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    with open(tmp_path / "t.npy", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) - 384 * 4 * 10)
+    with pytest.raises(DataError, match="short read .* truncated"):
+        TeacherData(mm).rows(np.array([5, 995]))
+
+
 PEAK_RSS = """
 import resource, subprocess, sys
 proc = subprocess.run([sys.executable, "-m", "atlas_plugins.cli", *sys.argv[1:]], capture_output=True, text=True)
