@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batches import MIN_BATCH_ROWS, chunks, neighbor_batches, random_batches
-from .checkpoint import CHECKPOINT_FORMAT, safe_load
-from .errors import AtlasError, CheckpointError, TrainingError, WriteError
+from .checkpoint import CHECKPOINT_FORMAT
+from .errors import AtlasError, TrainingError, WriteError
 from .neighbors import neighbor_graph
 from .pipeline import Pipeline
 from .rundir import RunDir

@@ -58,7 +58,7 @@ def test_faiss_graph_agrees_with_exact_and_reports_its_recall(real_embeddings):
     exact, _ = neighbor_graph(teacher, rows, k, method="exact", device=CPU)
     approx, info = neighbor_graph(teacher, rows, k, method="faiss", device=CPU)
     true_recall = graph_recall(approx, exact)
-    assert info["method"] == "faiss-ivf-flat" and info["nlist"] > 1 and info["nprobe"] >= 1
+    assert info["method"] == "faiss-hnsw-flat" and info["M"] == 32 and info["ef_search"] >= k + 1
     assert true_recall >= 0.9 and info["recall"] >= 0.9
     assert abs(info["recall"] - true_recall) < 0.03  # the sample's estimate is close to the whole graph's
     assert info["recall_sample"] == 2000
@@ -72,7 +72,7 @@ def test_large_maps_store_8_bit_rows_and_still_find_neighbours(real_embeddings, 
     teacher, rows = TeacherData(real_embeddings), np.arange(len(real_embeddings))
     exact, _ = neighbor_graph(teacher, rows, 15, method="exact", device=CPU)
     approx, info = neighbor_graph(teacher, rows, 15, method="faiss", device=CPU)
-    assert info["method"] == "faiss-ivf-sq8" and graph_recall(approx, exact) >= 0.85
+    assert info["method"] == "faiss-hnsw-sq8" and graph_recall(approx, exact) >= 0.85
 
 
 def test_the_graph_of_a_subset_lists_positions_within_it(real_embeddings):
