@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,59 @@ def refine_vs_map_rows(tmp: Path) -> None:
               flush=True)
 
 
+def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> None:
+    """Cold reads of scattered rows (neighbour batches) vs a sequential read of the same number of bytes.
+
+    The machine's page cache (24 GB) holds any file this benchmark can write, so every measurement starts
+    by evicting the file's pages (``posix_fadvise(DONTNEED)``): the reads that follow come from the disk,
+    as they would for a file larger than memory."""
+    from atlas_plugins import teacher as teacher_module
+
+    emb = np.load(path, mmap_mode="r")
+    data = teacher_module.TeacherData(emb)
+    rng = np.random.default_rng(0)
+    picks = [rng.choice(len(emb), batch, replace=False) for _ in range(batches)]
+    row_bytes = emb.shape[1] * emb.itemsize
+
+    def cold(fn) -> float:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        return _timed(fn)
+
+    def sequential():
+        fd = os.open(path, os.O_RDONLY)
+        total, at = batches * batch * row_bytes, emb.offset + len(emb) // 3 * row_bytes
+        for off in range(0, total, 8 * 2**20):
+            os.pread(fd, min(8 * 2**20, total - off), at + off)
+        os.close(fd)
+
+    def one_pread_per_row():  # what TeacherData.rows did before: serial, one request in flight
+        fd = os.open(path, os.O_RDONLY)
+        for rows in picks:
+            order, out = np.argsort(rows), np.empty((len(rows), emb.shape[1]), dtype=np.float32)
+            for pos, r in zip(order.tolist(), rows[order].tolist()):
+                out[pos] = np.frombuffer(os.pread(fd, row_bytes, emb.offset + r * row_bytes), dtype=emb.dtype)
+        os.close(fd)
+
+    n = batches * batch
+    seq = n / cold(sequential)
+    print(f"\n| cold read of {n:,} rows ({row_bytes:,} B each) | rows/s | ÷ sequential |\n|---|---:|---:|")
+    print(f"| sequential (same bytes, one range) | {seq:,.0f} | 1.00 |")
+    old = n / cold(one_pread_per_row)
+    print(f"| scattered, one pread per row (before) | {old:,.0f} | {old / seq:.2f} |")
+    saved = teacher_module.GATHER_THREADS
+    for threads in (4, 16, 32):
+        teacher_module.GATHER_THREADS, teacher_module._gather_pool = threads, None
+        speed = n / cold(lambda: [data.rows(rows) for rows in picks])
+        print(f"| scattered, TeacherData.rows, {threads} threads | {speed:,.0f} | {speed / seq:.2f} |", flush=True)
+    teacher_module.GATHER_THREADS, teacher_module._gather_pool = saved, None
+    # now in the page cache: the common case of a file that fits in memory (best of 3 each)
+    warm_old, warm = n / _seconds(one_pread_per_row), n / _seconds(lambda: [data.rows(rows) for rows in picks])
+    print(f"| warm (page cache): one pread per row / TeacherData.rows ({saved} threads) | {warm_old:,.0f} / "
+          f"{warm:,.0f} | ratio {warm / warm_old:.2f} |")
+
+
 def _seconds(fn, repeats: int = 3) -> float:
     fn()
     return min(_timed(fn) for _ in range(repeats))
@@ -128,10 +182,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-rss", action="store_true", help="skip the 2 GB peak-memory measurement")
     ap.add_argument("--only-refine", action="store_true", help="only section 4 (refine vs training-map rows)")
+    ap.add_argument("--only-gather", action="store_true", help="only section 5 (cold scattered reads)")
     args = ap.parse_args(argv)
-    if args.only_refine:
+    if args.only_refine or args.only_gather:
         with tempfile.TemporaryDirectory() as d:
-            refine_vs_map_rows(Path(d))
+            if args.only_refine:
+                refine_vs_map_rows(Path(d))
+            else:
+                gather_vs_sequential(make_teacher(Path(d) / "t.npy", 200_000))
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -142,6 +200,7 @@ def main(argv=None):
             secs, pipe, n_train = epoch_seconds(path, tmp)
             base_t = base_t or secs
             print(f"| {rows:,} | {secs:.2f} | {n_train / secs:,.0f} | {secs / base_t:.2f} |", flush=True)
+        gather_vs_sequential(path)
         student = TrainedStudent(pipe.student.cpu(), "mlp", {}, DIM, 5)
         x = torch.from_numpy(np.load(path))  # the 200k x 1536 array, in memory (1.2 GB)
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def test_memory_mapped_rows_match_plain_indexing(tmp_path, monkeypatch, budget):
     assert torch.equal(torch.cat([b for _, b in blocks]), torch.from_numpy(plain))
 
 
-def test_gathers_of_many_runs_read_in_threads_match_plain_indexing(tmp_path, monkeypatch):
+def test_gathers_read_each_run_once_and_send_what_the_cache_lacks_to_threads(tmp_path, monkeypatch):
     from atlas_plugins import teacher as teacher_module
 
     monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 0)
@@ -47,13 +47,28 @@ def test_gathers_of_many_runs_read_in_threads_match_plain_indexing(tmp_path, mon
     mm, plain = np.load(tmp_path / "t.npy", mmap_mode="r"), np.load(tmp_path / "t.npy")
     idx = np.random.default_rng(1).choice(5000, 3000, replace=True)  # hundreds of runs, repeats, any order
     idx[:40] = np.arange(100, 140)  # and one long run
-    reads = []
-    real = teacher_module.os.preadv
-    monkeypatch.setattr(teacher_module.os, "preadv", lambda fd, bufs, at: reads.append(at) or real(fd, bufs, at))
+    runs = 1 + int((np.diff(np.sort(idx)) != 1).sum())
+    real, reads = teacher_module.os.preadv, []
+
+    def cached(fd, bufs, at, flags=0):  # the page cache holds the file: every first try succeeds
+        reads.append(flags)
+        return real(fd, bufs, at, flags)
+
+    monkeypatch.setattr(teacher_module.os, "preadv", cached)
     assert torch.equal(TeacherData(mm).rows(idx), torch.from_numpy(plain[idx]))
-    runs = np.unique(idx)
-    assert len(reads) == 1 + int((np.diff(runs) != 1).sum())  # one read per run of consecutive rows
-    assert teacher_module._gather_pool is not None  # more than 64 runs: read by the pool's threads
+    assert len(reads) == runs and all(f == teacher_module._NOWAIT for f in reads)  # one read a run, no waiting
+
+    reads.clear()
+
+    def cold(fd, bufs, at, flags=0):  # nothing cached: every run goes to the threads
+        reads.append(flags)
+        if flags:
+            raise BlockingIOError
+        return real(fd, bufs, at, flags)
+
+    monkeypatch.setattr(teacher_module.os, "preadv", cold)
+    assert torch.equal(TeacherData(mm).rows(idx), torch.from_numpy(plain[idx]))
+    assert reads.count(0) == runs and teacher_module._gather_pool is not None
 
 
 def test_a_file_truncated_under_a_run_is_a_clear_error(tmp_path, monkeypatch):
