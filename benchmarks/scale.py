@@ -11,6 +11,13 @@
    back, as ``load_student`` does), with the student alone as the same-run reference.
 
     python benchmarks/scale.py --only-refine     # section 4 alone, under a minute
+
+5. Cold reads of scattered rows (neighbour batches from a file the page cache does not hold) against a
+   sequential read of the same bytes, and the same gathers warm (``--only-gather``: section 5 alone).
+6. Real texts at scale (``--pypi 100000,200000``, only this section; the corpus comes from
+   ``benchmarks/make_pypi.py``): ``atlas-run`` with neighbour batches vs random batches on the same held-out
+   5,000 rows and the same step budget: neighbour-graph method, build seconds and recall on a 2,000-row
+   sample, training time, peak RSS, held-out recall@10 and trustworthiness.
 """
 
 from __future__ import annotations
@@ -72,14 +79,16 @@ def epoch_seconds(path: Path, tmp: Path, epochs: int = 3):
 
 PEAK = ("import resource, subprocess, sys; "
         "p = subprocess.run([sys.executable, '-m', 'atlas_plugins.cli', *sys.argv[1:]], capture_output=True); "
+        "sys.stderr.write(p.stderr.decode()[-3000:]); "
         "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
 
 def peak_rss_mb(pipeline: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", PEAK, str(pipeline), "--quiet", "--overwrite"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    proc = subprocess.run([sys.executable, "-c", PEAK, str(pipeline), "--quiet", "--overwrite"],
+                          capture_output=True, text=True, check=True)
+    out = proc.stdout.split()
     if out[0] != "0":
-        raise SystemExit(f"atlas-run failed on {pipeline}")
+        raise SystemExit(f"atlas-run failed on {pipeline}: {proc.stderr.strip().splitlines()[-1:]}")
     return int(out[1]) / 1024
 
 
@@ -167,6 +176,51 @@ def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> No
           f"{warm:,.0f} | ratio {warm / warm_old:.2f} |")
 
 
+def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random")) -> None:
+    """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
+    summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget."""
+    import json
+    import tomllib
+
+    from make_pypi import cache_dir, done_rows
+
+    folder = cache_dir()
+    quick = tomllib.loads((Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml").read_text())
+    print("\n| rows | batches | neighbour graph | graph s | graph recall | train s | ms/step | peak RSS MB | "
+          "held-out recall@10 | trust@10 |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        if done_rows(folder) < n:
+            raise SystemExit(f"only {done_rows(folder):,} rows embedded; run: python benchmarks/make_pypi.py "
+                             f"--rows {n}")
+        path, meta = folder / f"pypi-{n}.npy", folder / f"pypi-{n}.jsonl"
+        if not path.is_file():
+            np.save(path, np.load(folder / "pypi-minilm.npy", mmap_mode="r")[:n])
+            with open(folder / "pypi-texts.jsonl", encoding="utf-8") as src:
+                meta.write_text("".join(next(src) for _ in range(n)), encoding="utf-8")
+        recall = {}
+        for mode in modes:
+            out = folder / f"run-{n}-{mode}"
+            d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
+                 "loss": quick["loss"], "schedule": quick["schedule"],
+                 "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
+                           "steps_per_stage": steps, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
+                 "output": {"dir": str(out), "plots": False, "map_rows": 0}}
+            pipeline = folder / f"run-{n}-{mode}.toml"
+            pipeline.write_text(toml(d))
+            rss = peak_rss_mb(pipeline)
+            report = json.loads((out / "report.json").read_text())
+            graph = report.get("neighbor_graph") or {}
+            st = report["student"]
+            recall[mode] = st["recall@10"]
+            total_steps = steps * quick["schedule"]["stages"]
+            print(f"| {n:,} | {mode} | {graph.get('method', '—')} | {graph.get('seconds', 0):.0f} | "
+                  f"{graph.get('recall', float('nan')):.3f} | {report['train_seconds']:.0f} | "
+                  f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
+                  f"{st['trustworthiness@10']:.3f} |", flush=True)
+        if len(recall) == 2:
+            print(f"| {n:,} | neighbours ÷ random | | | | | | | {recall['neighbors'] / recall['random']:.2f} | |")
+
+
 def _seconds(fn, repeats: int = 3) -> float:
     fn()
     return min(_timed(fn) for _ in range(repeats))
@@ -183,7 +237,13 @@ def main(argv=None):
     ap.add_argument("--skip-rss", action="store_true", help="skip the 2 GB peak-memory measurement")
     ap.add_argument("--only-refine", action="store_true", help="only section 4 (refine vs training-map rows)")
     ap.add_argument("--only-gather", action="store_true", help="only section 5 (cold scattered reads)")
+    ap.add_argument("--pypi", default="", help="only section 6: comma-separated row counts of the PyPI corpus, "
+                    "e.g. 100000,200000 (embed them first with benchmarks/make_pypi.py)")
+    ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
     args = ap.parse_args(argv)
+    if args.pypi:
+        pypi_runs([int(v) for v in args.pypi.split(",")], args.steps)
+        return
     if args.only_refine or args.only_gather:
         with tempfile.TemporaryDirectory() as d:
             if args.only_refine:
