@@ -266,6 +266,8 @@ class Trainer:
         """Batches ``first_batch … end − 1`` of epoch ``epoch`` (piece ``piece`` of the stage's plan); the next
         batch's rows are read in a background thread while the current one trains."""
         batches = self.batches(epoch)
+        # an epoch's own count rules its end (with train.neighbors = 1, merged batches can make it differ)
+        end = len(batches) if end >= self.batches_per_epoch else min(end, len(batches))
         self.objective.train()
         t0 = time.perf_counter() - acc.seconds
         pending: list[tuple[int, int, torch.Tensor]] = []  # (batch, optimizer step, loss on the device) not yet read
