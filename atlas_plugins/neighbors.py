@@ -70,10 +70,13 @@ def choose_method(n_rows: int, device: torch.device, choice: str = "auto") -> st
     return method
 
 
-def normalized_rows(teacher, rows: np.ndarray, chunk: int = 65536) -> torch.Tensor:
-    """L2-normalised float32 teacher rows ``(len(rows), D)``, read ``chunk`` rows at a time."""
-    parts = [F.normalize(teacher.rows(rows[i:i + chunk]), dim=1) for i in range(0, len(rows), chunk)]
-    return torch.cat(parts) if parts else torch.empty(0, teacher.dim)
+def normalized_rows(teacher, rows: np.ndarray, chunk: int = 65536, device: torch.device | None = None
+                    ) -> torch.Tensor:
+    """L2-normalised float32 teacher rows ``(len(rows), D)`` on ``device``, read ``chunk`` rows at a time
+    (each chunk moves to the device as it is read: host memory holds one chunk, not all of them)."""
+    parts = [F.normalize(teacher.rows(rows[i:i + chunk]), dim=1).to(device or "cpu")
+             for i in range(0, len(rows), chunk)]
+    return torch.cat(parts) if parts else torch.empty(0, teacher.dim, device=device)
 
 
 def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tensor | None = None,
@@ -186,7 +189,7 @@ class _ExactSearch:
     recall, recall_rows, params = 1.0, 0, {}
 
     def __init__(self, teacher, rows: np.ndarray, device: torch.device):
-        self.x = normalized_rows(teacher, rows).to(device)
+        self.x = normalized_rows(teacher, rows, device=device)
 
     def search(self, start: int, stop: int, k: int) -> torch.Tensor:
         ids = torch.arange(start, stop, device=self.x.device)

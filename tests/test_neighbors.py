@@ -2,6 +2,7 @@
 a build killed midway resumed from its parts, and the one-line answer when faiss is needed but missing."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -64,6 +65,14 @@ def test_faiss_graph_agrees_with_exact_and_reports_its_recall(real_embeddings):
     assert info["recall_sample"] == 2000
     assert not (approx.long() == torch.arange(n).unsqueeze(1)).any()  # a row is never its own neighbour
     assert approx.min() >= 0 and approx.max() < n
+
+
+def test_a_graph_below_the_recall_floor_is_reported(real_embeddings, monkeypatch):
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(neighbors, "WARN_RECALL", 1.01)  # any approximate graph falls below it
+    with pytest.warns(UserWarning, match=r"finds 0\.\d+ of the exact 15 nearest neighbours on 2,000 sampled rows"):
+        neighbor_graph(TeacherData(real_embeddings), np.arange(len(real_embeddings)), 15, method="faiss",
+                       device=CPU)
 
 
 def test_large_maps_store_8_bit_rows_and_still_find_neighbours(real_embeddings, monkeypatch):
@@ -147,7 +156,8 @@ def test_a_run_killed_while_building_continues_with_the_command_it_names(tmp_pat
     proc = run_cli(pipe, "--quiet", "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert searched == [0, 500, "again", 1000, 1500, 2000]
-    assert (tmp_path / "run" / "student.pt").is_file()
+    graph = json.loads((tmp_path / "run" / "report.json").read_text())["neighbor_graph"]
+    assert graph["method"] == "exact" and graph["rows"] == 2114 and graph["k"] == 60 and not graph["cached"]
 
 
 def test_auto_uses_exact_search_on_small_data_and_a_gpu_and_faiss_above(monkeypatch):
