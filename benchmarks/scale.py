@@ -6,7 +6,7 @@
    1536-D rows; time per epoch, samples/s and the ratio time(200k)/time(50k) (linear: 4).
 2. Encode throughput of the trained student against a memory-bandwidth reference measured on the same array in
    the same run (a plain ``sum`` over it: reading every byte once), as a ratio.
-3. Peak resident memory of ``atlas-run`` (one epoch) on a 2 GB teacher file vs a 100 MB one.
+3. Peak resident memory of ``atlas-run`` (one epoch) on a 2 GB teacher file vs a 100 MB one, and without map.pt.
 4. ``encode(refine=10)`` vectors/s against training maps of 5k–50k rows (``map.pt`` written and memory-mapped
    back, as ``load_student`` does), with the student alone as the same-run reference.
 
@@ -221,6 +221,26 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random")) -> No
             print(f"| {n:,} | neighbours ÷ random | | | | | | | {recall['neighbors'] / recall['random']:.2f} | |")
 
 
+def peak_rss_section(tmp: Path) -> None:
+    """Peak RSS of ``atlas-run`` (one epoch) on a 100 MB and a 2 GB teacher, and on the 2 GB one without
+    ``map.pt`` (``output.map_rows = 0``): what the run keeps in memory besides the file."""
+    results = {}
+    for name, rows, map_rows in (("100 MB", 16_000, None), ("2 GB", 350_000, None), ("2 GB, no map", 350_000, 0)):
+        path = tmp / f"rss{rows}.npy"
+        if not path.is_file():
+            make_teacher(path, rows)
+        d = doc(path, tmp / f"run{rows}")
+        if map_rows is not None:
+            d["output"]["map_rows"] = map_rows
+        pipeline = tmp / f"rss{rows}-{map_rows}.toml"
+        pipeline.write_text(toml(d))
+        results[name] = peak_rss_mb(pipeline)
+        print(f"\npeak RSS of atlas-run, one epoch on a {path.stat().st_size / 2**30:.2f} GiB teacher"
+              f"{' without map.pt' if map_rows == 0 else ''}: {results[name]:,.0f} MB", flush=True)
+    print(f"growth from 100 MB to 2 GB file: {results['2 GB'] - results['100 MB']:,.0f} MB "
+          f"({results['2 GB, no map'] - results['100 MB']:,.0f} MB without map.pt)")
+
+
 def _seconds(fn, repeats: int = 3) -> float:
     fn()
     return min(_timed(fn) for _ in range(repeats))
@@ -237,6 +257,7 @@ def main(argv=None):
     ap.add_argument("--skip-rss", action="store_true", help="skip the 2 GB peak-memory measurement")
     ap.add_argument("--only-refine", action="store_true", help="only section 4 (refine vs training-map rows)")
     ap.add_argument("--only-gather", action="store_true", help="only section 5 (cold scattered reads)")
+    ap.add_argument("--only-rss", action="store_true", help="only section 3 (peak memory vs file size)")
     ap.add_argument("--pypi", default="", help="only section 6: comma-separated row counts of the PyPI corpus, "
                     "e.g. 100000,200000 (embed them first with benchmarks/make_pypi.py)")
     ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
@@ -244,9 +265,11 @@ def main(argv=None):
     if args.pypi:
         pypi_runs([int(v) for v in args.pypi.split(",")], args.steps)
         return
-    if args.only_refine or args.only_gather:
+    if args.only_refine or args.only_gather or args.only_rss:
         with tempfile.TemporaryDirectory() as d:
-            if args.only_refine:
+            if args.only_rss:
+                peak_rss_section(Path(d))
+            elif args.only_refine:
                 refine_vs_map_rows(Path(d))
             else:
                 gather_vs_sequential(make_teacher(Path(d) / "t.npy", 200_000))
@@ -276,16 +299,7 @@ def main(argv=None):
                   f"array): {bandwidth:,.0f} vectors/s ({bandwidth * DIM * 4 / 1e9:.1f} GB/s); ratio {speed / bandwidth:.3f}")
         del x
         if not args.skip_rss:
-            results = {}
-            for name, rows in (("100 MB", 16_000), ("2 GB", 350_000)):
-                path = make_teacher(tmp / f"rss{rows}.npy", rows)
-                pipeline = tmp / f"rss{rows}.toml"
-                pipeline.write_text(toml(doc(path, tmp / f"run{rows}")))
-                results[name] = peak_rss_mb(pipeline)
-                size = path.stat().st_size / 2**30
-                print(f"\npeak RSS of atlas-run, one epoch on a {size:.2f} GiB teacher: {results[name]:,.0f} MB",
-                      flush=True)
-            print(f"growth from 100 MB to 2 GB file: {results['2 GB'] - results['100 MB']:,.0f} MB")
+            peak_rss_section(tmp)
         refine_vs_map_rows(tmp)
 
 
