@@ -141,7 +141,7 @@ def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: to
     parts = []
     for i, start in enumerate(range(0, len(rows), PART_ROWS)):
         rel = f"cache/knn-{key}-part-{i:05d}.pt"
-        part = _load(run, rel, min(PART_ROWS, len(rows) - start), k)
+        part = _load(run, rel, min(PART_ROWS, len(rows) - start), k, limit=len(rows))
         if part is None:
             part = build.search(start, min(start + PART_ROWS, len(rows)), k)
             if run is not None and writer:
@@ -161,8 +161,9 @@ def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: to
     return graph, {**info, "cached": False}
 
 
-def _load(run, rel: str, n: int, k: int | None = None):
-    """A cached part (tensor ``(n, k)``) or graph (``(graph, info)``) if it is there and well-formed."""
+def _load(run, rel: str, n: int, k: int | None = None, limit: int | None = None):
+    """A cached part (tensor ``(n, k)``) or graph (``(graph, info)``) if it is there and well-formed: positions
+    in ``[0, limit)`` (default ``n``), so a damaged or crafted cache file is rebuilt, never indexed with."""
     path = run.inside(rel) if run is not None else None
     if path is None or not path.is_file():
         return None
@@ -178,7 +179,7 @@ def _load(run, rel: str, n: int, k: int | None = None):
         graph, info = blob, None
     ok = (isinstance(graph, torch.Tensor) and graph.dtype == torch.int32 and graph.dim() == 2
           and graph.shape[0] == n and (k is None or graph.shape[1] == k) and graph.numel() > 0
-          and int(graph.min()) >= 0)
+          and int(graph.min()) >= 0 and int(graph.max()) < (limit or n))
     return None if not ok else graph if k is not None else (graph, info)
 
 

@@ -189,3 +189,14 @@ def test_atlas_run_without_faiss_stops_before_writing(tmp_path, monkeypatch, lin
     one_error_line(run_cli(pipe), *(f.replace('\\"', '"') for f in fragments))
     assert not (tmp_path / "run").exists()
     assert run_cli(pipe, "--set", 'train.batches="random"', "--dry-run").returncode == 0
+
+
+def test_a_damaged_or_crafted_cache_is_rebuilt_not_used(real_embeddings, run):
+    teacher, rows = TeacherData(real_embeddings[:600]), np.arange(600)
+    graph, _ = neighbor_graph(teacher, rows, 10, method="exact", device=CPU, run=run)
+    (cached,) = (run.path / "cache").glob("knn-*.pt")
+    torch.save({"format": neighbors.GRAPH_FORMAT, "graph": graph + 10_000, "info": {}}, cached)  # out of range
+    again, info = neighbor_graph(teacher, rows, 10, method="exact", device=CPU, run=run)
+    assert not info["cached"] and torch.equal(again, graph)
+    cached.write_bytes(b"not a torch file")
+    assert not neighbor_graph(teacher, rows, 10, method="exact", device=CPU, run=run)[1]["cached"]
