@@ -200,3 +200,15 @@ def test_a_damaged_or_crafted_cache_is_rebuilt_not_used(real_embeddings, run):
     assert not info["cached"] and torch.equal(again, graph)
     cached.write_bytes(b"not a torch file")
     assert not neighbor_graph(teacher, rows, 10, method="exact", device=CPU, run=run)[1]["cached"]
+
+
+def test_atlas_run_with_the_faiss_index_reports_its_graph(tmp_path):
+    pytest.importorskip("faiss")
+    pipe = write_pipeline(tmp_path, batches="neighbors", epochs=1, stages=1)
+    pipe.write_text(pipe.read_text().replace("[train]\n", '[train]\nneighbor_index = "faiss"\n'))
+    assert "(neighbors batches, faiss neighbours)" in run_cli(pipe, "--dry-run").stdout
+    proc = run_cli(pipe)
+    assert proc.returncode == 0, proc.stderr
+    assert "neighbour index: faiss-hnsw-flat, 2,114 rows" in proc.stdout
+    graph = json.loads((tmp_path / "run" / "report.json").read_text())["neighbor_graph"]
+    assert graph["method"] == "faiss-hnsw-flat" and graph["recall"] >= 0.9 and graph["recall_sample"] == 2000
