@@ -101,12 +101,15 @@ def peak_rss_mb(*args):
 
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_teacher_file(tmp_path):
+    """Without map.pt (output.map_rows = 0): the map holds a sample of training rows whose size is bounded by
+    map_rows, not by the file (benchmarks/scale.py --only-rss measures it separately)."""
     make_teacher(tmp_path / "big.npy", 300_000)     # 440 MB
     make_teacher(tmp_path / "small.npy", 20_000)    # 29 MB
     common = dict(stages=1, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [32]')
     big = write_pipeline(tmp_path, teacher='path = "big.npy"', name="big.toml", output="big", **common)
     small = write_pipeline(tmp_path, teacher='path = "small.npy"', name="small.toml", output="small", **common)
-    opts = ("--quiet", "--set", "train.batch_size=1024", "--set", 'train.batches="random"')
+    opts = ("--quiet", "--set", "train.batch_size=1024", "--set", 'train.batches="random"',
+            "--set", "output.map_rows=0")
     rss_small = peak_rss_mb(small, *opts)
     rss_big = peak_rss_mb(big, *opts)
     file_mb = (tmp_path / "big.npy").stat().st_size / 2**20
