@@ -12,10 +12,10 @@ faiss builds the graph in parallel, so two builds can differ slightly; a run's g
 resumed run uses the one it started with.
 
 The teacher is read in chunks (the file is never loaded whole; the index, or the exact search's tensor,
-holds one unit copy of the training rows), and the graph is searched in parts of :data:`PART_ROWS` query rows, each saved in the run folder's ``cache/`` as
-it completes: a run killed while building resumes from the parts it finished (the index itself is built
-again: about a minute per 200,000 rows on 2 cores).  Parts and graph are keyed
-by a fingerprint of the teacher (shape, dtype, its rows' bytes at a sample of positions, the file's size
+holds one unit copy of the training rows), and the graph is searched in parts of :data:`PART_ROWS` query
+rows, each saved in the run folder's ``cache/`` as it completes: a run killed while building resumes from
+the parts it finished (the index itself is built again: about a minute per 200,000 rows on 2 cores).
+Parts and graph are keyed by a fingerprint of the teacher (shape, dtype, its rows' bytes at a sample of positions, the file's size
 and modification time), the training rows, ``k`` and the method, so a changed teacher builds a new graph.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import math
 import os
 import time
 import warnings
@@ -231,7 +232,7 @@ class _FaissSearch:
         n = len(self.rows)
         sample = np.sort(rng.choice(n, size=min(n, RECALL_SAMPLE), replace=False))
         queries = torch.from_numpy(self._unit(sample))
-        exact = exact_topk_streamed(queries, torch.from_numpy(sample), self._chunks(), k)
+        _, exact = streamed_topk(queries, self._chunks(), k, query_ids=torch.from_numpy(sample))
         for ef in EF_SEARCH:
             self.index.hnsw.efSearch = max(ef, k + 1)
             recall = graph_recall(self._search(queries.numpy(), sample, k), exact)
@@ -250,7 +251,7 @@ class _FaissSearch:
         keep = ids != own[:, None]
         keep[keep.all(axis=1), -1] = False  # the row itself was not among the k + 1: drop the last instead
         ids = ids[keep].reshape(len(q), k)
-        missing = ids < 0  # fewer than k rows in the probed cells: repeat the nearest one found
+        missing = ids < 0  # the search found fewer than k rows: repeat the nearest one found
         if missing.any():
             ids = np.where(missing, ids[:, :1], ids)
         return torch.from_numpy(np.maximum(ids, 0).astype(np.int32))
@@ -260,19 +261,24 @@ class _FaissSearch:
         return self._search(self._unit(own), own, k)
 
 
-def exact_topk_streamed(queries: torch.Tensor, query_ids: torch.Tensor, blocks, k: int) -> torch.Tensor:
-    """Exact top-``k`` positions ``(Q, k)`` for unit ``queries`` over unit rows given as ``(start, block)``
-    pairs (a stream: only one block in memory at a time); a query's own position is never listed."""
-    best_s = torch.full((len(queries), k), -float("inf"))
-    best_i = torch.zeros((len(queries), k), dtype=torch.long)
+def streamed_topk(queries: torch.Tensor, blocks, k: int, query_ids: torch.Tensor | None = None):
+    """Exact top-``k`` by inner product of ``queries (Q, D)`` over rows given as ``(start, block)`` pairs,
+    a stream (one block in memory at a time), merged as they come.
+
+    Returns ``(similarities, positions)``, each ``(Q, min(k, rows seen))``, nearest first.  With
+    ``query_ids`` (each query's own position) a query never lists itself.
+    """
+    best_s = torch.full((queries.shape[0], 0), -math.inf, device=queries.device)
+    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     for start, block in blocks:
         sims = queries @ block.T
-        hit = (query_ids >= start) & (query_ids < start + block.shape[0])
-        sims[hit.nonzero()[:, 0], query_ids[hit] - start] = -float("inf")
-        s, i = sims.topk(min(k, block.shape[0]), dim=1)
-        best_s, pick = torch.cat([best_s, s], 1).topk(k, dim=1)
+        if query_ids is not None:
+            hit = (query_ids >= start) & (query_ids < start + block.shape[0])
+            sims[hit.nonzero()[:, 0], query_ids[hit] - start] = -math.inf
+        s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+        best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
-    return best_i
+    return best_s, best_i
 
 
 def graph_recall(found: torch.Tensor, exact: torch.Tensor) -> float:

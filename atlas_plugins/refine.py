@@ -33,6 +33,7 @@ import torch
 
 from .checkpoint import atomic_save, safe_load
 from .errors import CheckpointError
+from .neighbors import streamed_topk
 
 MAP_FORMAT = "atlas-map/1"
 SEARCH_BLOCK = 8192  # map rows compared with the queries at once
@@ -108,14 +109,9 @@ def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = S
     device, memory-mapped or not) are read in blocks of ``block`` rows, converted to the queries' dtype and
     device, so memory stays at ``Q × (block + k)`` similarities plus one block.
     """
-    best_s = torch.full((queries.shape[0], 0), -math.inf, device=queries.device)
-    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
-    for start in range(0, vectors.shape[0], block):
-        sims = queries @ vectors[start:start + block].to(queries.device, queries.dtype).T
-        s, i = sims.topk(min(k, sims.shape[1]), dim=1)
-        best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
-        best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
-    return best_s, best_i
+    blocks = ((start, vectors[start:start + block].to(queries.device, queries.dtype))
+              for start in range(0, vectors.shape[0], block))
+    return streamed_topk(queries, blocks, k)
 
 
 def memberships(dist: torch.Tensor, iterations: int = 64) -> torch.Tensor:

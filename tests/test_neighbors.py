@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from atlas_plugins import neighbors
 from atlas_plugins.errors import ConfigError
-from atlas_plugins.neighbors import (choose_method, exact_topk_streamed, graph_recall, neighbor_graph,
+from atlas_plugins.neighbors import (choose_method, graph_recall, neighbor_graph, streamed_topk,
                                      topk_cosine)
 from atlas_plugins.rundir import RunDir
 from atlas_plugins.teacher import TeacherData
@@ -38,7 +38,7 @@ def test_streamed_exact_search_matches_a_full_sort(real_embeddings):
     x = F.normalize(torch.from_numpy(real_embeddings[:700].copy()), dim=1)
     ids = torch.tensor([0, 3, 127, 128, 350, 699])
     blocks = ((s, x[s:s + 128]) for s in range(0, 700, 128))  # the queries' own rows fall in different blocks
-    got = exact_topk_streamed(x[ids], ids, blocks, 12)
+    _, got = streamed_topk(x[ids], blocks, 12, query_ids=ids)
     assert torch.equal(got, full_sort_neighbours(x, 12)[ids])
     assert torch.equal(topk_cosine(x, 12, block=100), full_sort_neighbours(x, 12))
 
