@@ -45,7 +45,10 @@ def register_teachers(register):
     :param register: call ``register(name, fn, description)``; ``fn(path,
         **params)`` returns an ``atlas_plugins.TeacherData``.  Give ``fn`` a
         ``suffixes`` attribute (e.g. ``(".npy",)``) to be picked by file suffix
-        when a pipeline names no loader.
+        when a pipeline names no loader.  A teacher that embeds texts itself
+        also gives ``fn`` an ``embed(texts, **params)`` attribute returning a
+        float32 array ``(N, D)``, and sets ``TeacherData.embed_params``: a
+        trained student then embeds new texts the same way.
     """
 
 

@@ -24,7 +24,7 @@ from .refine import build_map
 from .registry import Registry
 from .report import write_report
 from .rundir import RunDir
-from .student import TrainedStudent
+from .student import TrainedStudent, teacher_record
 from .trainer import Trainer
 
 
@@ -95,7 +95,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             if dist.is_main:
                 echo(f"{dist.world} ranks finished with identical student parameters (sha256 {found[0][:16]})")
         student = TrainedStudent(pipe.student, config.student.name, dict(config.student.params),
-                                 pipe.teacher.dim, config.student.dim)
+                                 pipe.teacher.dim, config.student.dim,
+                                 teacher=teacher_record(config.teacher.loader, pipe.teacher, pipe.train_rows))
         result = RunResult(pipe, student, trainer.metrics)
         if dist.is_main:
             student.save(run.file("student.pt"))

@@ -1,7 +1,9 @@
 """A trained student on disk: ``student.pt`` and :func:`load_student`.
 
 ``student.pt`` holds only weights-only-safe values: the student plugin's
-name, the parameters it was built with and its ``state_dict``.  Loading
+name, the parameters it was built with, its ``state_dict`` and a record of its
+teacher (:func:`teacher_record`: which plugin made the inputs, with what
+parameters, and how long the vectors were).  Loading
 rebuilds the module through the registry, so a third-party student loads the
 same way as a built-in one.  ``map.pt`` beside it (see :mod:`atlas_plugins.refine`)
 lets ``encode(x, refine=N)`` place new points against the training map.
@@ -18,18 +20,34 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_save, safe_load
-from .errors import CheckpointError, ConfigError, PluginError
+import warnings
+
+from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import REFINE_BLOCK, TrainingMap, refine as refine_points
 from .registry import get_registry
 
 STUDENT_FORMAT = "atlas-student/1"
+NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
+NORM_SAMPLE = 2000
+
+
+def teacher_record(loader: str, data, rows) -> dict:
+    """What ``student.pt`` records about its teacher: the plugin and the parameters that embed new texts
+    (``TeacherData.embed_params``, or None for a file of vectors), the input dimension, and the mean and
+    standard deviation of the training rows' norms (over up to 2,000 of them), which ``encode`` compares
+    new vectors against."""
+    sample = np.asarray(rows)[np.linspace(0, len(rows) - 1, min(len(rows), NORM_SAMPLE)).astype(np.int64)]
+    norms = data.rows(sample).norm(dim=1).double()
+    return {"loader": loader, "source": data.source, "dim": data.dim, "embed_params": data.embed_params,
+            "norm_mean": float(norms.mean()), "norm_std": float(norms.std()) if len(norms) > 1 else 0.0}
 
 
 @attrs.define
 class TrainedStudent:
     """A student module with the plugin name and parameters that rebuild it.
 
-    ``training_map`` (or ``map_path``, read on first use) is what ``encode(x, refine=N)`` needs.
+    ``training_map`` (or ``map_path``, read on first use) is what ``encode(x, refine=N)`` needs;
+    ``teacher`` (:func:`teacher_record`) is what ``encode(list_of_texts)`` needs.
     """
 
     module: torch.nn.Module
@@ -39,13 +57,18 @@ class TrainedStudent:
     dim: int = 0
     training_map: TrainingMap | None = None
     map_path: Path | None = None
+    teacher: dict = attrs.field(factory=dict)
 
     @torch.inference_mode()
     def encode(self, x, batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0):
         """Map teacher vectors ``(N, Dt)`` to student vectors ``(N, Ds)`` in batches.
 
-        Accepts a tensor or a (possibly memory-mapped) NumPy array; returns a
-        CPU float32 tensor, or a tuple of them for a multi-level student.
+        Accepts a tensor (returns a CPU float32 tensor), a possibly memory-mapped
+        NumPy array (returns a float32 NumPy array) or a list of texts (embedded
+        with the recorded teacher model, :meth:`embed_texts`; returns NumPy); a
+        multi-level student returns a tuple of them, coarse first.  New vectors
+        whose mean norm is far from the training rows' get a warning (say,
+        unnormalised vectors for a student trained on normalised ones).
         ``precision="bfloat16"`` runs the student in bfloat16 (about twice as
         fast on CPUs with bf16 matrix units; coordinates differ by ~1e-2).
         ``refine=N`` then moves each point N epochs against the frozen training
@@ -53,8 +76,10 @@ class TrainedStudent:
         closer to the teacher's neighbourhoods.  Same ``x``, ``seed`` and
         ``batch_size``: same result.
         """
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(f"encode expects shape (N, {self.input_dim}), got {tuple(x.shape)}")
+        if isinstance(x, (list, tuple)):
+            x = self.embed_texts(x) if all(isinstance(t, str) for t in x) and x else np.asarray(x, np.float32)
+        as_numpy = isinstance(x, np.ndarray)
+        self.check_input(x)
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
@@ -71,6 +96,8 @@ class TrainedStudent:
         for start in range(0, x.shape[0], batch_size):
             block = x[start:start + batch_size]
             block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block, dtype=np.float32))
+            if start == 0:
+                self._check_norms(block)
             block = block.to(device=device, dtype=dtype)
             z = module(block)
             z = tuple(z) if isinstance(z, (tuple, list)) else (z,)
@@ -78,8 +105,66 @@ class TrainedStudent:
                 z = refine_points(training_map, block.float(), tuple(v.float() for v in z), epochs=refine,
                                   generator=generator)
             outs.append(z)
-        levels = [torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0]))] if outs else []
+        if not outs:
+            dims = [self.dim] if not self.levels else self.levels
+            outs = [tuple(torch.zeros(0, d) for d in dims)]
+        levels = [torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0]))]
+        if as_numpy:
+            levels = [z.numpy() for z in levels]
         return levels[0] if len(levels) == 1 else tuple(levels)
+
+    @property
+    def levels(self) -> list[int]:
+        """The width of each output level (``[dim]`` for a one-level student), from one forward pass."""
+        device = next(self.module.parameters()).device
+        with torch.inference_mode():
+            z = self.module.eval()(torch.zeros(2, self.input_dim, device=device))
+        return [int(v.shape[1]) for v in (z if isinstance(z, (tuple, list)) else (z,))]
+
+    def check_input(self, x) -> None:
+        """A :class:`DataError` unless ``x`` is ``(N, input_dim)``, naming both dimensions and the teacher."""
+        if x.ndim == 2 and x.shape[1] == self.input_dim:
+            return
+        t = self.teacher
+        made = (f" (teacher '{t['loader']}'" + (f", model {t['embed_params'].get('model')}" if
+                (t.get("embed_params") or {}).get("model") else "") + ")") if t else ""
+        got = f"{x.shape[1]}-D vectors" if x.ndim == 2 else f"an array of shape {tuple(x.shape)}"
+        raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {got}; encode vectors made by "
+                        "the same teacher model")
+
+    def embed_texts(self, texts) -> np.ndarray:
+        """Embed a list of texts with the teacher the student was trained on: a float32 array ``(N, input_dim)``.
+
+        Calls the recorded teacher plugin's ``embed(texts, **embed_params)`` (for the text teacher: the
+        same SentenceTransformer model and normalisation); a student trained on a file of vectors cannot.
+        """
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise DataError(f"texts[{bad}] is a {type(texts[bad]).__name__}; pass a list of strings")
+        t = self.teacher
+        if not t.get("embed_params"):
+            what = f"vectors from teacher '{t['loader']}' ({t.get('source')})" if t else "vectors"
+            raise DataError(f"this student was trained on {what} and records no text model; embed the texts "
+                            "with the model that made those vectors and pass the array")
+        embed = getattr(get_registry().get("teacher", t["loader"]), "embed", None)
+        if embed is None:
+            raise PluginError(f"teacher '{t['loader']}' has no embed() function; it cannot embed new texts")
+        out = np.asarray(embed(list(texts), **t["embed_params"]), dtype=np.float32)
+        if out.shape != (len(texts), self.input_dim):
+            raise PluginError(f"teacher '{t['loader']}' embedded {len(texts)} texts as shape {out.shape}; "
+                              f"the student expects ({len(texts)}, {self.input_dim})")
+        return out
+
+    def _check_norms(self, block: torch.Tensor) -> None:
+        """Warn when new vectors' mean norm is off from the training rows' by more than :data:`NORM_TOLERANCE`."""
+        ref = self.teacher.get("norm_mean")
+        if not ref or not len(block):
+            return
+        mean = float(block[:NORM_SAMPLE].float().norm(dim=1).mean())
+        if not (ref / NORM_TOLERANCE <= mean <= ref * NORM_TOLERANCE):
+            hint = " (were they normalised like the training rows?)" if abs(ref - 1) < 0.05 or abs(mean - 1) < 0.05 else ""
+            warnings.warn(f"atlas: the new vectors' mean norm is {mean:.3g}, the training rows' {ref:.3g}{hint}; "
+                          "encode vectors made the same way as the training rows", stacklevel=3)
 
     def load_map(self) -> TrainingMap:
         """The training map: ``training_map``, else read from ``map_path`` (once); a clear error without one."""
@@ -100,7 +185,7 @@ class TrainedStudent:
     def save(self, path) -> None:
         """Write ``student.pt`` atomically."""
         atomic_save({"format": STUDENT_FORMAT, "plugin": self.plugin, "params": self.params,
-                     "input_dim": self.input_dim, "dim": self.dim,
+                     "input_dim": self.input_dim, "dim": self.dim, "teacher": self.teacher,
                      "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()}}, path)
 
 
@@ -125,7 +210,7 @@ def load_student(path, registry=None) -> TrainedStudent:
                           f"{str(exc).splitlines()[0]}") from None
     module.eval()
     return TrainedStudent(module, blob["plugin"], dict(blob["params"]), blob["input_dim"], blob["dim"],
-                          map_path=path.with_name("map.pt"))
+                          map_path=path.with_name("map.pt"), teacher=dict(blob.get("teacher") or {}))
 
 
 def as_student_output(out: Any, plugin: str, batch: int) -> tuple[torch.Tensor, ...]:

@@ -24,13 +24,20 @@ MAP_BUDGET_BYTES = 64 * 2**20  # larger memory-mapped files are read with pread 
 
 @attrs.define
 class TeacherData:
-    """Teacher embeddings ``(N, D)`` and, when known, a label and a text per row."""
+    """Teacher embeddings ``(N, D)`` and, when known, a label, a text and an id per row.
+
+    ``embed_params``: set by a teacher that embeds texts itself (its plugin function has an ``embed``
+    attribute, see :mod:`atlas_plugins.hookspecs`): the parameters ``embed(texts, **embed_params)`` needs
+    to embed new texts the way these rows were embedded.  A run records them in ``student.pt``.
+    """
 
     embeddings: Any
     labels: Sequence | None = None
     texts: Sequence[str] | None = None
     model_state: dict | None = None
     source: str = ""
+    ids: Sequence | None = None
+    embed_params: dict | None = None
 
     @property
     def num_rows(self) -> int:
@@ -200,14 +207,15 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if n < min_rows:
         raise DataError(f"{src}: has {n} rows, fewer than needed ({min_rows}); add data")
     for name, seq, types, expected in (("labels", data.labels, LABEL_TYPES, "strings, numbers or booleans"),
-                                       ("texts", data.texts, (str,), "strings")):
+                                       ("texts", data.texts, (str,), "strings"),
+                                       ("ids", data.ids, (str, int), "strings or integers")):
         if seq is None:
             continue
         if not isinstance(seq, (list, tuple)):
             raise DataError(f"{src}: {name} must be a list of {expected}, got {type(seq).__name__}")
         if len(seq) != n:
             raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows")
-        bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and (v is not None or name == "texts")),
+        bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and (v is not None or name != "labels")),
                    None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")

@@ -8,6 +8,7 @@ hash of the model and the texts, so a second run does not embed again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -63,17 +64,9 @@ def _offline_hub():
             os.environ["HF_HUB_OFFLINE"] = old
 
 
-def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
-                          device: str = "cpu", cache_dir: str | None = None, progress: bool = True):
-    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``)."""
-    path = Path(path)
-    texts, labels = read_texts(path)
-    location = _model_location(model)
-    key = hashlib.sha256(json.dumps([_model_fingerprint(location), normalize, texts]).encode()).hexdigest()[:20]
-    cache = Path(cache_dir) / f"st-{key}.npy" if cache_dir else None
-    if cache is not None and cache.is_file():
-        print(f"atlas: using {len(texts)} cached embeddings from {cache}", file=sys.stderr)
-        return TeacherData(np.load(cache, mmap_mode="r"), labels=labels, texts=texts, source=str(path))
+@functools.lru_cache(maxsize=4)
+def _encoder(location: str, device: str):
+    """The SentenceTransformer model at ``location``, loaded once per process and device."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -81,18 +74,52 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
                         "pip install 'atlas-distill[text]'") from None
     try:
         with _offline_hub():
-            encoder = SentenceTransformer(location, device=device)
+            return SentenceTransformer(location, device=device)
     except Exception as exc:
-        raise DataError(f"cannot load the SentenceTransformer model '{model}' ({type(exc).__name__}: "
+        raise DataError(f"cannot load the SentenceTransformer model '{location}' ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160]}); give teacher.model as a local model folder") from None
+
+
+def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_size: int = 64,
+          device: str = "cpu", progress: bool = False) -> np.ndarray:
+    """Embed ``texts`` (a list of strings) with a SentenceTransformer model: a float32 array ``(N, D)``.
+
+    What ``TrainedStudent.encode(list_of_texts)`` and ``atlas-encode`` call with the ``model`` and
+    ``normalize`` a run recorded in ``student.pt``.
+    """
+    encoder = _encoder(_model_location(model), device)
+    return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
+                          show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
+
+
+def _portable_name(model: str) -> str:
+    """How ``student.pt`` names the model: a local folder by its absolute path, a hub name as given."""
+    folder = Path(model).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else model
+
+
+def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
+                          device: str = "cpu", cache_dir: str | None = None, progress: bool = True):
+    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``)."""
+    path = Path(path)
+    texts, labels = read_texts(path)
+    location = _model_location(model)
+    recorded = {"model": _portable_name(model), "normalize": normalize}
+    key = hashlib.sha256(json.dumps([_model_fingerprint(location), normalize, texts]).encode()).hexdigest()[:20]
+    cache = Path(cache_dir) / f"st-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        print(f"atlas: using {len(texts)} cached embeddings from {cache}", file=sys.stderr)
+        return TeacherData(np.load(cache, mmap_mode="r"), labels=labels, texts=texts, source=str(path),
+                           embed_params=recorded)
+    _encoder(location, device)  # a model that cannot load is reported before the message below
     print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
-    emb = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
-                         show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
+    emb = embed(texts, model, normalize, batch_size, device, progress)
     if cache is not None:
         buf = io.BytesIO()
         np.save(buf, emb)
         atomic_write_bytes(cache, buf.getvalue())
-    return TeacherData(emb, labels=labels, texts=texts, source=str(path))
+    return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
 
 
 sentence_transformers.suffixes = (".txt", ".jsonl")
+sentence_transformers.embed = embed
