@@ -2,7 +2,7 @@
 
 from atlas_plugins import hookimpl
 
-from . import losses, schedules, students, teachers, text
+from . import losses, schedules, students, tables, teachers, text
 
 
 @hookimpl
@@ -28,6 +28,8 @@ def register_teachers(register):
     register("pt", teachers.pt, "torch checkpoint (tensor or dict), loaded with weights_only=True")
     register("npy", teachers.npy, "NumPy .npy (memory-mapped) or .npz")
     register("safetensors", teachers.safetensors, "safetensors file (optional extra)")
+    register("parquet", tables.parquet, "Parquet embedding column, with text/label/id columns (optional extra)")
+    register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row")
     register("sentence-transformers", text.sentence_transformers,
              "embed a .txt/.jsonl file with a local SentenceTransformer model (optional extra 'text')")
 

@@ -1,0 +1,180 @@
+"""Teachers that read vectors from tables: ``parquet`` (optional extra, pyarrow) and ``jsonl``.
+
+This is how embeddings are usually stored (dataset exports, pandas/polars/DuckDB,
+vector databases): one row per item, an embedding column of float lists, and
+perhaps a text, a label and an id.  The ``parquet`` teacher reads batch by batch
+into a float32 ``.npy`` in ``cache_dir`` (by default the run folder's ``cache/``)
+and memory-maps it, so a file larger than memory streams like a ``.npy`` does and
+a second run reuses the conversion; without ``cache_dir`` the vectors are read into memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from atlas_plugins.errors import DataError
+from atlas_plugins.teacher import TeacherData
+
+from .teachers import _exists
+
+BATCH_ROWS = 65536
+EXTRA_COLUMNS = ("text", "label", "id")  # the columns read when present (or named by text_column, ...)
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("the parquet teacher needs the optional extra: pip install 'atlas-distill[parquet]'") from None
+    return pa, pq
+
+
+def _list_dim(pa, field, path: Path, column: str) -> int | None:
+    """The vector length for a fixed-size list column, None for a variable list; DataError otherwise."""
+    t = field.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+            or not pa.types.is_floating(t.value_type):
+        raise DataError(f"{path}: column '{column}' is {t}; expected a list of floats (one embedding per row)")
+    return t.list_size if pa.types.is_fixed_size_list(t) else None
+
+
+def _vectors(pa, chunk, path: Path, column: str, first_row: int, dim: int | None) -> np.ndarray:
+    """A list column's batch as a float32 array ``(n, D)``; every row must hold ``D`` floats."""
+    arr = chunk.combine_chunks() if hasattr(chunk, "combine_chunks") else chunk
+    if arr.null_count:
+        row = first_row + next(i for i, v in enumerate(arr.is_null().to_pylist()) if v)
+        raise DataError(f"{path}: row {row} of column '{column}' is empty (null); drop it or fill it")
+    n = len(arr)
+    if pa.types.is_fixed_size_list(arr.type):
+        dim = arr.type.list_size
+        values = arr.flatten()
+    else:
+        lengths = np.diff(np.asarray(arr.offsets)) if n else np.zeros(0, np.int64)
+        dim = int(lengths[0]) if dim is None and n else dim
+        bad = np.flatnonzero(lengths != dim)
+        if len(bad):
+            raise DataError(f"{path}: row {first_row + int(bad[0])} of column '{column}' holds "
+                            f"{int(lengths[bad[0]])} values, the rows before it {dim}; every embedding must have "
+                            "the same length")
+        values = arr.flatten()
+    if values.null_count:
+        raise DataError(f"{path}: column '{column}' holds null values inside an embedding; clean them first")
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, dim or 0)
+
+
+def parquet(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
+            id_column: str | None = None, cache_dir: str | None = None):
+    """A Parquet file: an embedding column (list of floats) and, when present, text, label and id columns.
+
+    ``text_column`` / ``label_column`` / ``id_column`` default to columns named ``text``, ``label``
+    and ``id`` if the file has them.
+    """
+    pa, pq = _pyarrow()
+    p = _exists(path)
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
+        raise DataError(f"{p}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
+    schema = pf.schema_arrow
+    if column not in schema.names:
+        raise DataError(f"{p}: no column '{column}'; columns are: {', '.join(schema.names)}; set column in [teacher]")
+    dim = _list_dim(pa, schema.field(column), p, column)
+    extras = {}
+    for kind, given in zip(EXTRA_COLUMNS, (text_column, label_column, id_column)):
+        if given is not None and given not in schema.names:
+            raise DataError(f"{p}: no column '{given}' ({kind}_column); columns are: {', '.join(schema.names)}")
+        name = given or (kind if kind in schema.names and kind != column else None)
+        if name is not None:
+            extras[kind] = name
+    n = pf.metadata.num_rows
+    if n == 0:
+        raise DataError(f"{p}: has no rows")
+    try:
+        batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=[column, *extras.values()])
+        emb, lists = _convert(pa, batches, p, column, dim, n, extras, cache_dir)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read column '{column}' ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]})") from None
+    return TeacherData(emb, labels=lists.get("label"), texts=lists.get("text"), ids=lists.get("id"), source=str(p))
+
+
+parquet.suffixes = (".parquet", ".pq")
+
+
+def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir):
+    """Read the batches into an array (memory, or a memory-mapped ``.npy`` in ``cache_dir``) and lists."""
+    lists: dict[str, list] = {kind: [] for kind in extras}
+    cache = out = None
+    if cache_dir:
+        st = path.stat()
+        key = hashlib.sha256(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, column]).encode())
+        cache = Path(cache_dir) / f"parquet-{key.hexdigest()[:20]}.npy"
+        if cache.is_file():
+            for batch in batches:  # only the small columns are read again
+                for kind, name in extras.items():
+                    lists[kind] += batch.column(name).to_pylist()
+            return np.load(cache, mmap_mode="r"), lists
+    parts, row = [], 0
+    for batch in batches:
+        block = _vectors(pa, batch.column(column), path, column, row, dim)
+        dim = block.shape[1]
+        if cache is not None and out is None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        if out is not None:
+            out[row:row + len(block)] = block
+        else:
+            parts.append(block)
+        for kind, name in extras.items():
+            lists[kind] += batch.column(name).to_pylist()
+        row += len(block)
+    if out is None:
+        return np.concatenate(parts), lists
+    out.flush()
+    del out
+    os.replace(tmp, cache)
+    return np.load(cache, mmap_mode="r"), lists
+
+
+def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
+          id_column: str = "id"):
+    """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``).
+
+    Name it with ``loader = "jsonl"`` (a ``.jsonl`` file is otherwise a file of texts to embed).
+    """
+    p = _exists(path)
+    vectors, lists = [], {"text": [], "label": [], "id": []}
+    names = {"text": text_column, "label": label_column, "id": id_column}
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+                vec = row[column]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
+                                "numbers)") from None
+            if not isinstance(vec, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in vec):
+                raise DataError(f"{p}:{lineno}: '{column}' must be a list of numbers")
+            if vectors and len(vec) != len(vectors[0]):
+                raise DataError(f"{p}:{lineno}: '{column}' has {len(vec)} values, the rows before it "
+                                f"{len(vectors[0])}")
+            vectors.append(vec)
+            for kind, name in names.items():
+                lists[kind].append(row.get(name))
+    if not vectors:
+        raise DataError(f"{p}: no rows found")
+    extra = {k: (v if any(x is not None for x in v) else None) for k, v in lists.items()}
+    return TeacherData(np.asarray(vectors, dtype=np.float32), labels=extra["label"], texts=extra["text"],
+                       ids=extra["id"], source=str(p))

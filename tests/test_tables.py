@@ -1,0 +1,93 @@
+"""Vectors from tables: the ``parquet`` teacher (pyarrow) and the ``jsonl`` vector teacher."""
+
+import json
+
+import numpy as np
+import pytest
+
+from atlas_plugins import DataError
+from atlas_plugins.teacher import validate_teacher
+from builtin_plugins.tables import jsonl, parquet
+from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
+
+pa = pytest.importorskip("pyarrow", reason="needs the 'parquet' extra")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def example_table(rows=600, fixed=False):
+    emb = np.load(EXAMPLE_NPY)[:rows]
+    meta = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:rows]]
+    values = pa.array(emb.reshape(-1))
+    column = (pa.FixedSizeListArray.from_arrays(values, emb.shape[1]) if fixed
+              else pa.ListArray.from_arrays(pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32)), values))
+    table = pa.table({"id": [f"row-{i}" for i in range(rows)], "embedding": column,
+                      "text": [m["text"] for m in meta], "label": [m["label"] for m in meta]})
+    return emb, meta, table
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["list", "fixed-size-list"])
+def test_parquet_reads_vectors_texts_labels_and_ids_across_row_groups(tmp_path, fixed, monkeypatch):
+    emb, meta, table = example_table(fixed=fixed)
+    pq.write_table(table, tmp_path / "e.parquet", row_group_size=128)
+    monkeypatch.setattr("builtin_plugins.tables.BATCH_ROWS", 100)  # batches cut across row groups
+    data = validate_teacher(parquet(tmp_path / "e.parquet"))
+    assert np.array_equal(np.asarray(data.embeddings), emb)
+    assert data.texts == [m["text"] for m in meta] and data.labels == [m["label"] for m in meta]
+    assert data.ids[:2] == ["row-0", "row-1"]
+
+
+def test_parquet_converts_once_into_a_memory_mapped_cache(tmp_path):
+    emb, _, table = example_table()
+    pq.write_table(table, tmp_path / "e.parquet")
+    first = parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache"))
+    cached = list((tmp_path / "cache").glob("parquet-*.npy"))
+    assert len(cached) == 1 and isinstance(first.embeddings, np.memmap)
+    assert not list((tmp_path / "cache").glob(".*tmp*"))  # written to a temporary name, then renamed
+    second = parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache"))
+    assert np.array_equal(np.asarray(second.embeddings), emb) and second.texts == first.texts
+    pq.write_table(table.slice(0, 300), tmp_path / "e.parquet")  # the file changed: converted again
+    assert parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache")).num_rows == 300
+
+
+def test_parquet_errors_name_the_file_and_the_column(tmp_path):
+    _, _, table = example_table(rows=50)
+    pq.write_table(table, tmp_path / "e.parquet")
+    with pytest.raises(DataError, match=r"e.parquet: no column 'vec'; columns are: id, embedding, text, label"):
+        parquet(tmp_path / "e.parquet", column="vec")
+    with pytest.raises(DataError, match=r"column 'text' is string; expected a list of floats"):
+        parquet(tmp_path / "e.parquet", column="text")
+    ragged = pa.table({"embedding": [[1.0, 2.0], [1.0, 2.0], [3.0]]})
+    pq.write_table(ragged, tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"r.parquet: row 2 of column 'embedding' holds 1 values, the rows before it 2"):
+        parquet(tmp_path / "r.parquet")
+    pq.write_table(pa.table({"embedding": [[1.0, 2.0], None]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"row 1 of column 'embedding' is empty \(null\)"):
+        parquet(tmp_path / "n.parquet")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="bad.parquet: not a readable Parquet file"):
+        parquet(tmp_path / "bad.parquet")
+
+
+def test_atlas_run_trains_from_parquet_chosen_by_suffix(tmp_path):
+    _, _, table = example_table()
+    pq.write_table(table, tmp_path / "e.parquet")
+    path = write_pipeline(tmp_path, teacher=f'path = "{tmp_path / "e.parquet"}"', stages=1, epochs=1)
+    done = run_cli(path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "run" / "cache").glob("parquet-*.npy"))
+    one_error_line(run_cli(path, "--quiet", "--set", 'teacher.column="label"', "--overwrite"),
+                   "column 'label' is string; expected a list of floats")
+
+
+def test_jsonl_vectors(tmp_path):
+    rows = [{"embedding": [0.5, 1.0, 2.0], "text": "a", "id": 7}, {"embedding": [1, 0, 0], "text": "b", "id": 8}]
+    (tmp_path / "v.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
+    data = validate_teacher(jsonl(tmp_path / "v.jsonl"))
+    assert data.embeddings.tolist() == [[0.5, 1.0, 2.0], [1, 0, 0]] and data.texts == ["a", "b"]
+    assert data.ids == [7, 8] and data.labels is None
+    (tmp_path / "bad.jsonl").write_text('{"embedding": [1, 2]}\n{"embedding": [1]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: 'embedding' has 1 values, the rows before it 2"):
+        jsonl(tmp_path / "bad.jsonl")
+    (tmp_path / "t.jsonl").write_text('{"embedding": "1, 2"}\n')
+    with pytest.raises(DataError, match=r"t.jsonl:1: 'embedding' must be a list of numbers"):
+        jsonl(tmp_path / "t.jsonl")
