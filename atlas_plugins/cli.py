@@ -1,6 +1,6 @@
-"""``atlas-run``: train a student from a pipeline file.
+"""The commands: ``atlas-run`` trains a student from a pipeline file; ``atlas-encode`` applies one.
 
-Exit codes: 0 done; 2 a configuration or input problem (one line, no
+Exit codes (both): 0 done; 2 a configuration or input problem (one line, no
 traceback); 1 anything else, including a diverged run or a full disk; 130
 interrupted by Ctrl-C, 143 stopped by SIGTERM (a checkpoint was saved either
 way); 141 the reader of the output went away (a broken pipe).
@@ -24,15 +24,24 @@ from .registry import get_registry
 
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
+ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT] [--loader NAME] [--batch-size N] "
+                "[--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"atlas-run: error: {message} (usage: {USAGE.splitlines()[0]})\n")
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.usage.splitlines()[0]})\n")
+
+
+def _version() -> str:
+    from .registry import _own_version
+
+    return f"%(prog)s {_own_version() or 'unknown (not installed)'}"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="atlas-run", usage=USAGE, description="Distil teacher embeddings into a small student.")
+    p.add_argument("--version", action="version", version=_version())
     p.add_argument("pipeline", nargs="?", help="the pipeline .toml file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a value of the pipeline file (TOML syntax), e.g. --set train.batch_size=64")
@@ -90,26 +99,82 @@ def _usage(message: str) -> _UsageError:
     return _UsageError(f"{message} (usage: {USAGE.splitlines()[0]})")
 
 
+def _encode_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="atlas-encode", usage=ENCODE_USAGE,
+                description="Map new vectors or texts with a trained student (texts: with its recorded teacher "
+                            "model).")
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("student", help="a run folder, or its student.pt")
+    p.add_argument("input", help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .jsonl with 'embedding'), "
+                                 "texts (.txt, .jsonl with 'text') or - for texts on stdin, one per line")
+    p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
+                                          "stdout)")
+    p.add_argument("--loader", help="the teacher plugin that reads INPUT (default: chosen by its suffix)")
+    p.add_argument("--batch-size", type=_positive, default=65536, help="rows per forward pass (default 65536)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--refine", type=_non_negative, default=0,
+                   help="epochs of refinement against the training map (map.pt; default 0: the student alone)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed of --refine's negative samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def encode(args: argparse.Namespace) -> int:
+    from .encode import encode_file
+    from .student import load_student
+
+    student = load_student(args.student)
+    rows = encode_file(student, args.input, args.output, loader=args.loader, batch_size=args.batch_size,
+                       precision=args.precision, refine=args.refine, seed=args.seed,
+                       progress=not args.quiet and sys.stderr.isatty())
+    if args.output:
+        print(f"atlas-encode: {rows} rows written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def encode_main(argv=None) -> int:
+    """``atlas-encode``: exit codes as for ``atlas-run``."""
+    return _guarded("atlas-encode", _encode_parser(), encode, argv)
+
+
 def main(argv=None) -> int:
-    warnings.showwarning = lambda message, category, *a, **k: _warn(str(message).removeprefix("atlas: "))
-    args = _parser().parse_args(argv)
+    return _guarded("atlas-run", _parser(), run, argv)
+
+
+def _guarded(prog: str, parser: argparse.ArgumentParser, command, argv) -> int:
+    """Run ``command(args)``: an :class:`AtlasError` is one line and its exit code, never a traceback."""
+    warnings.showwarning = lambda message, category, *a, **k: print(
+        f"{prog}: warning: {str(message).removeprefix('atlas: ')}", file=sys.stderr)
+    args = parser.parse_args(argv)
     try:
-        return run(args)
+        return command(args)
     except AtlasError as exc:
-        print(f"atlas-run: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("atlas-run: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (atlas-run --list-plugins | head): stop quietly
         _silence_stdout()
         return 128 + signal.SIGPIPE
     except RecursionError:
-        print("atlas-run: error: the input is nested too deeply to process", file=sys.stderr)
+        print(f"{prog}: error: the input is nested too deeply to process", file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()
-        print("atlas-run: internal error (above); please report it", file=sys.stderr)
+        print(f"{prog}: internal error (above); please report it", file=sys.stderr)
         return 1
 
 

@@ -96,6 +96,11 @@ class TeacherSection:
     path: str = _field(None, path_str, "teacher file; relative paths resolve against the pipeline file's folder")
     loader: str | None = _field(None, optional_name, "teacher plugin name; omitted: chosen by the file suffix")
     dim: int | None = _field(None, optional_dim, "expected embedding dimension; checked before training")
+    embedder: dict | None = _field(
+        None, _check(lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("loader"), str)),
+                     "a table with a loader (a teacher plugin that embeds texts) and its parameters"),
+        "how a file of vectors was made, e.g. {loader = \"sentence-transformers\", model = \"all-MiniLM-L6-v2\"}: "
+        "recorded in student.pt so new texts are embedded the same way", resumable=True)
     params: dict = attrs.field(factory=dict)
 
 
@@ -435,11 +440,28 @@ def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
         except UnknownPluginError as exc:
             raise ConfigError(f"{origin(f'{section}.{key}')}: {section}.{key}: {exc}") from None
         params = _check_params(origin, section, kind, getattr(sec, key), fn, sec.params, registry)
+        if section == "teacher" and sec.embedder is not None:
+            sec = attrs.evolve(sec, embedder=_check_embedder(origin, sec.embedder, registry))
         if section == "teacher" and "cache_dir" not in params and _accepts(fn, "cache_dir"):
             # a teacher that caches what it computes keeps it in the run folder by default
             params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
         sections[section] = attrs.evolve(sec, params=params)
     return sections
+
+
+def _check_embedder(origin: Origin, table: dict, registry) -> dict:
+    """``teacher.embedder``: a teacher plugin with an ``embed`` function, and parameters ``embed`` accepts."""
+    loader = table["loader"]
+    try:
+        embed = getattr(registry.get("teacher", loader), "embed", None)
+    except UnknownPluginError as exc:
+        raise ConfigError(f"{origin('teacher.embedder')}: teacher.embedder.loader: {exc}") from None
+    if embed is None:
+        able = [i.name for i in registry.available("teacher") if hasattr(i.obj, "embed")]
+        raise ConfigError(f"{origin('teacher.embedder')}: teacher.embedder.loader: teacher '{loader}' cannot embed "
+                          f"texts; teachers that can: {', '.join(able) or 'none'}")
+    params = {k: v for k, v in table.items() if k != "loader"}
+    return {"loader": loader, **_check_params(origin, "teacher.embedder", "teacher", loader, embed, params, registry)}
 
 
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:

@@ -96,7 +96,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                 echo(f"{dist.world} ranks finished with identical student parameters (sha256 {found[0][:16]})")
         student = TrainedStudent(pipe.student, config.student.name, dict(config.student.params),
                                  pipe.teacher.dim, config.student.dim,
-                                 teacher=teacher_record(config.teacher.loader, pipe.teacher, pipe.train_rows))
+                                 teacher=teacher_record(config.teacher.loader, pipe.teacher, pipe.train_rows,
+                                                        config.teacher.embedder))
         result = RunResult(pipe, student, trainer.metrics)
         if dist.is_main:
             student.save(run.file("student.pt"))

@@ -31,14 +31,17 @@ NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this fa
 NORM_SAMPLE = 2000
 
 
-def teacher_record(loader: str, data, rows) -> dict:
-    """What ``student.pt`` records about its teacher: the plugin and the parameters that embed new texts
-    (``TeacherData.embed_params``, or None for a file of vectors), the input dimension, and the mean and
-    standard deviation of the training rows' norms (over up to 2,000 of them), which ``encode`` compares
-    new vectors against."""
+def teacher_record(loader: str, data, rows, embedder: dict | None = None) -> dict:
+    """What ``student.pt`` records about its teacher: the plugin, the input dimension, the mean and standard
+    deviation of the training rows' norms (over up to 2,000 of them; ``encode`` compares new vectors against
+    them), and ``embed``: the teacher plugin and parameters that embed new texts the same way — the
+    teacher's own (``TeacherData.embed_params``), else ``teacher.embedder`` from the pipeline, else None."""
     sample = np.asarray(rows)[np.linspace(0, len(rows) - 1, min(len(rows), NORM_SAMPLE)).astype(np.int64)]
     norms = data.rows(sample).norm(dim=1).double()
-    return {"loader": loader, "source": data.source, "dim": data.dim, "embed_params": data.embed_params,
+    embed = ({"loader": loader, "params": dict(data.embed_params)} if data.embed_params else
+             {"loader": embedder["loader"], "params": {k: v for k, v in embedder.items() if k != "loader"}}
+             if embedder else None)
+    return {"loader": loader, "source": data.source, "dim": data.dim, "embed": embed,
             "norm_mean": float(norms.mean()), "norm_std": float(norms.std()) if len(norms) > 1 else 0.0}
 
 
@@ -126,8 +129,8 @@ class TrainedStudent:
         if x.ndim == 2 and x.shape[1] == self.input_dim:
             return
         t = self.teacher
-        made = (f" (teacher '{t['loader']}'" + (f", model {t['embed_params'].get('model')}" if
-                (t.get("embed_params") or {}).get("model") else "") + ")") if t else ""
+        model = ((t.get("embed") or {}).get("params") or {}).get("model")
+        made = (f" (teacher '{t['loader']}'" + (f", model {model}" if model else "") + ")") if t else ""
         got = f"{x.shape[1]}-D vectors" if x.ndim == 2 else f"an array of shape {tuple(x.shape)}"
         raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {got}; encode vectors made by "
                         "the same teacher model")
@@ -141,19 +144,27 @@ class TrainedStudent:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise DataError(f"texts[{bad}] is a {type(texts[bad]).__name__}; pass a list of strings")
-        t = self.teacher
-        if not t.get("embed_params"):
-            what = f"vectors from teacher '{t['loader']}' ({t.get('source')})" if t else "vectors"
-            raise DataError(f"this student was trained on {what} and records no text model; embed the texts "
-                            "with the model that made those vectors and pass the array")
-        embed = getattr(get_registry().get("teacher", t["loader"]), "embed", None)
-        if embed is None:
-            raise PluginError(f"teacher '{t['loader']}' has no embed() function; it cannot embed new texts")
-        out = np.asarray(embed(list(texts), **t["embed_params"]), dtype=np.float32)
+        embed = self.text_embedder()
+        t = self.teacher["embed"]
+        out = np.asarray(embed(list(texts), **t["params"]), dtype=np.float32)
         if out.shape != (len(texts), self.input_dim):
             raise PluginError(f"teacher '{t['loader']}' embedded {len(texts)} texts as shape {out.shape}; "
                               f"the student expects ({len(texts)}, {self.input_dim})")
         return out
+
+    def text_embedder(self):
+        """The recorded teacher plugin's ``embed`` function; a :class:`DataError` when there is none."""
+        t = self.teacher
+        if not t.get("embed"):
+            what = f"vectors from teacher '{t['loader']}' ({t.get('source')})" if t else "vectors"
+            raise DataError(f"this student was trained on {what} and records no text model; embed the texts "
+                            "with the model that made those vectors and pass the array (or retrain with "
+                            "teacher.embedder naming that model)")
+        loader = t["embed"]["loader"]
+        embed = getattr(get_registry().get("teacher", loader), "embed", None)
+        if embed is None:
+            raise PluginError(f"teacher '{loader}' has no embed() function; it cannot embed new texts")
+        return embed
 
     def _check_norms(self, block: torch.Tensor) -> None:
         """Warn when new vectors' mean norm is off from the training rows' by more than :data:`NORM_TOLERANCE`."""

@@ -72,7 +72,7 @@ def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
 
 
 def test_resumable_fields_are_marked_next_to_their_definition():
-    assert resumable_keys() == {"train.learning_rate", "train.device", "train.eval_rows"}
+    assert resumable_keys() == {"teacher.embedder", "train.learning_rate", "train.device", "train.eval_rows"}
 
 
 def test_dry_run_checks_the_output_folder(tmp_path):

@@ -1,0 +1,314 @@
+"""Apply a trained student to a file: read it piece by piece, encode, write coordinates by suffix.
+
+What ``atlas-encode`` does.  Inputs: anything a teacher plugin reads (picked by
+suffix, or by name), read ``CHUNK_BYTES`` at a time, so a memory-mapped ``.npy``
+never sits in memory whole; texts (``.txt``, a ``.jsonl`` of ``text`` fields, or
+``-`` for stdin, one per line) are embedded with the teacher model recorded in
+``student.pt``.  Outputs (:data:`WRITERS`): ``.parquet``, ``.npy``, ``.csv``,
+``.jsonl``, or JSON lines on stdout; a file is written under a temporary name
+and renamed when complete, so a failed run leaves no half-written output.
+
+Columns: ``dim_0 … dim_{D-1}`` (a hierarchical student adds ``level1_0 …``), then
+``text``, ``label`` and ``id`` when the input has them; ``.npy`` holds the
+coordinates alone, levels side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .registry import Registry, get_registry
+from .student import TrainedStudent
+from .teacher import TeacherData, validate_teacher
+
+CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
+TEXT_CHUNK = 1024  # texts embedded at a time
+EXTRAS = ("text", "label", "id")
+
+
+@attrs.define
+class Piece:
+    """Consecutive input rows: their vectors ``(n, D)`` and the texts/labels/ids that came with them."""
+
+    vectors: object
+    extras: dict
+
+
+@attrs.define
+class Source:
+    """An input opened for encoding: its pieces, its row count when known, and which extras it has."""
+
+    pieces: Iterator[Piece]
+    rows: int | None
+    extras: tuple[str, ...]
+
+
+def column_names(levels: list[int]) -> list[str]:
+    """``dim_0 …`` for the first level, ``level1_0 …`` for the next, and so on."""
+    return [f"{'dim' if i == 0 else f'level{i}'}_{j}" for i, d in enumerate(levels) for j in range(d)]
+
+
+# -- inputs --------------------------------------------------------------------------------------------------
+def open_source(path: str, student: TrainedStudent, loader: str | None = None,
+                registry: Registry | None = None, workdir: str | None = None) -> Source:
+    """Open ``path`` (``-``: texts on stdin) as pieces of teacher vectors for ``student``."""
+    registry = registry or get_registry()
+    if path == "-":
+        return _texts(_lines(sys.stdin.buffer, "stdin"), student)
+    p = Path(path)
+    if loader is None and p.suffix.lower() == ".txt":
+        return _texts(_lines(_open(p), str(p)), student)
+    if loader is None and p.suffix.lower() == ".jsonl":
+        rows = _jsonl_rows(p)
+        if rows and "embedding" not in rows[0]:
+            return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
+        loader = "jsonl"
+    name = loader or _loader_for(p, registry)
+    fn = registry.get("teacher", name)
+    kwargs = {"cache_dir": workdir} if workdir is not None and "cache_dir" in _params(fn) else {}
+    data = validate_teacher(fn(str(p), **kwargs))
+    student.check_input(data.embeddings)
+    return _vectors(data, student.input_dim)
+
+
+def _params(fn) -> set:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _loader_for(p: Path, registry: Registry) -> str:
+    suffix = p.suffix.lower()
+    for info in registry.available("teacher"):
+        if suffix in getattr(info.obj, "suffixes", ()):
+            return info.name
+    raise ConfigError(f"{p}: no teacher plugin reads '{suffix or p.name}' files; name one with --loader "
+                      f"({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
+
+
+def _vectors(data: TeacherData, dim: int) -> Source:
+    extras = {"text": data.texts, "label": data.labels, "id": data.ids}
+    extras = {k: v for k, v in extras.items() if v is not None}
+    chunk = max(256, CHUNK_BYTES // (4 * dim))
+
+    def pieces():
+        for start, block in data.chunks(chunk):
+            yield Piece(block, {k: list(v[start:start + len(block)]) for k, v in extras.items()})
+    return Source(pieces(), data.num_rows, tuple(extras))
+
+
+def _open(p: Path):
+    if p.is_dir() or not p.exists():
+        raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
+    return p.open("rb")
+
+
+def _lines(fh, name: str) -> Iterator[dict]:
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise DataError(f"{name}:{lineno}: not UTF-8 text") from None
+            if line.strip():
+                yield {"text": line}
+
+
+def _jsonl_rows(p: Path) -> list[dict]:
+    rows = []
+    with _open(p) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise DataError(f"{p}:{lineno}: not a JSON object") from None
+            if not isinstance(row, dict) or not ("text" in row or "embedding" in row):
+                raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field (texts to embed) "
+                                "or an 'embedding' field (vectors)")
+            if "text" in row and not isinstance(row["text"], str) and "embedding" not in row:
+                raise DataError(f"{p}:{lineno}: 'text' must be a string, got {type(row['text']).__name__}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{p}: no rows found")
+    return rows
+
+
+def _texts(rows, student: TrainedStudent, extras=("text",), count: int | None = None) -> Source:
+    """Pieces of :data:`TEXT_CHUNK` texts, embedded with the student's recorded teacher model."""
+    student.text_embedder()  # a student without a text model says so before anything is read or written
+
+    def pieces():
+        batch: list[dict] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == TEXT_CHUNK:
+                yield embed(batch)
+                batch = []
+        if batch:
+            yield embed(batch)
+
+    def embed(batch):
+        return Piece(student.embed_texts([r["text"] for r in batch]), {k: [r.get(k) for r in batch] for k in extras})
+    return Source(pieces(), count, tuple(extras))
+
+
+# -- outputs -------------------------------------------------------------------------------------------------
+class _Jsonl:
+    """JSON lines: one object per row, coordinates with 9 significant digits (exact for float32)."""
+
+    def __init__(self, fh, names, extras):
+        self.fh, self.extras = io.TextIOWrapper(fh, encoding="utf-8", newline="\n"), extras
+        self.fmt = "{" + ", ".join(f'"{n}": %.9g' for n in names)
+
+    def write(self, z: np.ndarray, extras: dict) -> None:
+        lines = [self.fmt % tuple(r) for r in z.tolist()]
+        for k in self.extras:
+            lines = [f"{line}, {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for line, v in zip(lines, extras[k])]
+        self.fh.write("".join(line + "}\n" for line in lines))
+
+    def close(self) -> None:
+        self.fh.flush()
+        self.fh.detach()
+
+
+class _Csv:
+    def __init__(self, fh, names, extras):
+        self.fh, self.extras = io.TextIOWrapper(fh, encoding="utf-8", newline=""), extras
+        self.out = csv.writer(self.fh)
+        self.out.writerow([*names, *extras])
+
+    def write(self, z: np.ndarray, extras: dict) -> None:
+        cols = [extras[k] for k in self.extras]
+        self.out.writerows([*(f"{v:.9g}" for v in r), *(("" if c is None else c) for c in e)]
+                           for r, e in zip(z.tolist(), zip(*cols) if cols else ((),) * len(z)))
+
+    def close(self) -> None:
+        self.fh.flush()
+        self.fh.detach()
+
+
+class _Npy:
+    """A float32 ``.npy`` streamed to disk: the header's space is reserved and written last, with the row count."""
+
+    HEADER = 128
+
+    def __init__(self, fh, names, extras):
+        self.fh, self.cols, self.rows = fh, len(names), 0
+        fh.write(b"\0" * self.HEADER)
+
+    def write(self, z: np.ndarray, extras: dict) -> None:
+        self.fh.write(np.ascontiguousarray(z, dtype="<f4").tobytes())
+        self.rows += len(z)
+
+    def close(self) -> None:
+        header = repr({"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.cols)}).encode("latin1")
+        body = b"\x93NUMPY\x01\x00"
+        pad = self.HEADER - len(body) - 2 - len(header) - 1
+        self.fh.seek(0)
+        self.fh.write(body + (self.HEADER - len(body) - 2).to_bytes(2, "little") + header + b" " * pad + b"\n")
+        self.fh.flush()
+
+
+class _Parquet:
+    def __init__(self, fh, names, extras):
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError("writing .parquet needs the optional extra: pip install 'atlas-distill[parquet]' "
+                              "(or write .csv, .jsonl or .npy)") from None
+        self.pa, self.names, self.extras, self.fh = pa, names, extras, fh
+        self.writer, self.pq = None, pq
+
+    def write(self, z: np.ndarray, extras: dict) -> None:
+        pa = self.pa
+        cols = {n: pa.array(z[:, i]) for i, n in enumerate(self.names)}
+        for k in self.extras:
+            try:
+                cols[k] = pa.array(extras[k])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types (say, ints and strings): store as text
+                cols[k] = pa.array([None if v is None else str(v) for v in extras[k]], pa.string())
+        table = pa.table(cols)
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(self.fh, table.schema)
+        elif table.schema != self.writer.schema:
+            table = table.cast(self.writer.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is None:
+            self.write(np.zeros((0, len(self.names)), np.float32), {k: [] for k in self.extras})
+        self.writer.close()
+
+
+WRITERS = {".jsonl": _Jsonl, ".csv": _Csv, ".npy": _Npy, ".parquet": _Parquet}
+
+
+def writer_for(out: str | None):
+    if out is None:
+        return _Jsonl
+    suffix = Path(out).suffix.lower()
+    if suffix not in WRITERS:
+        raise ConfigError(f"-o {out}: unknown output suffix '{suffix or Path(out).name}'; write one of: "
+                          f"{', '.join(WRITERS)} (or no -o for JSON lines on stdout)")
+    return WRITERS[suffix]
+
+
+# -- the whole job --------------------------------------------------------------------------------------------
+def encode_file(student: TrainedStudent, source: str, out: str | None = None, *, loader: str | None = None,
+                batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0,
+                progress: bool = False, registry: Registry | None = None) -> int:
+    """Encode ``source`` into ``out`` (None: JSON lines on stdout); return the number of rows written."""
+    writer_cls = writer_for(out)
+    levels = student.levels
+    names = column_names(levels)
+    with ExitStack() as stack:
+        workdir = None
+        if out is not None:
+            if Path(out).is_dir():
+                raise ConfigError(f"-o {out}: is a folder; give a file name ending in {', '.join(WRITERS)}")
+            folder = Path(out).resolve().parent
+            if not folder.is_dir():
+                raise ConfigError(f"-o {out}: the folder {folder} does not exist")
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".atlas-encode-", dir=folder))
+        src = open_source(source, student, loader, registry, workdir)
+        if out is None:
+            fh = sys.stdout.buffer
+        else:
+            tmp = Path(workdir) / ("out" + Path(out).suffix)
+            fh = stack.enter_context(open(tmp, "wb"))
+        writer = writer_cls(fh, names, src.extras)
+        from tqdm import tqdm
+
+        bar = stack.enter_context(tqdm(total=src.rows, unit=" rows", disable=not progress, file=sys.stderr))
+        rows = 0
+        for piece in src.pieces:
+            z = student.encode(piece.vectors, batch_size=batch_size, precision=precision, refine=refine, seed=seed + rows)
+            z = np.concatenate([np.asarray(v) for v in z], axis=1) if isinstance(z, tuple) else np.asarray(z)
+            writer.write(z, piece.extras)
+            rows += len(z)
+            bar.update(len(z))
+        writer.close()
+        if out is not None:
+            fh.close()
+            os.replace(tmp, out)
+        else:
+            sys.stdout.flush()
+    return rows
