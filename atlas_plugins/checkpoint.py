@@ -9,6 +9,7 @@ leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -33,8 +34,13 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path, data) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+@contextlib.contextmanager
+def atomic_open(path):
+    """A binary file handle whose contents replace ``path`` when the block ends without an error.
+
+    The data go to a temporary file in the same folder, flushed and fsync'ed, then ``os.replace``'d over
+    ``path``; on any error the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     tmp = None
     try:
@@ -42,7 +48,7 @@ def atomic_write_bytes(path, data) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -63,6 +69,12 @@ def atomic_write_bytes(path, data) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_bytes(path, data) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_open`)."""
+    with atomic_open(path) as fh:
+        fh.write(data)
 
 
 def atomic_save(obj: Any, path) -> None:

@@ -6,7 +6,7 @@ never sits in memory whole; texts (``.txt``, a ``.jsonl`` of ``text`` fields, or
 ``-`` for stdin, one per line) are embedded with the teacher model recorded in
 ``student.pt``.  Outputs (:data:`WRITERS`): ``.parquet``, ``.npy``, ``.csv``,
 ``.jsonl``, or JSON lines on stdout; a file is written under a temporary name
-and renamed when complete, so a failed run leaves no half-written output.
+and renamed when complete (:func:`atomic_open`), so a failed run leaves no half-written output.
 
 Columns: ``dim_0 … dim_{D-1}`` (a hierarchical student adds ``level1_0 …``), then
 ``text``, ``label`` and ``id`` when the input has them; ``.npy`` holds the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ from typing import Iterator
 import attrs
 import numpy as np
 
+from .checkpoint import atomic_open
 from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import TrainedStudent
@@ -289,11 +289,7 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
                 raise ConfigError(f"-o {out}: the folder {folder} does not exist")
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".atlas-encode-", dir=folder))
         src = open_source(source, student, loader, registry, workdir)
-        if out is None:
-            fh = sys.stdout.buffer
-        else:
-            tmp = Path(workdir) / ("out" + Path(out).suffix)
-            fh = stack.enter_context(open(tmp, "wb"))
+        fh = sys.stdout.buffer if out is None else stack.enter_context(atomic_open(out))
         writer = writer_cls(fh, names, src.extras)
         from tqdm import tqdm
 
@@ -306,9 +302,6 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
             rows += len(z)
             bar.update(len(z))
         writer.close()
-        if out is not None:
-            fh.close()
-            os.replace(tmp, out)
-        else:
+        if out is None:
             sys.stdout.flush()
     return rows

@@ -1,6 +1,7 @@
 """One run from start to finish: lock the folder, check it, assemble, train (or resume), save, report.
 
-What it saves: ``student.pt``, and ``map.pt`` (the training rows in both spaces, for ``encode(refine=N)``).
+What it saves: ``student.pt``, ``map.pt`` (the training rows in both spaces, for ``encode(refine=N)``),
+``map.parquet`` and ``map.html`` (every row's coordinates, :mod:`atlas_plugins.mapfiles`), and the report.
 
 Nothing in the run folder is touched before the pipeline has been assembled and
 smoke-tested, except the lock (removed again at the end, with the folder itself
@@ -20,6 +21,7 @@ from .checkpoint import find_resume_checkpoint, check_resumable
 from .config import PipelineConfig, dump_toml
 from .errors import CheckpointError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, resolve_device
+from .mapfiles import write_map_html, write_map_table
 from .refine import build_map
 from .registry import Registry
 from .report import write_report
@@ -106,6 +108,12 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                                                  max_rows=config.output.map_rows, seed=config.train.seed)
                 student.map_path = run.file("map.pt")
                 student.training_map.save(student.map_path)
+            write_map_table(run, pipe, student)
+            if config.output.plots:
+                try:
+                    write_map_html(run, pipe, student)
+                except ImportError:
+                    warn("map.html skipped: plotly is not installed; pip install 'atlas-distill[plots]'")
             if config.output.report:
                 result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn,
                                              neighbor_graph=trainer.graph_info)

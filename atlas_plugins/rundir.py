@@ -32,8 +32,8 @@ MANIFEST = ".atlas-manifest.json"
 LOCK = ".atlas.lock"
 # What a run writes (glob patterns relative to the run folder); a fresh run refuses a folder where
 # one of these exists and was not written by atlas-run.
-OUTPUTS = ("pipeline.toml", "metrics.jsonl", "student.pt", "map.pt", "report.json", "report.md", "training.png",
-           "scatter.png", "checkpoints/*.pt", "cache/knn-*.pt")
+OUTPUTS = ("pipeline.toml", "metrics.jsonl", "student.pt", "map.pt", "map.parquet", "map.csv", "map.html",
+           "report.json", "report.md", "training.png", "scatter.png", "checkpoints/*.pt", "cache/knn-*.pt")
 # Where a crash can leave temp files of atomic writes.
 _TEMP_FOLDERS = (".", "checkpoints", "cache")
 
