@@ -17,9 +17,10 @@ import sys
 import traceback
 import warnings
 
-from .config import load_config
+from .config import RESERVED, load_config
 from .errors import AtlasError
 from .orchestrator import run_pipeline
+from .params import parameters
 from .registry import get_registry
 
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
@@ -60,14 +61,23 @@ def _warn(message: str) -> None:
 
 
 def list_plugins(as_json: bool) -> str:
+    """Every plugin with its description, provider and the parameters a pipeline file may set."""
     infos = get_registry().available()
+    params = {(i.kind, i.name): parameters(i.obj, RESERVED[i.kind]) for i in infos}
     if as_json:
         return json.dumps([{"kind": i.kind, "name": i.name, "description": i.description,
-                            "distribution": i.distribution, "version": i.version} for i in infos], indent=2)
-    rows = [("KIND", "NAME", "DESCRIPTION", "PROVIDED BY")]
-    rows += [(i.kind, i.name, i.description, f"{i.distribution} {i.version or ''}".strip()) for i in infos]
-    widths = [max(len(r[c]) for r in rows) for c in range(3)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
+                            "distribution": i.distribution, "version": i.version,
+                            "params": params[i.kind, i.name]} for i in infos], indent=2)
+    rows = [("KIND", "NAME", "DESCRIPTION", "PROVIDED BY", "PARAMETERS (default)")]
+    rows += [(i.kind, i.name, i.description, f"{i.distribution} {i.version or ''}".strip(),
+              ", ".join(p["name"] + (f"={_toml(p['default'])}" if p["default"] is not None else "")
+                        for p in params[i.kind, i.name])) for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    return "\n".join("  ".join(f"{r[c]:<{widths[c]}}" for c in range(4)) + f"  {r[4]}".rstrip() for r in rows)
+
+
+def _toml(value) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -121,6 +121,27 @@ def describe(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def parameters(fn, reserved=()) -> list[dict]:
+    """The parameters a pipeline file may set for plugin ``fn`` (not ``reserved``, not ``*args``):
+    ``[{"name", "default", "type"}]``, ``default`` None when there is none, ``type`` in words (or None)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    annotations = signature_annotations(fn)
+    out = []
+    for p in sig.parameters.values():
+        if p.name in reserved or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        default = list(default) if isinstance(default, tuple) else default
+        if not isinstance(default, (bool, int, float, str, list, type(None))):
+            default = repr(default)
+        out.append({"name": p.name, "default": default,
+                    "type": describe(annotations[p.name]) if p.name in annotations else None})
+    return out
+
+
 def resolve_refs(fn, params: dict, registry) -> dict:
     """``params`` with each :class:`PluginRef` parameter's name replaced by the plugin ``registry`` holds."""
     out = dict(params)

@@ -167,12 +167,26 @@ def test_list_plugins_table_and_json():
     table = run_atlas("--list-plugins")
     assert table.returncode == 0
     header, *rows = table.stdout.strip().splitlines()
-    assert header.split() == ["KIND", "NAME", "DESCRIPTION", "PROVIDED", "BY"]
+    assert header.split() == ["KIND", "NAME", "DESCRIPTION", "PROVIDED", "BY", "PARAMETERS", "(default)"]
     assert any(r.split()[:2] == ["loss", "relational"] and "atlas-distill" in r for r in rows)
+    mlp = next(r for r in rows if r.split()[:2] == ["student", "mlp"])
+    assert mlp.endswith("hidden=[128, 128, 128, 128], reconstruct=false")  # input_dim and dim are set by atlas-run
     listing = json.loads(run_atlas("--list-plugins", "--json").stdout)
     assert {"kind": "schedule", "name": "cosine"}.items() <= next(p for p in listing if p["name"] == "cosine"
                                                                   and p["kind"] == "schedule").items()
     assert all(p["distribution"] == "atlas-distill" for p in listing if p["name"] in ("mse", "npy"))
+    pt = next(p for p in listing if p["name"] == "pt")
+    assert pt["params"] == [{"name": "key", "default": "embeddings", "type": "a string"},
+                            {"name": "trust", "default": False, "type": "true or false"},
+                            {"name": "meta", "default": None, "type": "a string"}]
+
+
+def test_version():
+    from importlib.metadata import version
+
+    for program in ("atlas-run", "atlas-encode"):
+        proc = run_cli("--version", program=program)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"{program} {version('atlas-distill')}"
 
 
 # -- error paths: exit code 2, one line naming the file and key, no traceback -------------------
