@@ -37,13 +37,30 @@ def _throughput(fn, x, min_seconds: float = 0.2, warmed_up: bool = False) -> flo
 
 
 def axis_cards(z: torch.Tensor, texts, n: int = 5) -> list[dict]:
-    """For each student dimension, the texts at its low and high extremes."""
+    """For each student dimension, the ``n`` distinct texts at its low and at its high end (``z`` ``(N, D)``,
+    one text per row; a text repeated in the data is shown once)."""
+    def distinct(order):
+        seen: list[str] = []
+        for i in order:
+            if texts[i] not in seen:
+                seen.append(texts[i])
+                if len(seen) == n:
+                    break
+        return seen
     cards = []
     for d in range(z.shape[1]):
-        order = torch.argsort(z[:, d])
-        cards.append({"dim": d, "low": [texts[i] for i in order[:n].tolist()],
-                      "high": [texts[i] for i in order[-n:].flip(0).tolist()]})
+        order = torch.argsort(z[:, d]).tolist()
+        cards.append({"dim": d, "low": distinct(order), "high": distinct(reversed(order))})
     return cards
+
+
+def encode_all(teacher, student) -> torch.Tensor:
+    """The first level's coordinates of every teacher row ``(N, D)``, read chunk by chunk."""
+    parts = []
+    for _, block in teacher.chunks():
+        z = student.encode(block)
+        parts.append(z[0] if isinstance(z, tuple) else z)
+    return torch.cat(parts)
 
 
 def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
@@ -100,8 +117,9 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
     if len(levels) > 1:
         report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, labels, k) for i, lv in enumerate(levels)}
     if pipe.teacher.texts is not None:
-        texts = [pipe.teacher.texts[i] for i in rows]
-        report["axis_cards"] = axis_cards(levels[0], texts)
+        report["axis_cards"] = axis_cards(encode_all(pipe.teacher, student), pipe.teacher.texts)
+        report["axis_cards_from"] = (f"all {pipe.teacher.num_rows} teacher rows (training and validation), "
+                                     "each text once")
     return report, {"z": levels[0].numpy(), "labels": labels}
 
 
@@ -164,7 +182,8 @@ def markdown(report: dict, pipe) -> str:
         for name, vals in report["levels"].items():
             out.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals.values()) + " |")
     if "axis_cards" in report:
-        out += ["", "## Axis cards", "", "The texts at both ends of each student dimension.", ""]
+        out += ["", "## Axis cards", "", f"The texts at both ends of each student dimension, from "
+                f"{report['axis_cards_from']}.", ""]
         for card in report["axis_cards"]:
             out.append(f"### Dimension {card['dim']}")
             out.append("- **low:** " + " · ".join(_short(t) for t in card["low"]))
@@ -178,48 +197,73 @@ def _short(text: str, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+MATRIX_DIMS = 8  # scatter.png shows at most this many dimensions (a grid of MATRIX_DIMS² panels)
+
+
 def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
-    """``training.png`` (loss and τ per epoch) and ``scatter.png`` (first two student dims, by label)."""
+    """``training.png`` (loss and τ per epoch, stages marked, and each stage's loss relative to its first
+    epoch) and ``scatter.png`` (a scatter matrix of the student's dimensions, coloured by label)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, rel) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     epochs = np.arange(1, len(metrics) + 1)
-    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss")
+    stages = np.array([m["stage"] for m in metrics])
+    train = np.array([m["train_loss"] for m in metrics])
+    ax.plot(epochs, train, label="train loss")
     if any(m["val_loss"] is not None for m in metrics):
         ax.plot(epochs, [m["val_loss"] if m["val_loss"] is not None else np.nan for m in metrics], label="val loss")
-    ax.set_xlabel("epoch (all stages)")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
     ax2.plot(epochs, [m["tau"] for m in metrics], color="grey", linestyle="--", label="τ")
     ax2.set_ylabel("τ")
+    for stage in np.unique(stages):
+        where = np.flatnonzero(stages == stage)
+        if stage > stages[0]:
+            for a in (ax, rel):
+                a.axvline(where[0] + 0.5, color="lightgrey", linewidth=1)
+        rel.plot(epochs[where], train[where] / train[where[0]], marker="o", markersize=3, label=f"stage {stage + 1}")
+    rel.axhline(1.0, color="lightgrey", linewidth=0.8, linestyle=":")
+    rel.set_ylabel("train loss ÷ stage's first epoch")
+    rel.set_xlabel("epoch (all stages; grey lines: stage boundaries)")
     ax.legend(loc="upper right")
+    ax.set_title("The loss's scale changes with τ, so each stage is also shown relative to its first epoch (below)",
+                 fontsize=9)
     fig.tight_layout()
     _save_png(run, "training.png", fig)
-    written.append("training.png")
 
     z, labels = arrays["z"], arrays["labels"]
-    fig, ax = plt.subplots(figsize=(6, 6))
-    y = z[:, 1] if z.shape[1] > 1 else np.zeros(len(z))
+    d = min(z.shape[1], MATRIX_DIMS)
+    fig, axes = plt.subplots(d, d, figsize=(1.9 * d + 1.5, 1.9 * d), squeeze=False)
     if labels is not None:
         top = [lab for lab, _ in Counter(labels).most_common(10)]
-        for lab in top:
-            m = np.array([lab_i == lab for lab_i in labels])
-            ax.scatter(z[m, 0], y[m], s=4, label=str(lab))
-        rest = np.array([lab_i not in top for lab_i in labels])
-        ax.scatter(z[rest, 0], y[rest], s=3, c="lightgrey", label="other")
-        ax.legend(markerscale=3, fontsize=7, loc="best")
+        groups = [("other", np.array([v not in top for v in labels]), "lightgrey")]  # drawn first, underneath
+        groups += [(str(lab), np.array([v == lab for v in labels]), None) for lab in top]
     else:
-        ax.scatter(z[:, 0], y, s=3)
-    ax.set_xlabel("student dim 0")
-    ax.set_ylabel("student dim 1")
-    fig.tight_layout()
+        groups = [("rows", np.ones(len(z), dtype=bool), None)]
+    for i in range(d):
+        for j in range(d):
+            a = axes[i, j]
+            if i == j:
+                a.hist(z[:, i], bins=40, color="grey")
+            else:
+                for name, mask, colour in groups:
+                    a.scatter(z[mask, j], z[mask, i], s=1, c=colour, label=name)
+            a.set_xticks([])
+            a.set_yticks([])
+            if i == d - 1:
+                a.set_xlabel(f"dim {j}", fontsize=8)
+            if j == 0:
+                a.set_ylabel(f"dim {i}", fontsize=8)
+    if labels is not None and d > 1:
+        fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="center right", markerscale=6, fontsize=7)
+    shown = f"dims 0–{d - 1} of {z.shape[1]}" if d < z.shape[1] else f"all {d} dims"
+    fig.suptitle(f"Student map, {shown}: {len(z)} evaluation rows", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.85 if labels is not None else 1, 0.97))
     _save_png(run, "scatter.png", fig)
-    written.append("scatter.png")
-    return written
+    return ["training.png", "scatter.png"]
 
 
 def _save_png(run: RunDir, rel: str, fig) -> None:

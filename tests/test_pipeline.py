@@ -59,7 +59,8 @@ def test_plots_are_written_atomically_through_the_run_folder(tmp_path, monkeypat
 
     written = {}
     monkeypatch.setattr("atlas_plugins.rundir.atomic_write_bytes", lambda path, data: written.update({path.name: data}))
-    metrics = [{"train_loss": 1.0, "val_loss": 0.9, "tau": 1.0}, {"train_loss": 0.5, "val_loss": None, "tau": 0.5}]
+    metrics = [{"stage": 0, "train_loss": 1.0, "val_loss": 0.9, "tau": 1.0},
+               {"stage": 1, "train_loss": 0.5, "val_loss": None, "tau": 0.5}]
     names = report.plot(RunDir(tmp_path), metrics, {"z": np.random.rand(50, 5), "labels": ["a", "b"] * 25})
     assert names == ["training.png", "scatter.png"]
     assert all(written[n].startswith(b"\x89PNG") for n in names) and not list(tmp_path.glob("*.png"))

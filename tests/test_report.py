@@ -1,0 +1,34 @@
+"""The run report: axis cards and the plots."""
+
+import json
+
+import torch
+
+from atlas_plugins.report import axis_cards
+from conftest import EXAMPLE_META, run_cli, write_pipeline
+
+
+def test_axis_cards_show_each_text_once_from_both_ends():
+    z = torch.tensor([[0.0, 5.0], [1.0, 4.0], [2.0, 3.0], [3.0, 2.0], [4.0, 1.0], [5.0, 0.0]])
+    texts = ["a", "a", "b", "c", "d", "d"]
+    cards = axis_cards(z, texts, n=2)
+    assert cards[0] == {"dim": 0, "low": ["a", "b"], "high": ["d", "c"]}
+    assert cards[1] == {"dim": 1, "low": ["d", "c"], "high": ["a", "b"]}
+
+
+def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path):
+    path = write_pipeline(tmp_path, stages=2, epochs=2)
+    path.write_text(path.read_text().replace("plots = false", "plots = true"))
+    assert run_cli(path, "--quiet").returncode == 0
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()]
+    assert report["axis_cards_from"] == f"all {len(texts)} teacher rows (training and validation), each text once"
+    for card in report["axis_cards"]:
+        assert len(set(card["low"])) == 5 and len(set(card["high"])) == 5 and set(card["low"]) <= set(texts)
+    assert "from all 2642 teacher rows" in (run / "report.md").read_text()
+    assert report["plots"] == ["training.png", "scatter.png"]
+    import matplotlib.image
+
+    assert matplotlib.image.imread(run / "training.png").shape[:2] == (700, 800)  # the two panels
+    assert matplotlib.image.imread(run / "scatter.png").shape[:2] == (950, 1100)  # a 5 x 5 scatter matrix
