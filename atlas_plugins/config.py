@@ -186,8 +186,13 @@ class OutputSection:
     map_rows: int = _field(50_000, bounded_int(0, MAX_COUNT),
                            "training rows kept in map.pt for encode(refine=N), a uniform sample above it; 0: no map")
     umap: bool = _field(False, boolean, "also fit UMAP in the report, for comparison (needs the 'umap' extra)")
+    loggers: list = _field(("jsonl",), _check(lambda v: isinstance(v, (list, tuple)) and all(
+                               isinstance(x, str) and x for x in v), "a list of logger names"),
+                           "logger plugins that receive each epoch's metrics (jsonl: metrics.jsonl; tensorboard)",
+                           resumable=True)
 
     def __attrs_post_init__(self):
+        object.__setattr__(self, "loggers", list(self.loggers))  # the default is a tuple (immutable)
         if self.umap and importlib.util.find_spec("umap") is None:
             raise ConfigError("umap = true needs umap-learn, which is not installed: pip install 'atlas-distill[umap]' "
                               "(or set umap = false)")
@@ -200,7 +205,7 @@ PLUGIN_SECTIONS = {"teacher": "teacher", "student": "student", "loss": "loss", "
 # a pipeline file may not set them; a loss also keeps "reduction" and "reconstruction_loss" for the trainer.
 RESERVED = {"teacher": {"path"}, "student": {"input_dim", "dim"},
             "loss": {"student", "teacher", "tau", "reduction", "reconstruction_loss"},
-            "schedule": {"start", "end", "num_stages"}}
+            "schedule": {"start", "end", "num_stages"}, "logger": {"path"}}
 PATH_KEYS = ("path", "meta", "cache_dir")
 
 
@@ -446,6 +451,11 @@ def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
             # a teacher that caches what it computes keeps it in the run folder by default
             params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
         sections[section] = attrs.evolve(sec, params=params)
+    for name in sections["output"].loggers:
+        try:
+            registry.get("logger", name)
+        except UnknownPluginError as exc:
+            raise ConfigError(f"{origin('output.loggers')}: output.loggers: {exc}") from None
     return sections
 
 

@@ -1,4 +1,4 @@
-"""Hook specifications: the four things a plugin can add.
+"""Hook specifications: the five things a plugin can add.
 
 A plugin is a module (or any object) with functions decorated by
 ``atlas_plugins.hookimpl`` and named after one of the hooks below.  Each hook
@@ -61,4 +61,20 @@ def register_students(register):
         to ``(B, dim)`` (or a tuple of level tensors, coarse first).  A student
         that reconstructs its input sets ``reconstructs = True`` and has
         ``decode(z) -> (B, input_dim)``.
+    """
+
+
+@hookspec
+def register_loggers(register):
+    """Register loggers (``[output] loggers = ["jsonl", ...]``).
+
+    :param register: call ``register(name, fn, description)``; ``fn(path)``
+        returns a logger, where ``path(rel)`` gives a file path inside the run
+        folder that the run owns (refused through a symbolic link).  The
+        logger has ``log(metrics)``, called with each epoch's metrics (a dict:
+        ``stage``, ``epoch``, ``step``, ``tau``, ``train_loss``, ...), and may
+        have ``start(info)`` (``config``, ``run_dir`` and, on resume, the
+        earlier epochs' ``metrics``) and ``end(summary)`` (``status``:
+        completed, interrupted or failed; ``report`` when there is one).
+        ``fn`` must not write anything: it runs on ``--dry-run`` too.
     """

@@ -19,15 +19,15 @@ import torch
 from . import distributed
 from .checkpoint import find_resume_checkpoint, check_resumable
 from .config import PipelineConfig, dump_toml
-from .errors import CheckpointError, RunDirError, TrainingError
-from .pipeline import Pipeline, assemble, resolve_device
+from .errors import CheckpointError, PluginError, RunDirError, TrainingError
+from .pipeline import Pipeline, assemble, blame, resolve_device
 from .mapfiles import write_map_html, write_map_table
 from .refine import build_map
-from .registry import Registry
+from .registry import Registry, get_registry
 from .report import write_report
 from .rundir import RunDir
 from .student import TrainedStudent, teacher_record
-from .trainer import Trainer
+from .trainer import Interrupted, Trainer
 
 
 @attrs.define
@@ -52,6 +52,27 @@ def check_folder(run: RunDir, resume: bool, overwrite: bool, command: str) -> No
     if foreign:
         raise RunDirError(f"{foreign[0]} exists and was not written by atlas-run; move it away or choose another "
                           "output.dir (atlas-run never overwrites files it did not write)")
+
+
+def make_loggers(config: PipelineConfig, registry: Registry | None, run: RunDir) -> list[tuple[str, object]]:
+    """The ``output.loggers``, built (they write nothing yet): ``(name, logger)`` pairs."""
+    registry = registry or get_registry()
+    out = []
+    for name in config.output.loggers:
+        with blame("logger", name, registry.info("logger", name).distribution):
+            logger = registry.get("logger", name)(run.file)
+        if not callable(getattr(logger, "log", None)):
+            raise PluginError(f"logger '{name}' ({registry.info('logger', name).distribution}) returned "
+                              f"{type(logger).__name__}, which has no log(metrics) method")
+        out.append((name, logger))
+    return out
+
+
+def end_loggers(loggers: list, summary: dict) -> None:
+    for name, logger in loggers:
+        if callable(getattr(logger, "end", None)):
+            with blame("logger", name, None):
+                logger.end(summary)
 
 
 def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
@@ -79,6 +100,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                     echo(f"note: resuming with changed {change}")
         with run.recording_new_files("cache", enabled=dist.is_main and not dry_run):
             pipe = assemble(config, registry, device=device)
+        loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:
             return RunResult(pipe, None, [])
         if dist.is_main:
@@ -88,8 +110,17 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                 run.clear()
             run.write_text("pipeline.toml", dump_toml(config.to_dict()))
         blob = distributed.broadcast(dist, blob)
-        trainer = Trainer(pipe, run, dist, progress=progress, echo=echo, resume_hint=command)
-        trainer.fit(blob)
+        trainer = Trainer(pipe, run, dist, progress=progress, echo=echo, resume_hint=command, loggers=loggers)
+        status = "failed"
+        try:
+            trainer.fit(blob)
+            status = "completed"
+        except (KeyboardInterrupt, Interrupted):
+            status = "interrupted"
+            raise
+        finally:
+            if status != "completed":
+                end_loggers(loggers, {"status": status})
         if dist.active:
             found = distributed.digests(dist, pipe.student)
             if len(set(found)) != 1:
@@ -117,6 +148,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             if config.output.report:
                 result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn,
                                              neighbor_graph=trainer.graph_info)
+            end_loggers(loggers, {"status": "completed", "report": result.report})
         distributed.barrier(dist)
         return result
     finally:

@@ -4,7 +4,7 @@ A :class:`Registry` owns one pluggy ``PluginManager``.  Building one loads the
 built-in plugins (the one place the core imports ``builtin_plugins``), then every
 entry point in the ``atlas.plugins`` group (unless
 ``ATLAS_DISABLE_PLUGIN_AUTOLOAD=1``), and asks each plugin to ``register`` its
-losses, schedules, teachers and students.  A plugin that fails to import is
+losses, schedules, teachers, students and loggers.  A plugin that fails to import is
 reported as a warning and remembered, so asking for one of its names explains
 why it is missing; the other plugins keep working.
 """
@@ -24,10 +24,11 @@ from . import hookspecs
 from .errors import DuplicatePluginError, PluginError, UnknownPluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "atlas.plugins"
-KINDS = ("loss", "schedule", "teacher", "student")
+KINDS = ("loss", "schedule", "teacher", "student", "logger")
 _HOOKS = {"loss": "register_losses", "schedule": "register_schedules",
-          "teacher": "register_teachers", "student": "register_students"}
-_PLURAL = {"loss": "losses", "schedule": "schedules", "teacher": "teachers", "student": "students"}
+          "teacher": "register_teachers", "student": "register_students", "logger": "register_loggers"}
+_PLURAL = {"loss": "losses", "schedule": "schedules", "teacher": "teachers", "student": "students",
+           "logger": "loggers"}
 
 
 class PluginLoadWarning(UserWarning):
@@ -74,7 +75,7 @@ def _check_kind(kind: str) -> None:
 
 
 class Registry:
-    """Every loss, schedule, teacher and student known to this process, by name.
+    """Every loss, schedule, teacher, student and logger known to this process, by name.
 
     ``Registry()`` is a factory call: each one is independent, so tests build
     fresh ones instead of resetting global state.

@@ -233,7 +233,8 @@ class RunDir:
 
     # -- writing -----------------------------------------------------------------
     def file(self, rel: str) -> Path:
-        """Path of ``rel`` inside the folder, recorded in the manifest before anything is written to it.
+        """Path of ``rel`` inside the folder (its folders created), recorded in the manifest before anything is
+        written to it.
 
         Refused (:class:`RunDirError`) when the path leads through a symbolic link or when a
         file is already there that atlas-run did not write.
@@ -246,6 +247,7 @@ class RunDir:
             raise RunDirError(f"{target} exists and was not written by atlas-run; move it away or choose "
                               "another output.dir (atlas-run never overwrites files it did not write)")
         self._record(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
     def write_bytes(self, rel: str, data: bytes) -> Path:

@@ -10,7 +10,6 @@ position, and a resumed run ends bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -31,7 +30,7 @@ from .batches import MIN_BATCH_ROWS, chunks, neighbor_batches, random_batches
 from .checkpoint import CHECKPOINT_FORMAT
 from .errors import AtlasError, TrainingError, WriteError
 from .neighbors import neighbor_graph
-from .pipeline import Pipeline
+from .pipeline import Pipeline, blame
 from .rundir import RunDir
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both save a checkpoint and stop; exit code 128 + signal
@@ -80,8 +79,10 @@ class Trainer:
     """Runs a :class:`Pipeline`; only rank 0 writes into the :class:`RunDir`."""
 
     def __init__(self, pipe: Pipeline, run: RunDir | None, dist: distributed.DistInfo | None = None, *,
-                 progress: bool = False, echo: Callable[[str], None] = print, resume_hint: str = ""):
+                 progress: bool = False, echo: Callable[[str], None] = print, resume_hint: str = "",
+                 loggers: list | None = None):
         self.pipe, self.run, self.echo = pipe, run, echo
+        self.loggers = loggers or []  # (name, logger) pairs; rank 0 only
         self.dist = dist or distributed.DistInfo()
         self.cfg = pipe.config.train
         self.progress = progress and self.dist.is_main
@@ -219,6 +220,8 @@ class Trainer:
         if self.dist.is_main and _main_thread():
             old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-read")
+        self._to_loggers("start", {"config": self.config_dict, "metrics": list(self.metrics),
+                                   "run_dir": str(self.run.path) if self.run is not None else None})
         try:
             for stage in range(stage0, len(self.pipe.taus)):
                 self._stage(stage, epoch0 if stage == stage0 else 0, batch0 if stage == stage0 else 0,
@@ -229,6 +232,16 @@ class Trainer:
                 signal.signal(sig, handler)
         if self.run is not None and self.dist.is_main:
             self.run.remove("checkpoints/interrupt.pt")  # the run is complete: nothing to resume from it
+
+    def _to_loggers(self, method: str, arg: dict) -> None:
+        """Call ``method(arg)`` on each logger that has it (rank 0); an error names the logger plugin."""
+        if not self.dist.is_main:
+            return
+        for name, logger in self.loggers:
+            fn = getattr(logger, method, None)
+            if fn is not None:
+                with blame("logger", name, None):
+                    fn(arg)
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is not None:  # a second Ctrl-C stops at once
@@ -356,8 +369,7 @@ class Trainer:
                              "seconds": round(seconds, 4),
                              "samples_per_s": acc.samples * self.dist.world / max(seconds, 1e-9),
                              "step": self.global_step})
-        if self.run is not None and self.dist.is_main:
-            self.run.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+        self._to_loggers("log", self.metrics[-1])
         self.save_checkpoint("checkpoints/latest.pt", self.state(stage, piece + 1, 0, EpochAcc()))
         last = stage + 1 == len(self.pipe.taus) and piece + 1 == len(self.stage_plan(stage))
         if self.stop_signal is not None and not last:

@@ -2,7 +2,7 @@
 
 from atlas_plugins import hookimpl
 
-from . import losses, schedules, students, tables, teachers, text
+from . import loggers, losses, schedules, students, tables, teachers, text
 
 
 @hookimpl
@@ -39,3 +39,9 @@ def register_students(register):
     register("linear", students.linear, "one linear layer")
     register("mlp", students.mlp, "MLP with GELU hidden layers")
     register("hierarchical", students.hierarchical, "coarse dim + fine dim*dim levels")
+
+
+@hookimpl
+def register_loggers(register):
+    register("jsonl", loggers.jsonl, "each epoch's metrics as a JSON line in metrics.jsonl")
+    register("tensorboard", loggers.tensorboard, "scalars per step for TensorBoard (optional extra)")

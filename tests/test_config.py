@@ -72,7 +72,8 @@ def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
 
 
 def test_resumable_fields_are_marked_next_to_their_definition():
-    assert resumable_keys() == {"teacher.embedder", "train.learning_rate", "train.device", "train.eval_rows"}
+    assert resumable_keys() == {"teacher.embedder", "train.learning_rate", "train.device", "train.eval_rows",
+                                "output.loggers"}
 
 
 def test_dry_run_checks_the_output_folder(tmp_path):
@@ -104,7 +105,8 @@ EVERY_FIELD = {
         "seed": st.integers(0, 2**62), "val_fraction": st.floats(0, 0.99), "accumulate": st.integers(1, 100),
         "input_noise": st.floats(0, 5), "batches": st.sampled_from(["auto", "random", "neighbors"]),
         "neighbors": st.integers(1, 60), "neighbor_pool": st.integers(60, 500), "eval_rows": st.integers(1, 10**6)}),
-    "output": st.fixed_dictionaries({"dir": paths, "report": st.booleans(), "plots": st.booleans()}),
+    "output": st.fixed_dictionaries({"dir": paths, "report": st.booleans(), "plots": st.booleans(),
+                                    "loggers": st.lists(st.sampled_from(["jsonl", "tensorboard"]), max_size=2)}),
 }
 
 
