@@ -26,7 +26,8 @@ from .registry import get_registry
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
 ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT] [--loader NAME] [--batch-size N] "
-                "[--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]")
+                "[--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]\n"
+                "       atlas-encode --export-sentence-transformers DIR RUN_DIR|student.pt")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,8 +106,8 @@ class _UsageError(AtlasError):
     pass
 
 
-def _usage(message: str) -> _UsageError:
-    return _UsageError(f"{message} (usage: {USAGE.splitlines()[0]})")
+def _usage(message: str, usage: str = USAGE) -> _UsageError:
+    return _UsageError(f"{message} (usage: {usage.splitlines()[0]})")
 
 
 def _encode_parser() -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def _encode_parser() -> argparse.ArgumentParser:
                             "model).")
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("student", help="a run folder, or its student.pt")
-    p.add_argument("input", help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .jsonl with 'embedding'), "
+    p.add_argument("input", nargs="?", help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .jsonl with 'embedding'), "
                                  "texts (.txt, .jsonl with 'text') or - for texts on stdin, one per line")
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
                                           "stdout)")
@@ -126,6 +127,8 @@ def _encode_parser() -> argparse.ArgumentParser:
                    help="epochs of refinement against the training map (map.pt; default 0: the student alone)")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed of --refine's negative samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--export-sentence-transformers", metavar="DIR", dest="export",
+                   help="write a SentenceTransformer model folder (teacher model + student) instead of encoding")
     return p
 
 
@@ -146,6 +149,15 @@ def encode(args: argparse.Namespace) -> int:
     from .student import load_student
 
     student = load_student(args.student)
+    if args.export:
+        if args.input:
+            raise _usage("--export-sentence-transformers takes the run folder only, no INPUT", ENCODE_USAGE)
+        folder = student.to_sentence_transformer(args.export)
+        print(f"atlas-encode: SentenceTransformer model written to {folder}; SentenceTransformer('{folder}')"
+              ".encode(texts) returns the map's coordinates", file=sys.stderr)
+        return 0
+    if not args.input:
+        raise _usage("INPUT is required (a file, or - for texts on stdin)", ENCODE_USAGE)
     rows = encode_file(student, args.input, args.output, loader=args.loader, batch_size=args.batch_size,
                        precision=args.precision, refine=args.refine, seed=args.seed,
                        progress=not args.quiet and sys.stderr.isatty())

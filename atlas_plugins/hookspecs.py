@@ -60,7 +60,9 @@ def register_students(register):
         dim, **params)`` returns a ``torch.nn.Module`` mapping ``(B, input_dim)``
         to ``(B, dim)`` (or a tuple of level tensors, coarse first).  A student
         that reconstructs its input sets ``reconstructs = True`` and has
-        ``decode(z) -> (B, input_dim)``.
+        ``decode(z) -> (B, input_dim)``; one whose (first-level) forward pass
+        is a chain of layers may say so with ``linear_chain() -> [Linear,
+        GELU, ...]`` (exports to SentenceTransformer use it).
     """
 
 

@@ -152,6 +152,13 @@ class TrainedStudent:
                               f"the student expects ({len(texts)}, {self.input_dim})")
         return out
 
+    def to_sentence_transformer(self, folder) -> Path:
+        """Write a SentenceTransformer model folder: the recorded teacher model followed by this student, so
+        ``SentenceTransformer(folder).encode(texts)`` returns the map's coordinates (:mod:`atlas_plugins.export`)."""
+        from .export import to_sentence_transformer
+
+        return to_sentence_transformer(self, folder)
+
     def text_embedder(self):
         """The recorded teacher plugin's ``embed`` function; a :class:`DataError` when there is none."""
         t = self.teacher

@@ -53,6 +53,10 @@ class MLPStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
+    def linear_chain(self) -> list[nn.Module]:
+        """The forward pass as plain layers (Linear, GELU, ...): what an export to other tools needs."""
+        return list(self.encoder)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.decoder is None:
             raise ConfigError("this student was built without reconstruct = true")
@@ -71,6 +75,11 @@ class HierarchicalStudent(nn.Module):
         self.coarse = nn.Linear(width, dim)
         self.fine = nn.Linear(width + dim, dim * dim)
         self.decoder = _mlp([dim * dim, *reversed(hidden), input_dim]) if reconstruct else None
+
+    def linear_chain(self) -> list[nn.Module]:
+        """The coarse level's forward pass as plain layers (the fine level also reads the coarse output)."""
+        trunk = [*self.trunk[0], self.trunk[1]] if isinstance(self.trunk, nn.Sequential) else []
+        return [*trunk, self.coarse]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)

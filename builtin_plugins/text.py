@@ -121,5 +121,11 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
     return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
 
 
+def model(model: str = "all-MiniLM-L6-v2", normalize: bool = True, device: str = "cpu", **_):
+    """The SentenceTransformer model itself (what a SentenceTransformer export starts from)."""
+    return _encoder(_model_location(model), device)
+
+
 sentence_transformers.suffixes = (".txt", ".jsonl")
 sentence_transformers.embed = embed
+sentence_transformers.model = model

@@ -1,0 +1,80 @@
+"""Export a trained map as a SentenceTransformer model folder: the teacher model, then the student.
+
+``SentenceTransformer(folder).encode(texts)`` then returns the map's coordinates
+directly, in any tool that loads SentenceTransformer models.  The student goes in
+as ``Dense`` layers (linear + activation), modules SentenceTransformer ships, so
+the folder loads without ``trust_remote_code``; that needs a student whose
+forward pass is a chain of layers (``linear_chain()``: the built-in ``linear``
+and ``mlp``; the coarse level of ``hierarchical``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .errors import ConfigError, DataError
+from .registry import get_registry
+
+ACTIVATIONS = (nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.SiLU)
+
+
+def dense_layers(student) -> list:
+    """The student's ``linear_chain()`` as SentenceTransformer ``Dense`` modules with the same weights."""
+    from sentence_transformers.models import Dense
+
+    chain = getattr(student.module, "linear_chain", None)
+    layers = chain() if callable(chain) else None
+    if not layers or not isinstance(layers[0], nn.Linear):
+        raise ConfigError(f"student '{student.plugin}' cannot be exported: its forward pass is not a chain of "
+                          "linear layers and activations (a student says so with linear_chain(); the built-in "
+                          "linear and mlp do)")
+    out = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear):
+            nxt = layers[i + 1] if i + 1 < len(layers) else nn.Identity()
+            act = nxt if isinstance(nxt, ACTIVATIONS) else nn.Identity()
+            dense = Dense(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                          activation_function=type(act)())
+            dense.linear.load_state_dict(layer.state_dict())
+            out.append(dense)
+        elif not isinstance(layer, ACTIVATIONS) or i == 0 or not isinstance(layers[i - 1], nn.Linear):
+            raise ConfigError(f"student '{student.plugin}' cannot be exported: layer {i} is "
+                              f"{type(layer).__name__}; expected Linear layers, each followed by at most one "
+                              f"activation ({', '.join(a.__name__ for a in ACTIVATIONS)})")
+    return out
+
+
+def to_sentence_transformer(student, folder) -> Path:
+    """Write ``folder``: the recorded teacher model's modules, a ``Normalize`` if the teacher normalised
+    its output and the model does not, then the student as ``Dense`` layers.  Returns the folder."""
+    embed = (student.teacher or {}).get("embed") or {}
+    if not embed:
+        raise DataError("this student records no text model (it was trained on a file of vectors without "
+                        "teacher.embedder); a SentenceTransformer export needs the model that embeds its inputs")
+    fn = get_registry().get("teacher", embed["loader"])
+    load_model = getattr(fn, "model", None)
+    if load_model is None:
+        raise ConfigError(f"teacher '{embed['loader']}' has no model() function: only a SentenceTransformer "
+                          "teacher can be exported with the student")
+    try:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.models import Normalize
+    except ImportError:
+        raise ConfigError("exporting needs the optional extra: pip install 'atlas-distill[text]'") from None
+    teacher_model = load_model(**embed["params"])
+    modules = list(teacher_model)
+    if embed["params"].get("normalize") and not isinstance(modules[-1], Normalize):
+        modules.append(Normalize())
+    layers = dense_layers(student)
+    width = teacher_model.encode(["probe"], convert_to_numpy=True).shape[1]
+    if width != student.input_dim:
+        raise DataError(f"the recorded teacher model gives {width}-D vectors, the student expects "
+                        f"{student.input_dim}-D; it is not the model the student was trained on")
+    model = SentenceTransformer(modules=[*modules, *layers], device="cpu")
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder}: exists and is not empty; choose a new folder for the export")
+    model.save(str(folder))
+    return folder
