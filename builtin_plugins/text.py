@@ -1,8 +1,12 @@
 """The ``sentence-transformers`` teacher: embed a text file with a local SentenceTransformer model.
 
 Needs the ``text`` extra (``pip install 'atlas-distill[text]'``).  Embeddings
-are cached in ``cache_dir`` (by default the run folder's ``cache/``) under a
-hash of the model and the texts, so a second run does not embed again.
+are cached under a hash of the model and the texts, so texts are embedded once:
+in the user's shared cache (:func:`shared_cache_dir`, so two pipelines over the
+same texts share it; ``shared_cache = false`` turns it off), else in ``cache_dir``
+(by default the run folder's ``cache/``).  The shared cache is the one place a run
+writes outside its folder: only new ``st-<hash>.npy`` files, atomically; it never
+deletes there.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
-from atlas_plugins.errors import DataError
+from atlas_plugins.errors import DataError, WriteError
 from atlas_plugins.teacher import TeacherData
 
 from .teachers import read_texts
@@ -98,26 +102,43 @@ def _portable_name(model: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else model
 
 
+def shared_cache_dir() -> Path | None:
+    """``$ATLAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/atlas-distill``, else ``~/.cache/atlas-distill``;
+    ``ATLAS_CACHE_DIR=""`` turns the shared cache off."""
+    given = os.environ.get("ATLAS_CACHE_DIR")
+    if given is not None:
+        return Path(given).expanduser() if given.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "atlas-distill"
+
+
 def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
-                          device: str = "cpu", cache_dir: str | None = None, progress: bool = True):
+                          device: str = "cpu", cache_dir: str | None = None, shared_cache: bool = True,
+                          progress: bool = True):
     """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``)."""
     path = Path(path)
     texts, labels = read_texts(path)
     location = _model_location(model)
     recorded = {"model": _portable_name(model), "normalize": normalize}
     key = hashlib.sha256(json.dumps([_model_fingerprint(location), normalize, texts]).encode()).hexdigest()[:20]
-    cache = Path(cache_dir) / f"st-{key}.npy" if cache_dir else None
-    if cache is not None and cache.is_file():
-        print(f"atlas: using {len(texts)} cached embeddings from {cache}", file=sys.stderr)
-        return TeacherData(np.load(cache, mmap_mode="r"), labels=labels, texts=texts, source=str(path),
-                           embed_params=recorded)
+    shared = shared_cache_dir() if shared_cache else None
+    places = [Path(p) / f"st-{key}.npy" for p in (shared, cache_dir) if p]
+    for cached in places:
+        if cached.is_file() and not cached.is_symlink():
+            print(f"atlas: using {len(texts)} cached embeddings from {cached}", file=sys.stderr)
+            return TeacherData(np.load(cached, mmap_mode="r"), labels=labels, texts=texts, source=str(path),
+                               embed_params=recorded)
     _encoder(location, device)  # a model that cannot load is reported before the message below
     print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
     emb = embed(texts, model, normalize, batch_size, device, progress)
-    if cache is not None:
-        buf = io.BytesIO()
-        np.save(buf, emb)
-        atomic_write_bytes(cache, buf.getvalue())
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    for place in places:  # the shared cache first; the run's cache when the shared one cannot be written
+        try:
+            atomic_write_bytes(place, buf.getvalue())
+            break
+        except WriteError as exc:
+            print(f"atlas: warning: embeddings not cached: {exc}", file=sys.stderr)
     return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
 
 

