@@ -5,6 +5,7 @@ import importlib.util
 import inspect
 import io
 import re
+import shutil
 
 import attrs
 import pytest
@@ -15,7 +16,8 @@ from conftest import ROOT, run_atlas
 from mdblocks import code_blocks
 
 DOCS = [p for p in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"] if code_blocks(p, "python")]
-EXTRAS = {"sentence_transformers": "the 'text' extra", "matplotlib": "the 'plots' extra"}
+EXTRAS = {"sentence_transformers": "the 'text' extra", "matplotlib": "the 'plots' extra", "duckdb": "duckdb"}
+SHELL_COMMANDS = ("atlas-encode", "echo", "embedding-atlas")  # quickstart.md's commands run by docs_workdir
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,41 @@ def docs_workdir(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
-def test_python_blocks_run(page, docs_workdir, monkeypatch):
+@pytest.fixture(scope="module")
+def shell_results(docs_workdir) -> list:
+    """Run quickstart.md's shell commands in the docs folder as a user would (the installed commands on PATH);
+    the Embedding Atlas command exports its app instead of serving it (a server would never return)."""
+    work = docs_workdir
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    results = []
+    for _, code, line in code_blocks(ROOT / "docs" / "quickstart.md", "bash"):
+        for command in code.splitlines():
+            command = command.split("  #")[0].strip()
+            if not command.startswith(SHELL_COMMANDS):
+                continue
+            program = command.split("|")[-1].split()[0]
+            if program == "embedding-atlas":
+                if not shutil.which(program, path=env["PATH"]):
+                    continue
+                command += f" --export-application {work / 'atlas-app.zip'}"
+            elif not shutil.which(program, path=env["PATH"]):
+                raise AssertionError(f"{program} is not installed next to {sys.executable}")
+            proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            results.append((command, proc))
+    return results
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p.name == "quickstart.md" else p
+                                  for p in DOCS], ids=lambda p: p.name)
+def test_python_blocks_run(page, docs_workdir, request, monkeypatch):
+    if page.name == "quickstart.md":  # its blocks use what its shell commands made (an exported model)
+        request.getfixturevalue("shell_results")
     blocks = code_blocks(page, "python")
     monkeypatch.chdir(docs_workdir)
     namespace = {"__name__": "__docs__"}
@@ -40,6 +75,23 @@ def test_python_blocks_run(page, docs_workdir, monkeypatch):
                 pytest.skip(f"{page.name}:{line} needs {extra}")
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+
+
+@pytest.mark.slow
+def test_quickstart_shell_commands_run(docs_workdir, shell_results):
+    assert len(shell_results) >= 5, [c for c, _ in shell_results]
+    for command, proc in shell_results:
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-1500:]}"
+    import json
+
+    import numpy as np
+
+    out = next(p for c, p in shell_results if c.startswith("echo"))
+    row = json.loads(out.stdout)
+    assert row["text"] == "parse a CSV file" and len([k for k in row if k.startswith("dim_")]) == 5
+    assert np.load(docs_workdir / "coords.npy").shape == (2642, 5)
+    assert (docs_workdir / "new.parquet").is_file() and (docs_workdir / "coords.csv").is_file()
+    assert (docs_workdir / "my-map-model" / "modules.json").is_file()
 
 
 def _table_rows(text, heading):
