@@ -31,7 +31,7 @@ from .checkpoint import atomic_open
 from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import TrainedStudent
-from .teacher import TeacherData, validate_teacher
+from .teacher import TeacherData, check_finite, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -78,7 +78,7 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     name = loader or _loader_for(p, registry)
     fn = registry.get("teacher", name)
     kwargs = {"cache_dir": workdir} if workdir is not None and "cache_dir" in _params(fn) else {}
-    data = validate_teacher(fn(str(p), **kwargs))
+    data = validate_teacher(fn(str(p), **kwargs), scan=False)  # values are checked piece by piece as they are read
     student.check_input(data.embeddings)
     return _vectors(data, student.input_dim)
 
@@ -108,6 +108,7 @@ def _vectors(data: TeacherData, dim: int) -> Source:
 
     def pieces():
         for start, block in data.chunks(chunk):
+            check_finite(data, start, block)
             yield Piece(block, {k: list(v[start:start + len(block)]) for k, v in extras.items()})
     return Source(pieces(), data.num_rows, tuple(extras))
 

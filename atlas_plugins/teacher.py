@@ -178,11 +178,12 @@ LABEL_TYPES = (str, int, float, bool)
 
 
 def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int = 1,
-                     chunk_rows: int | None = None) -> TeacherData:
+                     chunk_rows: int | None = None, scan: bool = True) -> TeacherData:
     """Check shape, dtype, values, labels and texts before any training; raise :class:`DataError` naming the file.
 
     The NaN/Inf scan reads ``chunk_rows`` rows at a time, so a memory-mapped
-    file is never loaded whole.  Labels must be strings, numbers or booleans (they are
+    file is never loaded whole; ``scan=False`` leaves it to the caller, who
+    reads the rows anyway (:func:`check_finite` on each chunk).  Labels must be strings, numbers or booleans (they are
     counted and compared); texts must be strings.
     """
     if not isinstance(data, TeacherData):
@@ -219,13 +220,19 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                    None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")
-    for start, block in data.chunks(chunk_rows):
-        bad = ~torch.isfinite(block).all(dim=1)
-        if bool(bad.any()):
-            row = start + int(bad.nonzero()[0, 0])
-            raw = np.asarray(emb[row].double() if isinstance(emb, torch.Tensor) else emb[row], dtype=np.float64)
-            if np.isfinite(raw).all():
-                raise DataError(f"{src}: row {row} has values too large for float32 (|x| > 3.4e38; largest "
-                                f"{np.abs(raw).max():.3g}); rescale the embeddings")
-            raise DataError(f"{src}: row {row} contains NaN or Inf; clean or drop it before training")
+    for start, block in (data.chunks(chunk_rows) if scan else ()):
+        check_finite(data, start, block)
     return data
+
+
+def check_finite(data: TeacherData, start: int, block: torch.Tensor) -> None:
+    """A :class:`DataError` naming the first row of ``block`` (rows ``start…`` of ``data``) that is not finite."""
+    bad = ~torch.isfinite(block).all(dim=1)
+    if bool(bad.any()):
+        emb, src = data.embeddings, data.source or "teacher"
+        row = start + int(bad.nonzero()[0, 0])
+        raw = np.asarray(emb[row].double() if isinstance(emb, torch.Tensor) else emb[row], dtype=np.float64)
+        if np.isfinite(raw).all():
+            raise DataError(f"{src}: row {row} has values too large for float32 (|x| > 3.4e38; largest "
+                            f"{np.abs(raw).max():.3g}); rescale the embeddings")
+        raise DataError(f"{src}: row {row} contains NaN or Inf; clean or drop it before training")

@@ -215,3 +215,12 @@ def test_a_2_gb_input_streams_in_bounded_memory(run, tmp_path):
     assert np.array_equal(z[:1000], load_student(run).encode(base[:1000]))
     last = (rows - 1) // len(base) * len(base)  # the last copy of the example starts here
     assert np.allclose(z[last:last + 10], load_student(run).encode(base[:10]), atol=1e-5)  # other batch shapes
+
+
+def test_a_row_that_is_not_finite_stops_the_encoding_and_nothing_is_written(run, tmp_path):
+    x = np.load(EXAMPLE_NPY)[:500].copy()
+    x[321, 7] = np.nan
+    np.save(tmp_path / "bad.npy", x)
+    one_error_line(run_cli(run, tmp_path / "bad.npy", "-o", tmp_path / "z.parquet", program="atlas-encode"),
+                   "bad.npy: row 321 contains NaN or Inf")
+    assert not (tmp_path / "z.parquet").exists()
