@@ -231,10 +231,17 @@ def test_a_run_stopped_inside_a_step_stage_resumes_bit_identical(tmp_path):
         first.fit()
     blob = find_resume_checkpoint(run, warn=lambda m: None)
     assert blob["position"] == {"stage": 1, "epoch": 0, "batch": 10}  # batch 10 of epoch 2: inside the piece
+    assert (tmp_path / "stopped" / "checkpoints" / "interrupt.pt").is_file()
     pipe = assemble(pipe.config)
-    second = Trainer(pipe, run, echo=lambda m: None)
+    lines = []
+    second = Trainer(pipe, run, echo=lines.append)
     second.fit(blob)
     run.release()
     a, b = whole.student.state_dict(), second.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in second.metrics] == [m["step"] for m in whole.metrics]
+    assert not (tmp_path / "stopped" / "checkpoints" / "interrupt.pt").exists()  # done: nothing to resume from it
+    # The stage line reports the stage's own average speed (its epochs weighted by their seconds).
+    mine = [m for m in second.metrics if m["stage"] == 1]
+    rate = sum(m["samples_per_s"] * m["seconds"] for m in mine) / sum(m["seconds"] for m in mine)
+    assert lines[-1].startswith("stage 2/2") and lines[-1].endswith(f"{rate:,.0f} samples/s")
