@@ -120,6 +120,7 @@ def test_texts_and_labels_travel_with_the_coordinates(run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".atlas-encode")]  # its work folder is gone
 
 
+@pytest.mark.slow
 def test_a_hierarchical_student_writes_both_levels(tmp_path, new_vectors):
     path = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "hierarchical"\ndim = 2',
                           loss='name = "hierarchical"')

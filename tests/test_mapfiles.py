@@ -65,6 +65,7 @@ def test_map_html_is_self_contained_with_axis_menus(run):
     assert "Abstract Base Classes" in html  # the texts are the hover text
 
 
+@pytest.mark.slow
 def test_without_plotly_map_html_is_skipped_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "plotly", None)
     path = write_pipeline(tmp_path, stages=1, epochs=1)
@@ -75,6 +76,7 @@ def test_without_plotly_map_html_is_skipped_with_a_warning(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "map.html").exists() and (tmp_path / "run" / "scatter.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_hierarchical_map_offers_both_levels(tmp_path):
     path = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "hierarchical"\ndim = 2',
                           loss='name = "hierarchical"')

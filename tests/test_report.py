@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from atlas_plugins.report import axis_cards
@@ -16,6 +17,7 @@ def test_axis_cards_show_each_text_once_from_both_ends():
     assert cards[1] == {"dim": 1, "low": ["d", "c"], "high": ["a", "b"]}
 
 
+@pytest.mark.slow
 def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path):
     path = write_pipeline(tmp_path, stages=2, epochs=2)
     path.write_text(path.read_text().replace("plots = false", "plots = true"))
