@@ -16,16 +16,19 @@ coordinates alone, levels side by side.
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import io
 import json
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import attrs
 import numpy as np
+from tqdm import tqdm
 
 from .checkpoint import atomic_open
 from .errors import ConfigError, DataError
@@ -62,8 +65,12 @@ def column_names(levels: list[int]) -> list[str]:
 
 # -- inputs --------------------------------------------------------------------------------------------------
 def open_source(path: str, student: TrainedStudent, loader: str | None = None,
-                registry: Registry | None = None, workdir: str | None = None) -> Source:
-    """Open ``path`` (``-``: texts on stdin) as pieces of teacher vectors for ``student``."""
+                registry: Registry | None = None, workdir: Callable[[], str] | None = None) -> Source:
+    """Open ``path`` (``-``: texts on stdin) as pieces of teacher vectors for ``student``.
+
+    ``workdir()`` gives a folder for a teacher that converts its file first (``cache_dir``: the
+    ``parquet`` teacher); without it such a teacher reads into memory.
+    """
     registry = registry or get_registry()
     if path == "-":
         return _texts(_lines(sys.stdin.buffer, "stdin"), student)
@@ -77,15 +84,13 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
         loader = "jsonl"
     name = loader or _loader_for(p, registry)
     fn = registry.get("teacher", name)
-    kwargs = {"cache_dir": workdir} if workdir is not None and "cache_dir" in _params(fn) else {}
+    kwargs = {"cache_dir": workdir()} if workdir is not None and "cache_dir" in _params(fn) else {}
     data = validate_teacher(fn(str(p), **kwargs), scan=False)  # values are checked piece by piece as they are read
     student.check_input(data.embeddings)
     return _vectors(data, student.input_dim)
 
 
 def _params(fn) -> set:
-    import inspect
-
     try:
         return set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -273,6 +278,11 @@ def writer_for(out: str | None):
 
 
 # -- the whole job --------------------------------------------------------------------------------------------
+def _scratch(stack: ExitStack, folder: Path) -> str:
+    """A temporary folder in ``folder``, removed when ``stack`` closes."""
+    return stack.enter_context(tempfile.TemporaryDirectory(prefix=".atlas-encode-", dir=folder))
+
+
 def encode_file(student: TrainedStudent, source: str, out: str | None = None, *, loader: str | None = None,
                 batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0,
                 progress: bool = False, registry: Registry | None = None) -> int:
@@ -288,12 +298,11 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
             folder = Path(out).resolve().parent
             if not folder.is_dir():
                 raise ConfigError(f"-o {out}: the folder {folder} does not exist")
-            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".atlas-encode-", dir=folder))
+            # beside the output: a large conversion should not land in a RAM-backed /tmp
+            workdir = functools.partial(_scratch, stack, folder)
         src = open_source(source, student, loader, registry, workdir)
         fh = sys.stdout.buffer if out is None else stack.enter_context(atomic_open(out))
         writer = writer_cls(fh, names, src.extras)
-        from tqdm import tqdm
-
         bar = stack.enter_context(tqdm(total=src.rows, unit=" rows", disable=not progress, file=sys.stderr))
         rows = 0
         for piece in src.pieces:
