@@ -12,6 +12,7 @@ lets ``encode(x, refine=N)`` place new points against the training map.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,6 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_save, safe_load
-import warnings
-
 from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import REFINE_BLOCK, TrainingMap, refine as refine_points
 from .registry import get_registry
@@ -80,7 +79,7 @@ class TrainedStudent:
         ``batch_size``: same result.
         """
         if isinstance(x, (list, tuple)):
-            x = self.embed_texts(x) if all(isinstance(t, str) for t in x) and x else np.asarray(x, np.float32)
+            x = self.embed_texts(x) if any(isinstance(t, str) for t in x) else np.asarray(x, np.float32)
         as_numpy = isinstance(x, np.ndarray)
         self.check_input(x)
         if precision not in ("float32", "bfloat16"):
@@ -109,8 +108,7 @@ class TrainedStudent:
                                   generator=generator)
             outs.append(z)
         if not outs:
-            dims = [self.dim] if not self.levels else self.levels
-            outs = [tuple(torch.zeros(0, d) for d in dims)]
+            outs = [tuple(torch.zeros(0, d) for d in self.levels)]
         levels = [torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0]))]
         if as_numpy:
             levels = [z.numpy() for z in levels]
@@ -138,7 +136,7 @@ class TrainedStudent:
     def embed_texts(self, texts) -> np.ndarray:
         """Embed a list of texts with the teacher the student was trained on: a float32 array ``(N, input_dim)``.
 
-        Calls the recorded teacher plugin's ``embed(texts, **embed_params)`` (for the text teacher: the
+        Calls the recorded teacher plugin's ``embed(texts, **params)`` (for the text teacher: the
         same SentenceTransformer model and normalisation); a student trained on a file of vectors cannot.
         """
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)

@@ -225,3 +225,8 @@ def test_a_row_that_is_not_finite_stops_the_encoding_and_nothing_is_written(run,
     one_error_line(run_cli(run, tmp_path / "bad.npy", "-o", tmp_path / "z.parquet", program="atlas-encode"),
                    "bad.npy: row 321 contains NaN or Inf")
     assert not (tmp_path / "z.parquet").exists()
+
+
+def test_a_list_must_be_texts_or_vectors(run):
+    with pytest.raises(DataError, match=r"texts\[1\] is a int; pass a list of strings"):
+        load_student(run).encode(["parse a CSV file", 3])
