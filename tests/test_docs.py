@@ -17,7 +17,7 @@ from mdblocks import code_blocks
 
 DOCS = [p for p in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"] if code_blocks(p, "python")]
 EXTRAS = {"sentence_transformers": "the 'text' extra", "matplotlib": "the 'plots' extra", "duckdb": "duckdb"}
-SHELL_COMMANDS = ("atlas-encode", "echo", "embedding-atlas")  # quickstart.md's commands run by docs_workdir
+SHELL_COMMANDS = ("atlas-encode", "echo", "printf", "embedding-atlas")  # quickstart.md's commands run by docs_workdir
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_python_blocks_run(page, docs_workdir, request, monkeypatch):
 
 @pytest.mark.slow
 def test_quickstart_shell_commands_run(docs_workdir, shell_results):
-    assert len(shell_results) >= 5, [c for c, _ in shell_results]
+    assert len(shell_results) >= 6, [c for c, _ in shell_results]
     for command, proc in shell_results:
         assert proc.returncode == 0, f"{command}: {proc.stderr[-1500:]}"
     import json
@@ -87,6 +87,9 @@ def test_quickstart_shell_commands_run(docs_workdir, shell_results):
     import numpy as np
 
     out = next(p for c, p in shell_results if c.startswith("echo"))
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(docs_workdir / "new.parquet")["text"].to_pylist() == ["open a TCP socket", "format a date"]
     row = json.loads(out.stdout)
     assert row["text"] == "parse a CSV file" and len([k for k in row if k.startswith("dim_")]) == 5
     assert np.load(docs_workdir / "coords.npy").shape == (2642, 5)
