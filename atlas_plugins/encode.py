@@ -22,7 +22,6 @@ import io
 import json
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterator
@@ -113,20 +112,11 @@ def _vectors(data: TeacherData, dim: int) -> Source:
     chunk = max(256, CHUNK_BYTES // (4 * dim))
 
     def pieces():
-        for start, block in _read_ahead(data.chunks(chunk)):
+        for start, block in data.chunks(chunk):
             check_finite(data, start, block)
             yield Piece(block, {k: list(v[start:start + len(block)]) for k, v in extras.items()})
     return Source(pieces(), data.num_rows, tuple(extras))
 
-
-def _read_ahead(items: Iterator) -> Iterator:
-    """``items``, each produced in a background thread while the caller works on the one before (file reads
-    release the GIL, so reading piece k+1 overlaps encoding piece k); at most one piece waits."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-encode-read") as pool:
-        pending = pool.submit(next, items, None)
-        while (item := pending.result()) is not None:
-            pending = pool.submit(next, items, None)
-            yield item
 
 
 def _open(p: Path):
