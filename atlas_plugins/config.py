@@ -182,7 +182,8 @@ class OutputSection:
 
     dir: str = _field(None, path_str, "run folder; default runs/<pipeline file name>")
     report: bool = _field(True, boolean, "write report.json and report.md after training")
-    plots: bool = _field(True, boolean, "write PNG plots (needs matplotlib, the 'plots' extra)")
+    plots: bool = _field(True, boolean, "write training.png and scatter.png (matplotlib) and the interactive "
+                                        "map.html (plotly): the 'plots' extra")
     map_rows: int = _field(50_000, bounded_int(0, MAX_COUNT),
                            "training rows kept in map.pt for encode(refine=N), a uniform sample above it; 0: no map")
     umap: bool = _field(False, boolean, "also fit UMAP in the report, for comparison (needs the 'umap' extra)")
