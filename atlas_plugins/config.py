@@ -23,8 +23,9 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, UnknownPluginError, did_you_mean
-from .params import describe, matches, plugin_ref, signature_annotations
+from .params import accepts, describe, matches, plugin_ref, signature_annotations
 from .registry import get_registry
+from .teacher import loader_for_suffix
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -448,7 +449,7 @@ def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
         params = _check_params(origin, section, kind, getattr(sec, key), fn, sec.params, registry)
         if section == "teacher" and sec.embedder is not None:
             sec = attrs.evolve(sec, embedder=_check_embedder(origin, sec.embedder, registry))
-        if section == "teacher" and "cache_dir" not in params and _accepts(fn, "cache_dir"):
+        if section == "teacher" and "cache_dir" not in params and accepts(fn, "cache_dir"):
             # a teacher that caches what it computes keeps it in the run folder by default
             params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
         sections[section] = attrs.evolve(sec, params=params)
@@ -476,10 +477,10 @@ def _check_embedder(origin: Origin, table: dict, registry) -> dict:
 
 
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
+    name = loader_for_suffix(teacher_path, registry)
+    if name is not None:
+        return name
     suffix = Path(teacher_path).suffix.lower()
-    for info in registry.available("teacher"):
-        if suffix in getattr(info.obj, "suffixes", ()):
-            return info.name
     raise ConfigError(f"{origin('teacher.path')}: teacher.loader is not set and no teacher plugin reads "
                       f"'{suffix or teacher_path}' files; set loader to one of: {', '.join(registry.names('teacher'))}")
 
@@ -520,13 +521,6 @@ def _check_params(origin: Origin, section: str, kind: str, plugin: str, fn, para
             out[pname] = list(p.default) if isinstance(p.default, tuple) else p.default
     out.update({k: v for k, v in params.items() if k not in out})
     return out
-
-
-def _accepts(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _toml_value(v) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import inspect
 import io
 import json
 import sys
@@ -34,7 +33,8 @@ from .checkpoint import atomic_open
 from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import TrainedStudent
-from .teacher import TeacherData, check_finite, validate_teacher
+from .params import accepts
+from .teacher import TeacherData, check_finite, loader_for_suffix, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -58,6 +58,13 @@ class Source:
     extras: tuple[str, ...]
 
 
+def side_by_side(z) -> np.ndarray:
+    """``encode``'s output as one NumPy array ``(N, C)``: a multi-level student's levels side by side, in the
+    order of :func:`column_names`."""
+    levels = z if isinstance(z, tuple) else (z,)
+    return np.concatenate([np.asarray(v) for v in levels], axis=1) if len(levels) > 1 else np.asarray(levels[0])
+
+
 def column_names(levels: list[int]) -> list[str]:
     """``dim_0 …`` for the first level, ``level1_0 …`` for the next, and so on."""
     return [f"{'dim' if i == 0 else f'level{i}'}_{j}" for i, d in enumerate(levels) for j in range(d)]
@@ -78,32 +85,20 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     if loader is None and p.suffix.lower() == ".txt":
         return _texts(_lines(_open(p), str(p)), student)
     if loader is None and p.suffix.lower() == ".jsonl":
-        rows = _jsonl_rows(p)
-        if rows and "embedding" not in rows[0]:
+        if "embedding" in _jsonl_rows(p, first=True)[0]:
+            loader = "jsonl"  # vectors: the jsonl teacher reads the file
+        else:
+            rows = _jsonl_rows(p)
             return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
-        loader = "jsonl"
-    name = loader or _loader_for(p, registry)
+    name = loader or loader_for_suffix(p, registry)
+    if name is None:
+        raise ConfigError(f"{p}: no teacher plugin reads '{p.suffix.lower() or p.name}' files; name one with "
+                          f"--loader ({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
     fn = registry.get("teacher", name)
-    kwargs = {"cache_dir": workdir()} if workdir is not None and "cache_dir" in _params(fn) else {}
+    kwargs = {"cache_dir": workdir()} if workdir is not None and accepts(fn, "cache_dir") else {}
     data = validate_teacher(fn(str(p), **kwargs), scan=False)  # values are checked piece by piece as they are read
     student.check_input(data.embeddings)
     return _vectors(data, student.input_dim)
-
-
-def _params(fn) -> set:
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _loader_for(p: Path, registry: Registry) -> str:
-    suffix = p.suffix.lower()
-    for info in registry.available("teacher"):
-        if suffix in getattr(info.obj, "suffixes", ()):
-            return info.name
-    raise ConfigError(f"{p}: no teacher plugin reads '{suffix or p.name}' files; name one with --loader "
-                      f"({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
 
 
 def _vectors(data: TeacherData, dim: int) -> Source:
@@ -116,7 +111,6 @@ def _vectors(data: TeacherData, dim: int) -> Source:
             check_finite(data, start, block)
             yield Piece(block, {k: list(v[start:start + len(block)]) for k, v in extras.items()})
     return Source(pieces(), data.num_rows, tuple(extras))
-
 
 
 def _open(p: Path):
@@ -136,7 +130,8 @@ def _lines(fh, name: str) -> Iterator[dict]:
                 yield {"text": line}
 
 
-def _jsonl_rows(p: Path) -> list[dict]:
+def _jsonl_rows(p: Path, first: bool = False) -> list[dict]:
+    """The JSON objects of ``p`` (``first``: only the first, to tell texts from vectors)."""
     rows = []
     with _open(p) as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -152,6 +147,8 @@ def _jsonl_rows(p: Path) -> list[dict]:
             if "text" in row and not isinstance(row["text"], str) and "embedding" not in row:
                 raise DataError(f"{p}:{lineno}: 'text' must be a string, got {type(row['text']).__name__}")
             rows.append(row)
+            if first:
+                break
     if not rows:
         raise DataError(f"{p}: no rows found")
     return rows
@@ -308,7 +305,7 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
         rows = 0
         for piece in src.pieces:
             z = student.encode(piece.vectors, batch_size=batch_size, precision=precision, refine=refine, seed=seed + rows)
-            z = np.concatenate([np.asarray(v) for v in z], axis=1) if isinstance(z, tuple) else np.asarray(z)
+            z = side_by_side(z)
             writer.write(z, piece.extras)
             rows += len(z)
             bar.update(len(z))

@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 
 from .checkpoint import atomic_open
-from .encode import WRITERS, column_names
+from .encode import WRITERS, column_names, side_by_side
 from .rundir import RunDir
 
 HTML_POINTS = 5000  # SVG points stay responsive in a browser up to a few thousand
@@ -36,8 +36,9 @@ def splits(pipe) -> np.ndarray:
     return out
 
 
-def write_map_table(run: RunDir, pipe, student) -> str:
-    """Write ``map.parquet`` (or ``map.csv`` without pyarrow), streaming the teacher in chunks; return its name."""
+def write_map_table(run: RunDir, pipe, student) -> np.ndarray:
+    """Write ``map.parquet`` (or ``map.csv`` without pyarrow), streaming the teacher in chunks; return the first
+    level's coordinates of every row ``(N, D)`` (what the report's axis cards read: one pass over the file)."""
     try:
         import pyarrow  # noqa: F401
 
@@ -47,18 +48,20 @@ def write_map_table(run: RunDir, pipe, student) -> str:
     teacher = pipe.teacher
     split = splits(pipe)
     extras = ["id", "split"] + [k for k, v in (("text", teacher.texts), ("label", teacher.labels)) if v is not None]
+    levels = student.levels
+    first = []
     with atomic_open(run.file(name)) as fh:
-        writer = WRITERS["." + name.split(".")[1]](fh, column_names(student.levels), extras)
+        writer = WRITERS["." + name.split(".")[1]](fh, column_names(levels), extras)
         for start, block in teacher.chunks():
             stop = start + len(block)
-            z = student.encode(block)
-            z = np.concatenate([v.numpy() for v in z], 1) if isinstance(z, tuple) else z.numpy()
+            z = side_by_side(student.encode(block))
+            first.append(z[:, :levels[0]])
             cols = {"id": list(teacher.ids[start:stop]) if teacher.ids is not None else list(range(start, stop)),
                     "split": split[start:stop].tolist(), "text": teacher.texts and list(teacher.texts[start:stop]),
                     "label": teacher.labels and list(teacher.labels[start:stop])}
             writer.write(z, cols)
         writer.close()
-    return name
+    return np.concatenate(first)
 
 
 def html_rows(pipe, limit: int = HTML_POINTS) -> np.ndarray:
@@ -109,8 +112,7 @@ def write_map_html(run: RunDir, pipe, student) -> str:
 
     teacher = pipe.teacher
     rows = html_rows(pipe)
-    z = student.encode(teacher.rows(rows))
-    z = np.concatenate([v.numpy() for v in z], 1) if isinstance(z, tuple) else z.numpy()
+    z = side_by_side(student.encode(teacher.rows(rows)))
     labels = [teacher.labels[i] for i in rows] if teacher.labels is not None else None
     split = splits(pipe)[rows]
     hover = []

@@ -27,7 +27,7 @@ from .registry import Registry, get_registry
 from .report import write_report
 from .rundir import RunDir
 from .student import TrainedStudent, teacher_record
-from .trainer import Interrupted, Trainer
+from .trainer import Interrupted, Trainer, call_loggers
 
 
 @attrs.define
@@ -66,13 +66,6 @@ def make_loggers(config: PipelineConfig, registry: Registry | None, run: RunDir)
                               f"{type(logger).__name__}, which has no log(metrics) method")
         out.append((name, logger))
     return out
-
-
-def end_loggers(loggers: list, summary: dict) -> None:
-    for name, logger in loggers:
-        if callable(getattr(logger, "end", None)):
-            with blame("logger", name, None):
-                logger.end(summary)
 
 
 def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
@@ -120,7 +113,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             raise
         finally:
             if status != "completed":
-                end_loggers(loggers, {"status": status})
+                call_loggers(loggers, "end", {"status": status})
         if dist.active:
             found = distributed.digests(dist, pipe.student)
             if len(set(found)) != 1:
@@ -139,16 +132,16 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                                                  max_rows=config.output.map_rows, seed=config.train.seed)
                 student.map_path = run.file("map.pt")
                 student.training_map.save(student.map_path)
-            write_map_table(run, pipe, student)
+            coords = write_map_table(run, pipe, student)
             if config.output.plots:
                 try:
                     write_map_html(run, pipe, student)
                 except ImportError:
                     warn("map.html skipped: plotly is not installed; pip install 'atlas-distill[plots]'")
             if config.output.report:
-                result.report = write_report(pipe, student, trainer.metrics, run, echo=echo, warn=warn,
+                result.report = write_report(pipe, student, trainer.metrics, run, coords, echo=echo, warn=warn,
                                              neighbor_graph=trainer.graph_info)
-            end_loggers(loggers, {"status": "completed", "report": result.report})
+            call_loggers(loggers, "end", {"status": "completed", "report": result.report})
         distributed.barrier(dist)
         return result
     finally:

@@ -121,6 +121,14 @@ def describe(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def accepts(fn, name: str) -> bool:
+    """Whether plugin ``fn`` takes a parameter called ``name`` (False when its signature cannot be read)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def parameters(fn, reserved=()) -> list[dict]:
     """The parameters a pipeline file may set for plugin ``fn`` (not ``reserved``, not ``*args``):
     ``[{"name", "default", "type"}]``, ``default`` None when there is none, ``type`` in words (or None)."""

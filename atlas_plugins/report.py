@@ -54,17 +54,11 @@ def axis_cards(z: torch.Tensor, texts, n: int = 5) -> list[dict]:
     return cards
 
 
-def encode_all(teacher, student) -> torch.Tensor:
-    """The first level's coordinates of every teacher row ``(N, D)``, read chunk by chunk."""
-    parts = []
-    for _, block in teacher.chunks():
-        z = student.encode(block)
-        parts.append(z[0] if isinstance(z, tuple) else z)
-    return torch.cat(parts)
-
-
-def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
+def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tuple[dict, dict]:
     """Compute the report; returns ``(report, arrays)`` where arrays holds what the plots need.
+
+    ``coords``: the first level's coordinates of every teacher row ``(N, D)`` (from ``map.parquet``'s pass
+    over the file, :func:`atlas_plugins.mapfiles.write_map_table`), for the axis cards.
 
     ``report["methods"]`` maps each method's name to its metrics and ``vectors_per_s``; ``report["student"]``
     and ``report["pca"]`` are the student's and PCA's metrics alone.
@@ -117,7 +111,7 @@ def build_report(pipe, student, metrics: list[dict]) -> tuple[dict, dict]:
     if len(levels) > 1:
         report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, labels, k) for i, lv in enumerate(levels)}
     if pipe.teacher.texts is not None:
-        report["axis_cards"] = axis_cards(encode_all(pipe.teacher, student), pipe.teacher.texts)
+        report["axis_cards"] = axis_cards(torch.from_numpy(coords), pipe.teacher.texts)
         report["axis_cards_from"] = (f"all {pipe.teacher.num_rows} teacher rows (training and validation), "
                                      "each text once")
     return report, {"z": levels[0].numpy(), "labels": labels}
@@ -276,11 +270,12 @@ def _save_png(run: RunDir, rel: str, fig) -> None:
     run.write_bytes(rel, buf.getvalue())
 
 
-def write_report(pipe, student, metrics, run: RunDir, *, echo: Callable = print, warn: Callable = print,
-                 neighbor_graph: dict | None = None) -> dict:
-    """Build the report, write report.json, report.md and the plots; ``neighbor_graph``: how the neighbour
-    batches' graph was built (method, recall on a sample, seconds), recorded as it is."""
-    report, arrays = build_report(pipe, student, metrics)
+def write_report(pipe, student, metrics, run: RunDir, coords: np.ndarray, *, echo: Callable = print,
+                 warn: Callable = print, neighbor_graph: dict | None = None) -> dict:
+    """Build the report, write report.json, report.md and the plots; ``coords`` as for :func:`build_report`;
+    ``neighbor_graph``: how the neighbour batches' graph was built (method, recall on a sample, seconds),
+    recorded as it is."""
+    report, arrays = build_report(pipe, student, metrics, coords)
     if neighbor_graph is not None:
         report["neighbor_graph"] = neighbor_graph
     if pipe.config.output.plots:

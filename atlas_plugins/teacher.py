@@ -170,6 +170,12 @@ def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=emb.dtype).reshape(stop - start, emb.shape[1])
 
 
+def loader_for_suffix(path, registry) -> str | None:
+    """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
+
+
 def _dtype_name(emb) -> str:
     return str(emb.dtype).replace("torch.", "")
 

@@ -37,6 +37,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both save a checkpoint and sto
 READ_EVERY = 10  # optimizer steps between reads of the losses from the device (one host sync each)
 
 
+def call_loggers(loggers: list, method: str, arg: dict) -> None:
+    """Call ``method(arg)`` (start, log or end) on each ``(name, logger)`` that has it; an error names the
+    logger plugin."""
+    for name, logger in loggers:
+        fn = getattr(logger, method, None)
+        if callable(fn):
+            with blame("logger", name, None):
+                fn(arg)
+
+
 class Interrupted(AtlasError):
     """Ctrl-C or SIGTERM: a checkpoint was saved; the message says how to resume."""
 
@@ -234,14 +244,8 @@ class Trainer:
             self.run.remove("checkpoints/interrupt.pt")  # the run is complete: nothing to resume from it
 
     def _to_loggers(self, method: str, arg: dict) -> None:
-        """Call ``method(arg)`` on each logger that has it (rank 0); an error names the logger plugin."""
-        if not self.dist.is_main:
-            return
-        for name, logger in self.loggers:
-            fn = getattr(logger, method, None)
-            if fn is not None:
-                with blame("logger", name, None):
-                    fn(arg)
+        if self.dist.is_main:
+            call_loggers(self.loggers, method, arg)
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is not None:  # a second Ctrl-C stops at once

@@ -53,7 +53,6 @@ def _vectors(pa, chunk, path: Path, column: str, first_row: int, dim: int | None
     n = len(arr)
     if pa.types.is_fixed_size_list(arr.type):
         dim = arr.type.list_size
-        values = arr.flatten()
     else:
         lengths = np.diff(np.asarray(arr.offsets)) if n else np.zeros(0, np.int64)
         dim = int(lengths[0]) if dim is None and n else dim
@@ -62,7 +61,7 @@ def _vectors(pa, chunk, path: Path, column: str, first_row: int, dim: int | None
             raise DataError(f"{path}: row {first_row + int(bad[0])} of column '{column}' holds "
                             f"{int(lengths[bad[0]])} values, the rows before it {dim}; every embedding must have "
                             "the same length")
-        values = arr.flatten()
+    values = arr.flatten()
     if values.null_count:
         raise DataError(f"{path}: column '{column}' holds null values inside an embedding; clean them first")
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, dim or 0)

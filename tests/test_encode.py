@@ -230,3 +230,17 @@ def test_a_row_that_is_not_finite_stops_the_encoding_and_nothing_is_written(run,
 def test_a_list_must_be_texts_or_vectors(run):
     with pytest.raises(DataError, match=r"texts\[1\] is a int; pass a list of strings"):
         load_student(run).encode(["parse a CSV file", 3])
+
+
+def test_jsonl_vectors_are_told_from_jsonl_texts_by_their_first_row(run, tmp_path):
+    x = np.load(EXAMPLE_NPY)[:20]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps({"embedding": r.tolist(), "id": i}) + "\n"
+                                              for i, r in enumerate(x)))
+    done = run_cli(run, tmp_path / "v.jsonl", "-o", tmp_path / "v.npy", program="atlas-encode")
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "v.npy"), load_student(run).encode(x))
+    (tmp_path / "bad.jsonl").write_text('{"vector": [1, 2]}\n')
+    one_error_line(run_cli(run, tmp_path / "bad.jsonl", "-o", tmp_path / "b.csv", program="atlas-encode"),
+                   "bad.jsonl:1: expected a JSON object with a 'text' field (texts to embed) or an 'embedding' "
+                   "field (vectors)")
+    assert not (tmp_path / "b.csv").exists()
