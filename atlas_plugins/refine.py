@@ -5,7 +5,11 @@ held-out points keep fewer of their teacher neighbours than training points do.
 Refinement moves each new point's output a few steps against the *frozen* map of
 the training rows, batched in torch so thousands of points move at once:
 
-1. its ``k`` nearest training rows by cosine similarity (exact, blocked over the map);
+1. its ``k`` nearest training rows by cosine similarity, compared in the map's leading principal
+   components: the map stores its unit rows rotated into their principal basis, and the search reads the
+   first ``search_dims`` columns — the fewest (in steps of D/16) whose top-k still holds
+   :data:`SEARCH_RECALL` of the exact top-k on :data:`SEARCH_SAMPLE` map rows, measured when the map is
+   built (on 384-D MiniLM rows: 192 dimensions, half the work, the same refined quality);
 2. fuzzy memberships ``wⱼ = exp(−dⱼ/σ)`` on cosine distances ``dⱼ = 1 − cos``, σ chosen by
    bisection so that ``Σⱼ wⱼ = log₂ k`` (UMAP's smooth-kNN with ρ = 0, as in its ``transform``);
 3. start at the student's output ``y`` and run ``epochs`` rounds of UMAP's layout objective with the
@@ -33,48 +37,73 @@ import torch
 
 from .checkpoint import atomic_save, safe_load
 from .errors import CheckpointError
-from .neighbors import streamed_topk
+from .neighbors import graph_recall, streamed_topk
 
-MAP_FORMAT = "atlas-map/1"
+MAP_FORMAT = "atlas-map/2"  # /1: no principal basis (vectors as the teacher gave them), still read
 SEARCH_BLOCK = 8192  # map rows compared with the queries at once
 REFINE_BLOCK = 4096  # new points refined at once (memory: about REFINE_BLOCK × SEARCH_BLOCK similarities)
 REFINE_K = 30  # training neighbours per new point
 REFINE_NEGATIVES = 3  # random training points pushed from per sampled edge
+SEARCH_RECALL = 0.95  # the reduced search keeps at least this share of the exact top-k on the sample
+SEARCH_SAMPLE = 1000  # map rows whose exact neighbours choose search_dims
 
 
 @attrs.define
 class TrainingMap:
     """The training rows a student saw, in both spaces.
 
-    ``vectors``: ``(N, Dt)`` unit rows (teacher vectors, normalised; float16 as stored, memory-mapped when
-    loaded: the search streams over them in blocks);
-    ``coords``: one ``(N, Ds)`` float32 tensor per student level; ``rows``: ``(N,)`` teacher row ids.
+    ``vectors``: ``(N, Dt)`` unit rows (teacher vectors, normalised and rotated by ``basis``; float16 as
+    stored, memory-mapped when loaded: the search streams over them in blocks);
+    ``coords``: one ``(N, Ds)`` float32 tensor per student level; ``rows``: ``(N,)`` teacher row ids;
+    ``basis``: ``(Dt, Dt)`` orthonormal, columns by decreasing variance of the map's rows (``None``: the
+    teacher's own axes); ``search_dims``: how many leading columns the search compares (0: all).
     """
 
     vectors: torch.Tensor
     coords: tuple
     rows: torch.Tensor
+    basis: torch.Tensor | None = None
+    search_dims: int = 0
 
     def __attrs_post_init__(self):
-        n = self.vectors.shape[0]
+        n, d = self.vectors.shape if self.vectors.dim() == 2 else (-1, -1)
         if self.vectors.dim() != 2 or self.rows.shape != (n,) or not self.coords or any(
-                c.dim() != 2 or c.shape[0] != n for c in self.coords):
+                c.dim() != 2 or c.shape[0] != n for c in self.coords) or (
+                self.basis is not None and tuple(self.basis.shape) != (d, d)) or not 0 <= self.search_dims <= d:
             raise CheckpointError(f"training map shapes disagree: vectors {tuple(self.vectors.shape)}, rows "
-                                  f"{tuple(self.rows.shape)}, coords {[tuple(c.shape) for c in self.coords]}")
+                                  f"{tuple(self.rows.shape)}, coords {[tuple(c.shape) for c in self.coords]}, basis "
+                                  f"{None if self.basis is None else tuple(self.basis.shape)}, search_dims "
+                                  f"{self.search_dims}")
+
+    @property
+    def dims(self) -> int:
+        """The number of leading vector columns the search compares."""
+        return self.search_dims or self.vectors.shape[1]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit rows of teacher vectors ``x (Q, Dt)`` in the map's basis, cut to the searched columns."""
+        x = torch.nn.functional.normalize(x.float(), dim=1)
+        return x if self.basis is None else x @ self.basis[:, :self.dims].to(x.device)
 
     def save(self, path) -> None:
         """Write ``map.pt`` atomically; vectors are stored as float16 (half the size; cosine error ~1e-3)."""
         atomic_save({"format": MAP_FORMAT, "vectors": self.vectors.to(torch.float16),
-                     "coords": [c.float() for c in self.coords], "rows": self.rows.long()}, path)
+                     "coords": [c.float() for c in self.coords], "rows": self.rows.long(),
+                     "basis": self.basis, "search_dims": self.search_dims}, path)
 
     @classmethod
     def load(cls, path) -> "TrainingMap":
         """Read ``map.pt`` (``weights_only=True``; the vectors memory-mapped, not read into memory)."""
         blob = safe_load(path, what="training map", mmap=True)
-        if not isinstance(blob, dict) or blob.get("format") != MAP_FORMAT:
+        if not isinstance(blob, dict) or blob.get("format") not in (MAP_FORMAT, "atlas-map/1"):
             raise CheckpointError(f"{path}: not an atlas training map (expected format '{MAP_FORMAT}')")
         try:
-            return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long())
+            basis = blob.get("basis")
+            dims = blob.get("search_dims", 0)
+            if (basis is not None and not isinstance(basis, torch.Tensor)) or isinstance(dims, bool) or not isinstance(dims, int):
+                raise TypeError("basis must be a tensor and search_dims an integer")
+            return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long(),
+                       None if basis is None else basis.float(), dims)
         except (KeyError, AttributeError, TypeError) as exc:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
@@ -84,7 +113,9 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
     ``output.map_rows``) under ``encode``.
 
     ``teacher`` is a :class:`~atlas_plugins.teacher.TeacherData`; ``encode`` maps ``(n, Dt)`` to a
-    tensor or a tuple of per-level tensors.  Rows are read and encoded in chunks.
+    tensor or a tuple of per-level tensors.  Rows are read and encoded in chunks; the unit rows are
+    rotated into their principal basis in place and :func:`search_dims` chooses how many columns the
+    search compares.
     """
     rows = np.asarray(rows)
     if len(rows) > max_rows:
@@ -99,17 +130,60 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
             vectors = torch.empty((len(rows), x.shape[1]), dtype=torch.float16)
         vectors[start:start + len(x)] = torch.nn.functional.normalize(x, dim=1)
     levels = tuple(torch.cat([c[i] for c in coords]) for i in range(len(coords[0])))
-    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long))
+    basis = principal_basis(vectors)
+    for start in range(0, len(rows), 16384):
+        vectors[start:start + 16384] = vectors[start:start + 16384].float() @ basis
+    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long), basis,
+                       search_dims(vectors, min(REFINE_K, len(rows) - 1)))
+
+
+def principal_basis(vectors: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """``(D, D)`` orthonormal eigenvectors of the covariance of ``vectors (N, D)``, largest variance first
+    (accumulated in float64 over chunks)."""
+    n, d = vectors.shape
+    mean = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        mean += vectors[start:start + chunk].double().sum(0)
+    mean /= max(n, 1)
+    cov = torch.zeros(d, d, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        x = vectors[start:start + chunk].double() - mean
+        cov += x.T @ x
+    _, eigenvectors = torch.linalg.eigh(cov)  # ascending
+    return eigenvectors.flip(1).float().contiguous()
+
+
+def search_dims(vectors: torch.Tensor, k: int, sample: int = SEARCH_SAMPLE, target: float = SEARCH_RECALL) -> int:
+    """The fewest leading columns of ``vectors (N, D)`` (rows in their principal basis), in steps of D/16
+    up to 3/4 of D, whose top-``k`` inner products find ``target`` of the exact top-``k`` for ``sample``
+    evenly spaced rows (each excluding itself); 0 (all columns) when none does."""
+    n, d = vectors.shape
+    if k < 1 or d < 16:
+        return 0
+    ids = torch.as_tensor(np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64)))
+    queries = vectors[ids].float()
+
+    def top(dims):
+        blocks = ((s, vectors[s:s + SEARCH_BLOCK, :dims].float()) for s in range(0, n, SEARCH_BLOCK))
+        return streamed_topk(queries[:, :dims].contiguous(), blocks, k, query_ids=ids)[1]
+
+    exact = top(d)
+    for dims in range(d // 16, 3 * d // 4 + 1, d // 16):
+        if graph_recall(top(dims), exact) >= target:
+            return dims
+    return 0
 
 
 def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = SEARCH_BLOCK):
-    """Exact top-``k`` cosine neighbours of unit ``queries (Q, D)`` among unit ``vectors (N, D)``.
+    """Top-``k`` inner products of ``queries (Q, d)`` with the first ``d`` columns of ``vectors (N, D)``:
+    exact cosine neighbours when both are unit rows and ``d = D``.
 
     Returns ``(similarities (Q, k), indices (Q, k))``, nearest first; ``vectors`` (any float dtype, on any
     device, memory-mapped or not) are read in blocks of ``block`` rows, converted to the queries' dtype and
     device, so memory stays at ``Q × (block + k)`` similarities plus one block.
     """
-    blocks = ((start, vectors[start:start + block].to(queries.device, queries.dtype))
+    d = queries.shape[1]
+    blocks = ((start, vectors[start:start + block, :d].to(queries.device, queries.dtype))
               for start in range(0, vectors.shape[0], block))
     return streamed_topk(queries, blocks, k)
 
@@ -143,26 +217,33 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
     device = start[0].device
     k = min(k, map_.vectors.shape[0])
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
-    sims, idx = nearest(torch.nn.functional.normalize(queries.float(), dim=1), map_.vectors, k)
+    sims, idx = nearest(map_.project(queries), map_.vectors, k)
     w = memberships((1.0 - sims).clamp_min(0.0))
-    rate = (w / w.max(dim=1, keepdim=True).values).unsqueeze(2)  # (Q, k, 1): the nearest edge has weight 1
+    rate = w / w.max(dim=1, keepdim=True).values  # (Q, k): the nearest edge has weight 1
+    rate_negative = rate.repeat_interleave(negatives, dim=1)  # (Q, k·negatives), edge by edge
     out = []
     for y0, coords in zip(start, map_.coords):
-        coords = coords.to(device)
-        near = coords[idx]  # (Q, k, Ds)
-        y = y0.float().clone()
+        # Laid out (Ds, Q, edges), contiguous: each elementwise pass runs over long rows (~3x faster than Ds last).
+        coords_t = coords.to(device).T.contiguous()  # (Ds, N)
+        near = coords_t.index_select(1, idx.view(-1).to(device)).view(-1, *idx.shape)
+        y = y0.float().T.contiguous()  # (Ds, Q)
         for n in range(1, epochs + 1):
-            diff = y.unsqueeze(1) - near
-            d2 = diff.pow(2).sum(2, keepdim=True)
-            coeff = -2.0 / (1.0 + d2)  # a = b = 1
-            move = ((coeff * diff).clamp_(-4.0, 4.0) * rate).sum(1)
+            diff = y.unsqueeze(2) - near
+            move = diff.mul_(-2.0 / (1.0 + _squared_norms(diff))).clamp_(-4.0, 4.0).mul_(rate).sum(2)  # a = b = 1
             if negatives:
-                drawn = torch.randint(0, coords.shape[0], (idx.numel() * negatives,), generator=g).to(device)
-                other = coords.index_select(0, drawn).view(idx.shape[0], idx.shape[1], negatives, -1)
-                diff = y.view(-1, 1, 1, y.shape[1]) - other  # (Q, k, negatives, Ds)
-                d2 = diff.pow(2).sum(3, keepdim=True)
-                coeff = 2.0 / ((0.001 + d2) * (1.0 + d2))
-                move += ((coeff * diff).clamp_(-4.0, 4.0) * rate.unsqueeze(3)).sum((1, 2))
+                drawn = torch.randint(0, coords_t.shape[1], (rate_negative.numel(),), generator=g).to(device)
+                diff = y.unsqueeze(2) - coords_t.index_select(1, drawn).view(-1, *rate_negative.shape)
+                d2 = _squared_norms(diff)
+                move += diff.mul_(2.0 / ((0.001 + d2) * (1.0 + d2))).clamp_(-4.0, 4.0).mul_(rate_negative).sum(2)
             y.add_(move, alpha=alpha * (1.0 - (n - 1) / epochs))
-        out.append(y)
+        out.append(y.T.contiguous())
     return tuple(out)
+
+
+def _squared_norms(diff: torch.Tensor) -> torch.Tensor:
+    """``Σ_c diff[c]²`` of ``(C, ...)``, one fused multiply-add per component (a few components: faster
+    than a reduction over the first dimension)."""
+    total = diff[0] * diff[0]
+    for c in range(1, diff.shape[0]):
+        total.addcmul_(diff[c], diff[c])
+    return total

@@ -19,7 +19,7 @@ from .rundir import RunDir
 
 K = 10
 PCA_FIT_ROWS = 20000
-REFINE_EPOCHS = (5, 10, 20)  # the refine settings the report (and benchmarks/quality.py) measure
+REFINE_EPOCHS = (3, 6, 10)  # the refine settings the report (and benchmarks/quality.py) measure
 
 
 def _throughput(fn, x, min_seconds: float = 0.2, warmed_up: bool = False) -> float:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from atlas_plugins.config import build_config
 from atlas_plugins.errors import ConfigError
 from atlas_plugins.evaluation import recall_at_k
 from atlas_plugins.pipeline import assemble
-from atlas_plugins.refine import MAP_FORMAT, TrainingMap, build_map, memberships, nearest, refine
+from atlas_plugins.neighbors import graph_recall
+from atlas_plugins.refine import (MAP_FORMAT, SEARCH_RECALL, TrainingMap, build_map, memberships, nearest,
+                                 principal_basis, refine, search_dims)
 from atlas_plugins.trainer import Trainer
 from conftest import EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
 
@@ -167,13 +170,65 @@ def test_the_map_keeps_a_sample_of_at_most_max_rows(trained):
     assert torch.allclose(small.vectors.float().norm(dim=1), torch.ones(100), atol=1e-3)
 
 
+def test_the_map_is_stored_in_its_principal_basis_and_searched_in_fewer_dimensions(trained):
+    student, held_out = trained
+    m = student.training_map
+    assert torch.allclose(m.basis.T @ m.basis, torch.eye(384), atol=1e-5)  # a rotation: cosines unchanged
+    vectors = m.vectors.float()
+    variance = vectors.var(0)
+    assert bool((variance[:-1] + 1e-4 >= variance[1:]).all())  # columns by decreasing variance
+    assert 0 < m.search_dims < 384 and m.dims == m.search_dims
+    # the rule: the reduced search finds SEARCH_RECALL of the exact top-30 on map rows; one step fewer does not
+    assert search_dims(m.vectors, 30) == m.search_dims
+    exact = nearest(torch.nn.functional.normalize(held_out, dim=1) @ m.basis, m.vectors, 30)[1]  # all columns
+    reduced = nearest(m.project(held_out), m.vectors, 30)[1]
+    assert m.project(held_out).shape == (len(held_out), m.dims)
+    assert graph_recall(reduced, exact) > SEARCH_RECALL - 0.05  # new rows fare about as well as map rows
+
+
+def test_search_dims_keeps_every_column_when_no_prefix_is_enough():
+    iso = unit(400, 32, 9)  # isotropic rows: every direction matters as much
+    assert search_dims(iso @ principal_basis(iso), 10) == 0
+    low = torch.cat([unit(400, 4, 10), 1e-3 * torch.randn(400, 28, generator=torch.Generator().manual_seed(11))], 1)
+    low = torch.nn.functional.normalize(low, dim=1)  # four directions hold nearly all the variance
+    assert search_dims(low @ principal_basis(low), 10) == 4
+
+
+def test_a_map_of_the_first_format_is_still_read_and_searched_exactly(trained, tmp_path):
+    student, held_out = trained
+    m = student.training_map
+    teacher_axes = (m.vectors.float() @ m.basis.T).half()  # what format 1 stored: the teacher's own axes
+    torch.save({"format": "atlas-map/1", "vectors": teacher_axes, "coords": list(m.coords), "rows": m.rows},
+               tmp_path / "map.pt")
+    old = TrainingMap.load(tmp_path / "map.pt")
+    assert old.basis is None and old.dims == 384
+    sims, idx = nearest(old.project(held_out), old.vectors, 10)
+    full = torch.nn.functional.normalize(held_out, dim=1) @ teacher_axes.float().T
+    assert torch.equal(idx, full.topk(10, dim=1).indices)
+    assert refine(old, held_out, (student.encode(held_out),), epochs=2)[0].shape == (len(held_out), 5)
+
+
+@pytest.mark.parametrize("blob, fragment", [
+    ({"basis": torch.eye(3)}, "basis (3, 3)"),
+    ({"search_dims": 999}, "search_dims 999"),
+    ({"search_dims": "all"}, "search_dims an integer"),
+    ({"basis": [[1.0]]}, "basis must be a tensor"),
+])
+def test_a_damaged_basis_is_named(trained, tmp_path, blob, fragment):
+    m = trained[0].training_map
+    torch.save({"format": MAP_FORMAT, "vectors": m.vectors, "coords": list(m.coords), "rows": m.rows,
+                "basis": m.basis, "search_dims": m.search_dims, **blob}, tmp_path / "map.pt")
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+        TrainingMap.load(tmp_path / "map.pt")
+
+
 def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     proc = run_cli(write_pipeline(tmp_path, epochs=1), "--quiet")
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     assert (run / "map.pt").is_file()
     report = json.loads((run / "report.json").read_text())
-    assert {"PCA", "student", "student + refine 10", "student + refine 20"} <= set(report["methods"])
+    assert {"PCA", "student", "student + refine 6", "student + refine 10"} <= set(report["methods"])
     assert "student + refine 10" in (run / "report.md").read_text()
     assert "student + refine 10" in proc.stdout
 
