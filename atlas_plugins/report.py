@@ -90,7 +90,10 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         methods["UMAP + transform"] = _umap(pipe, x, labels, k, levels[0].shape[1], fit_rows)
     methods["student"] = {**evaluate(x, levels[0], labels, k),
                           "vectors_per_s": _throughput(student.encode, x, warmed_up=True)}
-    if student.training_map is not None and held_out:
+    training_map = student.training_map
+    if training_map is not None and held_out:
+        notes.append(f"refine searches the map's {training_map.vectors.shape[0]:,} training rows in "
+                     f"{training_map.dims} of {training_map.vectors.shape[1]} principal components")
         for epochs in REFINE_EPOCHS:
             encode = lambda v, e=epochs: student.encode(v, refine=e, seed=cfg.train.seed)  # noqa: E731
             refined = encode(x)

@@ -10,8 +10,9 @@ out (exactly what ``[train] val_fraction = 0.2, seed = 0`` does).  Metrics are c
 alone, neighbours searched among themselves (k = 10; teacher by cosine, student by Euclidean distance).
 The default student is ``examples/quickstart.toml``'s recipe with ``epochs_per_stage = 6`` (this data has
 2.5 times the bundled example's rows: about the same number of optimizer steps).  Encode speeds are on
-the held-out rows; ``÷ UMAP`` is vectors/s over UMAP ``transform``'s in the same run (UMAP with a
-``random_state`` runs on one thread, so refine is also measured on one thread).  Prints Markdown tables.
+the held-out rows; ``÷ UMAP`` is vectors/s over UMAP ``transform``'s in the same run on as many threads
+(UMAP with a ``random_state`` runs on one thread, without one on all: both are fitted, and refine is
+measured on one thread and on all).  Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -115,15 +116,17 @@ def train_student(data: Path, student, loss, schedule, train, quick):
     return pipe, TrainedStudent(pipe.student.cpu().eval(), "mlp", {}, pipe.teacher.dim, 5), seconds
 
 
-def table(title, rows, ref_label, ref_speed):
+def table(title, rows, ref_label, ref_speeds):
+    """``rows``: (label, metrics, seconds, vectors/s, threads); each speed is divided by the reference's on
+    the same number of threads (``ref_speeds[threads]``)."""
     keys = list(rows[0][1])
     print(f"\n{title}\n")
     print("| 5-D method | " + " | ".join(keys) + f" | fit/train s | encode vectors/s | ÷ {ref_label} |")
     print("|---|" + "---:|" * (len(keys) + 3))
-    for label, metrics, seconds, speed in rows:
+    for label, metrics, seconds, speed, threads in rows:
         secs = "" if seconds is None else f"{seconds:.1f}"
         print(f"| {label} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys)
-              + f" | {secs} | {speed:,.0f} | {speed / ref_speed:.2f} |")
+              + f" | {secs} | {speed:,.0f} | {speed / ref_speeds[threads]:.2f} |")
 
 
 def main(argv=None):
@@ -146,42 +149,49 @@ def main(argv=None):
     xt, xe = torch.from_numpy(emb[train_rows]), torch.from_numpy(emb[test_rows])
     le = [labels[i] for i in test_rows] if labels else None
     rows = []
+    threads = torch.get_num_threads()
 
     t0 = time.perf_counter()
     mean, comps = pca_fit(xt, 5)
     pca_seconds = time.perf_counter() - t0
-    rows.append(("PCA", evaluate(xe, pca_transform(xe, mean, comps), le), pca_seconds,
-                 throughput(pca_projector(mean, comps), xe)))
-    ref_label, ref_speed = "PCA", rows[0][3]
+    pca = pca_projector(mean, comps)
+    rows.append(("PCA", evaluate(xe, pca_transform(xe, mean, comps), le), pca_seconds, throughput(pca, xe), threads))
+    ref_label, ref_speeds = "PCA", {threads: rows[0][3], 1: throughput(one_thread(pca), xe)}
     if not args.no_umap:
         try:
             import umap
-
-            t0 = time.perf_counter()
-            reducer = umap.UMAP(n_components=5, metric="cosine", random_state=0).fit(xt.numpy())
-            fit_seconds = time.perf_counter() - t0
-            ze = reducer.transform(xe.numpy())
-            ref_label, ref_speed = "UMAP", throughput(lambda a: reducer.transform(a), xe.numpy(), 2.0)
-            rows.append(("UMAP (cosine) + transform (one thread: seeded UMAP runs on one)",
-                         evaluate(xe, torch.from_numpy(ze), le), fit_seconds, ref_speed))
         except ImportError:
-            print("(umap-learn not installed: UMAP row skipped; pip install umap-learn)", file=sys.stderr)
+            print("(umap-learn not installed: UMAP rows skipped; pip install umap-learn)", file=sys.stderr)
+        else:
+            ref_label, ref_speeds = "UMAP", {}
+            # Seeded UMAP runs on one thread (numba's parallel loops off); unseeded, on all of them.
+            for seed, on, label in ((0, 1, "one thread: seeded"), (None, threads, f"{threads} threads: unseeded")):
+                t0 = time.perf_counter()
+                reducer = umap.UMAP(n_components=5, metric="cosine", random_state=seed).fit(xt.numpy())
+                fit_seconds = time.perf_counter() - t0
+                ze = reducer.transform(xe.numpy())
+                ref_speeds[on] = throughput(lambda a, r=reducer: r.transform(a), xe.numpy(), 2.0)
+                rows.append((f"UMAP (cosine) + transform, {label}", evaluate(xe, torch.from_numpy(ze), le),
+                             fit_seconds, ref_speeds[on], on))
 
     pipe, st, seconds = train_student(args.data, *DEFAULT, args.quick)
     assert np.array_equal(pipe.val_rows, test_rows)
     rows.append((f"**default** student (examples/quickstart.toml: MLP 384→{'→'.join(map(str, DEFAULT[0]['hidden']))}→5, "
                  f"noise {DEFAULT[3]['input_noise']})", evaluate(xe, st.encode(xe), le), seconds,
-                 throughput(st.encode, xe)))
+                 throughput(st.encode, xe), threads))
     st.training_map = build_map(pipe.teacher, pipe.train_rows, st.encode, max_rows=len(pipe.train_rows))
+    print(f"map: {len(pipe.train_rows):,} rows, searched in {st.training_map.dims} of {xe.shape[1]} principal "
+          "components", file=sys.stderr, flush=True)
     for epochs in REFINE_EPOCHS:
         encode = lambda a, e=epochs: st.encode(a, refine=e)  # noqa: E731
         metrics = evaluate(xe, encode(xe), le)
-        rows.append((f"default + refine {epochs}", metrics, None, throughput(encode, xe, 2.0)))
-        rows.append((f"default + refine {epochs}, one thread", metrics, None, throughput(one_thread(encode), xe, 2.0)))
+        rows.append((f"default + refine {epochs}", metrics, None, throughput(encode, xe, 2.0), threads))
+        rows.append((f"default + refine {epochs}, one thread", metrics, None,
+                     throughput(one_thread(encode), xe, 2.0), 1))
     print(f"done: default ({seconds:.0f} s)", file=sys.stderr, flush=True)
     table(f"Held-out {len(xe)} of {n} rows ({args.data.name}), k = 10; fit/train seconds and encode vectors/s on "
-          f"{torch.get_num_threads()} threads unless said; ÷ {ref_label} = vectors/s over {ref_label}'s.",
-          rows, ref_label, ref_speed)
+          f"{threads} threads unless said; ÷ {ref_label} = vectors/s over {ref_label} transform's on as many threads.",
+          rows, ref_label, ref_speeds)
 
     for flag, title, configs in ((args.sweep, "Student sweep (same split; train s and encode on "
                                   f"{torch.get_num_threads()} threads):", SWEEP),
@@ -191,9 +201,9 @@ def main(argv=None):
         extra = []
         for label, student, loss, schedule, train in configs:
             pipe, st, seconds = train_student(args.data, student, loss, schedule, train, args.quick)
-            extra.append((label, evaluate(xe, st.encode(xe), le), seconds, throughput(st.encode, xe)))
+            extra.append((label, evaluate(xe, st.encode(xe), le), seconds, throughput(st.encode, xe), threads))
             print(f"done: {label} ({seconds:.0f} s)", file=sys.stderr, flush=True)
-        table(title, extra, ref_label, ref_speed)
+        table(title, extra, ref_label, ref_speeds)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def refine_vs_map_rows(tmp: Path) -> None:
     rng = np.random.default_rng(0)
     queries = base[rng.integers(0, len(base), 2000)] + 0.02 * torch.randn(2000, base.shape[1])
     alone = len(queries) / _seconds(lambda: student.encode(queries))
-    print(f"\n| map rows | map.pt MB | refine 10 vectors/s | ÷ student alone ({alone:,.0f}/s) |\n|---:|---:|---:|---:|")
+    print(f"\n| map rows | build s | searched dims | map.pt MB | refine 10 vectors/s | ÷ student alone ({alone:,.0f}/s) |"
+          "\n|---:|---:|---:|---:|---:|---:|")
     for rows in (5_000, 20_000, 50_000):
         x = base[rng.integers(0, len(base), rows)] + 0.02 * torch.randn(rows, base.shape[1])
 
@@ -116,11 +117,13 @@ def refine_vs_map_rows(tmp: Path) -> None:
             def rows(self, index):
                 return x[index]
 
+        t0 = time.perf_counter()
         build_map(Teacher(), np.arange(rows), student.encode, max_rows=rows).save(tmp / "map.pt")
+        build = time.perf_counter() - t0
         student.training_map = TrainingMap.load(tmp / "map.pt")
         speed = len(queries) / _seconds(lambda: student.encode(queries, refine=10))
-        print(f"| {rows:,} | {(tmp / 'map.pt').stat().st_size / 2**20:.0f} | {speed:,.0f} | {speed / alone:.4f} |",
-              flush=True)
+        print(f"| {rows:,} | {build:.1f} | {student.training_map.dims} | {(tmp / 'map.pt').stat().st_size / 2**20:.0f} "
+              f"| {speed:,.0f} | {speed / alone:.4f} |", flush=True)
 
 
 def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> None:

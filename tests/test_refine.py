@@ -231,6 +231,8 @@ def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     assert {"PCA", "student", "student + refine 6", "student + refine 10"} <= set(report["methods"])
     assert "student + refine 10" in (run / "report.md").read_text()
     assert "student + refine 10" in proc.stdout
+    dims = load_student(run).load_map().dims
+    assert f"in {dims} of 384 principal components" in " ".join(report["notes"])
 
     proc = run_cli(write_pipeline(tmp_path, "map_rows = 0", epochs=1, output="run0"), "--quiet")
     assert proc.returncode == 0, proc.stderr
