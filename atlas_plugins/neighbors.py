@@ -261,24 +261,43 @@ class _FaissSearch:
         return self._search(self._unit(own), own, k)
 
 
-def streamed_topk(queries: torch.Tensor, blocks, k: int, query_ids: torch.Tensor | None = None):
+def streamed_topk(queries: torch.Tensor, blocks, k: int, query_ids: torch.Tensor | None = None, block_topk=None):
     """Exact top-``k`` by inner product of ``queries (Q, D)`` over rows given as ``(start, block)`` pairs,
     a stream (one block in memory at a time), merged as they come.
 
     Returns ``(similarities, positions)``, each ``(Q, min(k, rows seen))``, nearest first.  With
-    ``query_ids`` (each query's own position) a query never lists itself.
+    ``query_ids`` (each query's own position) a query never lists itself.  ``block_topk(queries, block, k)``,
+    when given (and without ``query_ids``), replaces the matrix product and ``torch.topk`` for a block.
     """
     best_s = torch.full((queries.shape[0], 0), -math.inf, device=queries.device)
     best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     for start, block in blocks:
-        sims = queries @ block.T
-        if query_ids is not None:
-            hit = (query_ids >= start) & (query_ids < start + block.shape[0])
-            sims[hit.nonzero()[:, 0], query_ids[hit] - start] = -math.inf
-        s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+        if block_topk is not None and query_ids is None:
+            s, i = block_topk(queries, block, min(k, block.shape[0]))
+        else:
+            sims = queries @ block.T
+            if query_ids is not None:
+                hit = (query_ids >= start) & (query_ids < start + block.shape[0])
+                sims[hit.nonzero()[:, 0], query_ids[hit] - start] = -math.inf
+            s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+        if best_s.shape[1] == 0:  # the first block: nothing to merge with
+            best_s, best_i = s, i + start
+            continue
         best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
     return best_s, best_i
+
+
+def faiss_topk(queries: torch.Tensor, block: torch.Tensor, k: int):
+    """``streamed_topk``'s exact per-block search by ``faiss.knn`` (CPU, on torch's thread count): the same
+    neighbours as the matrix product and ``torch.topk``, about 1.5x faster on one thread (its top-k keeps a
+    heap per query instead of selecting from every similarity after the product)."""
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    sims, idx = faiss.knn(np.ascontiguousarray(queries.float().numpy()), np.ascontiguousarray(block.float().numpy()),
+                          k, metric=faiss.METRIC_INNER_PRODUCT)
+    return torch.from_numpy(sims), torch.from_numpy(idx)
 
 
 def graph_recall(found: torch.Tensor, exact: torch.Tensor) -> float:

@@ -37,7 +37,7 @@ import torch
 
 from .checkpoint import atomic_save, safe_load
 from .errors import CheckpointError
-from .neighbors import graph_recall, streamed_topk
+from .neighbors import faiss_available, faiss_topk, graph_recall, streamed_topk
 
 MAP_FORMAT = "atlas-map/2"  # /1: no principal basis (vectors as the teacher gave them), still read
 SEARCH_BLOCK = 8192  # map rows compared with the queries at once
@@ -180,12 +180,14 @@ def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = S
 
     Returns ``(similarities (Q, k), indices (Q, k))``, nearest first; ``vectors`` (any float dtype, on any
     device, memory-mapped or not) are read in blocks of ``block`` rows, converted to the queries' dtype and
-    device, so memory stays at ``Q × (block + k)`` similarities plus one block.
+    device, so memory stays at ``Q × (block + k)`` similarities plus one block.  On a CPU with faiss
+    installed (the ``scale`` extra) each block is searched by :func:`~atlas_plugins.neighbors.faiss_topk`.
     """
     d = queries.shape[1]
     blocks = ((start, vectors[start:start + block, :d].to(queries.device, queries.dtype))
               for start in range(0, vectors.shape[0], block))
-    return streamed_topk(queries, blocks, k)
+    fast = faiss_topk if queries.device.type == "cpu" and queries.dtype == torch.float32 and faiss_available() else None
+    return streamed_topk(queries, blocks, k, block_topk=fast)
 
 
 def memberships(dist: torch.Tensor, iterations: int = 64) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """``refine``: new points placed against the frozen training map (``map.pt``), and the map itself."""
 
+import importlib.util
 import json
 import math
 import re
@@ -38,7 +39,10 @@ def unit(n, d, seed):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
 
 
-def test_nearest_matches_a_full_sort_across_blocks():
+@pytest.mark.parametrize("faiss", [False, pytest.param(True, marks=pytest.mark.skipif(
+    importlib.util.find_spec("faiss") is None, reason="needs faiss (the scale extra)"))])
+def test_nearest_matches_a_full_sort_across_blocks(monkeypatch, faiss):
+    monkeypatch.setattr("atlas_plugins.refine.faiss_available", lambda: faiss)
     q, v = unit(40, 16, 0), unit(203, 16, 1)
     sims, idx = nearest(q, v, k=7, block=25)
     full = q @ v.T
