@@ -100,7 +100,7 @@ class TrainingMap:
         try:
             basis = blob.get("basis")
             dims = blob.get("search_dims", 0)
-            if (basis is not None and not isinstance(basis, torch.Tensor)) or isinstance(dims, bool) or not isinstance(dims, int):
+            if (basis is not None and not isinstance(basis, torch.Tensor)) or type(dims) is not int:
                 raise TypeError("basis must be a tensor and search_dims an integer")
             return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long(),
                        None if basis is None else basis.float(), dims)
