@@ -76,6 +76,7 @@ def run_plain(teacher_file):
     return time.perf_counter() - t0
 
 
+@pytest.mark.slow  # 11 short trainings (~15 s): a measurement, not a check, so it stays out of the quick loop
 @pytest.mark.benchmark(group="training")
 def test_trainer_throughput_vs_plain_loop(benchmark, teacher_file, tmp_path):
     runs = iter(range(1000))

@@ -22,17 +22,22 @@ SHELL_COMMANDS = ("atlas-encode", "echo", "printf", "embedding-atlas")  # quicks
 
 @pytest.fixture(scope="module")
 def docs_workdir(tmp_path_factory):
-    """A folder like a clone after the README's main command: examples/ and a trained runs/quickstart/."""
+    """A folder like a clone: examples/ (and runs/quickstart/ once ``trained`` has run)."""
     work = tmp_path_factory.mktemp("docs")
     (work / "examples").symlink_to(ROOT / "examples")
-    proc = run_atlas(ROOT / "examples" / "quickstart.toml", "--quiet", "--set", "train.epochs_per_stage=1",
-                     "--set", f'output.dir="{work / "runs" / "quickstart"}"')
-    assert proc.returncode == 0, proc.stderr
     return work
 
 
 @pytest.fixture(scope="module")
-def shell_results(docs_workdir) -> list:
+def trained(docs_workdir):
+    """runs/quickstart/ as the README's main command makes it (one epoch per stage; no plots: no page reads them)."""
+    proc = run_atlas(ROOT / "examples" / "quickstart.toml", "--quiet", "--set", "train.epochs_per_stage=1",
+                     "--set", "output.plots=false", "--set", f'output.dir="{docs_workdir / "runs" / "quickstart"}"')
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def shell_results(docs_workdir, trained) -> list:
     """Run quickstart.md's shell commands in the docs folder as a user would (the installed commands on PATH);
     the Embedding Atlas command exports its app instead of serving it (a server would never return)."""
     work = docs_workdir
@@ -67,6 +72,8 @@ def test_python_blocks_run(page, docs_workdir, request, monkeypatch):
     if page.name == "quickstart.md":  # its blocks use what its shell commands made (an exported model)
         request.getfixturevalue("shell_results")
     blocks = code_blocks(page, "python")
+    if any("runs/quickstart" in code for _, code, _ in blocks):
+        request.getfixturevalue("trained")
     monkeypatch.chdir(docs_workdir)
     namespace = {"__name__": "__docs__"}
     for _, code, line in blocks:
