@@ -104,7 +104,7 @@ class TrainingMap:
                 raise TypeError("basis must be a tensor and search_dims an integer")
             return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long(),
                        None if basis is None else basis.float(), dims)
-        except (KeyError, AttributeError, TypeError) as exc:
+        except (KeyError, AttributeError, TypeError, CheckpointError) as exc:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
 

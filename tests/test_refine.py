@@ -222,8 +222,9 @@ def test_a_damaged_basis_is_named(trained, tmp_path, blob, fragment):
     m = trained[0].training_map
     torch.save({"format": MAP_FORMAT, "vectors": m.vectors, "coords": list(m.coords), "rows": m.rows,
                 "basis": m.basis, "search_dims": m.search_dims, **blob}, tmp_path / "map.pt")
-    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+    with pytest.raises(CheckpointError, match=re.escape(fragment)) as caught:
         TrainingMap.load(tmp_path / "map.pt")
+    assert str(caught.value).startswith(f"{tmp_path / 'map.pt'}: damaged training map (")
 
 
 def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
