@@ -131,13 +131,13 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
         vectors[start:start + len(x)] = torch.nn.functional.normalize(x, dim=1)
     levels = tuple(torch.cat([c[i] for c in coords]) for i in range(len(coords[0])))
     basis = principal_basis(vectors)
-    for start in range(0, len(rows), 16384):
-        vectors[start:start + 16384] = vectors[start:start + 16384].float() @ basis
+    for start in range(0, len(rows), 4096):
+        vectors[start:start + 4096] = vectors[start:start + 4096].float() @ basis
     return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long), basis,
                        search_dims(vectors, min(REFINE_K, len(rows) - 1)))
 
 
-def principal_basis(vectors: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+def principal_basis(vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """``(D, D)`` orthonormal eigenvectors of the covariance of ``vectors (N, D)``, largest variance first
     (accumulated in float64 over chunks)."""
     n, d = vectors.shape
