@@ -6,10 +6,10 @@ Refinement moves each new point's output a few steps against the *frozen* map of
 the training rows, batched in torch so thousands of points move at once:
 
 1. its ``k`` nearest training rows by cosine similarity, compared in the map's leading principal
-   components: the map stores its unit rows rotated into their principal basis, and the search reads the
-   first ``search_dims`` columns — the fewest (in steps of D/16) whose top-k still holds
-   :data:`SEARCH_RECALL` of the exact top-k on :data:`SEARCH_SAMPLE` map rows, measured when the map is
-   built (on 384-D MiniLM rows: 192 dimensions, half the work, the same refined quality);
+   components: the map keeps its unit rows rotated into their principal basis and cut to the fewest leading
+   components (in steps of D/16) whose top-k still holds :data:`SEARCH_RECALL` of the exact top-k for
+   :data:`SEARCH_SAMPLE` map rows, measured when the map is built (on 384-D MiniLM rows: 192 components —
+   half the work and half the file, the same refined quality);
 2. fuzzy memberships ``wⱼ = exp(−dⱼ/σ)`` on cosine distances ``dⱼ = 1 − cos``, σ chosen by
    bisection so that ``Σⱼ wⱼ = log₂ k`` (UMAP's smooth-kNN with ρ = 0, as in its ``transform``);
 3. start at the student's output ``y`` and run ``epochs`` rounds of UMAP's layout objective with the
@@ -39,7 +39,7 @@ from .checkpoint import atomic_save, safe_load
 from .errors import CheckpointError
 from .neighbors import faiss_available, faiss_topk, graph_recall, streamed_topk
 
-MAP_FORMAT = "atlas-map/2"  # /1: no principal basis (vectors as the teacher gave them), still read
+MAP_FORMAT = "atlas-map/2"  # /1: no basis (the vectors in the teacher's own axes), still read
 SEARCH_BLOCK = 8192  # map rows compared with the queries at once
 REFINE_BLOCK = 4096  # new points refined at once (memory: about REFINE_BLOCK × SEARCH_BLOCK similarities)
 REFINE_K = 30  # training neighbours per new point
@@ -52,44 +52,47 @@ SEARCH_SAMPLE = 1000  # map rows whose exact neighbours choose search_dims
 class TrainingMap:
     """The training rows a student saw, in both spaces.
 
-    ``vectors``: ``(N, Dt)`` unit rows (teacher vectors, normalised and rotated by ``basis``; float16 as
-    stored, memory-mapped when loaded: the search streams over them in blocks);
+    ``vectors``: ``(N, d)`` the unit teacher rows in the map's search space — projected on ``basis``
+    (float16 as stored, memory-mapped when loaded: the search streams over them in blocks);
     ``coords``: one ``(N, Ds)`` float32 tensor per student level; ``rows``: ``(N,)`` teacher row ids;
-    ``basis``: ``(Dt, Dt)`` orthonormal, columns by decreasing variance of the map's rows (``None``: the
-    teacher's own axes); ``search_dims``: how many leading columns the search compares (0: all).
+    ``basis``: ``(Dt, d)`` orthonormal columns, the rows' leading principal components (``None``: the
+    teacher's own axes, ``d = Dt``; maps written before the basis existed).
     """
 
     vectors: torch.Tensor
     coords: tuple
     rows: torch.Tensor
     basis: torch.Tensor | None = None
-    search_dims: int = 0
 
     def __attrs_post_init__(self):
         n, d = self.vectors.shape if self.vectors.dim() == 2 else (-1, -1)
         if self.vectors.dim() != 2 or self.rows.shape != (n,) or not self.coords or any(
                 c.dim() != 2 or c.shape[0] != n for c in self.coords) or (
-                self.basis is not None and tuple(self.basis.shape) != (d, d)) or not 0 <= self.search_dims <= d:
+                self.basis is not None and (self.basis.dim() != 2 or self.basis.shape[1] != d
+                                            or self.basis.shape[0] < d)):
             raise CheckpointError(f"training map shapes disagree: vectors {tuple(self.vectors.shape)}, rows "
                                   f"{tuple(self.rows.shape)}, coords {[tuple(c.shape) for c in self.coords]}, basis "
-                                  f"{None if self.basis is None else tuple(self.basis.shape)}, search_dims "
-                                  f"{self.search_dims}")
+                                  f"{None if self.basis is None else tuple(self.basis.shape)}")
 
     @property
     def dims(self) -> int:
-        """The number of leading vector columns the search compares."""
-        return self.search_dims or self.vectors.shape[1]
+        """The number of components the search compares."""
+        return self.vectors.shape[1]
+
+    @property
+    def teacher_dim(self) -> int:
+        """The teacher's dimension ``Dt``."""
+        return self.vectors.shape[1] if self.basis is None else self.basis.shape[0]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit rows of teacher vectors ``x (Q, Dt)`` in the map's basis, cut to the searched columns."""
+        """Teacher vectors ``x (Q, Dt)`` as unit rows in the map's search space ``(Q, d)``."""
         x = torch.nn.functional.normalize(x.float(), dim=1)
-        return x if self.basis is None else x @ self.basis[:, :self.dims].to(x.device)
+        return x if self.basis is None else x @ self.basis.to(x.device)
 
     def save(self, path) -> None:
         """Write ``map.pt`` atomically; vectors are stored as float16 (half the size; cosine error ~1e-3)."""
         atomic_save({"format": MAP_FORMAT, "vectors": self.vectors.to(torch.float16),
-                     "coords": [c.float() for c in self.coords], "rows": self.rows.long(),
-                     "basis": self.basis, "search_dims": self.search_dims}, path)
+                     "coords": [c.float() for c in self.coords], "rows": self.rows.long(), "basis": self.basis}, path)
 
     @classmethod
     def load(cls, path) -> "TrainingMap":
@@ -99,11 +102,10 @@ class TrainingMap:
             raise CheckpointError(f"{path}: not an atlas training map (expected format '{MAP_FORMAT}')")
         try:
             basis = blob.get("basis")
-            dims = blob.get("search_dims", 0)
-            if (basis is not None and not isinstance(basis, torch.Tensor)) or type(dims) is not int:
-                raise TypeError("basis must be a tensor and search_dims an integer")
+            if basis is not None and not isinstance(basis, torch.Tensor):
+                raise TypeError("basis must be a tensor")
             return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long(),
-                       None if basis is None else basis.float(), dims)
+                       None if basis is None else basis.float())
         except (KeyError, AttributeError, TypeError, CheckpointError) as exc:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
@@ -114,8 +116,8 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
 
     ``teacher`` is a :class:`~atlas_plugins.teacher.TeacherData`; ``encode`` maps ``(n, Dt)`` to a
     tensor or a tuple of per-level tensors.  Rows are read and encoded in chunks; the unit rows are
-    rotated into their principal basis in place and :func:`search_dims` chooses how many columns the
-    search compares.
+    rotated into their principal basis in place, and the map keeps the leading columns :func:`search_dims`
+    chooses.
     """
     rows = np.asarray(rows)
     if len(rows) > max_rows:
@@ -133,8 +135,10 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
     basis = principal_basis(vectors)
     for start in range(0, len(rows), 4096):
         vectors[start:start + 4096] = vectors[start:start + 4096].float() @ basis
-    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long), basis,
-                       search_dims(vectors, min(REFINE_K, len(rows) - 1)))
+    keep = search_dims(vectors, min(REFINE_K, len(rows) - 1)) or vectors.shape[1]
+    if keep < vectors.shape[1]:
+        vectors, basis = vectors[:, :keep].clone(), basis[:, :keep].contiguous()
+    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long), basis)
 
 
 def principal_basis(vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -175,16 +179,15 @@ def search_dims(vectors: torch.Tensor, k: int, sample: int = SEARCH_SAMPLE, targ
 
 
 def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = SEARCH_BLOCK):
-    """Top-``k`` inner products of ``queries (Q, d)`` with the first ``d`` columns of ``vectors (N, D)``:
-    exact cosine neighbours when both are unit rows and ``d = D``.
+    """Top-``k`` inner products of ``queries (Q, d)`` with ``vectors (N, d)``: exact cosine neighbours for
+    unit rows.
 
     Returns ``(similarities (Q, k), indices (Q, k))``, nearest first; ``vectors`` (any float dtype, on any
     device, memory-mapped or not) are read in blocks of ``block`` rows, converted to the queries' dtype and
     device, so memory stays at ``Q × (block + k)`` similarities plus one block.  On a CPU with faiss
     installed (the ``scale`` extra) each block is searched by :func:`~atlas_plugins.neighbors.faiss_topk`.
     """
-    d = queries.shape[1]
-    blocks = ((start, vectors[start:start + block, :d].to(queries.device, queries.dtype))
+    blocks = ((start, vectors[start:start + block].to(queries.device, queries.dtype))
               for start in range(0, vectors.shape[0], block))
     fast = faiss_topk if queries.device.type == "cpu" and queries.dtype == torch.float32 and faiss_available() else None
     return streamed_topk(queries, blocks, k, block_topk=fast)

@@ -93,7 +93,7 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     training_map = student.training_map
     if training_map is not None and held_out:
         notes.append(f"refine searches the map's {training_map.vectors.shape[0]:,} training rows in "
-                     f"{training_map.dims} of {training_map.vectors.shape[1]} principal components")
+                     f"{training_map.dims} of {training_map.teacher_dim} principal components")
         for epochs in REFINE_EPOCHS:
             encode = lambda v, e=epochs: student.encode(v, refine=e, seed=cfg.train.seed)  # noqa: E731
             refined = encode(x)

@@ -192,8 +192,8 @@ class TrainedStudent:
                     "(unless output.map_rows = 0) and load_student() finds it there; use refine=0 for the "
                     "student alone")
             training_map = TrainingMap.load(self.map_path)
-            if training_map.vectors.shape[1] != self.input_dim:
-                raise CheckpointError(f"{self.map_path}: the map holds {training_map.vectors.shape[1]}-D teacher "
+            if training_map.teacher_dim != self.input_dim:
+                raise CheckpointError(f"{self.map_path}: the map holds {training_map.teacher_dim}-D teacher "
                                       f"vectors, the student expects {self.input_dim}-D: it belongs to another run")
             self.training_map = training_map
         return self.training_map

@@ -171,20 +171,23 @@ def test_the_map_keeps_a_sample_of_at_most_max_rows(trained):
     assert torch.equal(small.rows, small.rows.sort().values)
     assert torch.allclose(small.coords[0], student.encode(Teacher().rows(small.rows.numpy())), atol=1e-5)
     assert small.vectors.dtype == torch.float16
-    assert torch.allclose(small.vectors.float().norm(dim=1), torch.ones(100), atol=1e-3)
+    unit_rows = torch.nn.functional.normalize(Teacher().rows(small.rows.numpy()), dim=1)
+    assert torch.allclose(small.vectors.float(), unit_rows @ small.basis, atol=3e-3)  # projected, in float16
 
 
-def test_the_map_is_stored_in_its_principal_basis_and_searched_in_fewer_dimensions(trained):
+def test_the_map_keeps_the_leading_principal_components_its_search_needs(trained):
     student, held_out = trained
     m = student.training_map
-    assert torch.allclose(m.basis.T @ m.basis, torch.eye(384), atol=1e-5)  # a rotation: cosines unchanged
-    vectors = m.vectors.float()
-    variance = vectors.var(0)
-    assert bool((variance[:-1] + 1e-4 >= variance[1:]).all())  # columns by decreasing variance
-    assert 0 < m.search_dims < 384 and m.dims == m.search_dims
-    # the rule: the reduced search finds SEARCH_RECALL of the exact top-30 on map rows; one step fewer does not
-    assert search_dims(m.vectors, 30) == m.search_dims
-    exact = nearest(torch.nn.functional.normalize(held_out, dim=1) @ m.basis, m.vectors, 30)[1]  # all columns
+    assert 0 < m.dims < 384 and m.teacher_dim == 384 and m.basis.shape == (384, m.dims)
+    assert torch.allclose(m.basis.T @ m.basis, torch.eye(m.dims), atol=1e-5)  # orthonormal columns
+    variance = m.vectors.float().var(0)
+    assert bool((variance[:-1] + 1e-4 >= variance[1:]).all())  # by decreasing variance
+    # the rule, on the full rotation: the kept columns find SEARCH_RECALL of the exact top-30 on map rows
+    x = torch.nn.functional.normalize(torch.from_numpy(np.load(EXAMPLE_NPY)[m.rows.numpy()]), dim=1)
+    full = (x @ principal_basis(x.half())).half()
+    assert search_dims(full, 30) == m.dims
+    assert torch.allclose(full[:, :m.dims].float().abs(), m.vectors.float().abs(), atol=2e-3)  # (signs may flip)
+    exact = nearest(torch.nn.functional.normalize(held_out, dim=1), x, 30)[1]
     reduced = nearest(m.project(held_out), m.vectors, 30)[1]
     assert m.project(held_out).shape == (len(held_out), m.dims)
     assert graph_recall(reduced, exact) > SEARCH_RECALL - 0.05  # new rows fare about as well as map rows
@@ -200,28 +203,26 @@ def test_search_dims_keeps_every_column_when_no_prefix_is_enough():
 
 def test_a_map_of_the_first_format_is_still_read_and_searched_exactly(trained, tmp_path):
     student, held_out = trained
-    m = student.training_map
-    teacher_axes = (m.vectors.float() @ m.basis.T).half()  # what format 1 stored: the teacher's own axes
-    torch.save({"format": "atlas-map/1", "vectors": teacher_axes, "coords": list(m.coords), "rows": m.rows},
-               tmp_path / "map.pt")
+    teacher_axes = torch.nn.functional.normalize(held_out[:300], dim=1).half()  # format 1: the teacher's own axes
+    torch.save({"format": "atlas-map/1", "vectors": teacher_axes, "coords": [student.encode(held_out[:300])],
+                "rows": torch.arange(300)}, tmp_path / "map.pt")
     old = TrainingMap.load(tmp_path / "map.pt")
-    assert old.basis is None and old.dims == 384
-    sims, idx = nearest(old.project(held_out), old.vectors, 10)
-    full = torch.nn.functional.normalize(held_out, dim=1) @ teacher_axes.float().T
+    assert old.basis is None and old.dims == old.teacher_dim == 384
+    sims, idx = nearest(old.project(held_out[300:]), old.vectors, 10)
+    full = torch.nn.functional.normalize(held_out[300:], dim=1) @ teacher_axes.float().T
     assert torch.equal(idx, full.topk(10, dim=1).indices)
-    assert refine(old, held_out, (student.encode(held_out),), epochs=2)[0].shape == (len(held_out), 5)
+    assert refine(old, held_out[300:], (student.encode(held_out[300:]),), epochs=2)[0].shape == (len(held_out) - 300, 5)
 
 
 @pytest.mark.parametrize("blob, fragment", [
     ({"basis": torch.eye(3)}, "basis (3, 3)"),
-    ({"search_dims": 999}, "search_dims 999"),
-    ({"search_dims": "all"}, "search_dims an integer"),
+    ({"basis": torch.zeros(384)}, "basis (384,)"),
     ({"basis": [[1.0]]}, "basis must be a tensor"),
 ])
 def test_a_damaged_basis_is_named(trained, tmp_path, blob, fragment):
     m = trained[0].training_map
     torch.save({"format": MAP_FORMAT, "vectors": m.vectors, "coords": list(m.coords), "rows": m.rows,
-                "basis": m.basis, "search_dims": m.search_dims, **blob}, tmp_path / "map.pt")
+                "basis": m.basis, **blob}, tmp_path / "map.pt")
     with pytest.raises(CheckpointError, match=re.escape(fragment)) as caught:
         TrainingMap.load(tmp_path / "map.pt")
     assert str(caught.value).startswith(f"{tmp_path / 'map.pt'}: damaged training map (")
