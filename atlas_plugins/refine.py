@@ -190,8 +190,8 @@ def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = S
     """
     blocks = ((start, vectors[start:start + block].to(queries.device, queries.dtype))
               for start in range(0, vectors.shape[0], block))
-    fast = faiss_topk if queries.device.type == "cpu" and queries.dtype == torch.float32 and faiss_available() else None
-    return streamed_topk(queries, blocks, k, block_topk=fast)
+    on_cpu = queries.device.type == "cpu" and queries.dtype == torch.float32
+    return streamed_topk(queries, blocks, k, block_topk=faiss_topk if on_cpu and faiss_available() else None)
 
 
 def memberships(dist: torch.Tensor, iterations: int = 64) -> torch.Tensor:
