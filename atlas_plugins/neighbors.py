@@ -294,9 +294,13 @@ def faiss_topk(queries: torch.Tensor, block: torch.Tensor, k: int):
     heap per query instead of selecting from every similarity after the product)."""
     import faiss
 
+    threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(torch.get_num_threads())
-    sims, idx = faiss.knn(np.ascontiguousarray(queries.float().numpy()), np.ascontiguousarray(block.float().numpy()),
-                          k, metric=faiss.METRIC_INNER_PRODUCT)
+    try:
+        sims, idx = faiss.knn(np.ascontiguousarray(queries.float().numpy()),
+                              np.ascontiguousarray(block.float().numpy()), k, metric=faiss.METRIC_INNER_PRODUCT)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return torch.from_numpy(sims), torch.from_numpy(idx)
 
 
