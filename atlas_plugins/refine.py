@@ -169,8 +169,8 @@ def search_dims(vectors: torch.Tensor, k: int, sample: int = SEARCH_SAMPLE, targ
     queries = vectors[ids].float()
 
     def top(dims):
-        blocks = ((s, vectors[s:s + SEARCH_BLOCK, :dims].float()) for s in range(0, n, SEARCH_BLOCK))
-        return streamed_topk(queries[:, :dims].contiguous(), blocks, k, query_ids=ids)[1]
+        q = queries[:, :dims].contiguous()
+        return streamed_topk(q, _blocks(vectors, q), k, query_ids=ids)[1]
 
     exact = top(d)
     for dims in range(d // 16, 3 * d // 4 + 1, d // 16):
@@ -188,10 +188,17 @@ def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int, block: int = S
     device, so memory stays at ``Q × (block + k)`` similarities plus one block.  On a CPU with faiss
     installed (the ``scale`` extra) each block is searched by :func:`~atlas_plugins.neighbors.faiss_topk`.
     """
-    blocks = ((start, vectors[start:start + block].to(queries.device, queries.dtype))
-              for start in range(0, vectors.shape[0], block))
     on_cpu = queries.device.type == "cpu" and queries.dtype == torch.float32
-    return streamed_topk(queries, blocks, k, block_topk=faiss_topk if on_cpu and faiss_available() else None)
+    return streamed_topk(queries, _blocks(vectors, queries, block), k,
+                         block_topk=faiss_topk if on_cpu and faiss_available() else None)
+
+
+def _blocks(vectors: torch.Tensor, queries: torch.Tensor, block: int = SEARCH_BLOCK):
+    """``(start, rows)`` pairs over ``vectors`` in blocks of ``block`` rows, cut to the queries' columns and
+    converted to their dtype and device (one block in memory at a time)."""
+    d = queries.shape[1]
+    return ((start, vectors[start:start + block, :d].to(queries.device, queries.dtype))
+            for start in range(0, vectors.shape[0], block))
 
 
 def memberships(dist: torch.Tensor, iterations: int = 64) -> torch.Tensor:

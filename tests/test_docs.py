@@ -17,7 +17,7 @@ from mdblocks import code_blocks
 
 DOCS = [p for p in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"] if code_blocks(p, "python")]
 EXTRAS = {"sentence_transformers": "the 'text' extra", "matplotlib": "the 'plots' extra", "duckdb": "duckdb"}
-SHELL_COMMANDS = ("atlas-encode", "echo", "printf", "embedding-atlas")  # quickstart.md's commands run by docs_workdir
+SHELL_COMMANDS = ("atlas-encode", "echo", "printf", "embedding-atlas")  # quickstart.md's commands run by shell_results
 
 
 @pytest.fixture(scope="module")
