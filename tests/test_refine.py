@@ -270,7 +270,9 @@ def test_umap_in_the_report_needs_the_extra(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_report_compares_with_umap_when_asked(tmp_path):
     pytest.importorskip("umap")
-    proc = run_cli(write_pipeline(tmp_path, "umap = true", epochs=1), "--quiet")
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY, mmap_mode="r")[:1500])  # UMAP's fit time grows with rows
+    proc = run_cli(write_pipeline(tmp_path, "umap = true", epochs=1, teacher=f'path = "{tmp_path / "t.npy"}"'),
+                   "--quiet")
     assert proc.returncode == 0, proc.stderr
     methods = json.loads((tmp_path / "run" / "report.json").read_text())["methods"]
     umap_row = methods["UMAP + transform"]
