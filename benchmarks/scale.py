@@ -221,7 +221,8 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
             st, refined = report["student"], report["methods"]["student + refine 6"]
             recall[mode] = st["recall@10"], refined["recall@10"]
             total_steps = steps * quick["schedule"]["stages"]
-            print(f"| {n:,} | {mode} | {graph.get('method', '—')} | {graph.get('seconds', 0):.0f}{' (cached)' if graph.get('cached') else ''} | "
+            cached = " (cached)" if graph.get("cached") else ""
+            print(f"| {n:,} | {mode} | {graph.get('method', '—')} | {graph.get('seconds', 0):.0f}{cached} | "
                   f"{graph.get('recall', float('nan')):.3f} | {report['train_seconds']:.0f} | "
                   f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
                   f"{st['trustworthiness@10']:.3f} | {refined['recall@10']:.3f} | "
