@@ -180,8 +180,8 @@ def main(argv=None):
                  f"noise {DEFAULT[3]['input_noise']})", evaluate(xe, st.encode(xe), le), seconds,
                  throughput(st.encode, xe), threads))
     st.training_map = build_map(pipe.teacher, pipe.train_rows, st.encode, max_rows=len(pipe.train_rows))
-    print(f"map: {len(pipe.train_rows):,} rows, searched in {st.training_map.dims} of {st.training_map.teacher_dim} principal "
-          "components", file=sys.stderr, flush=True)
+    print(f"map: {len(pipe.train_rows):,} rows, searched in {st.training_map.dims} of "
+          f"{st.training_map.teacher_dim} principal components", file=sys.stderr, flush=True)
     for epochs in REFINE_EPOCHS:
         encode = lambda a, e=epochs: st.encode(a, refine=e)  # noqa: E731
         metrics = evaluate(xe, encode(xe), le)
