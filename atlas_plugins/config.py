@@ -363,7 +363,7 @@ def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = N
     tables = _resolve_paths(_schedule_from_tau({name: dict(doc.get(name, {})) for name in SECTIONS}, origin),
                             path, origin)
     sections = {name: _make_section(origin, name, tables[name]) for name in SECTIONS}
-    return PipelineConfig(source=path, **_resolve_plugins(sections, origin, registry))
+    return PipelineConfig(source=path, **_resolve_plugins(sections, origin, registry, path.resolve().parent))
 
 
 def _check_shape(doc: dict, origin: Origin) -> None:
@@ -434,8 +434,9 @@ def _make_section(origin: Origin, section: str, table: dict):
         raise ConfigError(f"{origin(f'{section}.{key}')}: {section}.{exc}") from None
 
 
-def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
-    """Look up each plugin by name and check its parameters against its signature."""
+def _resolve_plugins(sections: dict, origin: Origin, registry, base: Path) -> dict:
+    """Look up each plugin by name and check its parameters against its signature; the teacher's path
+    parameters are resolved against ``base``, the pipeline file's folder (:func:`_local_paths`)."""
     if sections["teacher"].loader is None:
         sections["teacher"] = attrs.evolve(sections["teacher"],
                                            loader=_loader_for_suffix(origin, sections["teacher"].path, registry))
@@ -447,8 +448,12 @@ def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
         except UnknownPluginError as exc:
             raise ConfigError(f"{origin(f'{section}.{key}')}: {section}.{key}: {exc}") from None
         params = _check_params(origin, section, kind, getattr(sec, key), fn, sec.params, registry)
+        if section == "teacher":
+            params = _local_paths(fn, params, base)
         if section == "teacher" and sec.embedder is not None:
-            sec = attrs.evolve(sec, embedder=_check_embedder(origin, sec.embedder, registry))
+            embedder = _check_embedder(origin, sec.embedder, registry)
+            embed = registry.get("teacher", embedder["loader"]).embed
+            sec = attrs.evolve(sec, embedder=_local_paths(embed, embedder, base))
         if section == "teacher" and "cache_dir" not in params and accepts(fn, "cache_dir"):
             # a teacher that caches what it computes keeps it in the run folder by default
             params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
@@ -459,6 +464,20 @@ def _resolve_plugins(sections: dict, origin: Origin, registry) -> dict:
         except UnknownPluginError as exc:
             raise ConfigError(f"{origin('output.loggers')}: output.loggers: {exc}") from None
     return sections
+
+
+def _local_paths(fn, params: dict, base: Path) -> dict:
+    """``params`` with each parameter that ``fn`` names in its ``path_params`` attribute (a teacher's model may
+    be a folder or a model name) made absolute when it is a relative path to something that exists in
+    ``base``, as ``teacher.path`` is; otherwise (a name, an absolute path) it is passed on as written."""
+    out = dict(params)
+    for key in getattr(fn, "path_params", ()):
+        value = out.get(key)
+        if isinstance(value, str) and value.strip() and "\x00" not in value:
+            candidate = base / os.path.expanduser(value)
+            if not Path(os.path.expanduser(value)).is_absolute() and candidate.exists():
+                out[key] = os.path.normpath(candidate)
+    return out
 
 
 def _check_embedder(origin: Origin, table: dict, registry) -> dict:

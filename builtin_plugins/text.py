@@ -179,5 +179,6 @@ def model(model: str = "all-MiniLM-L6-v2", normalize: bool = True, device: str =
 
 
 sentence_transformers.suffixes = (".txt", ".jsonl")
+sentence_transformers.path_params = embed.path_params = ("model",)  # a folder beside the pipeline file, or a name
 sentence_transformers.embed = embed
 sentence_transformers.model = model

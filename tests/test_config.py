@@ -143,3 +143,20 @@ def test_a_step_budget_replaces_the_default_epochs(tmp_path):
     assert (switched.steps_per_stage, switched.epochs_per_stage) == (50, None)  # --set replaces the file's budget
     back = load(tmp_path, "[train]\nsteps_per_stage = 50", ["train.epochs_per_stage=2"]).train
     assert (back.steps_per_stage, back.epochs_per_stage) == (None, 2)
+
+
+def test_a_model_folder_beside_the_pipeline_file_resolves_against_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "texts.txt").write_text("parse a CSV file\n")
+    monkeypatch.chdir(tmp_path.parent)  # run from elsewhere: the pipeline's folder decides, not the working one
+    doc = {"teacher": {"loader": "sentence-transformers", "path": "texts.txt", "model": "models/mine",
+                       "embedder": {"loader": "sentence-transformers", "model": "models/mine"}}}
+    config = build_config(doc, tmp_path / "p.toml", REGISTRY)
+    assert config.teacher.params["model"] == str(tmp_path / "models" / "mine")
+    assert config.teacher.embedder["model"] == str(tmp_path / "models" / "mine")
+    # a name (nothing of that name beside the file) and an absolute path are passed on as written
+    doc["teacher"]["model"] = doc["teacher"]["embedder"]["model"] = "sentence-transformers/all-MiniLM-L6-v2"
+    config = build_config(doc, tmp_path / "p.toml", REGISTRY)
+    assert config.teacher.params["model"] == config.teacher.embedder["model"] == doc["teacher"]["model"]
+    doc["teacher"]["model"] = "/elsewhere/model"
+    assert build_config(doc, tmp_path / "p.toml", REGISTRY).teacher.params["model"] == "/elsewhere/model"
