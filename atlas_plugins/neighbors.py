@@ -66,8 +66,8 @@ def choose_method(n_rows: int, device: torch.device, choice: str = "auto") -> st
         why = (f"{n_rows:,} training rows is above the exact neighbour search's limit ({EXACT_MAX_ROWS:,} on a CPU)"
                if choice == "auto" else "train.neighbor_index = 'faiss'")
         raise ConfigError(f"{why} and the approximate index needs faiss: pip install 'atlas-distill[scale]' "
-                          "(or set train.batches = \"random\" to train on random batches, which keep fewer "
-                          "neighbours)")
+                          "(or set train.batches = \"random\": at this size they keep about a tenth fewer neighbours "
+                          "for the same steps; see docs/scaling.md)")
     return method
 
 

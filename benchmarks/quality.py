@@ -3,6 +3,7 @@
     python benchmarks/quality.py                       # ../shared/data/stdlib.emb.npy (+ .meta.jsonl labels)
     python benchmarks/quality.py --sweep               # also the depth × width × noise sweep behind the default
     python benchmarks/quality.py --losses              # also the loss and batching comparison of earlier rounds
+    python benchmarks/quality.py --batches             # also the default on random batches: same epochs, steps, time
     python benchmarks/quality.py --data my.npy --quick
 
 Split: ``perm = numpy.random.default_rng(0).permutation(N)``; the first 80 % train, the last 20 % are held
@@ -105,15 +106,16 @@ def train_student(data: Path, student, loss, schedule, train, quick):
     doc = {"teacher": {"path": str(data), "loader": "npy"},
            "student": {"name": "mlp", "dim": 5, **student}, "loss": {**loss},
            "train": {**train, "val_fraction": 0.2, "seed": 0}, "output": {"dir": "unused", "report": False}}
-    if quick:
+    if quick and "epochs_per_stage" in doc["train"]:
         doc["train"]["epochs_per_stage"] = max(1, doc["train"]["epochs_per_stage"] // 4)
     if schedule:
         doc["schedule"] = schedule
     pipe = assemble(build_config(doc, data))
     t0 = time.perf_counter()
-    Trainer(pipe, None, echo=lambda m: None).fit()
+    trainer = Trainer(pipe, None, echo=lambda m: None)
+    trainer.fit()
     seconds = time.perf_counter() - t0
-    return pipe, TrainedStudent(pipe.student.cpu().eval(), "mlp", {}, pipe.teacher.dim, 5), seconds
+    return pipe, TrainedStudent(pipe.student.cpu().eval(), "mlp", {}, pipe.teacher.dim, 5), seconds, trainer.global_step
 
 
 def table(title, rows, ref_label, ref_speeds):
@@ -135,6 +137,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a quarter of the epochs (a smoke run)")
     ap.add_argument("--sweep", action="store_true", help="also train the student sweep behind the default")
     ap.add_argument("--losses", action="store_true", help="also train the loss and batching comparison")
+    ap.add_argument("--batches", action="store_true",
+                    help="also train the default on random batches: the same epochs, optimizer steps and seconds")
     ap.add_argument("--no-umap", action="store_true")
     args = ap.parse_args(argv)
     if not args.data.is_file():
@@ -174,7 +178,7 @@ def main(argv=None):
                 rows.append((f"UMAP (cosine) + transform, {label}", evaluate(xe, torch.from_numpy(ze), le),
                              fit_seconds, ref_speeds[on], on))
 
-    pipe, st, seconds = train_student(args.data, *DEFAULT, args.quick)
+    pipe, st, seconds, steps = train_student(args.data, *DEFAULT, args.quick)
     assert np.array_equal(pipe.val_rows, test_rows)
     rows.append((f"**default** student (examples/quickstart.toml: MLP 384→{'→'.join(map(str, DEFAULT[0]['hidden']))}→5, "
                  f"noise {DEFAULT[3]['input_noise']})", evaluate(xe, st.encode(xe), le), seconds,
@@ -189,9 +193,17 @@ def main(argv=None):
         rows.append((f"default + refine {epochs}, one thread", metrics, None,
                      throughput(one_thread(encode), xe, 2.0), 1))
     print(f"done: default ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    batch_rows = []
+    if args.batches:
+        batch_rows = batch_comparison(args, st, seconds, steps, xe, le, threads)
     table(f"Held-out {len(xe)} of {n} rows ({args.data.name}), k = 10; fit/train seconds and encode vectors/s on "
           f"{threads} threads unless said; ÷ {ref_label} = vectors/s over {ref_label} transform's on as many threads.",
           rows, ref_label, ref_speeds)
+
+    if batch_rows:
+        table("Neighbour batches (the default) vs random batches, same split; a neighbour-batch epoch makes each "
+              "training row an anchor once, so it holds many more optimizer steps than a random-batch epoch:",
+              batch_rows, ref_label, ref_speeds)
 
     for flag, title, configs in ((args.sweep, "Student sweep (same split; train s and encode on "
                                   f"{torch.get_num_threads()} threads):", SWEEP),
@@ -200,10 +212,42 @@ def main(argv=None):
             continue
         extra = []
         for label, student, loss, schedule, train in configs:
-            pipe, st, seconds = train_student(args.data, student, loss, schedule, train, args.quick)
+            pipe, st, seconds, _ = train_student(args.data, student, loss, schedule, train, args.quick)
             extra.append((label, evaluate(xe, st.encode(xe), le), seconds, throughput(st.encode, xe), threads))
             print(f"done: {label} ({seconds:.0f} s)", file=sys.stderr, flush=True)
         table(title, extra, ref_label, ref_speeds)
+
+
+def batch_comparison(args, st, seconds, steps, xe, le, threads) -> list:
+    """The default student (neighbour batches) beside random batches at the same epochs, the same optimizer
+    steps and (about) the same training seconds: which part of neighbour batches' lead is their step count."""
+    student, loss, schedule, train = DEFAULT
+    stages = schedule["stages"]
+    refine = max(REFINE_EPOCHS[:2])
+
+    def measured(label, student_, seconds_, steps_):
+        refined = evaluate(xe, student_.encode(xe, refine=refine), le)
+        return [(f"{label}, {steps_:,} steps", evaluate(xe, student_.encode(xe), le), seconds_,
+                 throughput(student_.encode, xe), threads),
+                (f"{label} + refine {refine}", refined, None, throughput(lambda a: student_.encode(a, refine=refine), xe),
+                 threads)]
+
+    out = measured("neighbour batches (default)", st, seconds, steps)
+    same_steps_seconds = None
+    for what in ("epochs", "steps", "seconds"):
+        budget = {"epochs_per_stage": train["epochs_per_stage"]}
+        if what == "steps":
+            budget = {"steps_per_stage": steps // stages}
+        elif what == "seconds":  # the step count that fits the default's training time, from the same-steps run
+            budget = {"steps_per_stage": max(1, round(steps // stages * seconds / same_steps_seconds))}
+        rtrain = {k: v for k, v in train.items() if k != "epochs_per_stage"}
+        p, s_, secs, n_steps = train_student(args.data, student, loss, schedule,
+                                             {**rtrain, **budget, "batches": "random"}, args.quick)
+        s_.training_map = build_map(p.teacher, p.train_rows, s_.encode, max_rows=len(p.train_rows))
+        same_steps_seconds = secs if what == "steps" else same_steps_seconds
+        out += measured(f"random batches, same {what}", s_, secs, n_steps)
+        print(f"done: random batches, same {what} ({secs:.0f} s)", file=sys.stderr, flush=True)
+    return out
 
 
 if __name__ == "__main__":
