@@ -223,7 +223,7 @@ def batch_comparison(args, st, seconds, steps, xe, le, threads) -> list:
     steps and (about) the same training seconds: which part of neighbour batches' lead is their step count."""
     student, loss, schedule, train = DEFAULT
     stages = schedule["stages"]
-    refine = max(REFINE_EPOCHS[:2])
+    refine = 6
 
     def measured(label, student_, seconds_, steps_):
         refined = evaluate(xe, student_.encode(xe, refine=refine), le)
