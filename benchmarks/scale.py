@@ -20,7 +20,8 @@
    sample, training time, peak RSS, held-out recall@10 and trustworthiness, the student alone and with
    ``refine`` 6 (the run's map.pt: ``output.map_rows`` sampled training rows). ``--umap`` adds the
    reference: UMAP (cosine, 15 neighbours) fitted on all the run's training rows, held-out rows placed by
-   ``transform`` (about 4 minutes at 200k rows on 2 cores).
+   ``transform`` (about 4 minutes at 200k rows on 2 cores). ``--same-time`` adds random batches given as many
+   steps as fit the neighbour run's training seconds plus its graph build's (as a first run on new data pays).
 """
 
 from __future__ import annotations
@@ -182,10 +183,12 @@ def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> No
           f"{warm:,.0f} | ratio {warm / warm_old:.2f} |")
 
 
-def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_reference: bool = False) -> None:
+def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_reference: bool = False,
+              same_time: bool = False) -> None:
     """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
     summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget;
-    optionally UMAP fitted on the same training rows as the reference."""
+    optionally random batches given the neighbour run's seconds including its graph build (``same_time``),
+    and UMAP fitted on the same training rows as the reference."""
     import json
     import tomllib
 
@@ -196,6 +199,35 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
     print("\n| rows | batches | neighbour graph | graph s | graph recall | train s | ms/step | peak RSS MB | "
           "held-out recall@10 | trust@10 | + refine 6 recall@10 | trust@10 |\n"
           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def run(n, mode, label, steps_per_stage):
+        path, meta = folder / f"pypi-{n}.npy", folder / f"pypi-{n}.jsonl"
+        out = folder / f"run-{n}-{label}"
+        d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
+             "loss": quick["loss"], "schedule": quick["schedule"],
+             "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
+                       "steps_per_stage": steps_per_stage, "batches": mode, "val_fraction": 5000 / n,
+                       "eval_rows": 5000},
+             "output": {"dir": str(out), "plots": False}}
+        pipeline = folder / f"run-{n}-{label}.toml"
+        pipeline.write_text(toml(d))
+        rss = peak_rss_mb(pipeline)
+        report = json.loads((out / "report.json").read_text())
+        graph = report.get("neighbor_graph") or {}
+        st, refined = report["student"], report["methods"]["student + refine 6"]
+        total_steps = steps_per_stage * quick["schedule"]["stages"]
+        cached = " (cached)" if graph.get("cached") else ""
+        name = mode if label == mode else f"{mode}, {total_steps:,} steps (the neighbour run's seconds with its graph)"
+        print(f"| {n:,} | {name} | {graph.get('method', '—')} | {graph.get('seconds', 0):.0f}{cached} | "
+              f"{graph.get('recall', float('nan')):.3f} | {report['train_seconds']:.0f} | "
+              f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
+              f"{st['trustworthiness@10']:.3f} | {refined['recall@10']:.3f} | "
+              f"{refined['trustworthiness@10']:.3f} |", flush=True)
+        return report, (st["recall@10"], refined["recall@10"])
+
+    def ratio_row(n, what, a, b):
+        print(f"| {n:,} | {what} | | | | | | | {a[0] / b[0]:.2f} | | {a[1] / b[1]:.2f} | |", flush=True)
+
     for n in sizes:
         if done_rows(folder) < n:
             raise SystemExit(f"only {done_rows(folder):,} rows embedded; run: python benchmarks/make_pypi.py "
@@ -205,31 +237,16 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
             np.save(path, np.load(folder / "pypi-minilm.npy", mmap_mode="r")[:n])
             with open(folder / "pypi-texts.jsonl", encoding="utf-8") as src:
                 meta.write_text("".join(next(src) for _ in range(n)), encoding="utf-8")
-        recall = {}
+        reports, recall = {}, {}
         for mode in modes:
-            out = folder / f"run-{n}-{mode}"
-            d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
-                 "loss": quick["loss"], "schedule": quick["schedule"],
-                 "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
-                           "steps_per_stage": steps, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
-                 "output": {"dir": str(out), "plots": False}}
-            pipeline = folder / f"run-{n}-{mode}.toml"
-            pipeline.write_text(toml(d))
-            rss = peak_rss_mb(pipeline)
-            report = json.loads((out / "report.json").read_text())
-            graph = report.get("neighbor_graph") or {}
-            st, refined = report["student"], report["methods"]["student + refine 6"]
-            recall[mode] = st["recall@10"], refined["recall@10"]
-            total_steps = steps * quick["schedule"]["stages"]
-            cached = " (cached)" if graph.get("cached") else ""
-            print(f"| {n:,} | {mode} | {graph.get('method', '—')} | {graph.get('seconds', 0):.0f}{cached} | "
-                  f"{graph.get('recall', float('nan')):.3f} | {report['train_seconds']:.0f} | "
-                  f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
-                  f"{st['trustworthiness@10']:.3f} | {refined['recall@10']:.3f} | "
-                  f"{refined['trustworthiness@10']:.3f} |", flush=True)
+            reports[mode], recall[mode] = run(n, mode, mode, steps)
         if len(recall) == 2:
-            (ns, nr), (rs, rr) = recall["neighbors"], recall["random"]
-            print(f"| {n:,} | neighbours ÷ random | | | | | | | {ns / rs:.2f} | | {nr / rr:.2f} | |", flush=True)
+            ratio_row(n, "neighbours ÷ random", recall["neighbors"], recall["random"])
+        if same_time and len(recall) == 2:
+            graph_s = (reports["neighbors"].get("neighbor_graph") or {}).get("seconds", 0.0)
+            budget = (graph_s + reports["neighbors"]["train_seconds"]) / reports["random"]["train_seconds"]
+            _, longer = run(n, "random", "random-same-time", max(1, round(steps * budget)))
+            ratio_row(n, "neighbours ÷ random in the same seconds", recall["neighbors"], longer)
         if umap_reference:
             m = umap_fit_transform(path, 5000 / n, quick["train"]["seed"])
             print(f"| {n:,} | UMAP on all training rows (reference; fit {m['fit_seconds']:.0f} s) | | | | | | | "
@@ -294,11 +311,14 @@ def main(argv=None):
     ap.add_argument("--pypi", default="", help="only section 6: comma-separated row counts of the PyPI corpus, "
                     "e.g. 100000,200000 (embed them first with benchmarks/make_pypi.py)")
     ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
+    ap.add_argument("--same-time", action="store_true",
+                    help="section 6: also random batches given the neighbour run's seconds, its graph build included")
     ap.add_argument("--umap", action="store_true", help="section 6: also fit UMAP on the same training rows "
                     "(the reference; needs umap-learn)")
     args = ap.parse_args(argv)
     if args.pypi:
-        pypi_runs([int(v) for v in args.pypi.split(",")], args.steps, umap_reference=args.umap)
+        pypi_runs([int(v) for v in args.pypi.split(",")], args.steps, umap_reference=args.umap,
+                  same_time=args.same_time)
         return
     if args.only_refine or args.only_gather or args.only_rss:
         with tempfile.TemporaryDirectory() as d:
