@@ -399,16 +399,22 @@ def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
     return tables
 
 
+def _beside(base: Path, value: str) -> str:
+    """``value`` (``~`` expanded) resolved against ``base``, the pipeline file's folder: how every relative path
+    in a pipeline file is read.  An absolute path stays itself (normalised)."""
+    return os.path.normpath(base / os.path.expanduser(value))
+
+
 def _resolve_paths(tables: dict, path: Path, origin: Origin) -> dict:
     """Relative paths resolve against the pipeline file's folder; ``output.dir`` defaults to runs/<file name>."""
     base = path.resolve().parent
     for key in PATH_KEYS:
         if isinstance(tables["teacher"].get(key), str):
-            tables["teacher"][key] = os.path.normpath(base / os.path.expanduser(tables["teacher"][key]))
+            tables["teacher"][key] = _beside(base, tables["teacher"][key])
     out = tables["output"]
     out.setdefault("dir", str(Path("runs") / path.stem))
     if isinstance(out["dir"], str) and out["dir"].strip() and "\x00" not in out["dir"]:
-        out["dir"] = os.path.normpath(base / os.path.expanduser(out["dir"]))
+        out["dir"] = _beside(base, out["dir"])
         if Path(out["dir"]) == Path(out["dir"]).parent:
             raise ConfigError(f"{origin('output.dir')}: output.dir must not be the file system's root "
                               f"({out['dir']}); choose a folder for this run")
@@ -473,10 +479,9 @@ def _local_paths(fn, params: dict, base: Path) -> dict:
     out = dict(params)
     for key in getattr(fn, "path_params", ()):
         value = out.get(key)
-        if isinstance(value, str) and value.strip() and "\x00" not in value:
-            candidate = base / os.path.expanduser(value)
-            if not Path(os.path.expanduser(value)).is_absolute() and candidate.exists():
-                out[key] = os.path.normpath(candidate)
+        if isinstance(value, str) and value.strip() and "\x00" not in value \
+                and not os.path.isabs(os.path.expanduser(value)) and os.path.exists(_beside(base, value)):
+            out[key] = _beside(base, value)
     return out
 
 

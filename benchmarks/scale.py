@@ -200,8 +200,7 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
           "held-out recall@10 | trust@10 | + refine 6 recall@10 | trust@10 |\n"
           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
-    def run(n, mode, label, steps_per_stage):
-        path, meta = folder / f"pypi-{n}.npy", folder / f"pypi-{n}.jsonl"
+    def run(n, path, meta, mode, label, steps_per_stage):
         out = folder / f"run-{n}-{label}"
         d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
              "loss": quick["loss"], "schedule": quick["schedule"],
@@ -239,13 +238,13 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
                 meta.write_text("".join(next(src) for _ in range(n)), encoding="utf-8")
         reports, recall = {}, {}
         for mode in modes:
-            reports[mode], recall[mode] = run(n, mode, mode, steps)
+            reports[mode], recall[mode] = run(n, path, meta, mode, mode, steps)
         if len(recall) == 2:
             ratio_row(n, "neighbours ÷ random", recall["neighbors"], recall["random"])
         if same_time and len(recall) == 2:
             graph_s = (reports["neighbors"].get("neighbor_graph") or {}).get("seconds", 0.0)
             budget = (graph_s + reports["neighbors"]["train_seconds"]) / reports["random"]["train_seconds"]
-            _, longer = run(n, "random", "random-same-time", max(1, round(steps * budget)))
+            _, longer = run(n, path, meta, "random", "random-same-time", max(1, round(steps * budget)))
             ratio_row(n, "neighbours ÷ random in the same seconds", recall["neighbors"], longer)
         if umap_reference:
             m = umap_fit_transform(path, 5000 / n, quick["train"]["seed"])
