@@ -17,6 +17,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 NEW_INTERPRETER = ("run_atlas(", "popen_atlas(", "torchrun(", "subprocess.")
 
 
+def pytest_configure(config):
+    """Tests run in parallel, a pytest-xdist worker per core (``-n auto`` in pyproject.toml): each worker, and
+    every atlas-run it starts, computes on one thread, so no core holds two workers' OpenMP threads spinning
+    against each other (which made the parallel suite slower than a serial one)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that start atlas-run in a new interpreter take seconds each (importing torch, building the first
     optimizer), so they are marked ``slow`` here, in one place, unless marked ``smoke``: ``pytest -m "not slow"``

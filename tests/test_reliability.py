@@ -4,10 +4,12 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,11 +60,11 @@ def assert_run_folder_is_sound(run):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The weights of an uninterrupted run."""
+    """An uninterrupted run: its folder (``pipeline.toml`` and ``run/``) and its weights."""
     folder = tmp_path_factory.mktemp("reference")
     proc = run_atlas(write_pipeline(folder, **SLOW), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    return weights(folder / "run" / "student.pt")
+    return SimpleNamespace(folder=folder, weights=weights(folder / "run" / "student.pt"))
 
 
 @pytest.mark.slow
@@ -80,7 +82,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(reference, tmp_p
     proc.wait()
     finish(pipe)
     assert_run_folder_is_sound(run)
-    assert same_weights(weights(run / "student.pt"), reference)
+    assert same_weights(weights(run / "student.pt"), reference.weights)
 
 
 @pytest.mark.slow
@@ -104,14 +106,13 @@ def test_kill_9_during_a_checkpoint_write(reference, tmp_path):
     finish(pipe)
     run = tmp_path / "run"
     assert_run_folder_is_sound(run)
-    assert same_weights(weights(run / "student.pt"), reference)
+    assert same_weights(weights(run / "student.pt"), reference.weights)
 
 
 @pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
-    ref_weights = reference
-    pipe = write_pipeline(tmp_path, **SLOW)
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    shutil.copytree(reference.folder, tmp_path, dirs_exist_ok=True)  # a finished run, moved: resumable
+    pipe = tmp_path / "pipeline.toml"
     ckpts = tmp_path / "run" / "checkpoints"
     (ckpts / "latest.pt").unlink()
     (ckpts / "stage-2.pt").unlink()
@@ -122,7 +123,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(reference, t
     assert proc.returncode == 0, proc.stderr
     assert "skipping unreadable checkpoint" in proc.stderr and "stage-1.pt" in proc.stderr
     assert "stage-0.pt" in proc.stdout
-    assert same_weights(weights(tmp_path / "run" / "student.pt"), ref_weights)
+    assert same_weights(weights(tmp_path / "run" / "student.pt"), reference.weights)
 
 
 @pytest.mark.slow
@@ -303,7 +304,6 @@ _REGISTRY = Registry(load_entrypoints=False)
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(reference, tmp_path):
-    ref_weights = reference
     pipe = write_pipeline(tmp_path, **SLOW)
     proc = popen_atlas(pipe)
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -320,7 +320,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(reference, tmp_pa
     assert "interrupt.pt" in ckpts or "latest.pt" in ckpts
     resumed = run_atlas(pipe, "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
-    assert same_weights(weights(tmp_path / "run" / "student.pt"), ref_weights)
+    assert same_weights(weights(tmp_path / "run" / "student.pt"), reference.weights)
 
 
 # -- issue 10: crashes a real user hits, misbehaving plugins, honest hints ----------------------

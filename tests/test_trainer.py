@@ -14,15 +14,19 @@ from atlas_plugins.trainer import Trainer
 from conftest import EXAMPLE_NPY
 
 
-def trained(tmp_path, **train):
+def new_trainer(tmp_path, **train):
+    """A Trainer on the bundled example, not yet trained (one epoch a stage, a 16-unit student)."""
     doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
            "train": {k: v for k, v in {"epochs_per_stage": 1, "batch_size": 256, "eval_rows": 100, **train}.items()
                      if v is not None},
            "output": {"dir": str(tmp_path / "unused"), "report": False}}
-    pipe = assemble(build_config(doc, tmp_path / "p.toml"))
-    trainer = Trainer(pipe, None, echo=lambda m: None)
-    trainer.fit()
-    return trainer
+    return Trainer(assemble(build_config(doc, tmp_path / "p.toml")), None, echo=lambda m: None)
+
+
+def trained(tmp_path, **train):
+    t = new_trainer(tmp_path, **train)
+    t.fit()
+    return t
 
 
 def test_input_noise_changes_training_but_stays_deterministic(tmp_path):
@@ -128,7 +132,7 @@ def test_a_tiny_data_set_trains_end_to_end(tmp_path):
 @pytest.mark.parametrize("train", [{"batches": "random", "batch_size": 300}, {"batch_size": 256},
                                    {"neighbors": 1, "batch_size": 5}, {"neighbors": 1, "batch_size": 358}])
 def test_batches_are_counted_without_building_an_epoch(tmp_path, train):
-    t = trained(tmp_path, **train)
+    t = new_trainer(tmp_path, **train)
     assert t.batches_per_epoch == len(t.batches(0))
     if train.get("neighbors") != 1:  # with one neighbour per anchor, pairs that are each other's neighbour merge
         assert t.batches_per_epoch == len(t.batches(3))
