@@ -8,7 +8,7 @@ import torch
 
 from atlas_plugins import CheckpointError, WriteError, load_student, load_teacher_checkpoint
 from atlas_plugins.checkpoint import atomic_save, atomic_write_bytes
-from conftest import EXAMPLE_NPY, run_atlas
+from conftest import EXAMPLE_NPY, run_atlas, run_cli
 from conftest import one_error_line, write_pipeline
 
 
@@ -46,7 +46,7 @@ def test_trust_is_an_explicit_opt_in(tmp_path):
     path = tmp_path / "numpy-inside.pt"
     torch.save({"embeddings": np.load(EXAMPLE_NPY)[:400]}, path)  # a NumPy array: not allowed by weights_only
     pipe = write_pipeline(tmp_path, teacher=f'path = "{path}"', stages=1, epochs=1)
-    one_error_line(run_atlas(pipe, "--dry-run"), "refused to load teacher file")
+    one_error_line(run_cli(pipe, "--dry-run"), "refused to load teacher file")
     proc = run_atlas(pipe, "--dry-run", "--set", "teacher.trust=true")
     assert proc.returncode == 0, proc.stderr
     assert "(400 x 384 float32)" in proc.stdout

