@@ -1,6 +1,6 @@
 """Relational loss forward+backward (B=1024, Dt=1536, Ds=5) against a plain-torch reference of the same maths.
 
-    pytest benchmarks/test_bench_losses.py --benchmark-enable
+    pytest benchmarks/test_bench_losses.py --benchmark-enable -n 0
 
 Both run in the same session; the ratio (ours / reference, median times of interleaved runs) is
 stored in the benchmark's ``extra_info`` and printed.

@@ -1,6 +1,6 @@
 """Training throughput: the orchestrator's Trainer against a hand-written plain-torch loop, same maths and data.
 
-    pytest benchmarks/test_bench_training.py --benchmark-enable -s
+    pytest benchmarks/test_bench_training.py --benchmark-enable -s -n 0
 
 Both train an MLP 384→256→5 with the relational loss (τ 0.1, Adam 1e-3,
 batch 512) for 3 epochs on 20,000 real MiniLM vectors (the bundled example,
