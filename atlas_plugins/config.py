@@ -480,8 +480,10 @@ def _local_paths(fn, params: dict, base: Path) -> dict:
     for key in getattr(fn, "path_params", ()):
         value = out.get(key)
         if isinstance(value, str) and value.strip() and "\x00" not in value \
-                and not os.path.isabs(os.path.expanduser(value)) and os.path.exists(_beside(base, value)):
-            out[key] = _beside(base, value)
+                and not os.path.isabs(os.path.expanduser(value)):
+            candidate = _beside(base, value)
+            if os.path.exists(candidate):
+                out[key] = candidate
     return out
 
 
