@@ -122,7 +122,12 @@ def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_
     What ``TrainedStudent.encode(list_of_texts)`` and ``atlas-encode`` call with the ``model`` and
     ``normalize`` a run recorded in ``student.pt``.
     """
-    encoder = _encoder(_model_location(model), device)
+    return _embed(texts, _model_location(model), normalize, batch_size, device, progress)
+
+
+def _embed(texts, location: str, normalize: bool, batch_size: int, device: str, progress: bool) -> np.ndarray:
+    """:func:`embed` with the model already found on disk (``location``, from :func:`_model_location`)."""
+    encoder = _encoder(location, device)
     return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
                           show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
 
@@ -161,7 +166,7 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
                                embed_params=recorded)
     _encoder(location, device)  # a model that cannot load is reported before the message below
     print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
-    emb = embed(texts, model, normalize, batch_size, device, progress)
+    emb = _embed(texts, location, normalize, batch_size, device, progress)
     buf = io.BytesIO()
     np.save(buf, emb)
     for place in places:  # the shared cache first; the run's cache when the shared one cannot be written
