@@ -1,7 +1,7 @@
 """Embed the PyPI package summaries (~886 k short real texts) with the offline MiniLM: the scale benchmark's corpus.
 
-    python benchmarks/make_pypi.py --rows 200000        # the regular benchmark's subset (~30 min on 2 cores)
-    python benchmarks/make_pypi.py                      # all of them; stop and rerun at any time: it resumes
+    python benchmarks/make_pypi.py --rows 200000        # the regular benchmark's subset (~35 min on 2 cores)
+    python benchmarks/make_pypi.py                      # all 746,307 (~2 h 15 min); stop and rerun: it resumes
 
 Reads a tab-separated package list with a ``summary`` column (default: the machine's list in the tool library
 beside this checkout, ``.library/env/packages/pypi.tsv``; ``--packages`` or ``ATLAS_PYPI_TSV`` to point
