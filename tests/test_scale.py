@@ -71,6 +71,27 @@ def test_gathers_read_each_run_once_and_send_what_the_cache_lacks_to_threads(tmp
     assert reads.count(0) == runs and teacher_module._gather_pool is not None
 
 
+def test_a_run_longer_than_iov_max_is_read_in_pieces(tmp_path, monkeypatch):
+    """One preadv takes at most IOV_MAX buffers (1024 on Linux); the 16,384 consecutive rows a neighbour
+    index adds at a time once failed with EINVAL (found at 741,000 training rows)."""
+    from atlas_plugins import teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 0)
+    make_teacher(tmp_path / "t.npy", 5000)
+    mm, plain = np.load(tmp_path / "t.npy", mmap_mode="r"), np.load(tmp_path / "t.npy")
+    limit = teacher_module.IOV_MAX
+    idx = np.concatenate([np.arange(7, 7 + 2 * limit + 5), [4000, 4002, 4003]])[::-1].copy()
+    real, sizes = teacher_module.os.preadv, []
+
+    def counted(fd, bufs, at, flags=0):
+        sizes.append(len(bufs))
+        return real(fd, bufs, at, flags)
+
+    monkeypatch.setattr(teacher_module.os, "preadv", counted)
+    assert torch.equal(TeacherData(mm).rows(idx), torch.from_numpy(plain[idx]))
+    assert sorted(sizes) == [1, 2, 5, limit, limit]
+
+
 def test_a_file_truncated_under_a_run_is_a_clear_error(tmp_path, monkeypatch):
     from atlas_plugins import teacher as teacher_module
     from atlas_plugins.errors import DataError
