@@ -217,8 +217,8 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         total_steps = steps_per_stage * quick["schedule"]["stages"]
         cached = " (cached)" if graph.get("cached") else ""
         name = mode if label == mode else f"{mode}, {total_steps:,} steps (the neighbour run's seconds with its graph)"
-        print(f"| {n:,} | {name} | {graph.get('method', '—')} | {graph.get('seconds', 0):.0f}{cached} | "
-              f"{graph.get('recall', float('nan')):.3f} | {report['train_seconds']:.0f} | "
+        built = f"{graph['seconds']:.0f}{cached} | {graph['recall']:.3f}" if graph else "— | —"
+        print(f"| {n:,} | {name} | {graph.get('method', '—')} | {built} | {report['train_seconds']:.0f} | "
               f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
               f"{st['trustworthiness@10']:.3f} | {refined['recall@10']:.3f} | "
               f"{refined['trustworthiness@10']:.3f} |", flush=True)
