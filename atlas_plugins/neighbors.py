@@ -15,7 +15,7 @@ The teacher is read in chunks (the file is never loaded whole; the index, or the
 holds one unit copy of the training rows), and the graph is searched in parts of :data:`PART_ROWS` query
 rows, each saved in the run folder's ``cache/`` as it completes: a run killed while building resumes from
 the parts it finished (the index itself is built again; the whole graph, index and search, took 146 s at
-200,000 rows and 465 s at 500,000 on 2 cores).
+200,000 rows, 465 s at 500,000 and 776 s at 741,307 with 8-bit rows on 2 cores).
 Parts and graph are keyed by a fingerprint of the teacher (shape, dtype, its rows' bytes at a sample of positions, the file's size
 and modification time), the training rows, ``k`` and the method, so a changed teacher builds a new graph.
 """
@@ -204,8 +204,9 @@ def return_large_blocks_to_the_os(threshold: int = 4 * 2**20) -> bool:
 
     glibc raises its mmap threshold to the largest block freed so far (up to 32 MB); past that, the ~30 MB
     query and result arrays of each part of the graph's search come from the heap, whose freed holes are
-    seldom reused whole: at 741,307 rows resident memory grew ~29 MB a part, to a 2.3 GB peak.  A fixed
-    threshold stops that growth.  Process-wide and harmless elsewhere; returns whether it took effect.
+    seldom reused whole: at 741,307 rows resident memory grew ~29 MB a part (peak 2.3 GB, against 1.2 GB
+    with the graph cached).  A fixed threshold stops that growth.  Process-wide and harmless elsewhere;
+    returns whether it took effect.
     """
     import ctypes
 
