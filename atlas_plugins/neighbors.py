@@ -205,8 +205,8 @@ def return_large_blocks_to_the_os(threshold: int = 4 * 2**20) -> bool:
     glibc raises its mmap threshold to the largest block freed so far (up to 32 MB); past that, the ~30 MB
     query and result arrays of each part of the graph's search come from the heap, whose freed holes are
     seldom reused whole: at 741,307 rows resident memory grew ~29 MB a part (peak 2.3 GB, against 1.2 GB
-    with the graph cached).  A fixed threshold stops that growth.  Process-wide and harmless elsewhere;
-    returns whether it took effect.
+    with the graph cached).  A fixed threshold stops that growth.  It is process-wide, so it stays set for
+    the training that follows (whose step time with it was not timed apart); returns whether it took effect.
     """
     import ctypes
 
