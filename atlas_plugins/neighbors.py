@@ -140,12 +140,14 @@ def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: to
         build = _ExactSearch(teacher, rows, device)
     else:
         build = _FaissSearch(teacher, rows, k, echo)
+    release_freed_memory()
     parts = []
     for i, start in enumerate(range(0, len(rows), PART_ROWS)):
         rel = f"cache/knn-{key}-part-{i:05d}.pt"
         part = _load(run, rel, min(PART_ROWS, len(rows) - start), k, limit=len(rows))
         if part is None:
             part = build.search(start, min(start + PART_ROWS, len(rows)), k)
+            release_freed_memory()
             if run is not None and writer:
                 run.save(rel, part)
         parts.append(part)
@@ -199,22 +201,23 @@ class _ExactSearch:
         return topk_cosine(self.x, k, queries=self.x[start:stop], query_ids=ids).to(torch.int32)
 
 
-def return_large_blocks_to_the_os(threshold: int = 4 * 2**20) -> bool:
-    """glibc only: serve blocks of ``threshold`` bytes and more from ``mmap``, so that freeing one returns it.
+def release_freed_memory() -> bool:
+    """glibc only: hand the heap's free pages back to the OS (``malloc_trim(0)``); returns whether it ran.
 
-    glibc raises its mmap threshold to the largest block freed so far (up to 32 MB); past that, the ~30 MB
-    query and result arrays of each part of the graph's search come from the heap, whose freed holes are
-    seldom reused whole: at 741,307 rows resident memory grew ~29 MB a part (peak 2.3 GB, against 1.2 GB
-    with the graph cached).  A fixed threshold stops that growth.  It is process-wide, so it stays set for
-    the training that follows (whose step time with it was not timed apart); returns whether it took effect.
+    Each part of the graph's search allocates and frees ~30 MB of query and result arrays.  glibc raises
+    its mmap threshold to the largest block freed so far, so after the first part these come from the heap,
+    whose freed holes stay resident: at 741,307 rows resident memory grew ~29 MB a part (peak 2.3 GB,
+    against 1.2 GB with the graph cached).  Trimming after each part stops that without changing how
+    anything is allocated (a fixed mmap threshold did too, but made the training that follows ~16 % slower
+    a step: 4 MB similarity matrices were mapped and unmapped every step).
     """
     import ctypes
 
-    M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
     try:
-        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold))
-    except (AttributeError, OSError):  # not glibc (macOS, musl without mallopt, Windows)
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc (macOS, musl, Windows)
         return False
+    return True
 
 
 class _FaissSearch:
@@ -224,7 +227,6 @@ class _FaissSearch:
     def __init__(self, teacher, rows: np.ndarray, k: int, echo=None):
         import faiss
 
-        return_large_blocks_to_the_os()
         self.teacher, self.rows = teacher, rows
         n, d = len(rows), teacher.dim
         rng = np.random.default_rng(0)
