@@ -1,6 +1,11 @@
 """The run report: the student (alone and refined) vs PCA, and UMAP on request, on held-out rows.
 
 ``report.json`` and ``report.md`` hold one row per method (metrics and encode speed), plots and axis cards.
+Besides the metrics among the held-out rows themselves (:func:`atlas_plugins.evaluation.evaluate`), each
+method gets ``corpus_recall@10``: the share of each held-out row's 10 nearest *training* rows (teacher
+cosine) that are among its 10 nearest training rows on the map (student Euclidean, the training rows at their
+encoded coordinates).  That is what a user sees placing a new text on a map of their corpus; among 5,000
+held-out rows of 200,000, the first metric's 10 nearest are about the corpus's 400 nearest.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .evaluation import evaluate, pca_fit, pca_projector, pca_transform
+from .neighbors import graph_recall, streamed_topk
 from .rundir import RunDir
 
 K = 10
 PCA_FIT_ROWS = 20000
+CORPUS_CHUNK = 8192  # training rows per block of the corpus search: 5,000 queries x 8,192 = 164 MB of scores
 REFINE_EPOCHS = (3, 6, 10)  # the refine settings the report (and benchmarks/quality.py) measure
 
 
@@ -83,7 +91,8 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     fit_rows = np.sort(rng.permutation(len(pipe.train_rows))[:PCA_FIT_ROWS])
     t0 = time.perf_counter()
     mean, comps = pca_fit(pipe.teacher.rows(pipe.train_rows[fit_rows]), levels[0].shape[1])
-    methods = {"PCA": {**evaluate(x, pca_transform(x, mean, comps), labels, k),
+    placed = {"PCA": pca_transform(x, mean, comps), "student": levels[0]}  # what corpus_recall measures
+    methods = {"PCA": {**evaluate(x, placed["PCA"], labels, k),
                        "fit_seconds": round(time.perf_counter() - t0, 3),
                        "vectors_per_s": _throughput(pca_projector(mean, comps), x)}}
     if cfg.output.umap:
@@ -97,11 +106,20 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         for epochs in REFINE_EPOCHS:
             encode = lambda v, e=epochs: student.encode(v, refine=e, seed=cfg.train.seed)  # noqa: E731
             refined = encode(x)
+            placed[f"student + refine {epochs}"] = refined[0] if isinstance(refined, tuple) else refined
             methods[f"student + refine {epochs}"] = {
-                **evaluate(x, refined[0] if isinstance(refined, tuple) else refined, labels, k),
+                **evaluate(x, placed[f"student + refine {epochs}"], labels, k),
                 "vectors_per_s": _throughput(encode, x, min_seconds=0.0, warmed_up=True)}
     elif student.training_map is not None:
         notes.append("refine left out: the rows measured are training rows, already in the map")
+    if held_out:
+        truth, pca_corpus = _corpus_neighbours(pipe, x, k, pca_projector(mean, comps))
+        corpus = {"PCA": pca_corpus, "student": torch.from_numpy(coords[pipe.train_rows])}
+        for name, z in placed.items():
+            methods[name][f"corpus_recall@{k}"] = _corpus_recall(truth, z, corpus.get(name, corpus["student"]))
+        if "UMAP + transform" in methods:
+            notes.append("UMAP has no corpus_recall: it places only the rows it was fitted on, not every "
+                         "training row")
     report = {
         "rows": len(rows), "held_out": held_out, "k": k, "notes": notes, "methods": methods,
         "student": _metrics(methods["student"]), "pca": _metrics(methods["PCA"]),
@@ -118,6 +136,31 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         report["axis_cards_from"] = (f"all {pipe.teacher.num_rows} teacher rows (training and validation), "
                                      "each text once")
     return report, {"z": levels[0].numpy(), "labels": labels}
+
+
+def _corpus_neighbours(pipe, x: torch.Tensor, k: int, project) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of ``x`` ``(Q, Dt)``: its ``k`` nearest training rows by teacher cosine ``(Q, k)``, as
+    positions in ``pipe.train_rows``; and ``project`` of every training row ``(N, d)``: one pass over the
+    training rows, ``CORPUS_CHUNK`` at a time (never the whole file in memory)."""
+    projected = []
+
+    def blocks():
+        for start in range(0, len(pipe.train_rows), CORPUS_CHUNK):
+            rows = pipe.teacher.rows(pipe.train_rows[start:start + CORPUS_CHUNK])
+            projected.append(project(rows))
+            yield start, F.normalize(rows, dim=1)
+
+    _, truth = streamed_topk(F.normalize(x.float(), dim=1), blocks(), k)
+    return truth, torch.cat(projected)
+
+
+def _corpus_recall(truth: torch.Tensor, placed: torch.Tensor, corpus: torch.Tensor) -> float:
+    """Share of ``truth`` ``(Q, k)`` found among the ``k`` rows of ``corpus`` ``(N, d)`` nearest (Euclidean)
+    to each row of ``placed`` ``(Q, d)``."""
+    blocks = ((a, corpus[a:a + CORPUS_CHUNK].float()) for a in range(0, len(corpus), CORPUS_CHUNK))
+    _, found = streamed_topk(placed.float(), blocks, truth.shape[1],
+                             block_topk=lambda q, block, k: (-torch.cdist(q, block)).topk(k, dim=1))
+    return graph_recall(found, truth)
 
 
 def _metrics(method: dict) -> dict:
@@ -146,9 +189,13 @@ def headline(report: dict) -> str:
     lines = [f"{report['rows']} {where} rows, k = {report['k']}",
              f"{'method':<{width}}" + "".join(f"{key:>{len(key) + 2}}" for key in keys) + f"{'vectors/s':>12}"]
     for name, m in report["methods"].items():
-        lines.append(f"{name:<{width}}" + "".join(f"{m[key]:>{len(key) + 2}.3f}" for key in keys)
+        lines.append(f"{name:<{width}}" + "".join(f"{_cell(m, key):>{len(key) + 2}}" for key in keys)
                      + f"{m['vectors_per_s']:>12,.0f}")
     return "\n".join(lines)
+
+
+def _cell(method: dict, key: str) -> str:
+    return f"{method[key]:.3f}" if key in method else "—"
 
 
 def markdown(report: dict, pipe) -> str:
@@ -163,11 +210,14 @@ def markdown(report: dict, pipe) -> str:
            f"Measured on {report['rows']} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "
            f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA"
            + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows; `refine N` places each "
-           "new point N epochs against the frozen training map (`map.pt`). Speed: vectors/s on this machine, and "
-           f"as a multiple of {ref}'s.", "",
+           "new point N epochs against the frozen training map (`map.pt`)."
+           + (f" `corpus_recall@{report['k']}`: of each held-out row's {report['k']} nearest training rows "
+              f"(teacher), the share among its {report['k']} nearest training rows on the map."
+              if f"corpus_recall@{report['k']}" in keys else "")
+           + f" Speed: vectors/s on this machine, and as a multiple of {ref}'s.", "",
            "| method | " + " | ".join(keys) + f" | encode vectors/s | ÷ {ref} |", "|---|" + "---:|" * (len(keys) + 2)]
     for name, m in methods.items():
-        out.append(f"| {name} | " + " | ".join(f"{m[key]:.3f}" for key in keys)
+        out.append(f"| {name} | " + " | ".join(_cell(m, key) for key in keys)
                    + f" | {m['vectors_per_s']:,.0f} | {m['vectors_per_s'] / methods[ref]['vectors_per_s']:.2f} |")
     out += [f"\nNote: {note}." for note in report.get("notes", [])]
     out += ["", f"Training took {report['train_seconds']:.1f} s; final train loss "

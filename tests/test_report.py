@@ -2,11 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from atlas_plugins.report import axis_cards
-from conftest import EXAMPLE_META, run_cli, write_pipeline
+from conftest import EXAMPLE_META, EXAMPLE_NPY, run_cli, write_pipeline
 
 
 def test_axis_cards_show_each_text_once_from_both_ends():
@@ -34,3 +35,19 @@ def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path):
 
     assert matplotlib.image.imread(run / "training.png").shape[:2] == (700, 800)  # the two panels
     assert matplotlib.image.imread(run / "scatter.png").shape[:2] == (950, 1100)  # a 5 x 5 scatter matrix
+
+    # corpus_recall@10, computed again by full sorts in float64 from the teacher file and map.parquet
+    import pyarrow.parquet as pq
+
+    teacher = np.load(EXAMPLE_NPY).astype(np.float64)
+    teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
+    table = pq.read_table(run / "map.parquet").to_pydict()
+    coords = np.stack([table[f"dim_{d}"] for d in range(5)], axis=1).astype(np.float64)  # rows in file order
+    split = np.array(table["split"])
+    train, queries = np.flatnonzero(split == "train"), np.flatnonzero(split == "eval")
+    assert len(queries) == report["rows"] == 300
+    near_teacher = np.argsort(-(teacher[queries] @ teacher[train].T), axis=1)[:, :10]
+    near_map = np.argsort(((coords[queries, None, :] - coords[None, train, :]) ** 2).sum(-1), axis=1)[:, :10]
+    expected = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near_teacher, near_map)])
+    assert report["student"]["corpus_recall@10"] == pytest.approx(expected, abs=0.002)
+    assert 0 < expected < 1 and "corpus_recall@10" in report["methods"]["PCA"]
