@@ -26,7 +26,7 @@ from .rundir import RunDir
 
 K = 10
 PCA_FIT_ROWS = 20000
-CORPUS_CHUNK = 8192  # training rows per block of the corpus search: 5,000 queries x 8,192 = 164 MB of scores
+CORPUS_SCORES = 2**23  # query x training-row scores the corpus search holds at once (32 MB of float32)
 REFINE_EPOCHS = (3, 6, 10)  # the refine settings the report (and benchmarks/quality.py) measure
 
 
@@ -141,12 +141,12 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
 def _corpus_neighbours(pipe, x: torch.Tensor, k: int, project) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row of ``x`` ``(Q, Dt)``: its ``k`` nearest training rows by teacher cosine ``(Q, k)``, as
     positions in ``pipe.train_rows``; and ``project`` of every training row ``(N, d)``: one pass over the
-    training rows, ``CORPUS_CHUNK`` at a time (never the whole file in memory)."""
-    projected = []
+    training rows in blocks of ``CORPUS_SCORES / Q`` (never the whole file in memory)."""
+    projected, chunk = [], max(1, CORPUS_SCORES // len(x))
 
     def blocks():
-        for start in range(0, len(pipe.train_rows), CORPUS_CHUNK):
-            rows = pipe.teacher.rows(pipe.train_rows[start:start + CORPUS_CHUNK])
+        for start in range(0, len(pipe.train_rows), chunk):
+            rows = pipe.teacher.rows(pipe.train_rows[start:start + chunk])
             projected.append(project(rows))
             yield start, F.normalize(rows, dim=1)
 
@@ -157,7 +157,8 @@ def _corpus_neighbours(pipe, x: torch.Tensor, k: int, project) -> tuple[torch.Te
 def _corpus_recall(truth: torch.Tensor, placed: torch.Tensor, corpus: torch.Tensor) -> float:
     """Share of ``truth`` ``(Q, k)`` found among the ``k`` rows of ``corpus`` ``(N, d)`` nearest (Euclidean)
     to each row of ``placed`` ``(Q, d)``."""
-    blocks = ((a, corpus[a:a + CORPUS_CHUNK].float()) for a in range(0, len(corpus), CORPUS_CHUNK))
+    chunk = max(1, CORPUS_SCORES // len(placed))
+    blocks = ((a, corpus[a:a + chunk].float()) for a in range(0, len(corpus), chunk))
     _, found = streamed_topk(placed.float(), blocks, truth.shape[1],
                              block_topk=lambda q, block, k: (-torch.cdist(q, block)).topk(k, dim=1))
     return graph_recall(found, truth)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from atlas_plugins import report as report_module
 from atlas_plugins.report import axis_cards
 from conftest import EXAMPLE_META, EXAMPLE_NPY, run_cli, write_pipeline
 
@@ -19,7 +20,8 @@ def test_axis_cards_show_each_text_once_from_both_ends():
 
 
 @pytest.mark.slow
-def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path):
+def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_module, "CORPUS_SCORES", 300 * 500)  # the corpus search in blocks of 500 rows
     path = write_pipeline(tmp_path, stages=2, epochs=2)
     path.write_text(path.read_text().replace("plots = false", "plots = true"))
     assert run_cli(path, "--quiet").returncode == 0
