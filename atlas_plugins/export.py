@@ -20,9 +20,19 @@ from .registry import get_registry
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.SiLU)
 
 
+def _st_modules():
+    """sentence-transformers' module classes: ``sentence_transformer.modules`` in 6.x (where importing the old
+    ``models`` path warns that it will be removed), ``models`` before."""
+    try:
+        from sentence_transformers.sentence_transformer import modules
+    except ImportError:
+        from sentence_transformers import models as modules
+    return modules
+
+
 def dense_layers(student) -> list:
     """The student's ``linear_chain()`` as SentenceTransformer ``Dense`` modules with the same weights."""
-    from sentence_transformers.models import Dense
+    Dense = _st_modules().Dense
 
     chain = getattr(student.module, "linear_chain", None)
     layers = chain() if callable(chain) else None
@@ -60,7 +70,7 @@ def to_sentence_transformer(student, folder) -> Path:
                           "teacher can be exported with the student")
     try:
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.models import Normalize
+        Normalize = _st_modules().Normalize
     except ImportError:
         raise ConfigError("exporting needs the optional extra: pip install 'atlas-distill[text]'") from None
     teacher_model = load_model(**embed["params"])
