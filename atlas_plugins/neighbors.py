@@ -209,7 +209,8 @@ def release_freed_memory() -> bool:
     whose freed holes stay resident: at 741,307 rows resident memory grew ~29 MB a part (peak 2.3 GB,
     against 1.2 GB with the graph cached).  Trimming after each part stops that without changing how
     anything is allocated (a fixed mmap threshold did too, but made the training that follows ~16 % slower
-    a step: 4 MB similarity matrices were mapped and unmapped every step).
+    a step: 4 MB similarity matrices were mapped and unmapped every step).  The report's corpus pass
+    (:mod:`atlas_plugins.report`) trims after each block for the same reason.
     """
     import ctypes
 

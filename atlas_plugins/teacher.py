@@ -175,11 +175,15 @@ def gather(emb: np.memmap, index: np.ndarray) -> np.ndarray:
 def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of a memory-mapped array, read from its file (not through the map)."""
     row_bytes = emb.shape[1] * emb.itemsize
+    want, at = (stop - start) * row_bytes, emb.offset + start * row_bytes
     fd = os.open(emb.filename, os.O_RDONLY)
     try:
-        buf = os.pread(fd, (stop - start) * row_bytes, emb.offset + start * row_bytes)
+        buf = os.pread(fd, want, at)
     finally:
         os.close(fd)
+    if len(buf) != want:
+        raise DataError(f"{emb.filename}: short read at byte {at} ({len(buf)} of {want} bytes); "
+                        "was the file truncated while training?")
     return np.frombuffer(buf, dtype=emb.dtype).reshape(stop - start, emb.shape[1])
 
 

@@ -103,6 +103,8 @@ def test_a_file_truncated_under_a_run_is_a_clear_error(tmp_path, monkeypatch):
         fh.truncate(fh.seek(0, 2) - 384 * 4 * 10)
     with pytest.raises(DataError, match="short read .* truncated"):
         TeacherData(mm).rows(np.array([5, 995]))
+    with pytest.raises(DataError, match="t.npy: short read .* truncated"):  # a pass over the file, in chunks
+        list(TeacherData(mm).chunks(300))
 
 
 PEAK_RSS = """
