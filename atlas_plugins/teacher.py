@@ -152,8 +152,7 @@ def gather(emb: np.memmap, index: np.ndarray) -> np.ndarray:
                 got = -1
             if got != want:
                 if not flags:
-                    raise DataError(f"{emb.filename}: short read at byte {at} ({got} of {want} bytes); "
-                                    "was the file truncated while training?")
+                    raise _short_read(emb, at, got, want)
                 waiting.append(r)
         return waiting
 
@@ -172,6 +171,11 @@ def gather(emb: np.memmap, index: np.ndarray) -> np.ndarray:
     return out
 
 
+def _short_read(emb: np.memmap, at: int, got: int, want: int) -> DataError:
+    return DataError(f"{emb.filename}: short read at byte {at} ({got} of {want} bytes); "
+                     "was the file truncated while training?")
+
+
 def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of a memory-mapped array, read from its file (not through the map)."""
     row_bytes = emb.shape[1] * emb.itemsize
@@ -182,8 +186,7 @@ def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
     finally:
         os.close(fd)
     if len(buf) != want:
-        raise DataError(f"{emb.filename}: short read at byte {at} ({len(buf)} of {want} bytes); "
-                        "was the file truncated while training?")
+        raise _short_read(emb, at, len(buf), want)
     return np.frombuffer(buf, dtype=emb.dtype).reshape(stop - start, emb.shape[1])
 
 
