@@ -76,10 +76,19 @@ def _model_fingerprint(location: str) -> list:
 
 
 @contextlib.contextmanager
-def _offline_hub():
-    """``HF_HUB_OFFLINE=1`` while the model loads (never fetch from a hub at run time), restored afterwards."""
+def _loading():
+    """While the model loads: ``HF_HUB_OFFLINE=1`` (never fetch from a hub at run time) and, unless stderr is
+    a terminal, no transformers progress bar (its "Loading weights" bar would be a line of junk in every log);
+    both restored afterwards."""
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    bars = None
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        bars = transformers_logging if transformers_logging.is_progress_bar_enabled() else None
+        if bars:
+            bars.disable_progress_bar()
     try:
         yield
     finally:
@@ -87,6 +96,8 @@ def _offline_hub():
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = old
+        if bars:
+            bars.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=4)
@@ -108,7 +119,7 @@ def _encoder(location: str, device: str):
         raise DataError("the sentence-transformers teacher needs the optional extra: "
                         "pip install 'atlas-distill[text]'") from None
     try:
-        with _offline_hub():
+        with _loading():
             return SentenceTransformer(location, device=device)
     except Exception as exc:
         raise DataError(f"cannot load the SentenceTransformer model '{location}' ({type(exc).__name__}: "
