@@ -34,7 +34,7 @@ def test_atlas_run_refuses_a_pickled_teacher(evil_teacher, tmp_path):
 def test_resume_skips_a_checkpoint_with_code(evil_teacher, tmp_path):
     path, marker = evil_teacher
     pipe = write_pipeline(tmp_path, stages=2, epochs=1)
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    assert run_cli(pipe, "--quiet").returncode == 0
     (tmp_path / "run" / "checkpoints" / "stage-9.pt").write_bytes(path.read_bytes())
     proc = run_atlas(pipe, "--resume", "--quiet")
     assert proc.returncode == 0, proc.stderr

@@ -51,7 +51,7 @@ def test_same_seed_gives_bit_identical_student(finished_run, tmp_path):
 
 def test_resume_from_a_stage_checkpoint_ends_bit_identical(finished_run, tmp_path):
     folder, _ = finished_run
-    run_atlas(write_pipeline(tmp_path), "--quiet")
+    assert run_cli(write_pipeline(tmp_path), "--quiet").returncode == 0  # in this process; the resume is a new one
     run = tmp_path / "run"
     for name in ("checkpoints/stage-1.pt", "checkpoints/latest.pt", "student.pt"):  # as if killed in stage 2
         (run / name).unlink()
@@ -136,7 +136,7 @@ def test_teacher_loaders_by_name_and_by_suffix(tmp_path, teacher_kind):
 
         save_file({"embeddings": torch.from_numpy(emb)}, tmp_path / "t.safetensors")
         teacher = f'path = "{tmp_path / "t.safetensors"}"'
-    proc = run_atlas(write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1), "--quiet")
+    proc = run_cli(write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert load_student(tmp_path / "run" / "student.pt").encode(torch.from_numpy(emb)).shape == (500, 5)
 
@@ -145,7 +145,7 @@ def test_hierarchical_student_with_hierarchical_loss(tmp_path):
     pipe = write_pipeline(tmp_path, student='name = "hierarchical"\ndim = 5\nhidden = [32]',
                           loss='name = "hierarchical"\nweights = [0.7, 0.3]\nbase = "relational"',
                           schedule=False, epochs=1)
-    proc = run_atlas(pipe, "--quiet")
+    proc = run_cli(pipe, "--quiet")
     assert proc.returncode == 0, proc.stderr
     coarse, fine = load_student(tmp_path / "run" / "student.pt").encode(torch.from_numpy(np.load(EXAMPLE_NPY)[:10]))
     assert coarse.shape == (10, 5) and fine.shape == (10, 25)
@@ -156,7 +156,7 @@ def test_hierarchical_student_with_hierarchical_loss(tmp_path):
 def test_reconstructing_student_with_combined_loss(tmp_path):
     pipe = write_pipeline(tmp_path, student='name = "linear"\ndim = 5\nreconstruct = true',
                           loss='name = "combined"\nalpha = 0.7\nbase = "mse"', epochs=1)
-    proc = run_atlas(pipe, "--quiet", "--set", 'schedule.name="exponential"')
+    proc = run_cli(pipe, "--quiet", "--set", 'schedule.name="exponential"')
     assert proc.returncode == 0, proc.stderr
     resolved = tomllib.loads((tmp_path / "run" / "pipeline.toml").read_text())
     assert resolved["loss"] == {"name": "combined", "alpha": 0.7, "base": "mse"}
@@ -171,7 +171,7 @@ def test_list_plugins_table_and_json():
     assert any(r.split()[:2] == ["loss", "relational"] and "atlas-distill" in r for r in rows)
     mlp = next(r for r in rows if r.split()[:2] == ["student", "mlp"])
     assert mlp.endswith("hidden=[128, 128, 128, 128], reconstruct=false")  # input_dim and dim are set by atlas-run
-    listing = json.loads(run_atlas("--list-plugins", "--json").stdout)
+    listing = json.loads(run_cli("--list-plugins", "--json").stdout)  # the same listing, in this process
     assert {"kind": "schedule", "name": "cosine"}.items() <= next(p for p in listing if p["name"] == "cosine"
                                                                   and p["kind"] == "schedule").items()
     assert all(p["distribution"] == "atlas-distill" for p in listing if p["name"] in ("mse", "npy"))
@@ -227,7 +227,7 @@ def test_missing_pipeline_file(tmp_path):
 
 def test_fresh_run_into_an_occupied_folder_is_refused_unless_overwrite(finished_run, tmp_path):
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    assert run_cli(pipe, "--quiet").returncode == 0
     (tmp_path / "run" / "notes.txt").write_text("mine")
     one_error_line(run_cli(pipe, "--quiet"), "already holds a run", "--resume", "--overwrite")
     proc = run_atlas(pipe, "--quiet", "--overwrite")
@@ -237,7 +237,7 @@ def test_fresh_run_into_an_occupied_folder_is_refused_unless_overwrite(finished_
 
 def test_resume_refuses_a_changed_configuration(tmp_path):
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    assert run_cli(pipe, "--quiet").returncode == 0
     line = one_error_line(run_cli(pipe, "--resume", "--set", "train.seed=7", "--set", "student.hidden=[16]"),
                           "cannot resume: the configuration changed")
     assert "train.seed: 0 -> 7" in line and "student.hidden: [32] -> [16]" in line

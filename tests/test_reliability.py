@@ -239,7 +239,7 @@ def test_run_into_a_folder_of_user_files_keeps_them(tmp_path):
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "old.bin").write_text("keep me too")
     pipe = write_pipeline(tmp_path, stages=1, epochs=1, output="mine")
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    assert run_cli(pipe, "--quiet").returncode == 0
     assert run_atlas(pipe, "--quiet", "--overwrite").returncode == 0
     assert (out / "notes.md").read_text() == "keep me"
     assert (out / "checkpoints" / "old.bin").read_text() == "keep me too"
@@ -344,7 +344,7 @@ TINY_STUDENT = 'name = "mlp"\ndim = 5\nhidden = [8]'
 def test_no_batch_is_ever_too_small_for_the_loss(tmp_path, rows, sets):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, rows), stages=1, epochs=1, student=TINY_STUDENT,
                           loss='name = "neighbors"')
-    proc = run_atlas(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
+    proc = run_cli(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
     assert proc.returncode == 0, proc.stderr
 
 
@@ -356,7 +356,7 @@ def test_no_batch_is_ever_too_small_for_the_loss(tmp_path, rows, sets):
 def test_the_report_fits_k_to_the_rows_there_are(tmp_path, rows, sets, note):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, rows), stages=1, epochs=1, student=TINY_STUDENT,
                           loss='name = "neighbors"', extra="report = true\n")
-    proc = run_atlas(pipe, "--quiet", "--set", "train.neighbors=1", "--set", "train.val_fraction=0.0", *sum(
+    proc = run_cli(pipe, "--quiet", "--set", "train.neighbors=1", "--set", "train.val_fraction=0.0", *sum(
         (["--set", s] for s in sets), []))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -366,7 +366,7 @@ def test_the_report_fits_k_to_the_rows_there_are(tmp_path, rows, sets, note):
 
 def test_a_batch_larger_than_the_data_is_a_warning(tmp_path):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, 300), stages=1, epochs=1, student=TINY_STUDENT)
-    proc = run_atlas(pipe, "--quiet", "--set", "train.batch_size=5000", "--set", 'train.batches="random"')
+    proc = run_cli(pipe, "--quiet", "--set", "train.batch_size=5000", "--set", 'train.batches="random"')
     assert proc.returncode == 0, proc.stderr
     assert "warning: train.batch_size = 5000 is larger than the 240 training rows" in proc.stderr
 
@@ -410,12 +410,12 @@ def test_a_broken_pipe_exits_quietly(tmp_path):
      "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not: start the run with torchrun"),
 ])
 def test_a_stray_world_size_is_one_line(tmp_path, env, fragment):
-    one_error_line(run_atlas(write_pipeline(tmp_path, stages=1, epochs=1), "--quiet", env=env), fragment)
+    one_error_line(run_cli(write_pipeline(tmp_path, stages=1, epochs=1), "--quiet", env=env), fragment)
 
 
 def test_a_huge_seed_works_with_neighbour_batches(tmp_path):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, 400), stages=1, epochs=1, student=TINY_STUDENT)
-    proc = run_atlas(pipe, "--quiet", "--set", "train.seed=100000000000000", "--set", 'train.batches="neighbors"')
+    proc = run_cli(pipe, "--quiet", "--set", "train.seed=100000000000000", "--set", 'train.batches="neighbors"')
     assert proc.returncode == 0, proc.stderr
 
 
@@ -469,7 +469,7 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
 def test_divergence_names_the_likely_cause(tmp_path, make, sets, fragment):
     teacher = make(tmp_path) if make else None
     pipe = write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1, student=TINY_STUDENT, loss='name = "neighbors"')
-    proc = run_atlas(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
+    proc = run_cli(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
     assert fragment in proc.stderr.strip().splitlines()[-1] and "learning_rate" not in proc.stderr
 

@@ -36,7 +36,7 @@ def test_clear_ignores_manifest_entries_outside_the_folder(tmp_path, victim):
 
 def test_overwrite_never_deletes_outside_the_run_folder(tmp_path, victim):
     pipe = write_pipeline(tmp_path, **TINY)
-    assert run_atlas(pipe, "--quiet").returncode == 0
+    assert run_cli(pipe, "--quiet").returncode == 0
     manifest = tmp_path / "run" / MANIFEST
     names = json.loads(manifest.read_text()) + ["../victim/precious.txt", str(victim / "linked.txt")]
     manifest.write_text(json.dumps(names))

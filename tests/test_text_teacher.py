@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
-    lines = EXAMPLE_META.read_text().splitlines()[:400]
+    lines = EXAMPLE_META.read_text().splitlines()[:200]
     (tmp_path / "texts.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "p.toml").write_text(
         '[teacher]\nloader = "sentence-transformers"\npath = "texts.jsonl"\nmodel = "all-MiniLM-L6-v2"\n'
@@ -24,21 +24,21 @@ def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
     first = run_atlas(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
     assert first.returncode == 0, first.stderr
     # only our own lines: no "Loading weights" bar from transformers in a log (stderr is not a terminal here)
-    assert [line.split(" from ")[0] for line in first.stderr.splitlines()] == ["atlas: embedding 400 texts"]
+    assert [line.split(" from ")[0] for line in first.stderr.splitlines()] == ["atlas: embedding 200 texts"]
     run = tmp_path / "runs" / "p"
     cached = list((tmp_path / "shared-cache").glob("st-*.npy"))  # ATLAS_CACHE_DIR (conftest)
     assert len(cached) == 1 and not list((run / "cache").glob("st-*.npy"))
     emb = np.load(cached[0])
-    assert emb.shape == (400, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb.shape == (200, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     report = json.loads((run / "report.json").read_text())
     assert report["axis_cards"][0]["high"][0] in {json.loads(line)["text"] for line in lines}
     assert "knn_label_acc@10" in report["student"] and (run / "scatter.png").is_file()
 
     (tmp_path / "q.toml").write_text((tmp_path / "p.toml").read_text())  # a second pipeline, another run folder
-    second = run_atlas(tmp_path / "q.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    second = run_cli(tmp_path / "q.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
     assert second.returncode == 0, second.stderr
-    assert "using 400 cached embeddings" in second.stderr and "embedding 400 texts" not in second.stderr
-    assert run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"}).returncode == 0
+    assert "using 200 cached embeddings" in second.stderr and "embedding 200 texts" not in second.stderr
+    assert run_cli(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"}).returncode == 0
     assert cached[0].is_file()  # a run never deletes in the shared cache
 
 
@@ -47,14 +47,14 @@ def test_without_the_shared_cache_the_run_folder_holds_the_embeddings(tmp_path):
                                               for line in EXAMPLE_META.read_text().splitlines()[:200]) + "\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "t.txt"\nshared_cache = false\n[student]\nhidden = [16]\n'
                                      '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
-    first = run_atlas(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    first = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
     assert first.returncode == 0, first.stderr
     run = tmp_path / "runs" / "p"
     cached = list((run / "cache").glob("st-*.npy"))
     assert len(cached) == 1 and not (tmp_path / "shared-cache").exists()
     manifest = json.loads((run / ".atlas-manifest.json").read_text())
     assert f"cache/{cached[0].name}" in manifest  # written under the run's lock, owned by the run
-    again = run_atlas(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"})
+    again = run_cli(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"})
     assert "using 200 cached embeddings" in again.stderr and cached[0].is_file()  # --overwrite keeps caches
 
 
@@ -71,12 +71,12 @@ def test_the_model_is_loaded_offline_without_changing_the_environment(tmp_path, 
 
 
 def test_plain_text_file_and_missing_model(tmp_path):
-    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:300]]
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
     (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\n[train]\nbatch_size = 64\n')
-    dry = run_atlas(tmp_path / "p.toml", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
+    dry = run_cli(tmp_path / "p.toml", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
     assert dry.returncode == 0, dry.stderr
-    assert "sentence-transformers:" in dry.stdout and "(300 x 384 float32, with texts)" in dry.stdout
+    assert "sentence-transformers:" in dry.stdout and "(150 x 384 float32, with texts)" in dry.stdout
     bad = run_cli(tmp_path / "p.toml", "--dry-run", "--set", f'teacher.model="{tmp_path / "nope"}"',
                   env={"HF_HUB_OFFLINE": "1"})
     one_error_line(bad, f"cannot load the SentenceTransformer model '{tmp_path / 'nope'}': no such folder")
@@ -121,19 +121,20 @@ def test_a_model_name_in_the_local_hugging_face_cache_is_found_there(hub_cache):
     assert np.allclose(embed(texts, model="acme/minilm"), embed(texts, model="all-MiniLM-L6-v2"), atol=1e-6)
 
 
-def test_the_quickstart_page_recipe_for_your_own_texts(tmp_path):
+def test_the_quickstart_page_recipe_for_your_own_texts(tmp_path, monkeypatch):
     from conftest import ROOT
     from mdblocks import code_blocks
 
     page = ROOT / "docs" / "quickstart.md"
     toml = next(code for lang, code, _ in code_blocks(page, "toml") if 'path = "notes.txt"' in code)
     commands = next(code for lang, code, _ in code_blocks(page, "bash") if "my-map.toml" in code)
-    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:300]]
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
     (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "my-map.toml").write_text(toml)
-    for command in commands.splitlines():
+    monkeypatch.chdir(tmp_path)
+    for command in commands.splitlines():  # atlas-run in this process: the sentence-transformers import is paid once
         args = command.split("#")[0].split()[1:]
-        proc = run_atlas(*args, "--quiet", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+        proc = run_cli(*args, "--quiet", env={"HF_HUB_OFFLINE": "1"})
         assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "runs" / "my-map" / "report.md").read_text()
     assert "## Axis cards" in report and "| recall@10 |" in report
