@@ -34,7 +34,7 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import TrainedStudent
 from .params import accepts
-from .teacher import TeacherData, check_finite, loader_for_suffix, validate_teacher
+from .teacher import TeacherData, check_finite, in_memory_if_small, loader_for_suffix, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -96,7 +96,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
                           f"--loader ({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
     fn = registry.get("teacher", name)
     kwargs = {"cache_dir": workdir()} if workdir is not None and accepts(fn, "cache_dir") else {}
-    data = validate_teacher(fn(str(p), **kwargs), scan=False)  # values are checked piece by piece as they are read
+    # values are checked piece by piece as they are read
+    data = in_memory_if_small(validate_teacher(fn(str(p), **kwargs), scan=False))
     student.check_input(data.embeddings)
     return _vectors(data, student.input_dim)
 

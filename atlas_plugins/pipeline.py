@@ -28,7 +28,7 @@ from .neighbors import choose_method
 from .params import resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
-from .teacher import TeacherData, validate_teacher
+from .teacher import TeacherData, in_memory_if_small, validate_teacher
 
 
 @attrs.define
@@ -159,7 +159,8 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     providers = {kind: registry.info(kind, name).distribution for kind, name in  # for error messages
                  (("teacher", config.teacher.loader), ("student", config.student.name),
                   ("loss", config.loss.name), ("schedule", config.schedule.name))}
-    teacher = validate_teacher(load_teacher(config, registry), dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS)
+    teacher = in_memory_if_small(validate_teacher(load_teacher(config, registry), dim=config.teacher.dim,
+                                                  min_rows=MIN_BATCH_ROWS))
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))
     index = choose_method(len(train_rows), device, tr.neighbor_index) if batch_mode == "neighbors" else None

@@ -1,8 +1,8 @@
 """Teacher data: the embeddings a student learns from, plus optional labels and texts.
 
 A teacher plugin returns one :class:`TeacherData`.  ``embeddings`` is a
-``numpy`` array (often memory-mapped, never read whole) or a ``torch`` tensor of
-shape ``(N, D)``; batches are read row by row with :meth:`TeacherData.rows`.
+``numpy`` array (often memory-mapped: a large file is never read whole) or a
+``torch`` tensor of shape ``(N, D)``; batches are read row by row with :meth:`TeacherData.rows`.
 """
 
 from __future__ import annotations
@@ -91,6 +91,20 @@ def _large_file(emb) -> bool:
     """
     return (isinstance(emb, np.memmap) and bool(getattr(emb, "filename", None)) and emb.ndim == 2
             and emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES)
+
+
+def in_memory_if_small(data: TeacherData) -> TeacherData:
+    """``data`` with a memory-mapped file of at most :data:`MAP_BUDGET_BYTES` copied into memory once.
+
+    A page read through a map of a file that has since shrunk (replaced, truncated by another program)
+    kills the process with SIGBUS: no message, no last checkpoint.  A copy cannot; it costs what reading
+    the small file through its map would hold anyway.  Large files are read with ``pread``, whose short
+    reads are a :class:`DataError` (:func:`gather`, :func:`_pread_range`).
+    """
+    emb = data.embeddings
+    if isinstance(emb, np.memmap) and not _large_file(emb):
+        return attrs.evolve(data, embeddings=np.array(emb))
+    return data
 
 
 GATHER_THREADS = 16  # concurrent reads of rows not in the page cache (4 → 16 threads: 1.5x faster cold here)

@@ -447,6 +447,21 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_teacher_file_truncated_during_the_run_does_not_kill_it(tmp_path):
+    """A small teacher file is read through a memory map; had the run kept the map, the next page it read
+    after another program truncated the file would kill it with SIGBUS (exit -7, no message)."""
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY))
+    pipe = write_pipeline(tmp_path, teacher=f'path = "{tmp_path / "t.npy"}"', stages=2, epochs=2, batches="neighbors")
+    proc = popen_atlas(pipe)
+    wait_for((tmp_path / "run" / "checkpoints" / "latest.pt").is_file, proc, "a first checkpoint")
+    os.truncate(tmp_path / "t.npy", 4096)
+    assert proc.poll() is None, "the run finished before the file was truncated"
+    _, stderr = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, (proc.returncode, stderr)
+    assert (tmp_path / "run" / "student.pt").is_file()
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
     pipe = write_pipeline(tmp_path, **SLOW)
     proc = popen_atlas(pipe)

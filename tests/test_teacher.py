@@ -117,3 +117,20 @@ def test_large_finite_values_whose_sum_overflows_are_not_an_error():
     emb[3, 1] = -np.inf
     with pytest.raises(DataError, match="t.npy: row 3 contains NaN or Inf"):
         check_finite(TeacherData(emb, source="t.npy"), 0, torch.from_numpy(emb))
+
+
+def test_a_small_memory_mapped_file_is_copied_into_memory_a_large_one_is_not(tmp_path, monkeypatch):
+    from atlas_plugins import teacher as teacher_module
+    from atlas_plugins.teacher import in_memory_if_small
+
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:100])
+    small = in_memory_if_small(TeacherData(np.load(tmp_path / "t.npy", mmap_mode="r"), labels=list(range(100))))
+    os.truncate(tmp_path / "t.npy", 128)  # the copy does not read the file again (a map would: SIGBUS)
+    assert not isinstance(small.embeddings, np.memmap) and small.labels == list(range(100))
+    assert np.array_equal(small.rows([99, 0]).numpy(), np.load(EXAMPLE_NPY)[[99, 0]])
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:100])
+    monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 0)  # now "large": read with pread, left mapped
+    assert isinstance(in_memory_if_small(TeacherData(np.load(tmp_path / "t.npy", mmap_mode="r"))).embeddings,
+                      np.memmap)
+    tensor = torch.zeros(4, 3)
+    assert in_memory_if_small(TeacherData(tensor)).embeddings is tensor
