@@ -287,20 +287,22 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     z, labels = arrays["z"], arrays["labels"]
     d = min(z.shape[1], MATRIX_DIMS)
     fig, axes = plt.subplots(d, d, figsize=(1.9 * d + 1.5, 1.9 * d), squeeze=False)
-    if labels is not None:
+    if labels is not None:  # the 10 commonest labels in colour; the rest grey, drawn first (underneath)
         top = [lab for lab, _ in Counter(labels).most_common(10)]
-        groups = [("other", np.array([v not in top for v in labels]), "lightgrey")]  # drawn first, underneath
-        groups += [(str(lab), np.array([v == lab for v in labels]), None) for lab in top]
+        rank = {lab: k + 1 for k, lab in enumerate(top)}
+        kind = np.array([rank.get(v, 0) for v in labels])
+        names, colours = ["other"] + [str(lab) for lab in top], ["lightgrey"] + [f"C{k}" for k in range(len(top))]
     else:
-        groups = [("rows", np.ones(len(z), dtype=bool), None)]
+        kind, names, colours = np.zeros(len(z), dtype=int), ["rows"], ["C0"]
+    order = np.argsort(kind, kind="stable")
+    point_colours = np.array(colours)[kind[order]]
     for i in range(d):
         for j in range(d):
             a = axes[i, j]
             if i == j:
                 a.hist(z[:, i], bins=40, color="grey")
-            else:
-                for name, mask, colour in groups:
-                    a.scatter(z[mask, j], z[mask, i], s=1, c=colour, label=name)
+            else:  # one call per panel: a call per label made the matrix take ~2 s
+                a.scatter(z[order, j], z[order, i], s=1, c=point_colours)
             a.set_xticks([])
             a.set_yticks([])
             if i == d - 1:
@@ -308,7 +310,10 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
             if j == 0:
                 a.set_ylabel(f"dim {i}", fontsize=8)
     if labels is not None and d > 1:
-        fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="center right", markerscale=6, fontsize=7)
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=1, color=c) for c in colours]
+        fig.legend(handles, names, loc="center right", markerscale=6, fontsize=7)
     shown = f"dims 0–{d - 1} of {z.shape[1]}" if d < z.shape[1] else f"all {d} dims"
     fig.suptitle(f"Student map, {shown}: {len(z)} evaluation rows", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.85 if labels is not None else 1, 0.97))
