@@ -301,7 +301,7 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
             a = axes[i, j]
             if i == j:
                 a.hist(z[:, i], bins=40, color="grey")
-            else:  # one call per panel: a call per label made the matrix take ~2 s
+            else:  # one call per panel (a call per label: 0.3 s more for 5 x 5 panels and 11 labels)
                 a.scatter(z[order, j], z[order, i], s=1, c=point_colours)
             a.set_xticks([])
             a.set_yticks([])

@@ -102,7 +102,7 @@ def in_memory_if_small(data: TeacherData) -> TeacherData:
     reads are a :class:`DataError` (:func:`gather`, :func:`_pread_range`).
     """
     emb = data.embeddings
-    if isinstance(emb, np.memmap) and not _large_file(emb):
+    if isinstance(emb, np.memmap) and emb.nbytes <= MAP_BUDGET_BYTES:
         return attrs.evolve(data, embeddings=np.array(emb))
     return data
 

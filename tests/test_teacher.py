@@ -134,3 +134,14 @@ def test_a_small_memory_mapped_file_is_copied_into_memory_a_large_one_is_not(tmp
                       np.memmap)
     tensor = torch.zeros(4, 3)
     assert in_memory_if_small(TeacherData(tensor)).embeddings is tensor
+
+
+def test_a_large_file_the_map_reads_stays_mapped(tmp_path, monkeypatch):
+    """A file read through its map because pread cannot (Fortran order) is never copied whole, whatever its size."""
+    from atlas_plugins import teacher as teacher_module
+    from atlas_plugins.teacher import in_memory_if_small
+
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.load(EXAMPLE_NPY)[:100]))
+    monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 1000)
+    data = in_memory_if_small(TeacherData(np.load(tmp_path / "f.npy", mmap_mode="r")))
+    assert isinstance(data.embeddings, np.memmap) and not data.embeddings.flags.c_contiguous
