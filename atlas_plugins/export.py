@@ -10,6 +10,8 @@ and ``mlp``; the coarse level of ``hierarchical``).
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -18,6 +20,25 @@ from .errors import ConfigError, DataError
 from .registry import get_registry
 
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.SiLU)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No transformers progress bars ("Loading weights", "Writing model shards") unless stderr is a terminal:
+    they draw into logs and pipes too, and under ``--quiet``.  The setting is restored afterwards (a user's
+    own "off" stays off)."""
+    bars = None
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        bars = transformers_logging if transformers_logging.is_progress_bar_enabled() else None
+        if bars:
+            bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            bars.enable_progress_bar()
 
 
 def _st_modules():
@@ -86,5 +107,6 @@ def to_sentence_transformer(student, folder) -> Path:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder}: exists and is not empty; choose a new folder for the export")
-    model.save(str(folder))
+    with quiet_transformers():
+        model.save(str(folder))
     return folder

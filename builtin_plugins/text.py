@@ -24,6 +24,7 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError, WriteError
+from atlas_plugins.export import quiet_transformers
 from atlas_plugins.teacher import TeacherData
 
 from .teachers import read_texts
@@ -77,27 +78,18 @@ def _model_fingerprint(location: str) -> list:
 
 @contextlib.contextmanager
 def _loading():
-    """While the model loads: ``HF_HUB_OFFLINE=1`` (never fetch from a hub at run time) and, unless stderr is
-    a terminal, no transformers progress bar (its "Loading weights" bar would be a line of junk in every log);
-    both restored afterwards."""
+    """While the model loads: ``HF_HUB_OFFLINE=1`` (never fetch from a hub at run time), restored afterwards,
+    and no transformers progress bar off a terminal (:func:`atlas_plugins.export.quiet_transformers`)."""
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    bars = None
-    if not sys.stderr.isatty():
-        from transformers.utils import logging as transformers_logging
-
-        bars = transformers_logging if transformers_logging.is_progress_bar_enabled() else None
-        if bars:
-            bars.disable_progress_bar()
     try:
-        yield
+        with quiet_transformers():
+            yield
     finally:
         if old is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = old
-        if bars:
-            bars.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=4)

@@ -58,7 +58,10 @@ def test_export_round_trip_with_the_offline_minilm(tmp_path):
                           capture_output=True, text=True, timeout=600,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert f"SentenceTransformer model written to {tmp_path / 'st'}" in proc.stderr
+    # one line, ours: no "Loading weights" or "Writing model shards" bar from transformers off a terminal
+    assert proc.stderr.splitlines() == [f"atlas-encode: SentenceTransformer model written to {tmp_path / 'st'}; "
+                                        f"SentenceTransformer('{tmp_path / 'st'}').encode(texts) returns the map's "
+                                        "coordinates"], proc.stderr
     from sentence_transformers import SentenceTransformer
 
     texts = ["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest", "format a date"]
