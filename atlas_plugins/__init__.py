@@ -17,6 +17,7 @@ from .student import TrainedStudent, load_student
 from .distill import (combined_distill_loss, create_curriculum_schedule, curriculum_distill_step, distill_loss,
                       get_loss, get_schedule, get_student, get_teacher, kl_distill_loss)
 from .presets import CURRICULUM_CONFIG, DEFAULT_OPENAI_CONFIG, FAST_CONFIG, DistillationConfig
+from .export import quiet_transformers
 
 
 def available(kind: str | None = None) -> list[PluginInfo]:
@@ -42,5 +43,5 @@ __all__ = [
     "TrainedStudent", "load_student", "combined_distill_loss", "create_curriculum_schedule",
     "curriculum_distill_step", "distill_loss", "get_loss", "get_schedule", "get_student", "get_teacher",
     "kl_distill_loss", "CURRICULUM_CONFIG", "DEFAULT_OPENAI_CONFIG", "FAST_CONFIG", "DistillationConfig",
-    "available", "register",
+    "available", "register", "quiet_transformers",
 ]

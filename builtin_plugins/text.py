@@ -24,7 +24,7 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError, WriteError
-from atlas_plugins.export import quiet_transformers
+from atlas_plugins import quiet_transformers
 from atlas_plugins.teacher import TeacherData
 
 from .teachers import read_texts
@@ -79,7 +79,7 @@ def _model_fingerprint(location: str) -> list:
 @contextlib.contextmanager
 def _loading():
     """While the model loads: ``HF_HUB_OFFLINE=1`` (never fetch from a hub at run time), restored afterwards,
-    and no transformers progress bar off a terminal (:func:`atlas_plugins.export.quiet_transformers`)."""
+    and no transformers progress bar off a terminal (:func:`atlas_plugins.quiet_transformers`)."""
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
