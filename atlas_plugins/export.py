@@ -27,18 +27,18 @@ def quiet_transformers():
     """No transformers progress bars ("Loading weights", "Writing model shards") unless stderr is a terminal:
     they draw into logs and pipes too, and under ``--quiet``.  The setting is restored afterwards (a user's
     own "off" stays off)."""
-    bars = None
+    turned_off = False
     if not sys.stderr.isatty():
         from transformers.utils import logging as transformers_logging
 
-        bars = transformers_logging if transformers_logging.is_progress_bar_enabled() else None
-        if bars:
-            bars.disable_progress_bar()
+        turned_off = transformers_logging.is_progress_bar_enabled()
+        if turned_off:
+            transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if bars:
-            bars.enable_progress_bar()
+        if turned_off:
+            transformers_logging.enable_progress_bar()
 
 
 def _st_modules():

@@ -290,12 +290,12 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     if labels is not None:  # the 10 commonest labels in colour; the rest grey, drawn first (underneath)
         top = [lab for lab, _ in Counter(labels).most_common(10)]
         rank = {lab: k + 1 for k, lab in enumerate(top)}
-        kind = np.array([rank.get(v, 0) for v in labels])
+        group = np.array([rank.get(v, 0) for v in labels])
         names, colours = ["other"] + [str(lab) for lab in top], ["lightgrey"] + [f"C{k}" for k in range(len(top))]
     else:
-        kind, names, colours = np.zeros(len(z), dtype=int), ["rows"], ["C0"]
-    order = np.argsort(kind, kind="stable")
-    point_colours = np.array(colours)[kind[order]]
+        group, names, colours = np.zeros(len(z), dtype=int), ["rows"], ["C0"]
+    order = np.argsort(group, kind="stable")
+    point_colours = np.array(colours)[group[order]]
     for i in range(d):
         for j in range(d):
             a = axes[i, j]

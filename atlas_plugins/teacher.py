@@ -86,8 +86,10 @@ def _large_file(emb) -> bool:
     Every page read through a map counts as resident memory of the process
     until it is unmapped, so reading a large file through its map would grow
     resident memory up to the file's size; ``pread`` copies just the rows asked
-    for and leaves caching to the kernel.  Small files are read through the map
-    (faster; they cannot grow memory by more than their size).
+    for and leaves caching to the kernel.  A run copies small files into memory
+    first (:func:`in_memory_if_small`); one read through its map is a small file
+    a plugin or caller holds directly, or one that ``pread`` cannot read in rows
+    (not C-contiguous).
     """
     return (isinstance(emb, np.memmap) and bool(getattr(emb, "filename", None)) and emb.ndim == 2
             and emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES)
