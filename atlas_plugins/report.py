@@ -112,7 +112,9 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
                 "vectors_per_s": _throughput(encode, x, min_seconds=0.0, warmed_up=True)}
     elif student.training_map is not None:
         notes.append("refine left out: the rows measured are training rows, already in the map")
-    if held_out:
+    if held_out and len(pipe.train_rows) <= k:
+        notes.append(f"corpus_recall@{k} left out: it needs more than k = {k} training rows")
+    elif held_out:
         truth, pca_corpus = _corpus_neighbours(pipe, x, k, pca_projector(mean, comps))
         corpus = {"PCA": pca_corpus, "student": torch.from_numpy(coords[pipe.train_rows])}
         for name, z in placed.items():
@@ -274,7 +276,9 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
         if stage > stages[0]:
             for a in (ax, rel):
                 a.axvline(where[0] + 0.5, color="lightgrey", linewidth=1)
-        rel.plot(epochs[where], train[where] / train[where[0]], marker="o", markersize=3, label=f"stage {stage + 1}")
+        first = train[where[0]]  # a stage that starts at loss 0 has no relative curve
+        relative = train[where] / first if first != 0 else np.full(len(where), np.nan)
+        rel.plot(epochs[where], relative, marker="o", markersize=3, label=f"stage {stage + 1}")
     rel.axhline(1.0, color="lightgrey", linewidth=0.8, linestyle=":")
     rel.set_ylabel("train loss ÷ stage's first epoch")
     rel.set_xlabel("epoch (all stages; grey lines: stage boundaries)")

@@ -223,7 +223,9 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                      chunk_rows: int | None = None, scan: bool = True) -> TeacherData:
     """Check shape, dtype, values, labels and texts before any training; raise :class:`DataError` naming the file.
 
-    The NaN/Inf scan reads ``chunk_rows`` rows at a time, so a memory-mapped
+    Values must be finite, and no row may be all zeros: a zero vector has no cosine neighbours, so
+    such a row (typically a failed embedding call padded with zeros) would land anywhere on the map
+    and blur every metric.  The scan reads ``chunk_rows`` rows at a time, so a memory-mapped
     file is never loaded whole; ``scan=False`` leaves it to the caller, who
     reads the rows anyway (:func:`check_finite` on each chunk).  Labels must be strings, numbers or booleans (they are
     counted and compared); texts must be strings.
@@ -262,8 +264,17 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                    None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")
+    zero_rows, first_zero = 0, None
     for start, block in (data.chunks(chunk_rows) if scan else ()):
         check_finite(data, start, block)
+        zero = ~block.ne(0).any(dim=1)
+        if bool(zero.any()):
+            zero_rows += int(zero.sum())
+            first_zero = start + int(zero.nonzero()[0, 0]) if first_zero is None else first_zero
+    if zero_rows:
+        count = f" ({zero_rows:,} rows in all)" if zero_rows > 1 else ""
+        raise DataError(f"{src}: row {first_zero} is all zeros{count}: a zero vector has no direction, so no "
+                        "cosine neighbours (a failed embedding call?); drop such rows before training")
     return data
 
 

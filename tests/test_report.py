@@ -19,6 +19,32 @@ def test_axis_cards_show_each_text_once_from_both_ends():
     assert cards[1] == {"dim": 1, "low": ["d", "c"], "high": ["a", "b"]}
 
 
+def test_a_stage_that_starts_at_zero_loss_gets_no_relative_curve_and_no_warning(tmp_path, monkeypatch):
+    """A teacher whose rows are all alike gives loss 0 from the first epoch: 0 / 0 must not warn."""
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from atlas_plugins.rundir import RunDir
+
+    monkeypatch.setattr("atlas_plugins.rundir.atomic_write_bytes", lambda path, data: None)
+    metrics = [{"stage": s, "train_loss": loss, "val_loss": None, "tau": 1.0}
+               for s, loss in ((0, 0.0), (0, 0.0), (1, 2.0), (1, 1.0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        names = report_module.plot(RunDir(tmp_path), metrics, {"z": np.random.rand(20, 5), "labels": None})
+    assert names == ["training.png", "scatter.png"]
+
+
+def test_corpus_recall_is_left_out_when_there_are_no_more_training_rows_than_k(tmp_path):
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:40])  # 8 training rows after the 80 % split
+    path = write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1, batch_size=8)
+    path.write_text(path.read_text().replace("val_fraction = 0.2", "val_fraction = 0.8"))
+    assert run_cli(path, "--quiet").returncode == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert "corpus_recall@10 left out: it needs more than k = 10 training rows" in report["notes"]
+    assert all("corpus_recall@10" not in m for m in report["methods"].values())
+
+
 @pytest.mark.slow
 def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path, monkeypatch):
     monkeypatch.setattr(report_module, "CORPUS_SCORES", 300 * 500)  # the corpus search in blocks of 500 rows

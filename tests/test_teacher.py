@@ -45,6 +45,9 @@ def _npy(arr):
 CASES = {
     "nan-row": (_npy(np.where(np.arange(600)[:, None] == 412, np.nan, np.ones((600, 384), np.float32))),
                 ["t.npy: row 412 contains NaN or Inf"]),
+    "zero-rows": (_npy(np.where(np.isin(np.arange(600), [41, 77, 300])[:, None], 0, np.ones((600, 384), np.float32))),
+                  ["t.npy: row 41 is all zeros (3 rows in all): a zero vector has no direction",
+                   "drop such rows before training"]),
     "one-dimensional": (_npy(np.ones(600, np.float32)), ["t.npy: embeddings must be 2-D (N, D), got shape (600,)"]),
     "three-dimensional": (_npy(np.ones((600, 4, 4), np.float32)), ["must be 2-D (N, D), got shape (600, 4, 4)"]),
     "integers": (_npy(np.ones((600, 384), np.int32)), ["unsupported dtype int32", "float32"]),
