@@ -21,6 +21,7 @@ import io
 import json
 import sys
 import tempfile
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,7 +35,7 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import TrainedStudent
 from .params import accepts
-from .teacher import TeacherData, check_finite, in_memory_if_small, loader_for_suffix, validate_teacher
+from .teacher import TeacherData, ZeroRows, check_finite, in_memory_if_small, loader_for_suffix, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -108,9 +109,14 @@ def _vectors(data: TeacherData, dim: int) -> Source:
     chunk = max(256, CHUNK_BYTES // (4 * dim))
 
     def pieces():
+        zeros = ZeroRows()
         for start, block in data.chunks(chunk):
             check_finite(data, start, block)
+            zeros.see(start, block)
             yield Piece(block, {k: list(v[start:start + len(block)]) for k, v in extras.items()})
+        if zeros.count:  # encoded all the same (the output keeps one row per input row), but said
+            warnings.warn(f"atlas: {zeros.describe(data.source or 'input')}: a zero vector has no direction, "
+                          "so its coordinates mean nothing (a failed embedding call?)")
     return Source(pieces(), data.num_rows, tuple(extras))
 
 

@@ -264,18 +264,33 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                    None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")
-    zero_rows, first_zero = 0, None
+    zeros = ZeroRows()
     for start, block in (data.chunks(chunk_rows) if scan else ()):
         check_finite(data, start, block)
+        zeros.see(start, block)
+    if zeros.count:
+        raise DataError(f"{zeros.describe(src)}: a zero vector has no direction, so no cosine neighbours "
+                        "(a failed embedding call?); drop such rows before training")
+    return data
+
+
+@attrs.define
+class ZeroRows:
+    """Rows that are all zeros, counted over consecutive blocks: a zero vector has no direction, so it has
+    no cosine neighbours and its place on a map means nothing."""
+
+    count: int = 0
+    first: int | None = None
+
+    def see(self, start: int, block: torch.Tensor) -> None:
+        """Count the zero rows of ``block`` ``(n, D)``, rows ``start…`` of the data."""
         zero = ~block.ne(0).any(dim=1)
         if bool(zero.any()):
-            zero_rows += int(zero.sum())
-            first_zero = start + int(zero.nonzero()[0, 0]) if first_zero is None else first_zero
-    if zero_rows:
-        count = f" ({zero_rows:,} rows in all)" if zero_rows > 1 else ""
-        raise DataError(f"{src}: row {first_zero} is all zeros{count}: a zero vector has no direction, so no "
-                        "cosine neighbours (a failed embedding call?); drop such rows before training")
-    return data
+            self.count += int(zero.sum())
+            self.first = start + int(zero.nonzero()[0, 0]) if self.first is None else self.first
+
+    def describe(self, src: str) -> str:
+        return f"{src}: row {self.first} is all zeros" + (f" ({self.count:,} rows in all)" if self.count > 1 else "")
 
 
 def check_finite(data: TeacherData, start: int, block: torch.Tensor) -> None:

@@ -227,6 +227,18 @@ def test_a_row_that_is_not_finite_stops_the_encoding_and_nothing_is_written(run,
     assert not (tmp_path / "z.parquet").exists()
 
 
+def test_zero_rows_are_encoded_with_a_warning_that_names_them(run, tmp_path):
+    x = np.load(EXAMPLE_NPY)[:500].copy()
+    x[[40, 41, 400]] = 0
+    np.save(tmp_path / "zeros.npy", x)
+    done = run_cli(run, tmp_path / "zeros.npy", "-o", tmp_path / "z.npy", program="atlas-encode")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0] == (f"atlas-encode: warning: {tmp_path / 'zeros.npy'}: row 40 is all zeros (3 rows in all): "
+                                           "a zero vector has no direction, so its coordinates mean nothing "
+                                           "(a failed embedding call?)")
+    assert np.array_equal(np.load(tmp_path / "z.npy"), load_student(run).encode(x))  # every row, in order
+
+
 def test_a_list_must_be_texts_or_vectors(run):
     with pytest.raises(DataError, match=r"texts\[1\] is a int; pass a list of strings"):
         load_student(run).encode(["parse a CSV file", 3])
