@@ -152,7 +152,7 @@ def encode(args: argparse.Namespace) -> int:
     if args.export:
         if args.input:
             raise _usage("--export-sentence-transformers takes the run folder only, no INPUT", ENCODE_USAGE)
-        folder = student.to_sentence_transformer(args.export)
+        folder = student.to_sentence_transformer(args.export, progress=not args.quiet)
         print(f"atlas-encode: SentenceTransformer model written to {folder}; SentenceTransformer('{folder}')"
               ".encode(texts) returns the map's coordinates", file=sys.stderr)
         return 0

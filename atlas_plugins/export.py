@@ -17,18 +17,19 @@ from pathlib import Path
 from torch import nn
 
 from .errors import ConfigError, DataError
+from .params import accepts
 from .registry import get_registry
 
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.SiLU)
 
 
 @contextlib.contextmanager
-def quiet_transformers():
-    """No transformers progress bars ("Loading weights", "Writing model shards") unless stderr is a terminal:
-    they draw into logs and pipes too, and under ``--quiet``.  The setting is restored afterwards (a user's
-    own "off" stays off)."""
+def quiet_transformers(show: bool = True):
+    """No transformers progress bars ("Loading weights", "Writing model shards") unless ``show`` and stderr is
+    a terminal: they draw into logs and pipes too, and ``--quiet`` passes ``show=False``.  The setting is
+    restored afterwards (a user's own "off" stays off)."""
     turned_off = False
-    if not sys.stderr.isatty():
+    if not (show and sys.stderr.isatty()):
         from transformers.utils import logging as transformers_logging
 
         turned_off = transformers_logging.is_progress_bar_enabled()
@@ -77,9 +78,10 @@ def dense_layers(student) -> list:
     return out
 
 
-def to_sentence_transformer(student, folder) -> Path:
+def to_sentence_transformer(student, folder, *, progress: bool = True) -> Path:
     """Write ``folder``: the recorded teacher model's modules, a ``Normalize`` if the teacher normalised
-    its output and the model does not, then the student as ``Dense`` layers.  Returns the folder."""
+    its output and the model does not, then the student as ``Dense`` layers.  Returns the folder.
+    ``progress=False``: no transformers progress bars, even on a terminal."""
     embed = (student.teacher or {}).get("embed") or {}
     if not embed:
         raise DataError("this student records no text model (it was trained on a file of vectors without "
@@ -94,7 +96,8 @@ def to_sentence_transformer(student, folder) -> Path:
         Normalize = _st_modules().Normalize
     except ImportError:
         raise ConfigError("exporting needs the optional extra: pip install 'atlas-distill[text]'") from None
-    teacher_model = load_model(**embed["params"])
+    params = {**embed["params"], **({"progress": progress} if accepts(load_model, "progress") else {})}
+    teacher_model = load_model(**params)
     modules = list(teacher_model)
     if embed["params"].get("normalize") and not isinstance(modules[-1], Normalize):
         modules.append(Normalize())
@@ -107,6 +110,6 @@ def to_sentence_transformer(student, folder) -> Path:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder}: exists and is not empty; choose a new folder for the export")
-    with quiet_transformers():
+    with quiet_transformers(show=progress):
         model.save(str(folder))
     return folder

@@ -92,7 +92,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                 for change in check_resumable(blob, config.to_dict(), config.source):
                     echo(f"note: resuming with changed {change}")
         with run.recording_new_files("cache", enabled=dist.is_main and not dry_run):
-            pipe = assemble(config, registry, device=device)
+            pipe = assemble(config, registry, device=device, progress=progress)
         loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:
             return RunResult(pipe, None, [])

@@ -25,7 +25,7 @@ from .batches import MIN_BATCH_ROWS
 from .config import PipelineConfig
 from .errors import AtlasError, ConfigError, DataError, PluginError
 from .neighbors import choose_method
-from .params import resolve_refs
+from .params import accepts, resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
 from .teacher import TeacherData, in_memory_if_small, validate_teacher
@@ -142,24 +142,31 @@ def _call_plugin(registry: Registry, section: str, kind: str, name: str, *args, 
         return fn(*args, **resolve_refs(fn, params, registry))
 
 
-def load_teacher(config: PipelineConfig, registry: Registry) -> TeacherData:
+def load_teacher(config: PipelineConfig, registry: Registry, progress: bool = True) -> TeacherData:
+    """Call the teacher plugin.  ``progress=False`` (``--quiet``, or not a terminal) turns off a teacher's own
+    progress bars too, when it has a ``progress`` parameter: its ``progress = true`` only allows them."""
     t = config.teacher
-    data = _call_plugin(registry, "teacher", "teacher", t.loader, t.path, **t.params)
+    params = dict(t.params)
+    if not progress and accepts(registry.get("teacher", t.loader), "progress"):
+        params["progress"] = False
+    data = _call_plugin(registry, "teacher", "teacher", t.loader, t.path, **params)
     if not isinstance(data, TeacherData):
         raise PluginError(f"teacher '{t.loader}' ({registry.info('teacher', t.loader).distribution}) returned "
                           f"{type(data).__name__}; teacher plugins must return atlas_plugins.TeacherData")
     return data
 
 
-def assemble(config: PipelineConfig, registry: Registry | None = None, device: torch.device | None = None) -> Pipeline:
-    """Build and check every part of the pipeline; raise a one-line :class:`AtlasError` on any problem."""
+def assemble(config: PipelineConfig, registry: Registry | None = None, device: torch.device | None = None,
+             progress: bool = True) -> Pipeline:
+    """Build and check every part of the pipeline; raise a one-line :class:`AtlasError` on any problem.
+    ``progress=False``: the teacher plugin draws no progress bar either (:func:`load_teacher`)."""
     registry = registry or get_registry()
     tr = config.train
     device = device or resolve_device(tr.device)
     providers = {kind: registry.info(kind, name).distribution for kind, name in  # for error messages
                  (("teacher", config.teacher.loader), ("student", config.student.name),
                   ("loss", config.loss.name), ("schedule", config.schedule.name))}
-    teacher = in_memory_if_small(validate_teacher(load_teacher(config, registry), dim=config.teacher.dim,
+    teacher = in_memory_if_small(validate_teacher(load_teacher(config, registry, progress), dim=config.teacher.dim,
                                                   min_rows=MIN_BATCH_ROWS))
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))

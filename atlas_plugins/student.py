@@ -150,12 +150,13 @@ class TrainedStudent:
                               f"the student expects ({len(texts)}, {self.input_dim})")
         return out
 
-    def to_sentence_transformer(self, folder) -> Path:
+    def to_sentence_transformer(self, folder, *, progress: bool = True) -> Path:
         """Write a SentenceTransformer model folder: the recorded teacher model followed by this student, so
-        ``SentenceTransformer(folder).encode(texts)`` returns the map's coordinates (:mod:`atlas_plugins.export`)."""
+        ``SentenceTransformer(folder).encode(texts)`` returns the map's coordinates (:mod:`atlas_plugins.export`).
+        ``progress=False``: no progress bars, even on a terminal."""
         from .export import to_sentence_transformer
 
-        return to_sentence_transformer(self, folder)
+        return to_sentence_transformer(self, folder, progress=progress)
 
     def text_embedder(self):
         """The recorded teacher plugin's ``embed`` function; a :class:`DataError` when there is none."""

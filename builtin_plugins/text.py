@@ -77,14 +77,12 @@ def _model_fingerprint(location: str) -> list:
 
 
 @contextlib.contextmanager
-def _loading():
-    """While the model loads: ``HF_HUB_OFFLINE=1`` (never fetch from a hub at run time), restored afterwards,
-    and no transformers progress bar off a terminal (:func:`atlas_plugins.quiet_transformers`)."""
+def _offline():
+    """While the model loads: ``HF_HUB_OFFLINE=1`` (never fetch from a hub at run time), restored afterwards."""
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        with quiet_transformers():
-            yield
+        yield
     finally:
         if old is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
@@ -111,11 +109,18 @@ def _encoder(location: str, device: str):
         raise DataError("the sentence-transformers teacher needs the optional extra: "
                         "pip install 'atlas-distill[text]'") from None
     try:
-        with _loading():
+        with _offline():
             return SentenceTransformer(location, device=device)
     except Exception as exc:
         raise DataError(f"cannot load the SentenceTransformer model '{location}' ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160]}); give teacher.model as a local model folder") from None
+
+
+def _loaded(location: str, device: str, progress: bool):
+    """:func:`_encoder`, with transformers' "Loading weights" bar only when ``progress`` and on a terminal
+    (:func:`atlas_plugins.quiet_transformers`)."""
+    with quiet_transformers(show=progress):
+        return _encoder(location, device)
 
 
 def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_size: int = 64,
@@ -130,7 +135,7 @@ def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_
 
 def _embed(texts, location: str, normalize: bool, batch_size: int, device: str, progress: bool) -> np.ndarray:
     """:func:`embed` with the model already found on disk (``location``, from :func:`_model_location`)."""
-    encoder = _encoder(location, device)
+    encoder = _loaded(location, device, progress)
     return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
                           show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
 
@@ -167,7 +172,7 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
             print(f"atlas: using {len(texts)} cached embeddings from {cached}", file=sys.stderr)
             return TeacherData(np.load(cached, mmap_mode="r"), labels=labels, texts=texts, source=str(path),
                                embed_params=recorded)
-    _encoder(location, device)  # a model that cannot load is reported before the message below
+    _loaded(location, device, progress)  # a model that cannot load is reported before the message below
     print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
     emb = _embed(texts, location, normalize, batch_size, device, progress)
     buf = io.BytesIO()
@@ -181,9 +186,9 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
     return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
 
 
-def model(model: str = "all-MiniLM-L6-v2", normalize: bool = True, device: str = "cpu", **_):
+def model(model: str = "all-MiniLM-L6-v2", normalize: bool = True, device: str = "cpu", progress: bool = True, **_):
     """The SentenceTransformer model itself (what a SentenceTransformer export starts from)."""
-    return _encoder(_model_location(model), device)
+    return _loaded(_model_location(model), device, progress)
 
 
 sentence_transformers.suffixes = (".txt", ".jsonl")

@@ -113,6 +113,38 @@ def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None, autoload=None
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def run_in_terminal(*args, program="atlas-run", env=None, inherit_env=True, timeout=1200):
+    """``atlas-run`` (or ``atlas-encode``) in a subprocess whose stderr is a 100-column pseudo-terminal:
+    ``(returncode, stdout, what the terminal showed)``.  ``env`` is added to this process's environment
+    (``inherit_env=False``: it is the whole environment); built-in plugins only."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    full_env = {**(os.environ if inherit_env else {}), "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing at 0 columns
+    command = ([sys.executable, "-m", "atlas_plugins.cli"] if program == "atlas-run"
+               else [str(Path(sys.executable).with_name(program))])
+    proc = subprocess.Popen([*command, *map(str, args)], stdout=subprocess.PIPE, stderr=terminal,
+                            stdin=subprocess.DEVNULL, text=True, env=full_env)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not data:
+            break
+        chunks.append(data.decode(errors="replace"))
+    out = proc.stdout.read()
+    proc.wait(timeout=timeout)
+    os.close(controller)
+    return proc.returncode, out, "".join(chunks)
+
+
 def run_cli(*args, env=None, program="atlas-run", stdin=b""):
     """``atlas-run`` in this process (``atlas_plugins.cli.main``): the same code and messages as
     :func:`run_atlas` without a new interpreter (torch takes seconds to import), for the many bad-input

@@ -1,7 +1,6 @@
 """``atlas-run`` driven as a user drives it: the real entry point, in a subprocess, on real data."""
 
 import json
-import os
 import tomllib
 
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from atlas_plugins import load_student
-from conftest import EXAMPLE_NPY, one_error_line, run_atlas, run_cli, same_weights, weights, write_pipeline
+from conftest import EXAMPLE_NPY, one_error_line, run_atlas, run_cli, run_in_terminal, same_weights, weights, write_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -248,34 +247,10 @@ def test_resume_with_nothing_to_resume(tmp_path):
 
 
 def test_progress_bar_on_a_terminal_only(tmp_path):
-    import pty
-    import subprocess
-    import sys
-
     pipe = write_pipeline(tmp_path, stages=1, epochs=2)
-    import fcntl
-    import struct
-    import termios
-
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "atlas_plugins.cli", str(pipe)], stdout=subprocess.PIPE,
-                            stderr=terminal, text=True)
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            data = os.read(controller, 4096)
-        except OSError:  # the terminal closed: the process has exited
-            break
-        if not data:
-            break
-        chunks.append(data.decode(errors="replace"))
-    proc.wait(timeout=1200)
-    os.close(controller)
-    shown = "".join(chunks)
-    assert proc.returncode == 0
+    code, out, shown = run_in_terminal(pipe)
+    assert code == 0
     assert "stage 1/1" in shown and "tau=0.2" in shown and "loss=" in shown  # the tqdm bar, on stderr
-    assert "stage 1/1  tau 0.2" in proc.stdout.read()  # the one-line summary, always
+    assert "stage 1/1  tau 0.2" in out  # the one-line summary, always
     quiet = run_atlas(pipe, "--overwrite")  # stderr is a pipe here: no bar
     assert "it/s" not in quiet.stderr and "stage 1/1  tau 0.2" in quiet.stdout

@@ -1,18 +1,12 @@
 """A trained map exported as a SentenceTransformer model folder (teacher model + student as Dense layers)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from atlas_plugins import ConfigError, DataError, TrainedStudent, load_student
 from atlas_plugins.export import dense_layers
-from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
-
-ENCODE = Path(sys.executable).with_name("atlas-encode")
+from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, run_in_terminal, write_pipeline
 
 
 def test_the_student_becomes_dense_layers_with_its_weights():
@@ -54,14 +48,15 @@ def test_export_round_trip_with_the_offline_minilm(tmp_path):
     teacher = (f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"\n'
                'embedder = { loader = "sentence-transformers", model = "all-MiniLM-L6-v2" }')
     assert run_cli(write_pipeline(tmp_path, stages=1, epochs=1, teacher=teacher), "--quiet").returncode == 0
-    proc = subprocess.run([ENCODE, "--export-sentence-transformers", tmp_path / "st", tmp_path / "run"],
-                          capture_output=True, text=True, timeout=600,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"})
-    assert proc.returncode == 0, proc.stderr
-    # one line, ours: no "Loading weights" or "Writing model shards" bar from transformers off a terminal
-    assert proc.stderr.splitlines() == [f"atlas-encode: SentenceTransformer model written to {tmp_path / 'st'}; "
-                                        f"SentenceTransformer('{tmp_path / 'st'}').encode(texts) returns the map's "
-                                        "coordinates"], proc.stderr
+    code, _, shown = run_in_terminal("--export-sentence-transformers", tmp_path / "st", tmp_path / "run", "--quiet",
+                                     program="atlas-encode", env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                                     inherit_env=False)
+    assert code == 0, shown
+    # one line, ours: --quiet on a terminal draws no "Loading weights" or "Writing model shards" bar (transformers);
+    # off a terminal there is none either (tests/test_text_teacher.py, the same rule)
+    assert shown.splitlines() == [f"atlas-encode: SentenceTransformer model written to {tmp_path / 'st'}; "
+                                  f"SentenceTransformer('{tmp_path / 'st'}').encode(texts) returns the map's "
+                                  "coordinates"], shown
     from sentence_transformers import SentenceTransformer
 
     texts = ["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest", "format a date"]

