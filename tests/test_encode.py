@@ -149,8 +149,14 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     one_error_line(run_cli(run, tmp_path / "ok.npy", "--batch-size", "0", program="atlas-encode"),
                    "--batch-size: expected a whole number >= 1, got '0'")
     one_error_line(run_cli(tmp_path, tmp_path / "ok.npy", program="atlas-encode"), "student.pt: student file not found")
+    one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "ok.npy", program="atlas-encode"),
+                   "ok.npy: is the input file, which the coordinates would replace; write them to another file")
+    (tmp_path / "link.npy").symlink_to(tmp_path / "elsewhere.npy")
+    one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "link.npy", program="atlas-encode"),
+                   f"link.npy: is a symbolic link (to {tmp_path / 'elsewhere.npy'}); give the file's own path")
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.xlsx").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "ok.npy", "wide.npy", "x.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "link.npy", "ok.npy", "wide.npy", "x.bin"]
+    assert np.load(tmp_path / "ok.npy").shape == (4, 384) and (tmp_path / "link.npy").is_symlink()
 
 
 def test_texts_need_a_recorded_text_model(tmp_path):
