@@ -205,6 +205,15 @@ def check_checkpoint(blob, path) -> None:
         raise CheckpointError(f"{path}: incomplete checkpoint (no student weights)")
 
 
+def check_same_teacher(blob: dict, fingerprint: str, source) -> None:
+    """Refuse a resume on other teacher rows than the checkpoint's (the file at ``teacher.path`` was replaced
+    or re-embedded): the student would go on learning other data.  Checkpoints written before the
+    fingerprint was recorded are not checked."""
+    if blob.get("teacher_rows", fingerprint) != fingerprint:
+        raise CheckpointError(f"{source}: cannot resume: the teacher's rows are not the ones the checkpoint was "
+                              "trained on (the file changed since); restore it, or start a fresh run with --overwrite")
+
+
 def check_resumable(blob: dict, config_dict: dict, source) -> list[str]:
     """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes."""
     old, new = flatten(training_keys(blob["config"])), flatten(training_keys(config_dict))

@@ -22,11 +22,9 @@ and modification time), the training rows, ``k`` and the method, so a changed te
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import math
-import os
 import time
 import warnings
 
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 from .checkpoint import safe_load
 from .config import hash_dict
 from .errors import CheckpointError, ConfigError
+from .teacher import teacher_fingerprint
 
 EXACT_MAX_ROWS = 100_000  # exact CPU search up to here (about 100 s at 384-D on 2 cores); faiss above
 RECALL_SAMPLE = 2_000  # training rows whose exact neighbours measure the approximate graph's recall
@@ -100,20 +99,6 @@ def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tenso
             sims[torch.arange(len(own), device=x.device), own] = -float("inf")
         out[start:start + block] = sims.topk(k, dim=1).indices.cpu()
     return out
-
-
-def teacher_fingerprint(teacher, samples: int = 64) -> str:
-    """A hash of the teacher's shape, dtype, the bytes of ``samples`` rows spread over it and, when it comes
-    from a file, that file's size and modification time (so an edit anywhere in it counts)."""
-    n = teacher.num_rows
-    at = np.unique(np.linspace(0, n - 1, min(n, samples)).astype(np.int64))
-    h = hashlib.sha256(f"{n}x{teacher.dim}:{teacher.embeddings.dtype}".encode())
-    for path in sorted({str(p) for p in (getattr(teacher.embeddings, "filename", None), teacher.source) if p}):
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(teacher.rows(at).numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def graph_key(teacher, rows: np.ndarray, k: int, method: str) -> str:

@@ -17,7 +17,7 @@ import attrs
 import torch
 
 from . import distributed
-from .checkpoint import find_resume_checkpoint, check_resumable
+from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
 from .config import PipelineConfig, dump_toml
 from .errors import CheckpointError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame, resolve_device
@@ -98,6 +98,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             return RunResult(pipe, None, [])
         if dist.is_main:
             if blob is not None:
+                check_same_teacher(blob, pipe.teacher_rows, pipe.teacher.source or config.teacher.path)
                 echo(f"resuming from {blob.pop('_path')}")
             elif overwrite:
                 run.clear()

@@ -196,7 +196,8 @@ class Trainer:
                 "global_step": self.global_step, "student": self.student.state_dict(),
                 "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                 "epoch_acc": attrs.asdict(acc), "metrics": list(self.metrics),
-                "config_hash": self.config_hash, "config": self.config_dict}
+                "config_hash": self.config_hash, "config": self.config_dict,
+                "teacher_rows": self.pipe.teacher_rows}
         if self.pipe.device.type == "cuda":
             blob["cuda_rng"] = torch.cuda.get_rng_state(self.pipe.device)
         return blob

@@ -242,6 +242,21 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert "train.seed: 0 -> 7" in line and "student.hidden: [32] -> [16]" in line
 
 
+def test_resume_refuses_a_teacher_file_with_other_rows_and_accepts_a_copy(tmp_path):
+    rows = np.load(EXAMPLE_NPY)[:600]
+    np.save(tmp_path / "t.npy", rows)
+    pipe = write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1)
+    assert run_cli(pipe, "--quiet").returncode == 0
+    np.save(tmp_path / "t.npy", rows[::-1])  # the same shape and values, other rows: re-embedded in another order
+    one_error_line(run_cli(pipe, "--resume", "--quiet"), f"{tmp_path / 't.npy'}: cannot resume: the teacher's rows are "
+                   "not the ones the checkpoint was trained on (the file changed since); restore it, or start a "
+                   "fresh run with --overwrite")
+    (tmp_path / "t.npy").unlink()
+    np.save(tmp_path / "t.npy", rows)  # the same rows in a new file (a copy, a new modification time)
+    done = run_cli(pipe, "--resume", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
 def test_resume_with_nothing_to_resume(tmp_path):
     one_error_line(run_atlas(write_pipeline(tmp_path), "--resume"), "nothing to resume")
 
