@@ -130,7 +130,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             student.save(run.file("student.pt"))
             if config.output.map_rows:
                 student.training_map = build_map(pipe.teacher, pipe.train_rows, student.encode,
-                                                 max_rows=config.output.map_rows, seed=config.train.seed)
+                                                 max_rows=config.output.map_rows, seed=config.train.seed,
+                                                 student=distributed.parameter_digest(student.module))
                 student.map_path = run.file("map.pt")
                 student.training_map.save(student.map_path)
             coords = write_map_table(run, pipe, student)

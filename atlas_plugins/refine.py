@@ -57,13 +57,16 @@ class TrainingMap:
     (float16 as stored, memory-mapped when loaded: the search streams over them in blocks);
     ``coords``: one ``(N, Ds)`` float32 tensor per student level; ``rows``: ``(N,)`` teacher row ids;
     ``basis``: ``(Dt, d)`` orthonormal columns, the rows' leading principal components (``None``: the
-    teacher's own axes, ``d = Dt``; maps written before the basis existed).
+    teacher's own axes, ``d = Dt``; maps written before the basis existed); ``student``: the
+    :func:`~atlas_plugins.distributed.parameter_digest` of the weights that made ``coords``, so a map is
+    never used with another run's student (``None``: not recorded, as in maps written before it was).
     """
 
     vectors: torch.Tensor
     coords: tuple
     rows: torch.Tensor
     basis: torch.Tensor | None = None
+    student: str | None = None
 
     def __attrs_post_init__(self):
         n, d = self.vectors.shape if self.vectors.dim() == 2 else (-1, -1)
@@ -93,7 +96,8 @@ class TrainingMap:
     def save(self, path) -> None:
         """Write ``map.pt`` atomically; vectors are stored as float16 (half the size; cosine error ~1e-3)."""
         atomic_save({"format": MAP_FORMAT, "vectors": self.vectors.to(torch.float16),
-                     "coords": [c.float() for c in self.coords], "rows": self.rows.long(), "basis": self.basis}, path)
+                     "coords": [c.float() for c in self.coords], "rows": self.rows.long(), "basis": self.basis,
+                     "student": self.student}, path)
 
     @classmethod
     def load(cls, path) -> "TrainingMap":
@@ -105,20 +109,23 @@ class TrainingMap:
             basis = blob.get("basis")
             if basis is not None and not isinstance(basis, torch.Tensor):
                 raise TypeError("basis must be a tensor")
+            if not isinstance(blob.get("student"), (str, type(None))):
+                raise TypeError("student must be a digest string")
             return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long(),
-                       None if basis is None else basis.float())
+                       None if basis is None else basis.float(), blob.get("student"))
         except (KeyError, AttributeError, TypeError, CheckpointError) as exc:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
 
-def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0) -> TrainingMap:
+def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0,
+              student: str | None = None) -> TrainingMap:
     """The map of ``rows`` (at most ``max_rows`` of them, a uniform sample by ``seed``; atlas-run passes
     ``output.map_rows``) under ``encode``.
 
     ``teacher`` is a :class:`~atlas_plugins.teacher.TeacherData`; ``encode`` maps ``(n, Dt)`` to a
     tensor or a tuple of per-level tensors.  Rows are read and encoded in chunks; the unit rows are
     rotated into their principal basis in place, and the map keeps the leading columns :func:`search_dims`
-    chooses.
+    chooses.  ``student``: the digest of the weights behind ``encode``, recorded in the map.
     """
     rows = np.asarray(rows)
     if len(rows) > max_rows:
@@ -139,7 +146,7 @@ def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0
     keep = search_dims(vectors, min(REFINE_K, len(rows) - 1)) or vectors.shape[1]
     if keep < vectors.shape[1]:
         vectors, basis = vectors[:, :keep].clone(), basis[:, :keep].contiguous()
-    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long), basis)
+    return TrainingMap(vectors, levels, torch.as_tensor(rows, dtype=torch.long), basis, student)
 
 
 def principal_basis(vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

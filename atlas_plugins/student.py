@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_save, safe_load
+from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import REFINE_BLOCK, TrainingMap, refine as refine_points
 from .registry import get_registry
@@ -196,6 +197,10 @@ class TrainedStudent:
             if training_map.teacher_dim != self.input_dim:
                 raise CheckpointError(f"{self.map_path}: the map holds {training_map.teacher_dim}-D teacher "
                                       f"vectors, the student expects {self.input_dim}-D: it belongs to another run")
+            if training_map.student not in (None, parameter_digest(self.module)):
+                raise CheckpointError(f"{self.map_path}: the map's coordinates come from other weights than this "
+                                      "student's: it belongs to another run (or student.pt was replaced); keep a "
+                                      "run's student.pt and map.pt together, or use refine=0")
             self.training_map = training_map
         return self.training_map
 

@@ -1,16 +1,19 @@
 """``refine``: new points placed against the frozen training map (``map.pt``), and the map itself."""
 
+import copy
 import importlib.util
 import json
 import math
 import re
 
+import attrs
 import numpy as np
 import pytest
 import torch
 
 from atlas_plugins import CheckpointError, TrainedStudent, load_student
 from atlas_plugins.config import build_config
+from atlas_plugins.distributed import parameter_digest
 from atlas_plugins.errors import ConfigError
 from atlas_plugins.evaluation import recall_at_k
 from atlas_plugins.pipeline import assemble
@@ -201,6 +204,21 @@ def test_search_dims_keeps_every_column_when_no_prefix_is_enough():
     assert search_dims(low @ principal_basis(low), 10) == 4
 
 
+def test_a_map_made_by_other_weights_is_refused_and_one_without_a_digest_is_read(trained, tmp_path):
+    student, held_out = trained
+    student.save(tmp_path / "student.pt")
+    other = copy.deepcopy(student.module)
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1e-3  # one weight differs: another run's student
+    attrs.evolve(student.training_map, student=parameter_digest(other)).save(tmp_path / "map.pt")
+    with pytest.raises(CheckpointError, match="the map's coordinates come from other weights than this student's: "
+                                              "it belongs to another run"):
+        load_student(tmp_path).encode(held_out[:10], refine=2)
+    for digest in (parameter_digest(student.module), None):  # its own map; a map from before the digest
+        attrs.evolve(student.training_map, student=digest).save(tmp_path / "map.pt")
+        assert load_student(tmp_path).encode(held_out[:10], refine=2).shape == (10, 5)
+
+
 def test_a_map_of_the_first_format_is_still_read_and_searched_exactly(trained, tmp_path):
     student, held_out = trained
     teacher_axes = torch.nn.functional.normalize(held_out[:300], dim=1).half()  # format 1: the teacher's own axes
@@ -218,6 +236,7 @@ def test_a_map_of_the_first_format_is_still_read_and_searched_exactly(trained, t
     ({"basis": torch.eye(3)}, "basis (3, 3)"),
     ({"basis": torch.zeros(384)}, "basis (384,)"),
     ({"basis": [[1.0]]}, "basis must be a tensor"),
+    ({"student": 5}, "student must be a digest string"),
 ])
 def test_a_damaged_basis_is_named(trained, tmp_path, blob, fragment):
     m = trained[0].training_map
@@ -239,6 +258,7 @@ def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     assert "student + refine 10" in proc.stdout
     dims = load_student(run).load_map().dims
     assert f"in {dims} of 384 principal components" in " ".join(report["notes"])
+    assert TrainingMap.load(run / "map.pt").student == parameter_digest(load_student(run).module)
 
     proc = run_cli(write_pipeline(tmp_path, "map_rows = 0", epochs=1, output="run0"), "--quiet")
     assert proc.returncode == 0, proc.stderr
