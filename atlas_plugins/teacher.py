@@ -242,9 +242,9 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                      chunk_rows: int | None = None, scan: bool = True) -> TeacherData:
     """Check shape, dtype, values, labels and texts before any training; raise :class:`DataError` naming the file.
 
-    Values must be finite, and no row may be all zeros: a zero vector has no cosine neighbours, so
-    such a row (typically a failed embedding call padded with zeros) would land anywhere on the map
-    and blur every metric.  The scan reads ``chunk_rows`` rows at a time, so a memory-mapped
+    Values must be finite, no row may be all zeros (a zero vector has no cosine neighbours, so such a
+    row, typically a failed embedding call padded with zeros, would land anywhere on the map and blur
+    every metric), and not every row may be the same vector.  The scan reads ``chunk_rows`` rows at a time, so a memory-mapped
     file is never loaded whole; ``scan=False`` leaves it to the caller, who
     reads the rows anyway (:func:`check_finite` on each chunk).  Labels must be strings, numbers or booleans (they are
     counted and compared); texts must be strings.
@@ -283,13 +283,19 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                    None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")
-    zeros = ZeroRows()
+    zeros, first, differ = ZeroRows(), None, False
     for start, block in (data.chunks(chunk_rows) if scan else ()):
         check_finite(data, start, block)
         zeros.see(start, block)
+        if not differ:  # usually settled by the first block
+            first = block[0] if first is None else first
+            differ = bool((block != first).any())
     if zeros.count:
         raise DataError(f"{zeros.describe(src)}: a zero vector has no direction, so no cosine neighbours "
                         "(a failed embedding call?); drop such rows before training")
+    if scan and not differ and n > 1:
+        raise DataError(f"{src}: all {n:,} rows are the same vector, so there are no neighbourhoods to map "
+                        "(did the embedding step repeat one result?)")
     return data
 
 

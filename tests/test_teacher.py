@@ -64,6 +64,8 @@ CASES = {
     "zero-rows": (_npy(np.where(np.isin(np.arange(600), [41, 77, 300])[:, None], 0, np.ones((600, 384), np.float32))),
                   ["t.npy: row 41 is all zeros (3 rows in all): a zero vector has no direction",
                    "drop such rows before training"]),
+    "identical-rows": (_npy(np.tile(np.load(EXAMPLE_NPY)[:1], (600, 1))),
+                       ["t.npy: all 600 rows are the same vector, so there are no neighbourhoods to map"]),
     "one-dimensional": (_npy(np.ones(600, np.float32)), ["t.npy: embeddings must be 2-D (N, D), got shape (600,)"]),
     "three-dimensional": (_npy(np.ones((600, 4, 4), np.float32)), ["must be 2-D (N, D), got shape (600, 4, 4)"]),
     "integers": (_npy(np.ones((600, 384), np.int32)), ["unsupported dtype int32", "float32"]),
@@ -77,7 +79,7 @@ CASES = {
                         or 'path = "t.npz"', ["t.npz: no array 'None'", "arrays are: a, b", "set key"]),
     "pt-missing-key": (lambda p: torch.save({"vectors": torch.ones(600, 384)}, p / "t.pt")
                        or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors"]),
-    "too-few-rows": (_npy(np.ones((3, 384), np.float32)), ["2 training rows after the validation split",
+    "too-few-rows": (_npy(np.load(EXAMPLE_NPY)[:3]), ["2 training rows after the validation split",
                                                            "a batch needs at least 3"]),
     "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                     or _text("m.jsonl", '{"text": "a"}\n', 'path = "t.npy"\nmeta = "m.jsonl"')(p),
