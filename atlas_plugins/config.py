@@ -405,12 +405,24 @@ def _beside(base: Path, value: str) -> str:
     return os.path.normpath(base / os.path.expanduser(value))
 
 
+def _check_set_path(origin: Origin, key: str, value: str, resolved: str, base: Path) -> None:
+    """A relative file given with ``--set`` that is missing beside the pipeline file but exists in the current
+    folder (where the shell completed it): say so, instead of a bare "not found" later."""
+    here = os.path.abspath(os.path.expanduser(value))
+    if (key in origin.overrides and key != "teacher.cache_dir" and not os.path.isabs(os.path.expanduser(value))
+            and not os.path.exists(resolved) and here != resolved and os.path.exists(here)):
+        raise ConfigError(f"{origin(key)}: {resolved} does not exist: relative paths resolve against the pipeline "
+                          f"file's folder ({base}); the file is in the current folder, so give {here}")
+
+
 def _resolve_paths(tables: dict, path: Path, origin: Origin) -> dict:
     """Relative paths resolve against the pipeline file's folder; ``output.dir`` defaults to runs/<file name>."""
     base = path.resolve().parent
     for key in PATH_KEYS:
-        if isinstance(tables["teacher"].get(key), str):
-            tables["teacher"][key] = _beside(base, tables["teacher"][key])
+        value = tables["teacher"].get(key)
+        if isinstance(value, str):
+            tables["teacher"][key] = _beside(base, value)
+            _check_set_path(origin, f"teacher.{key}", value, tables["teacher"][key], base)
     out = tables["output"]
     out.setdefault("dir", str(Path("runs") / path.stem))
     if isinstance(out["dir"], str) and out["dir"].strip() and "\x00" not in out["dir"]:

@@ -160,3 +160,20 @@ def test_a_model_folder_beside_the_pipeline_file_resolves_against_its_folder(tmp
     assert config.teacher.params["model"] == config.teacher.embedder["model"] == doc["teacher"]["model"]
     doc["teacher"]["model"] = "/elsewhere/model"
     assert build_config(doc, tmp_path / "p.toml", REGISTRY).teacher.params["model"] == "/elsewhere/model"
+
+
+def test_a_set_path_found_only_in_the_working_folder_is_named_with_the_rule(tmp_path, monkeypatch):
+    """Relative paths resolve against the pipeline file's folder, also from --set; a file that the shell
+    completed from the working folder gets a message saying so, not a bare "not found"."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "work").mkdir()
+    pipe = write_pipeline(tmp_path / "cfg")
+    (tmp_path / "work" / "mine.npy").write_bytes((EXAMPLE_NPY).read_bytes())
+    monkeypatch.chdir(tmp_path / "work")
+    one_error_line(run_cli(pipe, "--dry-run", "--set", "teacher.path=mine.npy"),
+                   f"--set 'teacher.path=mine.npy': {tmp_path / 'cfg' / 'mine.npy'} does not exist: relative paths "
+                   f"resolve against the pipeline file's folder ({tmp_path / 'cfg'}); the file is in the current "
+                   f"folder, so give {tmp_path / 'work' / 'mine.npy'}")
+    assert run_cli(pipe, "--dry-run", "--set", f"teacher.path={tmp_path / 'work' / 'mine.npy'}").returncode == 0
+    (tmp_path / "cfg" / "mine.npy").write_bytes((EXAMPLE_NPY).read_bytes())  # beside the file: that one is read
+    assert run_cli(pipe, "--dry-run", "--set", "teacher.path=mine.npy").returncode == 0
