@@ -244,10 +244,10 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
 
     Values must be finite, no row may be all zeros (a zero vector has no cosine neighbours, so such a
     row, typically a failed embedding call padded with zeros, would land anywhere on the map and blur
-    every metric), and not every row may be the same vector.  The scan reads ``chunk_rows`` rows at a time, so a memory-mapped
-    file is never loaded whole; ``scan=False`` leaves it to the caller, who
-    reads the rows anyway (:func:`check_finite` on each chunk).  Labels must be strings, numbers or booleans (they are
-    counted and compared); texts must be strings.
+    every metric), and not every row may be the same vector.  The scan reads ``chunk_rows`` rows at a
+    time, so a memory-mapped file is never loaded whole; ``scan=False`` leaves the values to the caller,
+    who reads the rows anyway (:func:`check_finite` and :class:`ZeroRows` on each chunk).  Labels must be
+    strings, numbers or booleans (they are counted and compared); texts must be strings.
     """
     if not isinstance(data, TeacherData):
         raise DataError(f"the teacher plugin returned {type(data).__name__}, expected atlas_plugins.TeacherData")

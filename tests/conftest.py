@@ -116,7 +116,8 @@ def run_atlas(*args, cwd=None, env=None, timeout=1200, input=None, autoload=None
 def run_in_terminal(*args, program="atlas-run", env=None, inherit_env=True, timeout=1200):
     """``atlas-run`` (or ``atlas-encode``) in a subprocess whose stderr is a 100-column pseudo-terminal:
     ``(returncode, stdout, what the terminal showed)``.  ``env`` is added to this process's environment
-    (``inherit_env=False``: it is the whole environment); built-in plugins only."""
+    (``inherit_env=False``: it is the whole environment); built-in plugins only.  Stdout is read once the
+    terminal closes, so it must fit in a pipe's buffer (a report, not JSON lines of every row)."""
     import fcntl
     import pty
     import struct

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from atlas_plugins import load_student
-from conftest import EXAMPLE_NPY, one_error_line, run_atlas, run_cli, run_in_terminal, same_weights, weights, write_pipeline
+from conftest import (EXAMPLE_NPY, one_error_line, run_atlas, run_cli, run_in_terminal, same_weights, weights,
+                      write_pipeline)
 
 
 @pytest.fixture(scope="module")

@@ -239,9 +239,9 @@ def test_zero_rows_are_encoded_with_a_warning_that_names_them(run, tmp_path):
     np.save(tmp_path / "zeros.npy", x)
     done = run_cli(run, tmp_path / "zeros.npy", "-o", tmp_path / "z.npy", program="atlas-encode")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[0] == (f"atlas-encode: warning: {tmp_path / 'zeros.npy'}: row 40 is all zeros (3 rows in all): "
-                                           "a zero vector has no direction, so its coordinates mean nothing "
-                                           "(a failed embedding call?)")
+    assert done.stderr.splitlines()[0] == (f"atlas-encode: warning: {tmp_path / 'zeros.npy'}: row 40 is all zeros "
+                                           "(3 rows in all): a zero vector has no direction, so its coordinates "
+                                           "mean nothing (a failed embedding call?)")
     assert np.array_equal(np.load(tmp_path / "z.npy"), load_student(run).encode(x))  # every row, in order
 
 

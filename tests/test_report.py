@@ -20,7 +20,7 @@ def test_axis_cards_show_each_text_once_from_both_ends():
 
 
 def test_a_stage_that_starts_at_zero_loss_gets_no_relative_curve_and_no_warning(tmp_path, monkeypatch):
-    """A teacher whose rows are all alike gives loss 0 from the first epoch: 0 / 0 must not warn."""
+    """A stage whose loss is 0 from its first epoch (a plugin loss can be): 0 / 0 must not warn."""
     pytest.importorskip("matplotlib")
     import warnings
 
