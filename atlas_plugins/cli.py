@@ -25,7 +25,7 @@ from .registry import get_registry
 
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
-ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT] [--loader NAME] [--batch-size N] "
+ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT] [--loader NAME] [--key NAME] [--batch-size N] "
                 "[--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]\n"
                 "       atlas-encode --export-sentence-transformers DIR RUN_DIR|student.pt")
 
@@ -121,6 +121,8 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
                                           "stdout)")
     p.add_argument("--loader", help="the teacher plugin that reads INPUT (default: chosen by its suffix)")
+    p.add_argument("--key", help="the array (.npz), tensor (.pt, .safetensors) or column (.parquet, .jsonl) that "
+                                 "holds the vectors (default: the loader's, e.g. 'embeddings' or 'embedding')")
     p.add_argument("--batch-size", type=_positive, default=65536, help="rows per forward pass (default 65536)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--refine", type=_non_negative, default=0,
@@ -158,7 +160,7 @@ def encode(args: argparse.Namespace) -> int:
         return 0
     if not args.input:
         raise _usage("INPUT is required (a file, or - for texts on stdin)", ENCODE_USAGE)
-    rows = encode_file(student, args.input, args.output, loader=args.loader, batch_size=args.batch_size,
+    rows = encode_file(student, args.input, args.output, loader=args.loader, key=args.key, batch_size=args.batch_size,
                        precision=args.precision, refine=args.refine, seed=args.seed,
                        progress=not args.quiet and sys.stderr.isatty())
     if args.output:

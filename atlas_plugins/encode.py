@@ -74,20 +74,26 @@ def column_names(levels: list[int]) -> list[str]:
 
 # -- inputs --------------------------------------------------------------------------------------------------
 def open_source(path: str, student: TrainedStudent, loader: str | None = None,
-                registry: Registry | None = None, workdir: Callable[[], str] | None = None) -> Source:
+                registry: Registry | None = None, workdir: Callable[[], str] | None = None,
+                key: str | None = None) -> Source:
     """Open ``path`` (``-``: texts on stdin) as pieces of teacher vectors for ``student``.
 
     ``workdir()`` gives a folder for a teacher that converts its file first (``cache_dir``: the
-    ``parquet`` teacher); without it such a teacher reads into memory.
+    ``parquet`` teacher); without it such a teacher reads into memory.  ``key`` names the array,
+    tensor or column that holds the vectors: the teacher's ``key`` (or ``column``) parameter.
     """
     registry = registry or get_registry()
+    p = Path(path)
+    texts = path == "-" or (loader is None and p.suffix.lower() == ".txt")
+    if key is not None and texts:
+        raise ConfigError(f"--key {key}: {'stdin' if path == '-' else p} holds texts, one per line; --key names "
+                          "the array or column of vectors in a vector file")
     if path == "-":
         return _texts(_lines(sys.stdin.buffer, "stdin"), student)
-    p = Path(path)
-    if loader is None and p.suffix.lower() == ".txt":
+    if texts:
         return _texts(_lines(_open(p), str(p)), student)
     if loader is None and p.suffix.lower() == ".jsonl":
-        if "embedding" in _jsonl_rows(p, first=True)[0]:
+        if (key or "embedding") in _jsonl_rows(p, first=True, key=key)[0]:
             loader = "jsonl"  # vectors: the jsonl teacher reads the file
         else:
             rows = _jsonl_rows(p)
@@ -98,6 +104,11 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
                           f"--loader ({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
     fn = registry.get("teacher", name)
     kwargs = {"cache_dir": workdir()} if workdir is not None and accepts(fn, "cache_dir") else {}
+    if key is not None:
+        param = next((n for n in ("key", "column") if accepts(fn, n)), None)
+        if param is None:
+            raise ConfigError(f"--key {key}: teacher '{name}' has no key or column parameter; drop --key")
+        kwargs[param] = key
     # values are checked piece by piece as they are read
     data = in_memory_if_small(validate_teacher(fn(str(p), **kwargs), scan=False))
     student.check_input(data.embeddings)
@@ -138,8 +149,9 @@ def _lines(fh, name: str) -> Iterator[dict]:
                 yield {"text": line}
 
 
-def _jsonl_rows(p: Path, first: bool = False) -> list[dict]:
-    """The JSON objects of ``p`` (``first``: only the first, to tell texts from vectors)."""
+def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[dict]:
+    """The JSON objects of ``p`` (``first``: only the first, to tell texts from vectors in field ``key``)."""
+    vectors = key or "embedding"
     rows = []
     with _open(p) as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -149,10 +161,13 @@ def _jsonl_rows(p: Path, first: bool = False) -> list[dict]:
                 row = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise DataError(f"{p}:{lineno}: not a JSON object") from None
-            if not isinstance(row, dict) or not ("text" in row or "embedding" in row):
+            if key is not None and not (isinstance(row, dict) and key in row):
+                fields = f"; its fields are: {', '.join(row)}" if isinstance(row, dict) else ""
+                raise DataError(f"{p}:{lineno}: no field '{key}' (--key){fields}")
+            if not isinstance(row, dict) or not ("text" in row or vectors in row):
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field (texts to embed) "
-                                "or an 'embedding' field (vectors)")
-            if "text" in row and not isinstance(row["text"], str) and "embedding" not in row:
+                                "or an 'embedding' field (vectors; a field of another name: --key NAME)")
+            if "text" in row and not isinstance(row["text"], str) and vectors not in row:
                 raise DataError(f"{p}:{lineno}: 'text' must be a string, got {type(row['text']).__name__}")
             rows.append(row)
             if first:
@@ -290,9 +305,11 @@ def _scratch(stack: ExitStack, folder: Path) -> str:
 
 
 def encode_file(student: TrainedStudent, source: str, out: str | None = None, *, loader: str | None = None,
-                batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0,
-                progress: bool = False, registry: Registry | None = None) -> int:
-    """Encode ``source`` into ``out`` (None: JSON lines on stdout); return the number of rows written."""
+                key: str | None = None, batch_size: int = 65536, precision: str = "float32", refine: int = 0,
+                seed: int = 0, progress: bool = False, registry: Registry | None = None) -> int:
+    """Encode ``source`` into ``out`` (None: JSON lines on stdout); return the number of rows written.
+
+    ``loader`` and ``key`` as for :func:`open_source`."""
     writer_cls = writer_for(out)
     levels = student.levels
     names = column_names(levels)
@@ -311,7 +328,7 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
                 raise ConfigError(f"-o {out}: the folder {folder} does not exist")
             # beside the output: a large conversion should not land in a RAM-backed /tmp
             workdir = functools.partial(_scratch, stack, folder)
-        src = open_source(source, student, loader, registry, workdir)
+        src = open_source(source, student, loader, registry, workdir, key)
         fh = sys.stdout.buffer if out is None else stack.enter_context(atomic_open(out))
         writer = writer_cls(fh, names, src.extras)
         bar = stack.enter_context(tqdm(total=src.rows, unit=" rows", disable=not progress, file=sys.stderr))

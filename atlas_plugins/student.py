@@ -142,7 +142,7 @@ class TrainedStudent:
         """
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
-            raise DataError(f"texts[{bad}] is a {type(texts[bad]).__name__}; pass a list of strings")
+            raise DataError(f"texts[{bad}] is of type {type(texts[bad]).__name__}; pass a list of strings")
         embed = self.text_embedder()
         t = self.teacher["embed"]
         out = np.asarray(embed(list(texts), **t["params"]), dtype=np.float32)

@@ -256,8 +256,10 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if not isinstance(emb, (np.ndarray, torch.Tensor)):
         raise DataError(f"{src}: embeddings must be a numpy array or torch tensor, got {type(emb).__name__}")
     if isinstance(emb, torch.Tensor) and (emb.layout != torch.strided or emb.is_meta):
-        kind = "on the meta device (it holds no values)" if emb.is_meta else f"sparse ({emb.layout})"
-        raise DataError(f"{src}: embeddings are a {kind} tensor; save a dense tensor (tensor.to_dense())")
+        if emb.is_meta:
+            raise DataError(f"{src}: embeddings are a tensor on the meta device, which holds no values; save the "
+                            "tensor that holds them (on the CPU or a GPU)")
+        raise DataError(f"{src}: embeddings are a sparse ({emb.layout}) tensor; save a dense tensor (tensor.to_dense())")
     if emb.ndim != 2:
         raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}")
     if _dtype_name(emb) not in FLOAT_DTYPES:
@@ -282,7 +284,7 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and (v is not None or name != "labels")),
                    None)
         if bad is not None:
-            raise DataError(f"{src}: {name}[{bad}] is a {type(seq[bad]).__name__}; {name} must be {expected}")
+            raise DataError(f"{src}: {name}[{bad}] is of type {type(seq[bad]).__name__}; {name} must be {expected}")
     zeros, first, differ = ZeroRows(), None, False
     for start, block in (data.chunks(chunk_rows) if scan else ()):
         check_finite(data, start, block)

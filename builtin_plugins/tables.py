@@ -82,7 +82,8 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
         raise DataError(f"{p}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
     schema = pf.schema_arrow
     if column not in schema.names:
-        raise DataError(f"{p}: no column '{column}'; columns are: {', '.join(schema.names)}; set column in [teacher]")
+        raise DataError(f"{p}: no column '{column}'; columns are: {', '.join(schema.names)}; name the one with "
+                        "the vectors: teacher.column in a pipeline file, --key for atlas-encode")
     dim = _list_dim(pa, schema.field(column), p, column)
     extras = {}
     for kind, given in zip(EXTRA_COLUMNS, (text_column, label_column, id_column)):

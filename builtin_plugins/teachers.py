@@ -13,6 +13,8 @@ from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
 from atlas_plugins.teacher import TeacherData
 
+NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
+
 
 def _exists(path, what: str = "teacher file") -> Path:
     """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end)."""
@@ -64,7 +66,8 @@ def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = No
     labels = texts = state = None
     if isinstance(obj, dict):
         if key not in obj:
-            raise DataError(f"{path}: no key '{key}' in the checkpoint; keys are: {', '.join(map(str, obj)) or 'none'}")
+            raise DataError(f"{path}: no key '{key}' in the checkpoint; keys are: {', '.join(map(str, obj)) or 'none'}"
+                            f"; name the one with the vectors: {NAME_IT}")
         emb = obj[key]
         labels, texts, state = obj.get("labels"), obj.get("texts"), obj.get("model_state")
         if isinstance(labels, torch.Tensor):
@@ -74,7 +77,7 @@ def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = No
     if isinstance(emb, np.ndarray):
         emb = torch.from_numpy(emb)
     if not isinstance(emb, torch.Tensor):
-        raise DataError(f"{path}: '{key}' is a {type(emb).__name__}, expected a tensor of shape (N, D)")
+        raise DataError(f"{path}: '{key}' is of type {type(emb).__name__}; expected a tensor of shape (N, D)")
     if meta is not None:
         texts, labels = read_texts(meta, "meta file")
     return TeacherData(emb, labels=labels, texts=texts, model_state=state, source=str(path))
@@ -92,17 +95,20 @@ def npy(path, key: str | None = None, meta: str | None = None):
     try:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as archive:
+                names = archive.files
                 if key is None:
-                    key = "embeddings" if "embeddings" in archive.files else archive.files[0] if len(archive.files) == 1 else None
-                if key not in archive.files:
-                    raise DataError(f"{p}: no array '{key}' in the .npz; arrays are: {', '.join(archive.files)}; "
-                                    "set key in [teacher]")
+                    key = "embeddings" if "embeddings" in names else names[0] if len(names) == 1 else None
+                    if key is None:
+                        raise DataError(f"{p}: holds {len(names)} arrays ({', '.join(names) or 'none'}) and none is "
+                                        f"named 'embeddings'; name the one with the vectors: {NAME_IT}")
+                if key not in names:
+                    raise DataError(f"{p}: no array '{key}' in the .npz; arrays are: {', '.join(names) or 'none'}")
                 emb = archive[key]
                 labels = archive["labels"].tolist() if "labels" in archive.files else None
         else:
             if key is not None:
-                raise DataError(f"{p}: key = {key!r} is set, but a .npy file holds one array; remove teacher.key "
-                                "(it names an array inside a .npz)")
+                raise DataError(f"{p}: key = {key!r} is set, but a .npy file holds one array; remove the key "
+                                f"({NAME_IT}): it names an array inside a .npz")
             emb = np.load(p, mmap_mode="r", allow_pickle=False)
             labels = None
     except DataError:
@@ -130,7 +136,8 @@ def safetensors(path, key: str = "embeddings", meta: str | None = None):
         with safe_open(str(p), framework="pt") as fh:
             keys = list(fh.keys())
             if key not in keys:
-                raise DataError(f"{p}: no tensor '{key}'; tensors are: {', '.join(keys) or 'none'}")
+                raise DataError(f"{p}: no tensor '{key}'; tensors are: {', '.join(keys) or 'none'}; name the one "
+                                f"with the vectors: {NAME_IT}")
             emb = fh.get_tensor(key)
     except DataError:
         raise

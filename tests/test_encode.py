@@ -1,6 +1,7 @@
 """``atlas-encode``: a trained map applied to new vectors and texts, written in every format, streamed."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -246,7 +247,7 @@ def test_zero_rows_are_encoded_with_a_warning_that_names_them(run, tmp_path):
 
 
 def test_a_list_must_be_texts_or_vectors(run):
-    with pytest.raises(DataError, match=r"texts\[1\] is a int; pass a list of strings"):
+    with pytest.raises(DataError, match=r"texts\[1\] is of type int; pass a list of strings"):
         load_student(run).encode(["parse a CSV file", 3])
 
 
@@ -260,5 +261,42 @@ def test_jsonl_vectors_are_told_from_jsonl_texts_by_their_first_row(run, tmp_pat
     (tmp_path / "bad.jsonl").write_text('{"vector": [1, 2]}\n')
     one_error_line(run_cli(run, tmp_path / "bad.jsonl", "-o", tmp_path / "b.csv", program="atlas-encode"),
                    "bad.jsonl:1: expected a JSON object with a 'text' field (texts to embed) or an 'embedding' "
-                   "field (vectors)")
+                   "field (vectors; a field of another name: --key NAME)")
     assert not (tmp_path / "b.csv").exists()
+
+
+def test_key_names_the_vectors_in_any_vector_file(run, tmp_path):
+    x = np.load(EXAMPLE_NPY)[:30]
+    expected = load_student(run).encode(x)
+    np.savez(tmp_path / "two.npz", vecs=x, other=x[:, :7])
+    torch.save({"vecs": torch.from_numpy(x)}, tmp_path / "d.pt")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"vec": r.tolist()}) + "\n" for r in x))
+    files = ["two.npz", "d.pt", "d.jsonl"]
+    if importlib.util.find_spec("pyarrow"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"vecs": pa.array(list(x), pa.list_(pa.float32(), 384))}), tmp_path / "d.parquet")
+        files.append("d.parquet")
+    for name in files:
+        key = "vec" if name.endswith(".jsonl") else "vecs"
+        done = run_cli(run, tmp_path / name, "--key", key, "-o", tmp_path / "out.npy", program="atlas-encode")
+        assert done.returncode == 0, (name, done.stderr)
+        assert np.array_equal(np.load(tmp_path / "out.npy"), expected), name
+    # without --key, or with a wrong one: one line that names what the file holds
+    one_error_line(run_cli(run, tmp_path / "two.npz", program="atlas-encode"),
+                   "two.npz: holds 2 arrays (vecs, other) and none is named 'embeddings'",
+                   "--key for atlas-encode")
+    one_error_line(run_cli(run, tmp_path / "two.npz", "--key", "x", program="atlas-encode"),
+                   "two.npz: no array 'x' in the .npz; arrays are: vecs, other")
+    one_error_line(run_cli(run, tmp_path / "d.pt", program="atlas-encode"),
+                   "d.pt: no key 'embeddings' in the checkpoint; keys are: vecs", "--key for atlas-encode")
+    one_error_line(run_cli(run, tmp_path / "d.jsonl", "--key", "v", program="atlas-encode"),
+                   "d.jsonl:1: no field 'v' (--key); its fields are: vec")
+    np.save(tmp_path / "one.npy", x)
+    one_error_line(run_cli(run, tmp_path / "one.npy", "--key", "vecs", program="atlas-encode"),
+                   "one.npy: key = 'vecs' is set, but a .npy file holds one array; remove the key")
+    (tmp_path / "t.txt").write_text("parse a CSV file\n")
+    one_error_line(run_cli(run, tmp_path / "t.txt", "--key", "vecs", program="atlas-encode"),
+                   "--key vecs:", "holds texts, one per line; --key names the array or column of vectors")
+    assert not (tmp_path / "out.csv").exists()

@@ -76,9 +76,11 @@ CASES = {
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
                      or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"', ["t.pt: not a readable teacher file"]),
     "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
-                        or 'path = "t.npz"', ["t.npz: no array 'None'", "arrays are: a, b", "set key"]),
+                        or 'path = "t.npz"', ["t.npz: holds 2 arrays (a, b) and none is named 'embeddings'",
+                                                   "teacher.key in a pipeline file"]),
     "pt-missing-key": (lambda p: torch.save({"vectors": torch.ones(600, 384)}, p / "t.pt")
-                       or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors"]),
+                       or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors",
+                                                                     "teacher.key in a pipeline file"]),
     "too-few-rows": (_npy(np.load(EXAMPLE_NPY)[:3]), ["2 training rows after the validation split",
                                                            "a batch needs at least 3"]),
     "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
@@ -96,18 +98,18 @@ CASES = {
     "device": (lambda p: 'path = "/dev/zero"\nloader = "npy"', ["/dev/zero: is not a regular file"]),
     "folder": (lambda p: (p / "t.npy").mkdir() or 'path = "t.npy"', ["t.npy: is a folder"]),
     "npy-with-key": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32)) or 'path = "t.npy"\nkey = "x"',
-                     ["key = 'x' is set, but a .npy file holds one array; remove teacher.key"]),
+                     ["key = 'x' is set, but a .npy file holds one array; remove the key (teacher.key"]),
     "sparse-pt": (lambda p: torch.save(torch.eye(600, 384).to_sparse(), p / "t.pt") or 'path = "t.pt"',
                   ["t.pt: embeddings are a sparse (torch.sparse_coo) tensor"]),
     "meta-pt": (lambda p: torch.save(torch.empty(600, 384, device="meta"), p / "t.pt") or 'path = "t.pt"',
-                ["t.pt: embeddings are a on the meta device"]),
+                ["t.pt: embeddings are a tensor on the meta device, which holds no values"]),
     "texts-not-a-list": (lambda p: torch.save({"embeddings": torch.ones(600, 384), "texts": "abc"}, p / "t.pt")
                          or 'path = "t.pt"', ["t.pt: texts must be a list of strings, got str"]),
     "integer-texts": (lambda p: torch.save({"embeddings": torch.ones(600, 384), "texts": list(range(600))},
-                                           p / "t.pt") or 'path = "t.pt"', ["t.pt: texts[0] is a int; texts must be strings"]),
+                                           p / "t.pt") or 'path = "t.pt"', ["t.pt: texts[0] is of type int; texts must be strings"]),
     "list-labels": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                     or _text("m.jsonl", '{"text": "a", "label": [1, 2]}\n' * 600, 'path = "t.npy"\nmeta = "m.jsonl"')(p),
-                    ["t.npy: labels[0] is a list; labels must be strings, numbers or booleans"]),
+                    ["t.npy: labels[0] is of type list; labels must be strings, numbers or booleans"]),
 }
 
 
