@@ -36,7 +36,8 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import TrainedStudent
 from .params import accepts
-from .teacher import TeacherData, ZeroRows, check_finite, in_memory_if_small, loader_for_suffix, validate_teacher
+from .student import ZERO_ROWS_MEAN_NOTHING
+from .teacher import RowScan, TeacherData, in_memory_if_small, loader_for_suffix, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -121,14 +122,12 @@ def _vectors(data: TeacherData, dim: int) -> Source:
     chunk = max(256, CHUNK_BYTES // (4 * dim))
 
     def pieces():
-        zeros = ZeroRows()
+        scan = RowScan(data)
         for start, block in data.chunks(chunk):
-            check_finite(data, start, block)
-            zeros.see(start, block)
+            scan.see(start, block)
             yield Piece(block, {k: list(v[start:start + len(block)]) for k, v in extras.items()})
-        if zeros.count:  # encoded all the same (the output keeps one row per input row), but said
-            warnings.warn(f"atlas: {zeros.describe(data.source or 'input')}: a zero vector has no direction, "
-                          "so its coordinates mean nothing (a failed embedding call?)")
+        if scan.zeros:  # encoded all the same (the output keeps one row per input row), but said
+            warnings.warn(f"atlas: {scan.describe_zeros()}: {ZERO_ROWS_MEAN_NOTHING}")
     return Source(pieces(), data.num_rows, tuple(extras))
 
 
@@ -334,7 +333,8 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
         bar = stack.enter_context(tqdm(total=src.rows, unit=" rows", disable=not progress, file=sys.stderr))
         rows = 0
         for piece in src.pieces:
-            z = student.encode(piece.vectors, batch_size=batch_size, precision=precision, refine=refine, seed=seed + rows)
+            z = student.encode(piece.vectors, batch_size=batch_size, precision=precision, refine=refine,
+                               seed=seed + rows, check=False)  # checked as read (_vectors), rows counted over pieces
             z = side_by_side(z)
             writer.write(z, piece.extras)
             rows += len(z)

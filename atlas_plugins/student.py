@@ -25,10 +25,12 @@ from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import REFINE_BLOCK, TrainingMap, refine as refine_points
 from .registry import get_registry
+from .teacher import RowScan, TeacherData
 
 STUDENT_FORMAT = "atlas-student/1"
 NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
 NORM_SAMPLE = 2000
+ZERO_ROWS_MEAN_NOTHING = "a zero vector has no direction, so its coordinates mean nothing (a failed embedding call?)"
 
 
 def teacher_record(loader: str, data, rows, embedder: dict | None = None) -> dict:
@@ -62,8 +64,8 @@ class TrainedStudent:
     map_path: Path | None = None
     teacher: dict = attrs.field(factory=dict)
 
-    @torch.inference_mode()
-    def encode(self, x, batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0):
+    def encode(self, x, batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0,
+               check: bool = True):
         """Map teacher vectors ``(N, Dt)`` to student vectors ``(N, Ds)`` in batches.
 
         Accepts a tensor (returns a CPU float32 tensor), a possibly memory-mapped
@@ -77,8 +79,15 @@ class TrainedStudent:
         ``refine=N`` then moves each point N epochs against the frozen training
         map (:func:`atlas_plugins.refine.refine`; needs ``map.pt``): slower, and
         closer to the teacher's neighbourhoods.  Same ``x``, ``seed`` and
-        ``batch_size``: same result.
+        ``batch_size``: same result.  ``check``: a row holding NaN or Inf is a
+        :class:`DataError` naming it, and rows of all zeros (no direction, so
+        a meaningless place) get one warning; a caller that checked already
+        passes False.
         """
+        with torch.inference_mode():
+            return self._encode(x, batch_size, precision, refine, seed, check)
+
+    def _encode(self, x, batch_size, precision, refine, seed, check):
         if isinstance(x, (list, tuple)):
             x = self.embed_texts(x) if any(isinstance(t, str) for t in x) else np.asarray(x, np.float32)
         as_numpy = isinstance(x, np.ndarray)
@@ -96,9 +105,16 @@ class TrainedStudent:
         module = self.module if dtype == torch.float32 else copy.deepcopy(self.module).to(dtype)
         generator = torch.Generator().manual_seed(seed)
         outs: list = []
+        scan = RowScan(TeacherData(x, source="encode"))
         for start in range(0, x.shape[0], batch_size):
             block = x[start:start + batch_size]
-            block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block, dtype=np.float32))
+            if not isinstance(block, torch.Tensor):
+                with np.errstate(over="ignore"):  # values too large for float32 are named by the scan
+                    block = torch.from_numpy(np.array(block, dtype=np.float32))
+            elif block.dtype != torch.float32:
+                block = block.float()
+            if check:
+                scan.see(start, block)
             if start == 0:
                 self._check_norms(block)
             block = block.to(device=device, dtype=dtype)
@@ -108,6 +124,8 @@ class TrainedStudent:
                 z = refine_points(training_map, block.float(), tuple(v.float() for v in z), epochs=refine,
                                   generator=generator)
             outs.append(z)
+        if scan.zeros:
+            warnings.warn(f"atlas: {scan.describe_zeros()}: {ZERO_ROWS_MEAN_NOTHING}", stacklevel=3)
         if not outs:
             outs = [tuple(torch.zeros(0, d) for d in self.levels)]
         levels = [torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0]))]
@@ -182,7 +200,7 @@ class TrainedStudent:
         if not (ref / NORM_TOLERANCE <= mean <= ref * NORM_TOLERANCE):
             hint = " (were they normalised like the training rows?)" if abs(ref - 1) < 0.05 or abs(mean - 1) < 0.05 else ""
             warnings.warn(f"atlas: the new vectors' mean norm is {mean:.3g}, the training rows' {ref:.3g}{hint}; "
-                          "encode vectors made the same way as the training rows", stacklevel=3)
+                          "encode vectors made the same way as the training rows", stacklevel=4)
 
     def load_map(self) -> TrainingMap:
         """The training map: ``training_map``, else read from ``map_path`` (once); a clear error without one."""

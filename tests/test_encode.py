@@ -243,7 +243,27 @@ def test_zero_rows_are_encoded_with_a_warning_that_names_them(run, tmp_path):
     assert done.stderr.splitlines()[0] == (f"atlas-encode: warning: {tmp_path / 'zeros.npy'}: row 40 is all zeros "
                                            "(3 rows in all): a zero vector has no direction, so its coordinates "
                                            "mean nothing (a failed embedding call?)")
-    assert np.array_equal(np.load(tmp_path / "z.npy"), load_student(run).encode(x))  # every row, in order
+    assert done.stderr.count("warning:") == 1
+    with pytest.warns(UserWarning) as caught:
+        expected = load_student(run).encode(x)
+    assert np.array_equal(np.load(tmp_path / "z.npy"), expected)  # every row, in order
+    # in Python too: one warning, at the caller's line
+    assert [(str(w.message), w.filename) for w in caught] == [
+        ("atlas: encode: row 40 is all zeros (3 rows in all): a zero vector has no direction, so its coordinates "
+         "mean nothing (a failed embedding call?)", __file__)]
+
+
+def test_encode_in_python_refuses_rows_that_are_not_finite(run):
+    student = load_student(run)
+    x = np.load(EXAMPLE_NPY)[:300].astype(np.float64)
+    x[123, 7] = np.nan
+    with pytest.raises(DataError, match=r"^encode: row 123 contains NaN or Inf; clean or drop such rows$"):
+        student.encode(x, batch_size=100)  # the second batch
+    x[123, 7] = 1e300
+    with pytest.raises(DataError, match=r"^encode: row 123 has values too large for float32"):
+        student.encode(torch.from_numpy(x))
+    x[123, 7] = 0.5
+    student.encode(x)  # finite again: fine
 
 
 def test_a_list_must_be_texts_or_vectors(run):

@@ -29,18 +29,24 @@ def test_nan_scan_is_chunked_and_names_the_first_bad_row(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_zero_rows_are_counted_across_blocks_and_a_tiny_value_is_not_zero(dtype):
-    from atlas_plugins.teacher import ZeroRows
+    from atlas_plugins.teacher import RowScan
 
     rows = torch.randn(100, 8).to(dtype)
     rows[[3, 50, 99]] = 0
     rows[7] = -0.0  # still zero
     rows[9] = 0
     rows[9, 2] = 1e-4  # not zero: the only non-zero value of its row
-    zeros = ZeroRows()
+    rows[11] = 0
+    rows[11, 5] = -1e-4  # nor this: its max is 0, its min is not
+    scan = RowScan(TeacherData(rows, source="t.npy"))
     for start in range(0, 100, 30):
-        zeros.see(start, rows[start:start + 30])
-    assert (zeros.count, zeros.first) == (4, 3)
-    assert zeros.describe("t.npy") == "t.npy: row 3 is all zeros (4 rows in all)"
+        scan.see(start, rows[start:start + 30])
+    assert (scan.zeros, scan.first_zero) == (4, 3)
+    assert scan.describe_zeros() == "t.npy: row 3 is all zeros (4 rows in all)"
+    rows[64, 1] = float("nan")  # the second block: named by its row in the data
+    with pytest.raises(DataError, match="t.npy: row 64 contains NaN or Inf"):
+        for start in range(0, 100, 30):
+            scan.see(start, rows[start:start + 30])
 
 
 def test_rows_reads_only_requested_rows_in_order():
