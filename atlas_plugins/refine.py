@@ -24,7 +24,16 @@ the training rows, batched in torch so thousands of points move at once:
    fit (a ≈ 1.58, b ≈ 0.90) at 10 epochs and better at 33; k = 30 neighbours beat UMAP's 15 by ~0.008 recall@10,
    and 4 negatives per edge did as well as UMAP's 5 (10 rounds, mean of 6 seeds: 3 negatives 0.3480, 4 0.3498,
    5 0.3492; benchmarks/quality.py's split).
-
+4. all of it in units of the map's own neighbour distance: each level's coordinates are divided by
+   :func:`layout_unit` (the median distance from a map row to its 10th-nearest map row, over
+   :data:`TUNED_NN10`, its value on the map the constants above were tuned on) and the result multiplied
+   back.  The curve above has a fixed width, but a map's scale is not fixed: a loss on cosine similarities
+   (``relational``) leaves it arbitrary (such maps spread ~0.04), and a map of more rows is denser (50,000
+   rows in 5-D: neighbours ~0.4× as far).  In absolute units the pushes threw a relational student's new
+   points far out (bundled example, held-out recall@10: 0.248 alone, 0.224 refined 10 rounds; now 0.334),
+   and on 100,000 PyPI summaries (5,000 held out) refine 6 raised the default map's recall less (0.147
+   alone, 0.187; now 0.199) and lowered a random-batch map's recall among the map's own rows (0.056 →
+   0.045; now 0.095).  The default map of the bundled example measures 1.00: unchanged there.
 Every level of a multi-level student is refined the same way, on the same neighbours.
 """
 
@@ -47,6 +56,8 @@ REFINE_K = 30  # training neighbours per new point
 REFINE_NEGATIVES = 4  # random training points pushed from per sampled edge
 SEARCH_RECALL = 0.95  # the reduced search keeps at least this share of the exact top-k on the sample
 SEARCH_SAMPLE = 1000  # map rows whose exact neighbours choose search_dims
+TUNED_NN10 = 0.82  # median distance from a map row to its 10th-nearest map row, on the map refine was tuned on
+UNIT_SAMPLE = 1000  # map rows whose 10th-nearest map row sets layout_unit
 
 
 @attrs.define
@@ -59,7 +70,9 @@ class TrainingMap:
     ``basis``: ``(Dt, d)`` orthonormal columns, the rows' leading principal components (``None``: the
     teacher's own axes, ``d = Dt``; maps written before the basis existed); ``student``: the
     :func:`~atlas_plugins.distributed.parameter_digest` of the weights that made ``coords``, so a map is
-    never used with another run's student (``None``: not recorded, as in maps written before it was).
+    never used with another run's student (``None``: not recorded, as in maps written before it was);
+    ``units``: each level's :func:`layout_unit`, measured when not given (and in maps written before it
+    was stored: ~2 s for 750,000 rows).
     """
 
     vectors: torch.Tensor
@@ -67,6 +80,7 @@ class TrainingMap:
     rows: torch.Tensor
     basis: torch.Tensor | None = None
     student: str | None = None
+    units: tuple | None = None
 
     def __attrs_post_init__(self):
         n, d = self.vectors.shape if self.vectors.dim() == 2 else (-1, -1)
@@ -77,6 +91,12 @@ class TrainingMap:
             raise CheckpointError(f"training map shapes disagree: vectors {tuple(self.vectors.shape)}, rows "
                                   f"{tuple(self.rows.shape)}, coords {[tuple(c.shape) for c in self.coords]}, basis "
                                   f"{None if self.basis is None else tuple(self.basis.shape)}")
+        if self.units is None:
+            self.units = tuple(layout_unit(c) for c in self.coords)
+        elif len(self.units) != len(self.coords) or not all(
+                isinstance(u, float) and math.isfinite(u) and u > 0 for u in self.units):
+            raise CheckpointError(f"layout units {self.units!r}: expected one positive number per level "
+                                  f"({len(self.coords)})")
 
     @property
     def dims(self) -> int:
@@ -97,7 +117,7 @@ class TrainingMap:
         """Write ``map.pt`` atomically; vectors are stored as float16 (half the size; cosine error ~1e-3)."""
         atomic_save({"format": MAP_FORMAT, "vectors": self.vectors.to(torch.float16),
                      "coords": [c.float() for c in self.coords], "rows": self.rows.long(), "basis": self.basis,
-                     "student": self.student}, path)
+                     "student": self.student, "units": list(self.units)}, path)
 
     @classmethod
     def load(cls, path) -> "TrainingMap":
@@ -111,10 +131,29 @@ class TrainingMap:
                 raise TypeError("basis must be a tensor")
             if not isinstance(blob.get("student"), (str, type(None))):
                 raise TypeError("student must be a digest string")
+            units = blob.get("units")  # None in maps written before it was stored: measured again
             return cls(blob["vectors"], tuple(c.float() for c in blob["coords"]), blob["rows"].long(),
-                       None if basis is None else basis.float(), blob.get("student"))
+                       None if basis is None else basis.float(), blob.get("student"),
+                       None if units is None else tuple(units))
         except (KeyError, AttributeError, TypeError, CheckpointError) as exc:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
+
+
+def layout_unit(coords: torch.Tensor, k: int = 10, sample: int = UNIT_SAMPLE) -> float:
+    """The length refine's layout counts as 1 on a map ``coords`` ``(N, Ds)``: the median distance from
+    ``sample`` of its rows (seeded: the same map, the same unit) to their ``k``-th nearest other row, over
+    :data:`TUNED_NN10`; 1 for a map too small or too collapsed to measure."""
+    n = coords.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return 1.0
+    queries = coords[torch.from_numpy(np.random.default_rng(0).choice(n, min(n, sample), replace=False))].float()
+    best = torch.full((len(queries), k + 1), math.inf)
+    for start in range(0, n, SEARCH_BLOCK):  # the k + 1 nearest, the row itself among them
+        block = coords[start:start + SEARCH_BLOCK].float()
+        near = torch.cdist(queries, block).topk(min(k + 1, len(block)), dim=1, largest=False).values
+        best = torch.cat([best, near], dim=1).topk(k + 1, dim=1, largest=False).values
+    return float(best[:, k].quantile(0.5)) / TUNED_NN10 or 1.0
 
 
 def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0,
@@ -242,11 +281,11 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
     rate = w / w.max(dim=1, keepdim=True).values  # (Q, k): the nearest edge has weight 1
     rate_negative = rate.repeat_interleave(negatives, dim=1)  # (Q, k·negatives), edge by edge
     out = []
-    for y0, coords in zip(start, map_.coords):
+    for y0, coords, unit in zip(start, map_.coords, map_.units):
         # Laid out (Ds, Q, edges), contiguous: each elementwise pass runs over long rows (~3x faster than Ds last).
-        coords_t = coords.to(device).T.contiguous()  # (Ds, N)
+        coords_t = coords.to(device).T.div(unit).contiguous()  # (Ds, N), in the map's own units
         near = coords_t.index_select(1, idx.view(-1).to(device)).view(-1, *idx.shape)
-        y = y0.float().T.contiguous()  # (Ds, Q)
+        y = y0.float().T.div(unit).contiguous()  # (Ds, Q)
         for n in range(1, epochs + 1):
             diff = y.unsqueeze(2) - near
             move = diff.mul_(-2.0 / (1.0 + _squared_norms(diff))).clamp_(-4.0, 4.0).mul_(rate).sum(2)  # a = b = 1
@@ -256,7 +295,7 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
                 d2 = _squared_norms(diff)
                 move += diff.mul_(2.0 / ((0.001 + d2) * (1.0 + d2))).clamp_(-4.0, 4.0).mul_(rate_negative).sum(2)
             y.add_(move, alpha=alpha * (1.0 - (n - 1) / epochs))
-        out.append(y.T.contiguous())
+        out.append(y.mul_(unit).T.contiguous())
     return tuple(out)
 
 

@@ -63,9 +63,13 @@ def test_memberships_are_exponential_in_distance_and_sum_to_log2_k():
 
 
 def reference_refine(coords, idx, w, y, epochs, negatives, alpha, draw):
-    """UMAP's per-edge updates written out point by point (a = b = 1), each edge weighted by w / max w."""
-    y = y.clone().double()
-    coords = coords.double()
+    """UMAP's per-edge updates written out point by point (a = b = 1), each edge weighted by w / max w,
+    in the map's units: the median distance from a map row to its 10th-nearest other row, over 0.82."""
+    c = coords.double().numpy()
+    dist = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    unit = float(np.median(np.sort(dist, axis=1)[:, 10])) / 0.82  # column 0: the row itself
+    y = y.clone().double() / unit
+    coords = coords.double() / unit
     q, k = idx.shape
     for n in range(1, epochs + 1):
         move = torch.zeros_like(y)
@@ -80,13 +84,14 @@ def reference_refine(coords, idx, w, y, epochs, negatives, alpha, draw):
                     d2 = diff.pow(2).sum()
                     move[i] += r * (2.0 / ((0.001 + d2) * (1.0 + d2)) * diff).clamp(-4, 4)
         y += alpha * (1.0 - (n - 1) / epochs) * move
-    return y
+    return y * unit
 
 
-def test_refine_follows_umaps_per_edge_updates():
+@pytest.mark.parametrize("spread", [1.0, 0.05, 20.0])
+def test_refine_follows_umaps_per_edge_updates(spread):
     vectors, queries = unit(60, 8, 2), unit(9, 8, 3)
-    coords = torch.randn(60, 3, generator=torch.Generator().manual_seed(4))
-    start = torch.randn(9, 3, generator=torch.Generator().manual_seed(5))
+    coords = spread * torch.randn(60, 3, generator=torch.Generator().manual_seed(4))
+    start = spread * torch.randn(9, 3, generator=torch.Generator().manual_seed(5))
     training_map = TrainingMap(vectors, (coords,), torch.arange(60))
     got = refine(training_map, queries, (start,), epochs=4, k=6, negatives=2, seed=7)[0]
 
@@ -94,8 +99,31 @@ def test_refine_follows_umaps_per_edge_updates():
     w = memberships(1.0 - sims)
     g = torch.Generator().manual_seed(7)
     expected = reference_refine(coords, idx, w, start, 4, 2, 0.25, lambda m: torch.randint(0, 60, (m,), generator=g))
-    assert torch.allclose(got.double(), expected, atol=1e-4)
+    assert torch.allclose(got.double(), expected, atol=1e-4 * spread)
     assert not torch.allclose(got, start)
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, module, factor):
+        super().__init__()
+        self.module, self.factor = module, factor
+
+    def forward(self, x):
+        return self.module(x) * self.factor
+
+
+def test_refine_works_in_the_maps_own_units(trained):
+    """A loss on cosine similarities (relational) leaves a map's scale arbitrary: its maps spread ~0.04.
+    The same map at that scale is refined to the same places, at that scale (before, its new points were
+    pushed far out: a relational student's held-out recall@10 fell from 0.248 alone to 0.224 refined)."""
+    student, held_out = trained
+    factor = 0.04
+    small = attrs.evolve(student, module=Scaled(student.module, factor), training_map=attrs.evolve(
+        student.training_map, coords=tuple(c * factor for c in student.training_map.coords), units=None))
+    assert small.training_map.units[0] == pytest.approx(factor * student.training_map.units[0], rel=1e-4)
+    expected = student.encode(held_out, refine=10)
+    assert torch.allclose(small.encode(held_out, refine=10) / factor, expected, atol=1e-3)
+    assert recall_at_k(held_out, expected) > recall_at_k(held_out, student.encode(held_out)) + 0.03
 
 
 def test_refine_is_deterministic_and_leaves_the_training_map_alone(trained):
@@ -128,6 +156,24 @@ def test_map_pt_is_weights_only_and_found_beside_student_pt(trained, tmp_path):
     z = loaded.encode(held_out[:100], refine=5)
     assert torch.allclose(z, student.encode(held_out[:100], refine=5), atol=1e-3)
     assert loaded.training_map.coords[0].shape == student.training_map.coords[0].shape
+
+
+def test_map_pt_stores_its_layout_units_and_older_maps_measure_them(trained, tmp_path):
+    from atlas_plugins.refine import layout_unit
+
+    student, _ = trained
+    student.training_map.save(tmp_path / "map.pt")
+    blob = torch.load(tmp_path / "map.pt", weights_only=True)
+    assert blob["units"] == [layout_unit(student.training_map.coords[0])]
+    assert TrainingMap.load(tmp_path / "map.pt").units == tuple(blob["units"])
+    del blob["units"]  # as written before units were stored
+    torch.save(blob, tmp_path / "old.pt")
+    assert TrainingMap.load(tmp_path / "old.pt").units == tuple(student.training_map.units)
+    for bad in ([-1.0], [1.0, 2.0], ["1"], [float("nan")]):
+        torch.save({**blob, "units": bad}, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match=r"bad.pt: damaged training map \(layout units .*expected one "
+                                                  r"positive number per level \(1\)\)"):
+            TrainingMap.load(tmp_path / "bad.pt")
 
 
 def test_a_map_that_would_unpickle_code_is_refused(tmp_path):
@@ -317,3 +363,15 @@ def test_every_level_of_a_hierarchical_student_is_refined():
     plain = student.encode(x[300:])
     assert coarse.shape == (100, 3) and fine.shape == (100, 9)
     assert not torch.allclose(coarse, plain[0]) and not torch.allclose(fine, plain[1])
+
+
+def test_the_layout_unit_is_the_maps_own_neighbour_distance():
+    from atlas_plugins.refine import TUNED_NN10, layout_unit
+
+    grid = torch.stack(torch.meshgrid(torch.arange(30.0), torch.arange(30.0), indexing="ij"), -1).reshape(-1, 2)
+    # on a square grid of spacing h, the 10th-nearest other point of an inner point lies 2h away (4 at h,
+    # 4 at h·√2, then 4 at 2h); rows near the edge have theirs a little further, the median stays 2h
+    for h in (0.01, 1.0, 50.0):
+        assert layout_unit(h * grid) == pytest.approx(2 * h / TUNED_NN10, rel=1e-4)
+    assert layout_unit(torch.zeros(5, 3)) == 1.0 and layout_unit(torch.ones(1, 5)) == 1.0
+    assert layout_unit(grid, sample=100) == layout_unit(grid, sample=100)  # seeded
