@@ -34,9 +34,8 @@ from tqdm import tqdm
 from .checkpoint import atomic_open
 from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
-from .student import TrainedStudent
+from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .student import ZERO_ROWS_MEAN_NOTHING
 from .teacher import RowScan, TeacherData, in_memory_if_small, loader_for_suffix, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time

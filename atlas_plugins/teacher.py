@@ -259,7 +259,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         if emb.is_meta:
             raise DataError(f"{src}: embeddings are a tensor on the meta device, which holds no values; save the "
                             "tensor that holds them (on the CPU or a GPU)")
-        raise DataError(f"{src}: embeddings are a sparse ({emb.layout}) tensor; save a dense tensor (tensor.to_dense())")
+        raise DataError(f"{src}: embeddings are a sparse ({emb.layout}) tensor; save a dense tensor "
+                        "(tensor.to_dense())")
     if emb.ndim != 2:
         raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}")
     if _dtype_name(emb) not in FLOAT_DTYPES:
@@ -327,7 +328,8 @@ class RowScan:
     def describe_zeros(self) -> str:
         """``t.npy: row 41 is all zeros (3 rows in all)``."""
         src = self.data.source or "teacher"
-        return f"{src}: row {self.first_zero} is all zeros" + (f" ({self.zeros:,} rows in all)" if self.zeros > 1 else "")
+        more = f" ({self.zeros:,} rows in all)" if self.zeros > 1 else ""
+        return f"{src}: row {self.first_zero} is all zeros{more}"
 
 
 def check_finite(data: TeacherData, start: int, block: torch.Tensor) -> None:

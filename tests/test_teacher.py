@@ -112,7 +112,8 @@ CASES = {
     "texts-not-a-list": (lambda p: torch.save({"embeddings": torch.ones(600, 384), "texts": "abc"}, p / "t.pt")
                          or 'path = "t.pt"', ["t.pt: texts must be a list of strings, got str"]),
     "integer-texts": (lambda p: torch.save({"embeddings": torch.ones(600, 384), "texts": list(range(600))},
-                                           p / "t.pt") or 'path = "t.pt"', ["t.pt: texts[0] is of type int; texts must be strings"]),
+                                           p / "t.pt") or 'path = "t.pt"',
+                      ["t.pt: texts[0] is of type int; texts must be strings"]),
     "list-labels": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                     or _text("m.jsonl", '{"text": "a", "label": [1, 2]}\n' * 600, 'path = "t.npy"\nmeta = "m.jsonl"')(p),
                     ["t.npy: labels[0] is of type list; labels must be strings, numbers or booleans"]),
