@@ -139,14 +139,17 @@ def test_two_local_models_with_the_same_folder_name_do_not_share_a_cache(tmp_pat
 
 
 def test_large_finite_values_whose_sum_overflows_are_not_an_error():
-    from atlas_plugins.teacher import check_finite
+    from atlas_plugins.teacher import RowScan, check_finite
 
-    emb = np.zeros((4, 3), dtype=np.float32)
+    emb = np.ones((4, 3), dtype=np.float32)
     emb[2] = [3e38, 3e38, -1.0]  # finite, but the row sum overflows float32
     check_finite(TeacherData(emb, source="t.npy"), 0, torch.from_numpy(emb))
+    RowScan(TeacherData(emb, source="t.npy")).see(0, torch.from_numpy(emb))
     emb[3, 1] = -np.inf
     with pytest.raises(DataError, match="t.npy: row 3 contains NaN or Inf"):
         check_finite(TeacherData(emb, source="t.npy"), 0, torch.from_numpy(emb))
+    with pytest.raises(DataError, match="t.npy: row 3 contains NaN or Inf"):
+        RowScan(TeacherData(emb, source="t.npy")).see(0, torch.from_numpy(emb))
 
 
 def test_a_small_memory_mapped_file_is_copied_into_memory_a_large_one_is_not(tmp_path, monkeypatch):
