@@ -303,20 +303,21 @@ def test_key_names_the_vectors_in_any_vector_file(run, tmp_path):
         done = run_cli(run, tmp_path / name, "--key", key, "-o", tmp_path / "out.npy", program="atlas-encode")
         assert done.returncode == 0, (name, done.stderr)
         assert np.array_equal(np.load(tmp_path / "out.npy"), expected), name
-    # without --key, or with a wrong one: one line that names what the file holds
-    one_error_line(run_cli(run, tmp_path / "two.npz", program="atlas-encode"),
+    # without --key, or with a wrong one: one line that names what the file holds, and nothing written
+    bad = ("-o", tmp_path / "bad.csv")
+    one_error_line(run_cli(run, tmp_path / "two.npz", *bad, program="atlas-encode"),
                    "two.npz: holds 2 arrays (vecs, other) and none is named 'embeddings'",
                    "--key for atlas-encode")
-    one_error_line(run_cli(run, tmp_path / "two.npz", "--key", "x", program="atlas-encode"),
+    one_error_line(run_cli(run, tmp_path / "two.npz", "--key", "x", *bad, program="atlas-encode"),
                    "two.npz: no array 'x' in the .npz; arrays are: vecs, other")
-    one_error_line(run_cli(run, tmp_path / "d.pt", program="atlas-encode"),
+    one_error_line(run_cli(run, tmp_path / "d.pt", *bad, program="atlas-encode"),
                    "d.pt: no key 'embeddings' in the checkpoint; keys are: vecs", "--key for atlas-encode")
-    one_error_line(run_cli(run, tmp_path / "d.jsonl", "--key", "v", program="atlas-encode"),
+    one_error_line(run_cli(run, tmp_path / "d.jsonl", "--key", "v", *bad, program="atlas-encode"),
                    "d.jsonl:1: no field 'v' (--key); its fields are: vec")
     np.save(tmp_path / "one.npy", x)
-    one_error_line(run_cli(run, tmp_path / "one.npy", "--key", "vecs", program="atlas-encode"),
+    one_error_line(run_cli(run, tmp_path / "one.npy", "--key", "vecs", *bad, program="atlas-encode"),
                    "one.npy: key = 'vecs' is set, but a .npy file holds one array; remove the key")
     (tmp_path / "t.txt").write_text("parse a CSV file\n")
-    one_error_line(run_cli(run, tmp_path / "t.txt", "--key", "vecs", program="atlas-encode"),
+    one_error_line(run_cli(run, tmp_path / "t.txt", "--key", "vecs", *bad, program="atlas-encode"),
                    "--key vecs:", "holds texts, one per line; --key names the array or column of vectors")
-    assert not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "bad.csv").exists()
