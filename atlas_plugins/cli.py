@@ -160,6 +160,8 @@ def encode(args: argparse.Namespace) -> int:
         return 0
     if not args.input:
         raise _usage("INPUT is required (a file, or - for texts on stdin)", ENCODE_USAGE)
+    if args.refine:
+        student.check_refinable(f"--refine {args.refine}")  # before any text is embedded
     rows = encode_file(student, args.input, args.output, loader=args.loader, key=args.key,
                        batch_size=args.batch_size, precision=args.precision, refine=args.refine, seed=args.seed,
                        progress=not args.quiet and sys.stderr.isatty())

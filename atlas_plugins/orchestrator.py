@@ -128,7 +128,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         result = RunResult(pipe, student, trainer.metrics)
         if dist.is_main:
             student.save(run.file("student.pt"))
-            if config.output.map_rows:
+            if config.output.map_rows and student.refinable:  # only refine reads the map
                 student.training_map = build_map(pipe.teacher, pipe.train_rows, student.encode,
                                                  max_rows=config.output.map_rows, seed=config.train.seed,
                                                  student=distributed.parameter_digest(student.module))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .evaluation import evaluate, pca_fit, pca_projector, pca_transform
 from .neighbors import graph_recall, release_freed_memory, streamed_topk
+from .refine import REFINE_MAX_DIMS
 from .rundir import RunDir
 
 K = 10
@@ -112,6 +113,9 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
                 "vectors_per_s": _throughput(encode, x, min_seconds=0.0, warmed_up=True)}
     elif student.training_map is not None:
         notes.append("refine left out: the rows measured are training rows, already in the map")
+    elif not student.refinable:
+        notes.append(f"refine left out: it places points on maps of at most {REFINE_MAX_DIMS} dimensions, and this "
+                     f"student's is {levels[0].shape[1]}-D")
     if held_out and len(pipe.train_rows) <= k:
         notes.append(f"corpus_recall@{k} left out: it needs more than k = {k} training rows")
     elif held_out:

@@ -23,7 +23,7 @@ import torch
 from .checkpoint import atomic_save, safe_load
 from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
-from .refine import REFINE_BLOCK, TrainingMap, refine as refine_points
+from .refine import REFINE_BLOCK, REFINE_MAX_DIMS, TrainingMap, refine as refine_points
 from .registry import get_registry
 from .teacher import RowScan, TeacherData
 
@@ -78,7 +78,9 @@ class TrainedStudent:
         fast on CPUs with bf16 matrix units; coordinates differ by ~1e-2).
         ``refine=N`` then moves each point N epochs against the frozen training
         map (:func:`atlas_plugins.refine.refine`; needs ``map.pt``): slower, and
-        closer to the teacher's neighbourhoods.  Same ``x``, ``seed`` and
+        closer to the teacher's neighbourhoods.  It moves levels of at most
+        :data:`~atlas_plugins.refine.REFINE_MAX_DIMS` dimensions (a hierarchical
+        student's 25-D level keeps its output); a student with none refuses it.  Same ``x``, ``seed`` and
         ``batch_size``: same result.  ``check``: a row holding NaN or Inf is a
         :class:`DataError` naming it, and rows of all zeros (no direction, so
         a meaningless place) get one warning; a caller that checked already
@@ -97,6 +99,7 @@ class TrainedStudent:
         if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
             raise ConfigError(f"refine must be a number of epochs (an integer >= 0), got {refine!r}")
         if refine:
+            self.check_refinable(f"refine={refine}")
             training_map = self.load_map()
             batch_size = min(batch_size, REFINE_BLOCK)
         dtype = getattr(torch, precision)
@@ -132,6 +135,18 @@ class TrainedStudent:
         if as_numpy:
             levels = [z.numpy() for z in levels]
         return levels[0] if len(levels) == 1 else tuple(levels)
+
+    @property
+    def refinable(self) -> bool:
+        """Whether refine moves any level: one of at most :data:`~atlas_plugins.refine.REFINE_MAX_DIMS`."""
+        return min(self.levels) <= REFINE_MAX_DIMS
+
+    def check_refinable(self, asked: str) -> None:
+        """A :class:`ConfigError` naming ``asked`` when no level is narrow enough for refine to help."""
+        if not self.refinable:
+            raise ConfigError(f"{asked}: refine places points on maps of at most {REFINE_MAX_DIMS} dimensions, "
+                              f"and this student's is {min(self.levels)}-D (wider maps lost neighbours when "
+                              "refined); leave refine out for the student's own output")
 
     @property
     def levels(self) -> list[int]:
