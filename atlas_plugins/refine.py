@@ -36,13 +36,14 @@ the training rows, batched in torch so thousands of points move at once:
    example's measures 1.00, and on benchmarks/quality.py's (unit 0.79) refine 6 gives 0.350 against
    0.349 in absolute units; 0.8–1.25 times the unit all give 0.348–0.350 there.
 
-5. only on maps of at most :data:`REFINE_MAX_DIMS` dimensions.  On one data set and recipe
-   (benchmarks/quality.py's split, the bundled example's pipeline with ``student.dim`` changed, 5 epochs
-   per stage) refine 6 changed held-out recall@10 by +0.038 (2-D), +0.059 (3-D), +0.036 (5-D), +0.016
-   (7-D), +0.007 (8-D), −0.003 (9-D), −0.009 (10-D), −0.044 (15-D) and −0.069 (25-D), and
-   trustworthiness fell from 9-D on; step sizes of 0.02–0.25 and units of 1–2 times the measured one
-   found no gain above 8-D.  A wider level (a hierarchical student's 25-D fine level) keeps the
-   student's own output.
+5. only on maps of at most :data:`REFINE_MAX_DIMS` dimensions (benchmarks/refine_dims.py).  With the
+   bundled example's recipe and ``student.dim`` changed, refine 6 changed held-out recall@10 on
+   benchmarks/quality.py's docstrings (6,572 rows) by +0.038 (2-D), +0.059 (3-D), +0.036 (5-D),
+   +0.016 (7-D), +0.007 (8-D), −0.003 (9-D), −0.009 (10-D), −0.044 (15-D) and −0.069 (25-D); on
+   100,000 PyPI summaries (benchmarks/scale.py's) by +0.052 (5-D), +0.039 (8-D), +0.026 (10-D), +0.003
+   (15-D, trustworthiness −0.005) and −0.025 (25-D).  Other step sizes (0.02–0.25) and units (1–2 times
+   the measured one) gained at most 0.009 at 10-D on the docstrings and nothing at 25-D.  A wider level
+   (a hierarchical student's 25-D fine level) keeps the student's own output.
 
 Every level of a multi-level student up to that width is refined the same way, on the same neighbours.
 """
@@ -68,7 +69,7 @@ SEARCH_RECALL = 0.95  # the reduced search keeps at least this share of the exac
 SEARCH_SAMPLE = 1000  # map rows whose exact neighbours choose search_dims
 TUNED_NN10 = 0.82  # median distance from a map row to its 10th-nearest map row on the bundled example's default map
 UNIT_SAMPLE = 1000  # map rows whose 10th-nearest map row sets layout_unit
-REFINE_MAX_DIMS = 8  # wider levels keep the student's output: refine lowered their neighbours (point 5 above)
+REFINE_MAX_DIMS = 10  # wider levels keep the student's output: refine gained nothing there or lost (point 5)
 
 
 @attrs.define

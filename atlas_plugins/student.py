@@ -145,8 +145,8 @@ class TrainedStudent:
         """A :class:`ConfigError` naming ``asked`` when no level is narrow enough for refine to help."""
         if not self.refinable:
             raise ConfigError(f"{asked}: refine places points on maps of at most {REFINE_MAX_DIMS} dimensions, "
-                              f"and this student's is {min(self.levels)}-D (wider maps lost neighbours when "
-                              "refined); leave refine out for the student's own output")
+                              f"and this student's is {min(self.levels)}-D (wider maps gained nothing or lost "
+                              "neighbours when refined); leave refine out for the student's own output")
 
     @property
     def levels(self) -> list[int]:

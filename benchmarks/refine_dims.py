@@ -1,63 +1,98 @@
-"""What refine does to maps of each width: the reason for ``REFINE_MAX_DIMS``.
+"""What refine does to maps of each width: the evidence behind ``REFINE_MAX_DIMS``.
 
     python benchmarks/refine_dims.py                          # ../shared/data/stdlib.emb.npy, 2–25 dimensions
     python benchmarks/refine_dims.py --dims 5,10 --data my.npy
+    python benchmarks/refine_dims.py --runs RUN...            # students atlas-run trained, any width
 
-For each width: a student trained with ``examples/quickstart.toml``'s recipe, ``student.dim`` set to that
-width and 5 epochs per stage, on benchmarks/quality.py's split (the last 20 % held out); its map of the
-training rows; held-out recall@10 and trustworthiness@10 (neighbours among the held-out rows) of the
-student alone and refined 6 rounds.  Refine runs here with the width limit lifted, so the figures above
-the limit show what ``encode(refine=6)`` would have done there.  Prints a Markdown table.
+Default: for each width, a student trained with ``examples/quickstart.toml``'s recipe, ``student.dim`` set
+to that width and 5 epochs per stage, on benchmarks/quality.py's split (the last 20 % held out).
+``--runs``: the students of finished run folders, on their own split (``val_fraction`` and ``seed`` of
+the run's ``pipeline.toml``; at most ``--held-out`` held-out rows, evenly spaced).  Either way a map of at
+most 50,000 training rows is built here, and held-out recall@10 and trustworthiness@10 (neighbours among
+the held-out rows) are measured for the student alone and refined 6 rounds.  Refine runs with the width
+limit lifted, so the rows above it show what ``encode(refine=6)`` would do there.  Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import tomllib
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from atlas_plugins import refine as refine_module
+from atlas_plugins import load_student, refine as refine_module
 from atlas_plugins.config import build_config
 from atlas_plugins.evaluation import evaluate
-from atlas_plugins.pipeline import assemble
+from atlas_plugins.pipeline import assemble, split_rows
 from atlas_plugins.refine import build_map, refine
 from atlas_plugins.student import TrainedStudent
 from atlas_plugins.trainer import Trainer
 from quality import DEFAULT_DATA, QUICKSTART
 
+MAP_ROWS = 50_000  # output.map_rows' default
 
-def measure(data: Path, dim: int) -> str:
+
+class Rows:
+    """Rows of a (memory-mapped) array as float32 tensors: what ``build_map`` reads."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def rows(self, index):
+        return torch.from_numpy(np.asarray(self.array[index], dtype=np.float32))
+
+
+def trained_here(data: Path, dim: int):
     doc = {"teacher": {"path": str(data), "loader": "npy"}, "student": {**QUICKSTART["student"], "dim": dim},
            "loss": QUICKSTART["loss"], "schedule": QUICKSTART["schedule"],
            "train": {**QUICKSTART["train"], "epochs_per_stage": 5}, "output": {"dir": "unused", "report": False}}
     pipe = assemble(build_config(doc, data))
-    t0 = time.perf_counter()
     Trainer(pipe, None, echo=lambda m: None).fit()
-    seconds = time.perf_counter() - t0
     student = TrainedStudent(pipe.student.cpu().eval(), "mlp", {}, pipe.teacher.dim, dim)
-    training_map = build_map(pipe.teacher, pipe.train_rows, student.encode, max_rows=50_000)
-    x = pipe.teacher.rows(pipe.val_rows)
+    return str(dim), student, pipe.teacher, pipe.train_rows, pipe.teacher.rows(pipe.val_rows)
+
+
+def from_run(run: Path, limit: int):
+    cfg = tomllib.loads((run / "pipeline.toml").read_text())
+    path = Path(cfg["teacher"]["path"])
+    array = np.load(path if path.is_absolute() else run / path, mmap_mode="r")
+    train = cfg.get("train", {})
+    train_rows, val_rows = split_rows(len(array), train.get("val_fraction", 0.1), train.get("seed", 0))
+    val_rows = val_rows[np.linspace(0, len(val_rows) - 1, min(len(val_rows), limit)).astype(np.int64)]
+    student = load_student(run)
+    return f"{min(student.levels)} ({run.name})", student, Rows(array), train_rows, Rows(array).rows(val_rows)
+
+
+def measure(label, student, teacher, train_rows, x) -> str:
+    training_map = build_map(teacher, train_rows, student.encode, max_rows=MAP_ROWS)
     alone = student.encode(x)
     refined = refine(training_map, x, (alone,), epochs=6)[0]
     a, r = evaluate(x, alone, None, 10), evaluate(x, refined, None, 10)
-    return (f"| {dim} | {a['recall@10']:.3f} | {r['recall@10']:.3f} | {r['recall@10'] - a['recall@10']:+.3f} | "
-            f"{a['trustworthiness@10']:.3f} | {r['trustworthiness@10']:.3f} | {seconds:.0f} |")
+    return (f"| {label} | {len(x):,} | {a['recall@10']:.3f} | {r['recall@10']:.3f} | "
+            f"{r['recall@10'] - a['recall@10']:+.3f} | {a['trustworthiness@10']:.3f} | "
+            f"{r['trustworthiness@10']:.3f} |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="teacher .npy (N, D)")
     ap.add_argument("--dims", default="2,3,5,7,8,9,10,15,25", help="comma-separated widths")
+    ap.add_argument("--runs", nargs="+", type=Path, help="measure these run folders' students instead")
+    ap.add_argument("--held-out", type=int, default=5000, help="with --runs: held-out rows measured, at most")
     args = ap.parse_args(argv)
-    dims = [int(d) for d in args.dims.split(",")]
-    refine_module.REFINE_MAX_DIMS = max(dims)  # measure refine at every width, the limit's own evidence
-    print(f"\n{args.data} ({len(np.load(args.data, mmap_mode='r')):,} rows), refine 6 rounds\n")
-    print("| dims | recall@10 alone | refined | change | trust@10 alone | refined | train s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for dim in dims:
-        print(measure(args.data, dim), flush=True)
+    warnings.simplefilter("ignore")  # norm warnings: these are the teachers' own rows
+    refine_module.REFINE_MAX_DIMS = 1 << 30  # refine at every width: the limit's own evidence
+    print("\n| dims | held-out rows | recall@10 alone | refine 6 | change | trust@10 alone | refine 6 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    if args.runs:
+        cases = (from_run(run, args.held_out) for run in args.runs)
+    else:
+        cases = (trained_here(args.data, int(d)) for d in args.dims.split(","))
+    for case in cases:
+        print(measure(*case), flush=True)
 
 
 if __name__ == "__main__":

@@ -346,7 +346,7 @@ def test_the_report_compares_with_umap_when_asked(tmp_path):
     assert "÷ UMAP + transform" in (tmp_path / "run" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("dim, moved", [(2, (True, True)), (3, (True, False))])
+@pytest.mark.parametrize("dim, moved", [(3, (True, True)), (4, (True, False))])
 def test_refine_moves_each_level_up_to_refine_max_dims_and_a_wider_one_keeps_the_students_output(dim, moved):
     from builtin_plugins.students import hierarchical
 
@@ -359,28 +359,28 @@ def test_refine_moves_each_level_up_to_refine_max_dims_and_a_wider_one_keeps_the
             return x[index]
 
     student.training_map = build_map(Teacher(), np.arange(300), student.encode, max_rows=300)
-    assert [c.shape for c in student.training_map.coords] == [(300, dim), (300, dim * dim)]  # 2 + 4, 3 + 9
+    assert [c.shape for c in student.training_map.coords] == [(300, dim), (300, dim * dim)]  # 3 + 9, 4 + 16
     refined = student.encode(x[300:], refine=3)
     plain = student.encode(x[300:])
     assert [z.shape for z in refined] == [(100, dim), (100, dim * dim)]
-    assert [not torch.equal(r, p) for r, p in zip(refined, plain)] == list(moved)  # 9 > REFINE_MAX_DIMS = 8
+    assert [not torch.equal(r, p) for r, p in zip(refined, plain)] == list(moved)  # 16 > REFINE_MAX_DIMS = 10
 
 
 def test_a_student_wider_than_refine_max_dims_refuses_refine_and_its_run_writes_no_map(tmp_path):
-    proc = run_cli(write_pipeline(tmp_path, epochs=1, student='name = "mlp"\ndim = 9\nhidden = [32]'), "--quiet")
+    proc = run_cli(write_pipeline(tmp_path, epochs=1, student='name = "mlp"\ndim = 11\nhidden = [32]'), "--quiet")
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     assert not (run / "map.pt").exists()  # only refine reads it
     report = json.loads((run / "report.json").read_text())
     assert set(report["methods"]) == {"PCA", "student"}
-    assert "refine left out: it places points on maps of at most 8 dimensions, and this student's is 9-D" in \
+    assert "refine left out: it places points on maps of at most 10 dimensions, and this student's is 11-D" in \
         report["notes"]
     student = load_student(run)
-    with pytest.raises(ConfigError, match=r"^refine=2: refine places points on maps of at most 8 dimensions, and "
-                                          r"this student's is 9-D .*leave refine out"):
+    with pytest.raises(ConfigError, match=r"^refine=2: refine places points on maps of at most 10 dimensions, and "
+                                          r"this student's is 11-D .*leave refine out"):
         student.encode(np.load(EXAMPLE_NPY, mmap_mode="r")[:10], refine=2)
     one_error_line(run_cli(run, EXAMPLE_NPY, "-o", tmp_path / "out.npy", "--refine", "2", program="atlas-encode"),
-                   "--refine 2: refine places points on maps of at most 8 dimensions", "9-D")
+                   "--refine 2: refine places points on maps of at most 10 dimensions", "11-D")
     assert not (tmp_path / "out.npy").exists()
 
 
