@@ -16,7 +16,6 @@ limit lifted, so the rows above it show what ``encode(refine=6)`` would do there
 from __future__ import annotations
 
 import argparse
-import tomllib
 import warnings
 from pathlib import Path
 
@@ -26,11 +25,12 @@ import torch
 from atlas_plugins import load_student, refine as refine_module
 from atlas_plugins.config import build_config
 from atlas_plugins.evaluation import evaluate
-from atlas_plugins.pipeline import assemble, split_rows
+from atlas_plugins.pipeline import assemble
 from atlas_plugins.refine import build_map, refine
 from atlas_plugins.student import TrainedStudent
 from atlas_plugins.trainer import Trainer
 from quality import DEFAULT_DATA, QUICKSTART
+from refine_units import run_split
 
 MAP_ROWS = 50_000  # output.map_rows' default
 
@@ -56,12 +56,7 @@ def trained_here(data: Path, dim: int):
 
 
 def from_run(run: Path, limit: int):
-    cfg = tomllib.loads((run / "pipeline.toml").read_text())
-    path = Path(cfg["teacher"]["path"])
-    array = np.load(path if path.is_absolute() else run / path, mmap_mode="r")
-    train = cfg.get("train", {})
-    train_rows, val_rows = split_rows(len(array), train.get("val_fraction", 0.1), train.get("seed", 0))
-    val_rows = val_rows[np.linspace(0, len(val_rows) - 1, min(len(val_rows), limit)).astype(np.int64)]
+    array, train_rows, val_rows = run_split(run, limit)
     student = load_student(run)
     return f"{min(student.levels)} ({run.name})", student, Rows(array), train_rows, Rows(array).rows(val_rows)
 

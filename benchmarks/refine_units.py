@@ -27,13 +27,19 @@ from atlas_plugins.pipeline import split_rows
 from atlas_plugins.refine import nearest
 
 
-def held_out_rows(run: Path, limit: int) -> torch.Tensor:
+def run_split(run: Path, limit: int):
+    """A run folder's teacher (memory-mapped), training rows and at most ``limit`` evenly spaced held-out rows,
+    from its own ``pipeline.toml``."""
     cfg = tomllib.loads((run / "pipeline.toml").read_text())
     path = Path(cfg["teacher"]["path"])
     teacher = np.load(path if path.is_absolute() else run / path, mmap_mode="r")
     train = cfg.get("train", {})
-    _, rows = split_rows(len(teacher), train.get("val_fraction", 0.1), train.get("seed", 0))
-    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), limit)).astype(np.int64)]
+    train_rows, rows = split_rows(len(teacher), train.get("val_fraction", 0.1), train.get("seed", 0))
+    return teacher, train_rows, rows[np.linspace(0, len(rows) - 1, min(len(rows), limit)).astype(np.int64)]
+
+
+def held_out_rows(run: Path, limit: int) -> torch.Tensor:
+    teacher, _, rows = run_split(run, limit)
     return torch.from_numpy(np.asarray(teacher[rows], dtype=np.float32))
 
 
