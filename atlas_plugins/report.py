@@ -104,6 +104,10 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     if training_map is not None and held_out:
         notes.append(f"refine searches the map's {training_map.vectors.shape[0]:,} training rows in "
                      f"{training_map.dims} of {training_map.teacher_dim} principal components")
+        wide = [f"{lv.shape[1]}-D" for lv in levels if lv.shape[1] > REFINE_MAX_DIMS]
+        if wide:
+            notes.append(f"refine keeps the student's output on its {', '.join(wide)} level: it moves maps of at most "
+                         f"{REFINE_MAX_DIMS} dimensions")
         for epochs in REFINE_EPOCHS:
             encode = lambda v, e=epochs: student.encode(v, refine=e, seed=cfg.train.seed)  # noqa: E731
             refined = encode(x)

@@ -151,6 +151,9 @@ def test_hierarchical_student_with_hierarchical_loss(tmp_path):
     assert coarse.shape == (10, 5) and fine.shape == (10, 25)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert list(report["levels"]) == ["level 0 (5-D)", "level 1 (25-D)"]
+    assert "student + refine 6" in report["methods"]  # the 5-D level, refined
+    assert "refine keeps the student's output on its 25-D level: it moves maps of at most 10 dimensions" in \
+        report["notes"]
 
 
 def test_reconstructing_student_with_combined_loss(tmp_path):
