@@ -281,7 +281,8 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
            seed: int = 0) -> tuple:
     """Move ``start`` (one ``(Q, Ds)`` tensor per level: the student's output for ``queries (Q, Dt)``)
     ``epochs`` rounds against the frozen map; returns new tensors and leaves the map untouched.  A level
-    wider than :data:`REFINE_MAX_DIMS` is returned as given.  Memory: ``Q × k × negatives × Ds`` floats per round besides the search.
+    wider than :data:`REFINE_MAX_DIMS` is returned as given.  Memory: ``Q × k × negatives × Ds`` floats
+    per round besides the search.
 
     Negative samples come from ``generator`` (else a new one seeded with ``seed``): same inputs, same result.
     """

@@ -80,8 +80,8 @@ class TrainedStudent:
         map (:func:`atlas_plugins.refine.refine`; needs ``map.pt``): slower, and
         closer to the teacher's neighbourhoods.  It moves levels of at most
         :data:`~atlas_plugins.refine.REFINE_MAX_DIMS` dimensions (a hierarchical
-        student's 25-D level keeps its output); a student with none refuses it.  Same ``x``, ``seed`` and
-        ``batch_size``: same result.  ``check``: a row holding NaN or Inf is a
+        student's 25-D level keeps its output); a student with none refuses it.
+        Same ``x``, ``seed`` and ``batch_size``: same result.  ``check``: a row holding NaN or Inf is a
         :class:`DataError` naming it, and rows of all zeros (no direction, so
         a meaningless place) get one warning; a caller that checked already
         passes False.
