@@ -222,8 +222,9 @@ def markdown(report: dict, pipe) -> str:
            f"({pipe.teacher.num_rows} × {pipe.teacher.dim}).", "",
            f"Measured on {report['rows']} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "
            f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA"
-           + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows; `refine N` places each "
-           "new point N epochs against the frozen training map (`map.pt`)."
+           + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows"
+           + ("; `refine N` places each new point N epochs against the frozen training map (`map.pt`)."
+              if any(name.startswith("student + refine") for name in methods) else ".")
            + (f" `corpus_recall@{report['k']}`: of each held-out row's {report['k']} nearest training rows "
               f"(teacher), the share among its {report['k']} nearest training rows on the map."
               if f"corpus_recall@{report['k']}" in keys else "")

@@ -300,7 +300,9 @@ def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     assert (run / "map.pt").is_file()
     report = json.loads((run / "report.json").read_text())
     assert {"PCA", "student", "student + refine 6", "student + refine 10"} <= set(report["methods"])
-    assert "student + refine 10" in (run / "report.md").read_text()
+    markdown = (run / "report.md").read_text()
+    assert "student + refine 10" in markdown
+    assert "`refine N` places each new point N epochs against the frozen training map" in markdown
     assert "student + refine 10" in proc.stdout
     dims = load_student(run).load_map().dims
     assert f"in {dims} of 384 principal components" in " ".join(report["notes"])
@@ -375,6 +377,7 @@ def test_a_student_wider_than_refine_max_dims_refuses_refine_and_its_run_writes_
     assert set(report["methods"]) == {"PCA", "student"}
     assert "refine left out: it places points on maps of at most 10 dimensions, and this student's is 11-D" in \
         report["notes"]
+    assert "`refine N`" not in (run / "report.md").read_text()  # no refine rows to explain
     student = load_student(run)
     with pytest.raises(ConfigError, match=r"^refine=2: refine places points on maps of at most 10 dimensions, and "
                                           r"this student's is 11-D .*leave refine out"):
