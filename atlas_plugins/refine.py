@@ -160,12 +160,10 @@ def layout_unit(coords: torch.Tensor, k: int = 10, sample: int = UNIT_SAMPLE) ->
     if k < 1:
         return 1.0
     queries = coords[torch.from_numpy(np.random.default_rng(0).choice(n, min(n, sample), replace=False))].float()
-    best = torch.full((len(queries), k + 1), math.inf)
-    for start in range(0, n, SEARCH_BLOCK):  # the k + 1 nearest, the row itself among them
-        block = coords[start:start + SEARCH_BLOCK].float()
-        near = torch.cdist(queries, block).topk(min(k + 1, len(block)), dim=1, largest=False).values
-        best = torch.cat([best, near], dim=1).topk(k + 1, dim=1, largest=False).values
-    return float(best[:, k].quantile(0.5)) / TUNED_NN10 or 1.0
+    # the k + 1 nearest by negated distance, the row itself among them
+    near, _ = streamed_topk(queries, _blocks(coords, queries), k + 1,
+                            block_topk=lambda q, block, m: (-torch.cdist(q, block)).topk(m, dim=1))
+    return float((-near[:, k]).quantile(0.5)) / TUNED_NN10 or 1.0
 
 
 def build_map(teacher, rows: np.ndarray, encode, *, max_rows: int, seed: int = 0,
