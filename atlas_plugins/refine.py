@@ -151,6 +151,11 @@ class TrainingMap:
             raise CheckpointError(f"{path}: damaged training map ({exc})") from None
 
 
+def refines(width: int) -> bool:
+    """Whether refine moves a level ``width`` dimensions wide: at most :data:`REFINE_MAX_DIMS` (point 5)."""
+    return width <= REFINE_MAX_DIMS
+
+
 def layout_unit(coords: torch.Tensor, k: int = 10, sample: int = UNIT_SAMPLE) -> float:
     """The length refine's layout counts as 1 on a map ``coords`` ``(N, Ds)``: the median distance from
     ``sample`` of its rows (seeded: the same map, the same unit) to their ``k``-th nearest other row, over
@@ -284,7 +289,7 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
 
     Negative samples come from ``generator`` (else a new one seeded with ``seed``): same inputs, same result.
     """
-    if all(y0.shape[1] > REFINE_MAX_DIMS for y0 in start):
+    if not any(refines(y0.shape[1]) for y0 in start):
         return tuple(start)
     device = start[0].device
     k = min(k, map_.vectors.shape[0])
@@ -295,7 +300,7 @@ def refine(map_: TrainingMap, queries: torch.Tensor, start: tuple, *, epochs: in
     rate_negative = rate.repeat_interleave(negatives, dim=1)  # (Q, k·negatives), edge by edge
     out = []
     for y0, coords, unit in zip(start, map_.coords, map_.units):
-        if y0.shape[1] > REFINE_MAX_DIMS:
+        if not refines(y0.shape[1]):
             out.append(y0)
             continue
         # Laid out (Ds, Q, edges), contiguous: each elementwise pass runs over long rows (~3x faster than Ds last).

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .evaluation import evaluate, pca_fit, pca_projector, pca_transform
 from .neighbors import graph_recall, release_freed_memory, streamed_topk
-from .refine import REFINE_MAX_DIMS
+from .refine import REFINE_MAX_DIMS, refines
 from .rundir import RunDir
 
 K = 10
@@ -101,10 +101,10 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     methods["student"] = {**evaluate(x, levels[0], labels, k),
                           "vectors_per_s": _throughput(student.encode, x, warmed_up=True)}
     training_map = student.training_map
+    wide = [f"{lv.shape[1]}-D" for lv in levels if not refines(lv.shape[1])]
     if training_map is not None and held_out:
         notes.append(f"refine searches the map's {training_map.vectors.shape[0]:,} training rows in "
                      f"{training_map.dims} of {training_map.teacher_dim} principal components")
-        wide = [f"{lv.shape[1]}-D" for lv in levels if lv.shape[1] > REFINE_MAX_DIMS]
         if wide:
             notes.append(f"refine keeps the student's output on its {', '.join(wide)} level: it moves maps of at most "
                          f"{REFINE_MAX_DIMS} dimensions")
@@ -117,9 +117,9 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
                 "vectors_per_s": _throughput(encode, x, min_seconds=0.0, warmed_up=True)}
     elif student.training_map is not None:
         notes.append("refine left out: the rows measured are training rows, already in the map")
-    elif not student.refinable:
+    elif len(wide) == len(levels):
         notes.append(f"refine left out: it places points on maps of at most {REFINE_MAX_DIMS} dimensions, and this "
-                     f"student's is {levels[0].shape[1]}-D")
+                     f"student's is {wide[0]}")
     if held_out and len(pipe.train_rows) <= k:
         notes.append(f"corpus_recall@{k} left out: it needs more than k = {k} training rows")
     elif held_out:

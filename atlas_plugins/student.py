@@ -23,7 +23,7 @@ import torch
 from .checkpoint import atomic_save, safe_load
 from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
-from .refine import REFINE_BLOCK, REFINE_MAX_DIMS, TrainingMap, refine as refine_points
+from .refine import REFINE_BLOCK, REFINE_MAX_DIMS, TrainingMap, refine as refine_points, refines
 from .registry import get_registry
 from .teacher import RowScan, TeacherData
 
@@ -138,8 +138,8 @@ class TrainedStudent:
 
     @property
     def refinable(self) -> bool:
-        """Whether refine moves any level: one of at most :data:`~atlas_plugins.refine.REFINE_MAX_DIMS`."""
-        return min(self.levels) <= REFINE_MAX_DIMS
+        """Whether refine moves any level (:func:`~atlas_plugins.refine.refines`)."""
+        return any(refines(width) for width in self.levels)
 
     def check_refinable(self, asked: str) -> None:
         """A :class:`ConfigError` naming ``asked`` when no level is narrow enough for refine to help."""
