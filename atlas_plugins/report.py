@@ -143,7 +143,7 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, labels, k) for i, lv in enumerate(levels)}
     if pipe.teacher.texts is not None:
         report["axis_cards"] = axis_cards(torch.from_numpy(coords), pipe.teacher.texts)
-        report["axis_cards_from"] = (f"all {pipe.teacher.num_rows} teacher rows (training and validation), "
+        report["axis_cards_from"] = (f"all {pipe.teacher.num_rows:,} teacher rows (training and validation), "
                                      "each text once")
     return report, {"z": levels[0].numpy(), "labels": labels}
 
@@ -219,8 +219,8 @@ def markdown(report: dict, pipe) -> str:
     out = [f"# Atlas Distill report: {cfg.source.name}", "",
            f"Student `{cfg.student.name}` ({cfg.student.dim}-D), loss `{cfg.loss.name}`, schedule `{cfg.schedule.name}` "
            f"(τ {', '.join(f'{t:.3g}' for t in pipe.taus)}), teacher `{cfg.teacher.path}` "
-           f"({pipe.teacher.num_rows} × {pipe.teacher.dim}).", "",
-           f"Measured on {report['rows']} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "
+           f"({pipe.teacher.num_rows:,} × {pipe.teacher.dim}).", "",
+           f"Measured on {report['rows']:,} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "
            f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA"
            + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows"
            + ("; `refine N` places each new point N epochs against the frozen training map (`map.pt`)."
@@ -232,7 +232,7 @@ def markdown(report: dict, pipe) -> str:
            "| method | " + " | ".join(keys) + f" | encode vectors/s | ÷ {ref} |", "|---|" + "---:|" * (len(keys) + 2)]
     for name, m in methods.items():
         out.append(f"| {name} | " + " | ".join(_cell(m, key) for key in keys)
-                   + f" | {m['vectors_per_s']:,.0f} | {m['vectors_per_s'] / methods[ref]['vectors_per_s']:.2f} |")
+                   + f" | {m['vectors_per_s']:,.0f} | {_ratio(m['vectors_per_s'] / methods[ref]['vectors_per_s'])} |")
     out += [f"\nNote: {note}." for note in report.get("notes", [])]
     out += ["", f"Training took {report['train_seconds']:.1f} s; final train loss "
                 f"{report['final_train_loss']:.4f}" + (f", validation loss {report['final_val_loss']:.4f}."
@@ -251,6 +251,11 @@ def markdown(report: dict, pipe) -> str:
             out.append("- **high:** " + " · ".join(_short(t) for t in card["high"]))
             out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _ratio(r: float) -> str:
+    """Two decimals, or two significant digits below 0.1 (refine's 0.0017 of PCA's speed is not 0.00)."""
+    return f"{r:.2f}" if r >= 0.1 else f"{r:#.2g}"
 
 
 def _short(text: str, n: int = 90) -> str:

@@ -304,6 +304,12 @@ def test_a_run_writes_map_pt_and_reports_refined_rows(tmp_path):
     assert "student + refine 10" in markdown
     assert "`refine N` places each new point N epochs against the frozen training map" in markdown
     assert "student + refine 10" in proc.stdout
+    pca = report["methods"]["PCA"]["vectors_per_s"]
+    for name, method in report["methods"].items():  # the speed column: a few thousand vectors/s is not "0.00" of PCA's
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
+        cell = row.rstrip(" |").rsplit("|", 1)[1].strip()
+        assert len(cell.lstrip("0.")) >= 2, row  # two significant digits at least
+        assert float(cell) == pytest.approx(method["vectors_per_s"] / pca, rel=0.05), row
     dims = load_student(run).load_map().dims
     assert f"in {dims} of 384 principal components" in " ".join(report["notes"])
     assert TrainingMap.load(run / "map.pt").student == parameter_digest(load_student(run).module)

@@ -54,10 +54,10 @@ def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path, monkey
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()]
-    assert report["axis_cards_from"] == f"all {len(texts)} teacher rows (training and validation), each text once"
+    assert report["axis_cards_from"] == f"all {len(texts):,} teacher rows (training and validation), each text once"
     for card in report["axis_cards"]:
         assert len(set(card["low"])) == 5 and len(set(card["high"])) == 5 and set(card["low"]) <= set(texts)
-    assert "from all 2642 teacher rows" in (run / "report.md").read_text()
+    assert "from all 2,642 teacher rows" in (run / "report.md").read_text()
     assert report["plots"] == ["training.png", "scatter.png"]
     import matplotlib.image
 
