@@ -5,6 +5,7 @@ hooks in :mod:`atlas_plugins.hookspecs`; code picks any of them by name::
 
     import atlas_plugins
     loss_fn = atlas_plugins.get_loss("relational")
+    student = atlas_plugins.train("pipeline.toml", ["train.epochs_per_stage=2"])  # as atlas-run does
 """
 
 from .hookspecs import hookimpl
@@ -18,6 +19,7 @@ from .distill import (combined_distill_loss, create_curriculum_schedule, curricu
                       get_loss, get_schedule, get_student, get_teacher, kl_distill_loss)
 from .presets import CURRICULUM_CONFIG, DEFAULT_OPENAI_CONFIG, FAST_CONFIG, DistillationConfig
 from .export import quiet_transformers
+from .orchestrator import train
 
 
 def available(kind: str | None = None) -> list[PluginInfo]:
@@ -43,5 +45,5 @@ __all__ = [
     "TrainedStudent", "load_student", "combined_distill_loss", "create_curriculum_schedule",
     "curriculum_distill_step", "distill_loss", "get_loss", "get_schedule", "get_student", "get_teacher",
     "kl_distill_loss", "CURRICULUM_CONFIG", "DEFAULT_OPENAI_CONFIG", "FAST_CONFIG", "DistillationConfig",
-    "available", "register", "quiet_transformers",
+    "available", "register", "quiet_transformers", "train",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
 import traceback
@@ -19,7 +18,7 @@ import warnings
 
 from .config import RESERVED, load_config
 from .errors import AtlasError
-from .orchestrator import run_pipeline
+from .orchestrator import atlas_run_command, run_pipeline
 from .params import parameters
 from .registry import get_registry
 
@@ -90,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise _usage("--resume and --overwrite cannot be used together")
     config = load_config(args.pipeline, args.overrides)
-    command = "atlas-run " + " ".join(shlex.quote(a) for a in [args.pipeline, *sum((["--set", o] for o in args.overrides), [])])
     progress = not args.quiet and sys.stderr.isatty()
     result = run_pipeline(config, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run,
-                          progress=progress, echo=lambda m: print(m, flush=True), warn=_warn, command=command)
+                          progress=progress, echo=lambda m: print(m, flush=True), warn=_warn,
+                          command=atlas_run_command(args.pipeline, args.overrides))
     if args.dry_run:
         print(result.pipeline.describe())
         print("dry run: everything checks out; nothing was trained")

@@ -11,6 +11,8 @@ while it loads (recorded in the manifest).
 
 from __future__ import annotations
 
+import shlex
+import warnings
 from typing import Callable
 
 import attrs
@@ -18,8 +20,8 @@ import torch
 
 from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
-from .config import PipelineConfig, dump_toml
-from .errors import CheckpointError, PluginError, RunDirError, TrainingError
+from .config import PipelineConfig, dump_toml, load_config
+from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame, resolve_device
 from .mapfiles import write_map_html, write_map_table
 from .refine import build_map
@@ -149,3 +151,30 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
     finally:
         run.release()
         distributed.shutdown(dist)
+
+
+def atlas_run_command(pipeline, overrides=()) -> str:
+    """The ``atlas-run`` command line of a pipeline file and its ``--set`` items (what messages tell to run next)."""
+    args = [str(pipeline), *(arg for item in overrides for arg in ("--set", item))]
+    return "atlas-run " + " ".join(shlex.quote(a) for a in args)
+
+
+def train(pipeline, overrides=(), *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          registry: Registry | None = None) -> TrainedStudent:
+    """``atlas-run PIPELINE [--set ...] [--resume | --overwrite]`` from Python: train, write the run folder as
+    atlas-run does, and return the student (``student.encode(x)``; ``refine=N`` against its ``map.pt``).
+
+    ``overrides``: ``--set`` items, e.g. ``["train.epochs_per_stage=2"]``.  Bad input raises the
+    :class:`AtlasError` whose one line atlas-run prints (a message that names a command to run next names
+    the atlas-run one: ``resume=True`` is its ``--resume``); Ctrl-C saves a checkpoint and raises
+    :class:`~atlas_plugins.trainer.Interrupted`.  Warnings go to :mod:`warnings`; ``quiet``: no progress bar
+    and no report table on stdout."""
+    if resume and overwrite:
+        raise ConfigError("resume=True and overwrite=True cannot be used together")
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    config = load_config(pipeline, overrides, registry)
+    result = run_pipeline(config, resume=resume, overwrite=overwrite, progress=not quiet,
+                          echo=(lambda m: None) if quiet else print,
+                          warn=lambda m: warnings.warn(f"atlas: {m}", stacklevel=3),
+                          registry=registry, command=atlas_run_command(pipeline, overrides))
+    return result.student

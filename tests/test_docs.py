@@ -22,9 +22,10 @@ SHELL_COMMANDS = ("atlas-encode", "echo", "printf", "embedding-atlas")  # quicks
 
 @pytest.fixture(scope="module")
 def docs_workdir(tmp_path_factory):
-    """A folder like a clone: examples/ (and runs/quickstart/ once ``trained`` has run)."""
+    """A folder like a clone: examples/ (and runs/quickstart/ once ``trained`` has run); a copy, so that a run
+    whose output.dir is relative to its pipeline file writes here, not into the checkout."""
     work = tmp_path_factory.mktemp("docs")
-    (work / "examples").symlink_to(ROOT / "examples")
+    shutil.copytree(ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return work
 
 

@@ -1,0 +1,54 @@
+"""``atlas_plugins.train``: a run from Python, the same run as ``atlas-run``'s."""
+
+import json
+
+import numpy as np
+import pytest
+
+import atlas_plugins
+from atlas_plugins import ConfigError, RunDirError, load_student, train
+from atlas_plugins.orchestrator import atlas_run_command
+from conftest import EXAMPLE_NPY, run_atlas, same_weights, weights, write_pipeline
+
+
+def test_train_returns_the_student_atlas_run_writes(tmp_path, capsys):
+    pipeline = write_pipeline(tmp_path, stages=1, epochs=1)
+    student = train(pipeline, ["train.epochs_per_stage=2"], quiet=True)
+    assert capsys.readouterr().out == ""  # quiet: no report table, no progress
+    run = tmp_path / "run"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["stage"], m["epoch"]) for m in metrics] == [(0, 0), (0, 1)]  # the override took effect
+    x = np.load(EXAMPLE_NPY)[:200]
+    saved = load_student(run)
+    np.testing.assert_array_equal(student.encode(x), saved.encode(x))
+    np.testing.assert_array_equal(student.encode(x, refine=3, seed=1), saved.encode(x, refine=3, seed=1))
+
+    proc = run_atlas(pipeline, "--set", "train.epochs_per_stage=2", "--set", "output.dir='cli'", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert same_weights(weights(run), weights(tmp_path / "cli"))  # the same run as atlas-run's
+
+
+def test_train_keeps_the_run_folder_rules_and_names_the_command_to_run(tmp_path, capsys):
+    pipeline = write_pipeline(tmp_path, stages=1, epochs=1)
+    train(pipeline)
+    shown = capsys.readouterr()
+    assert "stage 1/1  tau 0.2" in shown.out and "student + refine 10" in shown.out  # as atlas-run prints them
+    assert "loss=" in shown.err  # the progress bar
+    with pytest.raises(RunDirError, match=r"already holds a run; continue it with: atlas-run .*pipeline.toml --resume"):
+        train(pipeline, quiet=True)
+    before = weights(tmp_path / "run")
+    again = train(pipeline, "train.learning_rate=0.01", overwrite=True, quiet=True)  # one override as a string
+    assert not same_weights(before, again.module.state_dict())
+    with pytest.raises(ConfigError, match="resume=True and overwrite=True cannot be used together"):
+        train(pipeline, resume=True, overwrite=True)
+    with pytest.raises(ConfigError, match=r"--set 'train.batch_size=\"64\"'.*train.batch_size must be"):
+        train(pipeline, ['train.batch_size="64"'], overwrite=True)
+    assert same_weights(again.module.state_dict(), weights(tmp_path / "run"))  # the refused calls changed nothing
+
+
+def test_the_facade_and_the_command_line_hint():
+    assert atlas_plugins.train is train
+    from atlas.training import train as facade_train
+
+    assert facade_train is train
+    assert atlas_run_command("my pipe.toml", ["train.seed=1"]) == "atlas-run 'my pipe.toml' --set train.seed=1"
