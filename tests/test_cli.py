@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atlas_plugins import load_student
-from conftest import (EXAMPLE_NPY, one_error_line, run_atlas, run_cli, run_in_terminal, same_weights, weights,
+from conftest import (EXAMPLE_NPY, ROOT, one_error_line, run_atlas, run_cli, run_in_terminal, same_weights, weights,
                       write_pipeline)
 
 
@@ -154,6 +154,18 @@ def test_hierarchical_student_with_hierarchical_loss(tmp_path):
     assert "student + refine 6" in report["methods"]  # the 5-D level, refined
     assert "refine keeps the student's output on its 25-D level: it moves maps of at most 10 dimensions" in \
         report["notes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.toml")))
+def test_every_bundled_example_pipeline_trains(tmp_path, example):
+    proc = run_cli(ROOT / "examples" / example, "--quiet", "--set", "train.epochs_per_stage=3", "--set",
+                   "output.plots=false", "--set", "output.map_rows=0", "--set", f'output.dir="{tmp_path / "run"}"')
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["student"]["recall@10"] > report["pca"]["recall@10"]  # three epochs a stage already beat PCA
+    if example == "hierarchical.toml":
+        assert list(report["levels"]) == ["level 0 (5-D)", "level 1 (25-D)"]
 
 
 def test_reconstructing_student_with_combined_loss(tmp_path):
