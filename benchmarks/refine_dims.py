@@ -19,8 +19,6 @@ import argparse
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from atlas_plugins import load_student, refine as refine_module
 from atlas_plugins.config import build_config
@@ -28,21 +26,12 @@ from atlas_plugins.evaluation import evaluate
 from atlas_plugins.pipeline import assemble
 from atlas_plugins.refine import build_map, refine
 from atlas_plugins.student import TrainedStudent
+from atlas_plugins.teacher import TeacherData
 from atlas_plugins.trainer import Trainer
 from quality import DEFAULT_DATA, QUICKSTART
 from refine_units import run_split
 
 MAP_ROWS = 50_000  # output.map_rows' default
-
-
-class Rows:
-    """Rows of a (memory-mapped) array as float32 tensors: what ``build_map`` reads."""
-
-    def __init__(self, array):
-        self.array = array
-
-    def rows(self, index):
-        return torch.from_numpy(np.asarray(self.array[index], dtype=np.float32))
 
 
 def trained_here(data: Path, dim: int):
@@ -57,8 +46,8 @@ def trained_here(data: Path, dim: int):
 
 def from_run(run: Path, limit: int):
     array, train_rows, val_rows = run_split(run, limit)
-    student = load_student(run)
-    return f"{min(student.levels)} ({run.name})", student, Rows(array), train_rows, Rows(array).rows(val_rows)
+    student, teacher = load_student(run), TeacherData(array)
+    return f"{min(student.levels)} ({run.name})", student, teacher, train_rows, teacher.rows(val_rows)
 
 
 def measure(label, student, teacher, train_rows, x) -> str:
