@@ -9,7 +9,7 @@ to that width and 5 epochs per stage, on benchmarks/quality.py's split (the last
 ``--runs``: the students of finished run folders, on their own split (``val_fraction`` and ``seed`` of
 the run's ``pipeline.toml``; at most ``--held-out`` held-out rows, evenly spaced).  Either way a map of at
 most 50,000 training rows is built here, and held-out recall@10 and trustworthiness@10 (neighbours among
-the held-out rows) are measured for the student alone and refined 6 rounds.  Refine runs with the width
+the held-out rows) are measured for each level of the student alone and refined 6 rounds.  Refine runs with the width
 limit lifted, so the rows above it show what ``encode(refine=6)`` would do there.  Prints a Markdown table.
 """
 
@@ -41,23 +41,27 @@ def trained_here(data: Path, dim: int):
     pipe = assemble(build_config(doc, data))
     Trainer(pipe, None, echo=lambda m: None).fit()
     student = TrainedStudent(pipe.student.cpu().eval(), "mlp", {}, pipe.teacher.dim, dim)
-    return str(dim), student, pipe.teacher, pipe.train_rows, pipe.teacher.rows(pipe.val_rows)
+    return "", student, pipe.teacher, pipe.train_rows, pipe.teacher.rows(pipe.val_rows)
 
 
 def from_run(run: Path, limit: int):
     array, train_rows, val_rows = run_split(run, limit)
     student, teacher = load_student(run), TeacherData(array)
-    return f"{min(student.levels)} ({run.name})", student, teacher, train_rows, teacher.rows(val_rows)
+    return run.name, student, teacher, train_rows, teacher.rows(val_rows)
 
 
-def measure(label, student, teacher, train_rows, x) -> str:
+def measure(name, student, teacher, train_rows, x) -> str:
+    """One table row per level of ``student`` (a hierarchical student's fine level too)."""
     training_map = build_map(teacher, train_rows, student.encode, max_rows=MAP_ROWS)
     alone = student.encode(x)
-    refined = refine(training_map, x, (alone,), epochs=6)[0]
-    a, r = evaluate(x, alone, None, 10), evaluate(x, refined, None, 10)
-    return (f"| {label} | {len(x):,} | {a['recall@10']:.3f} | {r['recall@10']:.3f} | "
-            f"{r['recall@10'] - a['recall@10']:+.3f} | {a['trustworthiness@10']:.3f} | "
-            f"{r['trustworthiness@10']:.3f} |")
+    alone = alone if isinstance(alone, tuple) else (alone,)
+    rows = []
+    for level, refined in zip(alone, refine(training_map, x, alone, epochs=6)):
+        a, r = evaluate(x, level, None, 10), evaluate(x, refined, None, 10)
+        rows.append(f"| {level.shape[1]}{f' ({name})' if name else ''} | {len(x):,} | {a['recall@10']:.3f} | "
+                    f"{r['recall@10']:.3f} | {r['recall@10'] - a['recall@10']:+.3f} | "
+                    f"{a['trustworthiness@10']:.3f} | {r['trustworthiness@10']:.3f} |")
+    return "\n".join(rows)
 
 
 def main(argv=None):
