@@ -9,8 +9,9 @@ to that width and 5 epochs per stage, on benchmarks/quality.py's split (the last
 ``--runs``: the students of finished run folders, on their own split (``val_fraction`` and ``seed`` of
 the run's ``pipeline.toml``; at most ``--held-out`` held-out rows, evenly spaced).  Either way a map of at
 most 50,000 training rows is built here, and held-out recall@10 and trustworthiness@10 (neighbours among
-the held-out rows) are measured for each level of the student alone and refined 6 rounds.  Refine runs with the width
-limit lifted, so the rows above it show what ``encode(refine=6)`` would do there.  Prints a Markdown table.
+the held-out rows) are measured for each level of the student, alone and refined 6 rounds.  Refine runs
+with the width limit lifted, so the rows above it show what ``encode(refine=6)`` would do there.  Prints a
+Markdown table, a row per level.
 """
 
 from __future__ import annotations
