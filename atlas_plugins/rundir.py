@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -27,6 +26,12 @@ from pathlib import Path, PurePosixPath
 
 from .checkpoint import atomic_save, atomic_write_bytes
 from .errors import RunDirError
+
+try:
+    import fcntl
+except ImportError:  # Windows: said here, instead of Python's bare "No module named 'fcntl'"
+    raise ImportError("Atlas Distill runs on Linux and macOS: its run folder's lock needs POSIX file locks (fcntl), "
+                      "which Windows lacks; on Windows, run it under WSL") from None
 
 MANIFEST = ".atlas-manifest.json"
 LOCK = ".atlas.lock"

@@ -121,3 +121,16 @@ def test_a_failed_assembly_leaves_no_folder_behind(tmp_path):
     proc = run_atlas(write_pipeline(tmp_path, **TINY), "--quiet", "--set", "teacher.dim=100")
     one_error_line(proc, "embeddings have dimension 384")
     assert not (tmp_path / "run").exists()
+
+
+def test_without_posix_file_locks_the_import_says_which_systems_work(monkeypatch):
+    """On Windows (no ``fcntl``) importing the toolkit names the systems it runs on, not a bare missing module."""
+    import importlib.util
+    import sys
+
+    import atlas_plugins.rundir
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # what `import fcntl` finds on Windows: ImportError
+    spec = importlib.util.spec_from_file_location("atlas_plugins._rundir_without_fcntl", atlas_plugins.rundir.__file__)
+    with pytest.raises(ImportError, match=r"runs on Linux and macOS: .*fcntl.*run it under WSL"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
