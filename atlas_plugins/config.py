@@ -120,18 +120,22 @@ class LossSection:
 
     name: str = _field("neighbors", name, "loss plugin name")
     tau: float | None = _field(None, optional_positive_number,
-                               "fixed τ for a run without [schedule] (1.0 when neither is given)")
+                               "a fixed τ: one stage, instead of [schedule]'s curriculum")
     params: dict = attrs.field(factory=dict)
 
 
 @attrs.frozen
 class ScheduleSection:
-    """``[schedule]``: τ per curriculum stage."""
+    """``[schedule]``: τ per curriculum stage.
 
-    name: str = _field("linear", name, "schedule plugin name (linear, exponential, cosine, ...)")
-    start: float = _field(1.0, positive_number, "τ at the first stage")
-    end: float = _field(1.0, positive_number, "τ at the last stage")
-    stages: int = _field(1, bounded_int(1, MAX_STAGES), "number of curriculum stages")
+    The defaults are the curriculum measured best with the default loss (``neighbors``, whose τ applies to
+    standardised similarities): soft to sharp, 2.0 → 0.4, over 4 stages.  Other losses read τ on their own
+    scale and want their own (``relational`` on cosine similarities: about 0.2 → 0.05)."""
+
+    name: str = _field("cosine", name, "schedule plugin name (linear, exponential, cosine, ...)")
+    start: float = _field(2.0, positive_number, "τ at the first stage")
+    end: float = _field(0.4, positive_number, "τ at the last stage")
+    stages: int = _field(4, bounded_int(1, MAX_STAGES), "number of curriculum stages")
     params: dict = attrs.field(factory=dict)
 
 
@@ -153,7 +157,7 @@ class TrainSection:
     seed: int = _field(0, nonneg_int, "seed for initialisation, split and batch order")
     val_fraction: float = _field(0.1, fraction, "share of rows held out for validation and the report")
     accumulate: int = _field(1, positive_int, "gradient accumulation steps per optimizer step")
-    input_noise: float = _field(0.0, nonneg_number, "Gaussian noise on training inputs, std = this × the row's RMS "
+    input_noise: float = _field(1.6, nonneg_number, "Gaussian noise on training inputs, std = this × the row's RMS "
                                 "(targets stay clean); smooths the map for unseen points")
     batches: str = _field("auto", one_of("auto", "random", "neighbors"),
                           "'neighbors': anchors plus their teacher neighbours; 'random'; 'auto': neighbors "
@@ -388,14 +392,14 @@ def _check_shape(doc: dict, origin: Origin) -> None:
 
 
 def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
-    """The τ rule: ``loss.tau`` and ``[schedule]`` exclude each other; without a schedule, one stage at a fixed τ."""
+    """The τ rule: ``loss.tau`` and ``[schedule]`` exclude each other; ``loss.tau`` is one stage at that fixed τ;
+    with neither, the run follows ``[schedule]``'s defaults (a curriculum)."""
     tau = tables["loss"].get("tau")
     if tau is not None and tables["schedule"]:
         raise ConfigError(f"{origin('loss.tau')}: loss.tau is set, but [schedule] sets τ per stage; "
                           "remove one of them")
-    if not tables["schedule"]:
-        fixed = tau if _is_number(tau) else 1.0  # a bad tau is reported by the [loss] section itself
-        tables["schedule"] = {"start": fixed, "end": fixed, "stages": 1}
+    if tau is not None and _is_number(tau):  # a bad tau is reported by the [loss] section itself
+        tables["schedule"] = {"start": tau, "end": tau, "stages": 1}
     return tables
 
 

@@ -177,13 +177,13 @@ def run_cli(*args, env=None, program="atlas-run", stdin=b""):
     return subprocess.CompletedProcess([program, *map(str, args)], code, out.buffer.getvalue().decode(), err.getvalue())
 
 
-def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml", schedule=True,
+def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="pipeline.toml",
                    student="name = \"mlp\"\ndim = 5\nhidden = [32]", loss="name = \"relational\"", output="run",
                    batches="random", batch_size=128):
     """A small pipeline on the bundled example; random batches keep test runs short (neighbour batches of 128
     rows hold 8 anchors, so an epoch takes 16 times the steps)."""
     teacher = teacher or f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"'
-    sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n' if schedule else ""
+    sched = f'[schedule]\nname = "cosine"\nstart = 0.2\nend = 0.05\nstages = {stages}\n'
     text = (f"[teacher]\n{teacher}\n[student]\n{student}\n[loss]\n{loss}\n{sched}"
             "[train]\n" + (f"epochs_per_stage = {epochs}\n" if epochs is not None else "")
             + f"batch_size = {batch_size}\nlearning_rate = 2e-3\nseed = 0\n"

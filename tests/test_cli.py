@@ -144,7 +144,7 @@ def test_teacher_loaders_by_name_and_by_suffix(tmp_path, teacher_kind):
 def test_hierarchical_student_with_hierarchical_loss(tmp_path):
     pipe = write_pipeline(tmp_path, student='name = "hierarchical"\ndim = 5\nhidden = [32]',
                           loss='name = "hierarchical"\nweights = [0.7, 0.3]\nbase = "relational"',
-                          schedule=False, epochs=1)
+                          stages=1, epochs=1)
     proc = run_cli(pipe, "--quiet")
     assert proc.returncode == 0, proc.stderr
     coarse, fine = load_student(tmp_path / "run" / "student.pt").encode(torch.from_numpy(np.load(EXAMPLE_NPY)[:10]))

@@ -71,6 +71,17 @@ def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
     assert "tau" not in config.to_dict()["loss"]  # the resolved file holds it in [schedule]
 
 
+def test_teacher_and_output_alone_train_the_quickstart_recipe(tmp_path):
+    """The defaults are examples/quickstart.toml's measured recipe (a curriculum, input noise, the deep student):
+    a file of [teacher] path and [output] dir alone differs from it only in data, split and output."""
+    quickstart = load_config(EXAMPLE_NPY.parent.parent / "quickstart.toml", registry=REGISTRY).to_dict()
+    alone = load(tmp_path, "[output]\ndir = \"run\"\n").to_dict()
+    for section in ("student", "loss", "schedule"):
+        assert alone[section] == quickstart[section]
+    differ = {key for key in quickstart["train"] if alone["train"][key] != quickstart["train"][key]}
+    assert differ == {"val_fraction", "batches"} and alone["train"]["batches"] == "auto"  # auto: neighbours here
+
+
 def test_resumable_fields_are_marked_next_to_their_definition():
     assert resumable_keys() == {"teacher.embedder", "train.learning_rate", "train.device", "train.eval_rows",
                                 "output.loggers"}

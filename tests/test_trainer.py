@@ -15,8 +15,8 @@ from conftest import EXAMPLE_NPY
 
 
 def new_trainer(tmp_path, **train):
-    """A Trainer on the bundled example, not yet trained (one epoch a stage, a 16-unit student)."""
-    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+    """A Trainer on the bundled example, not yet trained (one stage at a fixed τ, one epoch, a 16-unit student)."""
+    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]}, "loss": {"tau": 1.0},
            "train": {k: v for k, v in {"epochs_per_stage": 1, "batch_size": 256, "eval_rows": 100, **train}.items()
                      if v is not None},
            "output": {"dir": str(tmp_path / "unused"), "report": False}}
@@ -30,7 +30,7 @@ def trained(tmp_path, **train):
 
 
 def test_input_noise_changes_training_but_stays_deterministic(tmp_path):
-    clean = trained(tmp_path).student.state_dict()
+    clean = trained(tmp_path, input_noise=0.0).student.state_dict()
     noisy = trained(tmp_path, input_noise=0.5).student.state_dict()
     again = trained(tmp_path, input_noise=0.5).student.state_dict()
     assert all(torch.equal(noisy[k], again[k]) for k in noisy)
@@ -103,7 +103,7 @@ def test_the_student_t_kernel_trains_end_to_end(tmp_path):
     from atlas_plugins.config import build_config as build
 
     doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
-           "loss": {"name": "neighbors", "kernel": "student-t", "dof": 2.0},
+           "loss": {"name": "neighbors", "kernel": "student-t", "dof": 2.0, "tau": 1.0},
            "train": {"epochs_per_stage": 2, "batch_size": 256, "eval_rows": 300, "learning_rate": 1e-2},
            "output": {"dir": str(tmp_path / "unused"), "report": False}}
     pipe = assemble(build(doc, tmp_path / "p.toml"))
@@ -115,7 +115,7 @@ def test_the_student_t_kernel_trains_end_to_end(tmp_path):
 
 def test_a_tiny_data_set_trains_end_to_end(tmp_path):
     np.save(tmp_path / "tiny.npy", np.load(EXAMPLE_NPY)[:7])
-    doc = {"teacher": {"path": str(tmp_path / "tiny.npy")}, "student": {"hidden": [4]},
+    doc = {"teacher": {"path": str(tmp_path / "tiny.npy")}, "student": {"hidden": [4]}, "loss": {"tau": 1.0},
            "train": {"epochs_per_stage": 3, "batch_size": 1024, "neighbors": 2, "val_fraction": 0.0},
            "output": {"dir": str(tmp_path / "unused"), "report": False}}
     import warnings
