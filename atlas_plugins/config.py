@@ -325,7 +325,9 @@ def apply_overrides(doc: dict, overrides) -> tuple[dict, dict]:
     return doc, origins
 
 
-def read_toml(path: Path) -> dict:
+def read_toml(path: Path, registry=None) -> dict:
+    """The pipeline file's table; one line naming the file when it cannot be one (and what to write instead,
+    when it is a teacher's data file: atlas-run takes the pipeline that names it)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -340,19 +342,25 @@ def read_toml(path: Path) -> dict:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}{_data_file_hint(path, registry)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML for a pipeline: values are nested too deeply") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text{_data_file_hint(path, registry)}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
+
+
+def _data_file_hint(path: Path, registry) -> str:
+    loader = path.suffix.lower() != ".toml" and loader_for_suffix(path, registry or get_registry())
+    return (f"; it looks like teacher data: atlas-run takes a pipeline file, and one that holds only [teacher] "
+            f"with path = \"{path.name}\" is enough (every other key has a default)" if loader else "")
 
 
 def load_config(path, overrides=(), registry=None) -> PipelineConfig:
     """Read, override, validate and resolve a pipeline file; plugin parameters are checked by signature."""
     path = Path(path)
-    doc, origins = apply_overrides(read_toml(path), overrides)
+    doc, origins = apply_overrides(read_toml(path, registry), overrides)
     for given, other in (("steps_per_stage", "epochs_per_stage"), ("epochs_per_stage", "steps_per_stage")):
         if f"train.{given}" in origins and f"train.{other}" not in origins and isinstance(doc.get("train"), dict):
             doc["train"].pop(other, None)  # a stage's budget given with --set replaces the file's other one

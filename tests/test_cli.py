@@ -240,6 +240,18 @@ def test_missing_pipeline_file(tmp_path):
     one_error_line(run_atlas(tmp_path / "nope.toml"), "nope.toml: pipeline file not found")
 
 
+def test_a_data_file_given_as_the_pipeline_is_told_the_pipeline_to_write_and_that_pipeline_runs(tmp_path):
+    import shutil
+
+    data = shutil.copy(EXAMPLE_NPY, tmp_path / "vectors.npy")
+    one_error_line(run_cli(data, "--dry-run"), "vectors.npy: not valid TOML: the file is not UTF-8 text; it looks "
+                   "like teacher data: atlas-run takes a pipeline file, and one that holds only [teacher] with "
+                   'path = "vectors.npy" is enough (every other key has a default)')
+    (tmp_path / "vectors.toml").write_text('[teacher]\npath = "vectors.npy"\n')
+    proc = run_cli(tmp_path / "vectors.toml", "--dry-run")
+    assert proc.returncode == 0 and "schedule   cosine: tau 2, " in proc.stdout, proc.stderr
+
+
 def test_fresh_run_into_an_occupied_folder_is_refused_unless_overwrite(finished_run, tmp_path):
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
     assert run_cli(pipe, "--quiet").returncode == 0
