@@ -407,7 +407,7 @@ def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
         raise ConfigError(f"{origin('loss.tau')}: loss.tau is set, but [schedule] sets τ per stage; "
                           "remove one of them")
     if tau is not None and _is_number(tau):  # a bad tau is reported by the [loss] section itself
-        tables["schedule"] = {"start": tau, "end": tau, "stages": 1}
+        tables["schedule"] = {"name": "linear", "start": tau, "end": tau, "stages": 1}  # resolved as before 0.2
     return tables
 
 
