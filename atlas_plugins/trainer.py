@@ -35,6 +35,7 @@ from .rundir import RunDir
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both save a checkpoint and stop; exit code 128 + signal
 READ_EVERY = 10  # optimizer steps between reads of the losses from the device (one host sync each)
+LONG_RUN_STEPS = 100_000  # an epoch budget above this many steps (an hour or more on a CPU) names steps_per_stage
 
 
 def call_loggers(loggers: list, method: str, arg: dict) -> None:
@@ -231,6 +232,13 @@ class Trainer:
         if self.dist.is_main and _main_thread():
             old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-read")
+        if self.dist.is_main:
+            per_stage = (f"{self.cfg.epochs_per_stage} epoch(s) of {self.steps_per_epoch:,}" if self.cfg.steps_per_stage
+                         is None else f"{self.steps_per_stage:,}")
+            long = self.cfg.steps_per_stage is None and self.total_steps > LONG_RUN_STEPS
+            self.echo(f"training {self.total_steps:,} optimizer steps: {len(self.pipe.taus)} stage(s) x {per_stage} "
+                      "steps" + (f", from step {self.global_step:,}" if self.global_step else "")
+                      + ("; train.steps_per_stage sets a budget that does not grow with the rows" if long else ""))
         self._to_loggers("start", {"config": self.config_dict, "metrics": list(self.metrics),
                                    "run_dir": str(self.run.path) if self.run is not None else None})
         try:

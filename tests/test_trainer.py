@@ -245,7 +245,29 @@ def test_a_run_stopped_inside_a_step_stage_resumes_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in second.metrics] == [m["step"] for m in whole.metrics]
     assert not (tmp_path / "stopped" / "checkpoints" / "interrupt.pt").exists()  # done: nothing to resume from it
+    assert lines[0] == f"training 50 optimizer steps: 2 stage(s) x 25 steps, from step {first.global_step}"
     # The stage line reports the stage's own average speed (its epochs weighted by their seconds).
     mine = [m for m in second.metrics if m["stage"] == 1]
     rate = sum(m["samples_per_s"] * m["seconds"] for m in mine) / sum(m["seconds"] for m in mine)
     assert lines[-1].startswith("stage 2/2") and lines[-1].endswith(f"{rate:,.0f} samples/s")
+
+
+def test_the_run_says_how_many_steps_it_will_train_and_names_a_step_budget_when_that_is_long(tmp_path, monkeypatch):
+    import atlas_plugins.trainer
+
+    def plan(**train):
+        t = new_trainer(tmp_path, batches="random", batch_size=512, **train)
+        said = []
+        t.echo = said.append
+        t.fit()
+        return said[0], t
+
+    line, t = plan(epochs_per_stage=2)
+    assert line == "training 10 optimizer steps: 1 stage(s) x 2 epoch(s) of 5 steps" and t.global_step == 10
+    line, t = plan(epochs_per_stage=None, steps_per_stage=7)
+    assert line == "training 7 optimizer steps: 1 stage(s) x 7 steps" and t.global_step == 7
+    monkeypatch.setattr(atlas_plugins.trainer, "LONG_RUN_STEPS", 9)
+    line, _ = plan(epochs_per_stage=2)
+    assert line.endswith("of 5 steps; train.steps_per_stage sets a budget that does not grow with the rows")
+    line, _ = plan(epochs_per_stage=None, steps_per_stage=10)  # already a step budget: nothing to suggest
+    assert line == "training 10 optimizer steps: 1 stage(s) x 10 steps"
