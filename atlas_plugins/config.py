@@ -346,7 +346,8 @@ def read_toml(path: Path, registry=None) -> dict:
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML for a pipeline: values are nested too deeply") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text{_data_file_hint(path, registry)}") from None
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text"
+                          f"{_data_file_hint(path, registry)}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
 

@@ -233,12 +233,7 @@ class Trainer:
             old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-read")
         if self.dist.is_main:
-            per_stage = (f"{self.cfg.epochs_per_stage} epoch(s) of {self.steps_per_epoch:,}" if self.cfg.steps_per_stage
-                         is None else f"{self.steps_per_stage:,}")
-            long = self.cfg.steps_per_stage is None and self.total_steps > LONG_RUN_STEPS
-            self.echo(f"training {self.total_steps:,} optimizer steps: {len(self.pipe.taus)} stage(s) x {per_stage} "
-                      "steps" + (f", from step {self.global_step:,}" if self.global_step else "")
-                      + ("; train.steps_per_stage sets a budget that does not grow with the rows" if long else ""))
+            self.echo(self.plan())
         self._to_loggers("start", {"config": self.config_dict, "metrics": list(self.metrics),
                                    "run_dir": str(self.run.path) if self.run is not None else None})
         try:
@@ -251,6 +246,17 @@ class Trainer:
                 signal.signal(sig, handler)
         if self.run is not None and self.dist.is_main:
             self.run.remove("checkpoints/interrupt.pt")  # the run is complete: nothing to resume from it
+
+    def plan(self) -> str:
+        """What :meth:`fit` trains, in optimizer steps: the line atlas-run prints before the first."""
+        per_stage = (f"{self.steps_per_stage:,}" if self.cfg.steps_per_stage
+                     else f"{self.cfg.epochs_per_stage} epoch(s) of {self.steps_per_epoch:,}")
+        line = f"training {self.total_steps:,} optimizer steps: {len(self.pipe.taus)} stage(s) x {per_stage} steps"
+        if self.global_step:
+            line += f", from step {self.global_step:,}"
+        if self.cfg.steps_per_stage is None and self.total_steps > LONG_RUN_STEPS:
+            line += "; train.steps_per_stage sets a budget that does not grow with the rows"
+        return line
 
     def _to_loggers(self, method: str, arg: dict) -> None:
         if self.dist.is_main:
