@@ -68,6 +68,7 @@ def test_a_bad_value_from_set_is_blamed_on_set_not_on_the_file(tmp_path):
 def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
     config = load(tmp_path, "[loss]\ntau = 0.3\n")
     assert config.loss.tau == 0.3 and (config.schedule.start, config.schedule.end, config.schedule.stages) == (0.3, 0.3, 1)
+    assert config.schedule.name == "linear"  # as 0.1 resolved it: a run with a fixed tau resumes across the upgrade
     assert "tau" not in config.to_dict()["loss"]  # the resolved file holds it in [schedule]
 
 
