@@ -20,7 +20,6 @@ import argparse
 import warnings
 from pathlib import Path
 
-
 from atlas_plugins import load_student, refine as refine_module
 from atlas_plugins.config import build_config
 from atlas_plugins.evaluation import evaluate

@@ -247,6 +247,7 @@ def test_a_data_file_given_as_the_pipeline_is_told_the_pipeline_to_write_and_tha
     one_error_line(run_cli(data, "--dry-run"), "vectors.npy: not valid TOML: the file is not UTF-8 text; it looks "
                    "like teacher data: atlas-run takes a pipeline file, and one that holds only [teacher] with "
                    'path = "vectors.npy" is enough (every other key has a default)')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.npy"]  # nothing written
     (tmp_path / "vectors.toml").write_text('[teacher]\npath = "vectors.npy"\n')
     proc = run_cli(tmp_path / "vectors.toml", "--dry-run")
     assert proc.returncode == 0 and "schedule   cosine: tau 2, " in proc.stdout, proc.stderr
