@@ -16,8 +16,8 @@ import sys
 import traceback
 import warnings
 
-from .config import RESERVED, load_config
-from .errors import AtlasError
+from .config import RESERVED, load_config, loss_tau_range
+from .errors import AtlasError, PluginError
 from .orchestrator import atlas_run_command, run_pipeline
 from .params import parameters
 from .registry import get_registry
@@ -62,18 +62,38 @@ def _warn(message: str) -> None:
 
 def list_plugins(as_json: bool) -> str:
     """Every plugin with its description, provider and the parameters a pipeline file may set."""
-    infos = get_registry().available()
+    registry = get_registry()
+    infos = registry.available()
     params = {(i.kind, i.name): parameters(i.obj, RESERVED[i.kind]) for i in infos}
+    taus = {i.name: _tau_range(registry, i) for i in infos if i.kind == "loss"}  # a loss's default [schedule]
     if as_json:
-        return json.dumps([{"kind": i.kind, "name": i.name, "description": i.description,
-                            "distribution": i.distribution, "version": i.version,
-                            "params": params[i.kind, i.name]} for i in infos], indent=2)
+        entries = [{"kind": i.kind, "name": i.name, "description": i.description, "distribution": i.distribution,
+                    "version": i.version, "params": params[i.kind, i.name]} for i in infos]
+        for entry in entries:
+            if entry["kind"] == "loss":
+                entry["tau_range"] = taus[entry["name"]]
+        return json.dumps(entries, indent=2)
     rows = [("KIND", "NAME", "DESCRIPTION", "PROVIDED BY", "PARAMETERS (default)")]
-    rows += [(i.kind, i.name, i.description, f"{i.distribution} {i.version or ''}".strip(),
+    rows += [(i.kind, i.name, i.description + (_range(i, taus[i.name]) if i.kind == "loss" else ""),
+              f"{i.distribution} {i.version or ''}".strip(),
               ", ".join(p["name"] + (f"={_toml(p['default'])}" if p["default"] is not None else "")
                         for p in params[i.kind, i.name])) for i in infos]
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     return "\n".join("  ".join(f"{r[c]:<{widths[c]}}" for c in range(4)) + f"  {r[4]}".rstrip() for r in rows)
+
+
+def _tau_range(registry, info) -> list[float] | None:
+    """The default [schedule] start and end of a loss (with its default parameters); None when misdeclared."""
+    try:
+        return list(loss_tau_range(registry, info.name))
+    except PluginError:
+        return None
+
+
+def _range(info, taus) -> str:
+    follows = getattr(info.obj, "tau_range", None)
+    follows = f" as {follows}" if isinstance(follows, str) else ""
+    return f" [tau{follows} {taus[0]:g} -> {taus[1]:g}]" if taus else " [invalid tau_range]"
 
 
 def _toml(value) -> str:

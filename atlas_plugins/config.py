@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigError, UnknownPluginError, did_you_mean
+from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, matches, plugin_ref, signature_annotations
 from .registry import get_registry
 from .teacher import loader_for_suffix
@@ -126,15 +126,15 @@ class LossSection:
 
 @attrs.frozen
 class ScheduleSection:
-    """``[schedule]``: τ per curriculum stage.
+    """``[schedule]``: τ per curriculum stage: soft to sharp, over 4 stages by default.
 
-    The defaults are the curriculum measured best with the default loss (``neighbors``, whose τ applies to
-    standardised similarities): soft to sharp, 2.0 → 0.4, over 4 stages.  Other losses read τ on their own
-    scale and want their own (``relational`` on cosine similarities: about 0.2 → 0.05)."""
+    τ is on the loss's own scale, so ``start`` and ``end`` default to the range the loss declares
+    (:func:`loss_tau_range`): 2.0 → 0.4 for ``neighbors``, 0.2 → 0.05 for ``relational``."""
 
     name: str = _field("cosine", name, "schedule plugin name (linear, exponential, cosine, ...)")
-    start: float = _field(2.0, positive_number, "τ at the first stage")
-    end: float = _field(0.4, positive_number, "τ at the last stage")
+    start: float | None = _field(None, optional_positive_number, "τ at the first stage (default: the loss's "
+                                 "tau_range, see --list-plugins; 1.0 for a loss that declares none)")
+    end: float | None = _field(None, optional_positive_number, "τ at the last stage (default: the loss's tau_range)")
     stages: int = _field(4, bounded_int(1, MAX_STAGES), "number of curriculum stages")
     params: dict = attrs.field(factory=dict)
 
@@ -376,7 +376,13 @@ def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = N
     tables = _resolve_paths(_schedule_from_tau({name: dict(doc.get(name, {})) for name in SECTIONS}, origin),
                             path, origin)
     sections = {name: _make_section(origin, name, tables[name]) for name in SECTIONS}
-    return PipelineConfig(source=path, **_resolve_plugins(sections, origin, registry, path.resolve().parent))
+    sections = _resolve_plugins(sections, origin, registry, path.resolve().parent)
+    sch, loss = sections["schedule"], sections["loss"]
+    if sch.start is None or sch.end is None:
+        start, end = loss_tau_range(registry, loss.name, loss.params)
+        sections["schedule"] = attrs.evolve(sch, start=start if sch.start is None else sch.start,
+                                            end=end if sch.end is None else sch.end)
+    return PipelineConfig(source=path, **sections)
 
 
 def _check_shape(doc: dict, origin: Origin) -> None:
@@ -410,6 +416,45 @@ def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
     if tau is not None and _is_number(tau):  # a bad tau is reported by the [loss] section itself
         tables["schedule"] = {"name": "linear", "start": tau, "end": tau, "stages": 1}  # resolved as before 0.2
     return tables
+
+
+DEFAULT_TAU = 1.0  # τ for a loss that declares no tau_range: the loss hook's documented default
+
+
+def loss_tau_range(registry, name: str, params: dict | None = None) -> tuple[float, float]:
+    """The τ curriculum ``(start, end)`` loss ``name`` declares in its ``tau_range`` attribute: where τ means
+    the same soft-to-sharp on that loss's scale.  A ``tau_range`` that is a parameter's name (``"base"``)
+    follows the loss that parameter names in ``params`` (its default when not given); a loss that declares
+    nothing gets ``(DEFAULT_TAU, DEFAULT_TAU)``."""
+    seen = []
+    while True:
+        info = registry.info("loss", name)
+        declared = getattr(info.obj, "tau_range", None)
+        who = f"loss '{name}' ({info.distribution})"
+        if declared is None:
+            return DEFAULT_TAU, DEFAULT_TAU
+        if not isinstance(declared, str):
+            ok = isinstance(declared, (tuple, list)) and len(declared) == 2 and all(
+                _is_number(v) and math.isfinite(v) and v > 0 for v in declared)
+            if not ok:
+                raise PluginError(f"{who} declares tau_range = {declared!r}; expected (start, end), two positive "
+                                  "numbers, or the name of its parameter that names another loss")
+            return float(declared[0]), float(declared[1])
+        inner = (params if params is not None else _default_params(info.obj)).get(declared)
+        if not isinstance(inner, str) or inner not in registry.names("loss") or inner in seen:
+            why = "loops back" if inner in seen else f"names no registered loss ({declared} = {inner!r})"
+            raise PluginError(f"{who} takes its tau_range from parameter '{declared}', which {why}; "
+                              "set [schedule] start and end")
+        seen.append(name)
+        name, params = inner, None
+
+
+def _default_params(fn) -> dict:
+    try:
+        return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+                if p.default is not inspect.Parameter.empty}
+    except (TypeError, ValueError):
+        return {}
 
 
 def _beside(base: Path, value: str) -> str:

@@ -24,7 +24,12 @@ def register_losses(register):
         teacher, *, tau=1.0, reduction="mean", **params)`` takes a student
         tensor ``(B, Ds)`` (or a sequence of level tensors) and a teacher
         tensor ``(B, Dt)`` and returns a scalar, or a ``(B,)`` tensor when
-        ``reduction="none"``.
+        ``reduction="none"``.  τ is on the loss's own scale, so give ``fn`` a
+        ``tau_range`` attribute, ``(start, end)``: the curriculum a pipeline
+        file gets when its ``[schedule]`` gives no ``start`` or ``end``
+        (without one, τ = 1.0).  A loss that applies another one sets
+        ``tau_range`` to the name of its parameter that names that loss (e.g.
+        ``"base"``) and follows its range.
     """
 
 

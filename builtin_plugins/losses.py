@@ -187,5 +187,12 @@ def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel: Literal["g
     return reduce(per, reduction)
 
 
+# The τ curriculum each loss reads on its own scale (atlas_plugins.config.loss_tau_range): the default
+# [schedule] start and end.  neighbors standardises the teacher's similarities; relational divides raw cosines,
+# whose spread is about a tenth of that (measured on the bundled example: docs/losses.md).
+neighbors.tau_range = (2.0, 0.4)
+relational.tau_range = (0.2, 0.05)
+combined.tau_range = hierarchical.tau_range = "base"
+
 # The bases combined and hierarchical find by name when called directly, without a registry.
 BUILTIN_BASES = {"mse": mse, "cosine": cosine, "relational": relational, "kl": kl, "neighbors": neighbors}

@@ -190,10 +190,26 @@ def test_list_plugins_table_and_json():
     assert {"kind": "schedule", "name": "cosine"}.items() <= next(p for p in listing if p["name"] == "cosine"
                                                                   and p["kind"] == "schedule").items()
     assert all(p["distribution"] == "atlas-distill" for p in listing if p["name"] in ("mse", "npy"))
+    assert "[tau 0.2 -> 0.05]" in next(r for r in rows if r.split()[:2] == ["loss", "relational"])
+    assert "[tau as base 0.2 -> 0.05]" in next(r for r in rows if r.split()[:2] == ["loss", "hierarchical"])
+    taus = {p["name"]: p.get("tau_range") for p in listing if p["kind"] == "loss"}
+    assert taus["neighbors"] == [2.0, 0.4] and taus["combined"] == [0.2, 0.05] and taus["mse"] == [1.0, 1.0]
     pt = next(p for p in listing if p["name"] == "pt")
     assert pt["params"] == [{"name": "key", "default": "embeddings", "type": "a string"},
                             {"name": "trust", "default": False, "type": "true or false"},
                             {"name": "meta", "default": None, "type": "a string"}]
+
+
+def test_list_plugins_names_a_misdeclared_tau_range_and_lists_the_rest(monkeypatch):
+    from atlas_plugins import Registry, cli
+    registry = Registry(load_entrypoints=False)
+    registry.register("loss", "odd", lambda student, teacher, *, tau=1.0, reduction="mean": 0)
+    registry.get("loss", "odd").tau_range = "0.1 to 0.01"  # a string names a parameter, and there is none
+    monkeypatch.setattr(cli, "get_registry", lambda: registry)
+    table = cli.list_plugins(as_json=False)
+    assert "[invalid tau_range]" in next(r for r in table.splitlines() if r.split()[:2] == ["loss", "odd"])
+    assert "[tau 2 -> 0.4]" in table
+    assert next(p for p in json.loads(cli.list_plugins(as_json=True)) if p["name"] == "odd")["tau_range"] is None
 
 
 def test_version():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas_plugins import ConfigError, Registry
+from atlas_plugins import ConfigError, PluginError, Registry
 from atlas_plugins.config import SECTIONS, build_config, dump_toml, load_config, resumable_keys
 from conftest import EXAMPLE_NPY, one_error_line, run_atlas, run_cli, write_pipeline
 
@@ -81,6 +81,51 @@ def test_teacher_and_output_alone_train_the_quickstart_recipe(tmp_path):
         assert alone[section] == quickstart[section]
     differ = {key for key in quickstart["train"] if alone["train"][key] != quickstart["train"][key]}
     assert differ == {"val_fraction", "batches"} and alone["train"]["batches"] == "auto"  # auto: neighbours here
+
+
+@pytest.mark.parametrize("text, taus", [
+    ("", (2.0, 0.4)),                                                       # neighbors: standardised similarities
+    ("[loss]\nname = \"relational\"\n", (0.2, 0.05)),                      # raw cosines: a tenth of the spread
+    ("[loss]\nname = \"combined\"\n", (0.2, 0.05)),                        # as its default base, relational
+    ("[loss]\nname = \"hierarchical\"\nbase = \"neighbors\"\n", (2.0, 0.4)),
+    ("[loss]\nname = \"mse\"\n", (1.0, 1.0)),                               # declares none (τ is unused)
+    ("[loss]\nname = \"relational\"\n[schedule]\nstart = 0.3\n", (0.3, 0.05)),  # each key defaults alone
+])
+def test_schedule_start_and_end_default_to_the_range_the_loss_declares(tmp_path, text, taus):
+    config = load(tmp_path, text)
+    assert (config.schedule.start, config.schedule.end) == taus
+    assert tomllib.loads(dump_toml(config.to_dict()))["schedule"]["start"] == taus[0]  # written out in full
+
+
+def test_a_third_party_loss_declares_its_tau_range_or_is_told_what_is_wrong(tmp_path):
+    registry = Registry(load_entrypoints=False)
+    registry.register("loss", "sharp", lambda student, teacher, *, tau=1.0, reduction="mean": student.sum())
+    registry.get("loss", "sharp").tau_range = (3.0, 1.5)
+    registry.register("loss", "wrapper", lambda student, teacher, *, tau=1.0, reduction="mean", inner="sharp": 0)
+    registry.get("loss", "wrapper").tau_range = "inner"
+    path = tmp_path / "p.toml"
+
+    def schedule(loss_table):
+        path.write_text(f'[teacher]\npath = "{EXAMPLE_NPY}"\n[loss]\n{loss_table}\n')
+        config = load_config(path, registry=registry)
+        return config.schedule.start, config.schedule.end
+
+    assert schedule('name = "sharp"') == (3.0, 1.5)
+    assert schedule('name = "wrapper"') == (3.0, 1.5)
+    assert schedule('name = "wrapper"\ninner = "neighbors"') == (2.0, 0.4)
+    registry.get("loss", "sharp").tau_range = (-1, 2)
+    with pytest.raises(PluginError, match=r"^loss 'sharp' \(__main__\) declares tau_range = \(-1, 2\); expected "
+                                          r"\(start, end\), two positive numbers"):
+        schedule('name = "sharp"')
+    registry.get("loss", "wrapper").tau_range = "missing"
+    with pytest.raises(PluginError, match="from parameter 'missing', which names no registered loss .*set "
+                                          r"\[schedule\] start and end"):
+        schedule('name = "wrapper"')
+    registry.register("loss", "selfish", lambda student, teacher, *, tau=1.0, reduction="mean", inner="selfish": 0)
+    registry.get("loss", "selfish").tau_range = "inner"
+    with pytest.raises(PluginError, match="loss 'selfish' .* from parameter 'inner', which loops back"):
+        schedule('name = "selfish"')
+    assert schedule('name = "selfish"\n[schedule]\nstart = 1.0\nend = 0.5') == (1.0, 0.5)  # the way out it names
 
 
 def test_resumable_fields_are_marked_next_to_their_definition():
