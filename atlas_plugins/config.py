@@ -375,6 +375,7 @@ def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = N
     _check_shape(doc, origin)
     tables = _resolve_paths(_schedule_from_tau({name: dict(doc.get(name, {})) for name in SECTIONS}, origin),
                             path, origin)
+    tables["loss"] = _student_loss(tables, registry)
     sections = {name: _make_section(origin, name, tables[name]) for name in SECTIONS}
     sections = _resolve_plugins(sections, origin, registry, path.resolve().parent)
     sch, loss = sections["schedule"], sections["loss"]
@@ -416,6 +417,24 @@ def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
     if tau is not None and _is_number(tau):  # a bad tau is reported by the [loss] section itself
         tables["schedule"] = {"name": "linear", "start": tau, "end": tau, "stages": 1}  # resolved as before 0.2
     return tables
+
+
+def _student_loss(tables: dict, registry) -> dict:
+    """The loss rule: a ``[loss]`` that names no loss is the student's ``default_loss`` (a hierarchical student's
+    loss over levels) with ``[loss]``'s keys on top; without one, ``[loss] name``'s default holds."""
+    table, student = tables["loss"], tables["student"].get("name", attrs.fields(StudentSection).name.default)
+    try:
+        fn = registry.get("student", student) if "name" not in table and isinstance(student, str) else None
+    except PluginError:
+        return table  # an unknown student is reported with the [student] section
+    default = getattr(fn, "default_loss", None)
+    if default is None:
+        return table
+    if not isinstance(default, dict) or not isinstance(default.get("name"), str):
+        raise PluginError(f"student '{student}' ({registry.info('student', student).distribution}) declares "
+                          f"default_loss = {default!r}; expected a [loss] table with a name, such as "
+                          "{\"name\": \"hierarchical\"}; set [loss] name")
+    return {**default, **table}
 
 
 DEFAULT_TAU = 1.0  # τ for a loss that declares no tau_range: the loss hook's documented default

@@ -67,7 +67,10 @@ def register_students(register):
         that reconstructs its input sets ``reconstructs = True`` and has
         ``decode(z) -> (B, input_dim)``; one whose (first-level) forward pass
         is a chain of layers may say so with ``linear_chain() -> [Linear,
-        GELU, ...]`` (exports to SentenceTransformer use it).
+        GELU, ...]`` (exports to SentenceTransformer use it).  A student that
+        needs its own loss (several levels) gives ``fn`` a ``default_loss``
+        attribute, a ``[loss]`` table such as ``{"name": "hierarchical"}``:
+        a pipeline file whose ``[loss]`` names no loss uses it.
     """
 
 

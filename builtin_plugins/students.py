@@ -12,6 +12,7 @@ from atlas_plugins.errors import ConfigError
 
 MAX_LAYERS = 64
 MAX_WIDTH = 65536
+HIDDEN = (128, 128, 128, 128)  # four GELU layers of 128: the best measured for 5-D maps (benchmarks/quality.py)
 
 
 def _sizes(hidden) -> list[int]:
@@ -104,16 +105,21 @@ def linear(input_dim: int, dim: int = 5, reconstruct: bool = False):
     return MLPStudent(input_dim, dim, [], reconstruct=reconstruct)
 
 
-def mlp(input_dim: int, dim: int = 5, hidden: int | Sequence[int] = (128, 128, 128, 128), reconstruct: bool = False):
+def mlp(input_dim: int, dim: int = 5, hidden: int | Sequence[int] = HIDDEN, reconstruct: bool = False):
     """Multi-layer perceptron with GELU hidden layers (default: four of 128, the best measured for 5-D maps)."""
     _check_dims(input_dim, dim)
     return MLPStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)
 
 
-def hierarchical(input_dim: int, dim: int = 5, hidden: int | Sequence[int] = (256,), reconstruct: bool = False):
-    """Coarse ``dim`` and fine ``dim × dim`` levels; pair with the ``hierarchical`` loss."""
+def hierarchical(input_dim: int, dim: int = 5, hidden: int | Sequence[int] = HIDDEN, reconstruct: bool = False):
+    """Coarse ``dim`` and fine ``dim × dim`` levels from one trunk (``hidden``, as ``mlp``'s); trained by the
+    ``hierarchical`` loss, which a pipeline's ``[loss]`` gets when it names none (``default_loss``)."""
     _check_dims(input_dim, dim)
     if dim > 256:
         raise ConfigError(f"student dim must be at most 256 for hierarchical (its fine level has dim × dim = "
                           f"{dim * dim:,} dimensions), got {dim}")
     return HierarchicalStudent(input_dim, dim, _sizes(hidden), reconstruct=reconstruct)
+
+
+# Two levels need a loss over levels: the pipeline file's [loss] when it names no loss (atlas_plugins.config).
+hierarchical.default_loss = {"name": "hierarchical", "base": "neighbors"}

@@ -83,6 +83,30 @@ def test_teacher_and_output_alone_train_the_quickstart_recipe(tmp_path):
     assert differ == {"val_fraction", "batches"} and alone["train"]["batches"] == "auto"  # auto: neighbours here
 
 
+def test_a_hierarchical_student_alone_trains_the_hierarchical_example(tmp_path):
+    """A multi-level student declares the loss it needs (``default_loss``): naming the student is enough."""
+    example = load_config(EXAMPLE_NPY.parent.parent / "hierarchical.toml", registry=REGISTRY).to_dict()
+    alone = load(tmp_path, "[student]\nname = \"hierarchical\"\n").to_dict()
+    assert alone["student"] == example["student"] and alone["schedule"] == example["schedule"]
+    assert example["loss"].pop("weights") == [0.5, 0.5] and alone["loss"] == example["loss"]  # weights: equal
+    assert load(tmp_path, "[student]\nname = \"hierarchical\"\n[loss]\nbase = \"relational\"\n").loss.params[
+        "base"] == "relational"                                                    # [loss]'s keys on top
+    assert load(tmp_path, "[student]\nname = \"mlp\"\n").loss.name == "neighbors"
+
+
+def test_a_misdeclared_default_loss_names_the_student_and_the_way_out(tmp_path):
+    registry = Registry(load_entrypoints=False)
+    registry.register("student", "two-level", lambda input_dim, dim=5: None)
+    registry.get("student", "two-level").default_loss = "hierarchical"
+    path = tmp_path / "p.toml"
+    path.write_text(f'[teacher]\npath = "{EXAMPLE_NPY}"\n[student]\nname = "two-level"\n')
+    with pytest.raises(PluginError, match=r"^student 'two-level' \(__main__\) declares default_loss = "
+                                          r"'hierarchical'; expected a \[loss\] table with a name.*set \[loss\] name$"):
+        load_config(path, registry=registry)
+    path.write_text(path.read_text() + '[loss]\nname = "hierarchical"\n')
+    assert load_config(path, registry=registry).loss.name == "hierarchical"
+
+
 @pytest.mark.parametrize("text, taus", [
     ("", (2.0, 0.4)),                                                       # neighbors: standardised similarities
     ("[loss]\nname = \"relational\"\n", (0.2, 0.05)),                      # raw cosines: a tenth of the spread
