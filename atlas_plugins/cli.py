@@ -21,6 +21,7 @@ from .errors import AtlasError, PluginError
 from .orchestrator import atlas_run_command, run_pipeline
 from .params import parameters
 from .registry import get_registry
+from .trainer import dry_run_plan
 
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                           command=atlas_run_command(args.pipeline, args.overrides))
     if args.dry_run:
         print(result.pipeline.describe())
+        print(dry_run_plan(result.pipeline))
         print("dry run: everything checks out; nothing was trained")
     else:
         print(f"done: student written to {config.run_dir / 'student.pt'}")

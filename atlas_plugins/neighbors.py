@@ -106,6 +106,11 @@ def graph_key(teacher, rows: np.ndarray, k: int, method: str) -> str:
                       "rows": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()})[:16]
 
 
+def graph_width(k: int, n_rows: int) -> int:
+    """Neighbours per row in the graph of ``n_rows`` rows asked for ``k``: every other row at most."""
+    return min(k, n_rows - 1)
+
+
 def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: torch.device, run=None,
                    writer: bool = True, echo=None) -> tuple[torch.Tensor, dict]:
     """The ``k`` nearest training rows of every training row: ``(len(rows), k)`` positions into ``rows``
@@ -120,7 +125,7 @@ def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: to
     if cached is not None:
         return cached[0], {**cached[1], "cached": True}
     t0 = time.perf_counter()
-    k = min(k, len(rows) - 1)
+    k = graph_width(k, len(rows))
     if method == "exact":
         build = _ExactSearch(teacher, rows, device)
     else:

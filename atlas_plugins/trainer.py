@@ -29,7 +29,7 @@ from . import distributed
 from .batches import MIN_BATCH_ROWS, chunks, neighbor_batches, random_batches
 from .checkpoint import CHECKPOINT_FORMAT
 from .errors import AtlasError, TrainingError, WriteError
-from .neighbors import neighbor_graph
+from .neighbors import graph_width, neighbor_graph
 from .pipeline import Pipeline, blame
 from .rundir import RunDir
 
@@ -86,6 +86,48 @@ class EpochAcc:
     seconds: float = 0.0
 
 
+def count_batches(cfg, n_rows: int, graph_width: int | None) -> int | None:
+    """Batches in one epoch over ``n_rows`` training rows, counted without building one: random batches
+    (``graph_width`` None) or neighbour batches from a graph of that width.  None when neighbour batches are
+    too small to stand alone (they merge as they come, so only building them counts them)."""
+    if graph_width is None:
+        return len(random_batches(np.arange(n_rows), cfg.batch_size))
+    if 1 + min(cfg.neighbors, graph_width) < MIN_BATCH_ROWS:  # an anchor and its distinct neighbours
+        return None
+    return len(chunks(np.arange(n_rows), max(1, cfg.batch_size // (1 + cfg.neighbors))))
+
+
+def step_budget(cfg, batches_per_epoch: int, stages: int) -> tuple[int, int, int]:
+    """Optimizer steps per epoch, per stage and in all: ``train.steps_per_stage``, or whole epochs."""
+    per_epoch = math.ceil(batches_per_epoch / cfg.accumulate)
+    per_stage = cfg.steps_per_stage or per_epoch * cfg.epochs_per_stage
+    return per_epoch, per_stage, per_stage * stages
+
+
+def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0) -> str:
+    """``training N optimizer steps: S stage(s) x ...``: what a run trains, printed before its first step (and
+    by ``--dry-run``), with a hint when an epoch budget grows past :data:`LONG_RUN_STEPS`."""
+    per_epoch, per_stage, total = step_budget(cfg, batches_per_epoch, stages)
+    shown = f"{per_stage:,}" if cfg.steps_per_stage else f"{cfg.epochs_per_stage} epoch(s) of {per_epoch:,}"
+    line = f"training {total:,} optimizer steps: {stages} stage(s) x {shown} steps"
+    if from_step:
+        line += f", from step {from_step:,}"
+    if cfg.steps_per_stage is None and total > LONG_RUN_STEPS:
+        line += "; train.steps_per_stage sets a budget that does not grow with the rows"
+    return line
+
+
+def dry_run_plan(pipe: Pipeline) -> str:
+    """``--dry-run``'s :func:`plan_line`, before any graph is built (a neighbour graph's width is known ahead:
+    :func:`~atlas_plugins.neighbors.graph_width`); for one process."""
+    cfg, n = pipe.config.train, len(pipe.train_rows)
+    width = graph_width(cfg.neighbor_pool, n) if pipe.batch_mode == "neighbors" else None
+    count = count_batches(cfg, n, width)
+    if count is None:
+        return "steps      counted when training starts (neighbour batches this small merge as they come)"
+    return "steps      " + plan_line(cfg, count, len(pipe.taus)).removeprefix("training ")
+
+
 class Trainer:
     """Runs a :class:`Pipeline`; only rank 0 writes into the :class:`RunDir`."""
 
@@ -114,9 +156,8 @@ class Trainer:
         self.graph_info: dict | None = None
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
         self.batches_per_epoch = self._count_batches()
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
-        self.steps_per_stage = self.cfg.steps_per_stage or self.steps_per_epoch * self.cfg.epochs_per_stage
-        self.total_steps = self.steps_per_stage * len(pipe.taus)
+        self.steps_per_epoch, self.steps_per_stage, self.total_steps = step_budget(
+            self.cfg, self.batches_per_epoch, len(pipe.taus))
         self.config_dict = pipe.config.to_dict()
         self.config_hash = pipe.config.config_hash()
 
@@ -172,14 +213,10 @@ class Trainer:
         return plan
 
     def _count_batches(self) -> int:
-        """Batches per epoch, the same every epoch (only the order changes), counted without building one."""
+        """Batches per epoch, the same every epoch (only the order changes)."""
         n = len(self.pipe.train_rows) // self.dist.world  # what each rank's sampler yields (drop_last)
-        if self.graph is None:
-            return len(random_batches(np.arange(n), self.cfg.batch_size))
-        per_batch = 1 + min(self.cfg.neighbors, self.graph.shape[1])  # an anchor and its distinct neighbours
-        if per_batch >= MIN_BATCH_ROWS:
-            return len(chunks(np.arange(n), max(1, self.cfg.batch_size // (1 + self.cfg.neighbors))))
-        return len(self.batches(0))  # small batches may merge: count them as they come
+        count = count_batches(self.cfg, n, None if self.graph is None else self.graph.shape[1])
+        return count if count is not None else len(self.batches(0))
 
     def lr_at(self, step: int) -> float:
         lr, warm = self.cfg.learning_rate, self.cfg.warmup_steps
@@ -249,14 +286,7 @@ class Trainer:
 
     def plan(self) -> str:
         """What :meth:`fit` trains, in optimizer steps: the line atlas-run prints before the first."""
-        per_stage = (f"{self.steps_per_stage:,}" if self.cfg.steps_per_stage
-                     else f"{self.cfg.epochs_per_stage} epoch(s) of {self.steps_per_epoch:,}")
-        line = f"training {self.total_steps:,} optimizer steps: {len(self.pipe.taus)} stage(s) x {per_stage} steps"
-        if self.global_step:
-            line += f", from step {self.global_step:,}"
-        if self.cfg.steps_per_stage is None and self.total_steps > LONG_RUN_STEPS:
-            line += "; train.steps_per_stage sets a budget that does not grow with the rows"
-        return line
+        return plan_line(self.cfg, self.batches_per_epoch, len(self.pipe.taus), self.global_step)
 
     def _to_loggers(self, method: str, arg: dict) -> None:
         if self.dist.is_main:

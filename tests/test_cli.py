@@ -69,6 +69,7 @@ def test_dry_run_checks_and_writes_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "teacher    npy:" in proc.stdout and "(2642 x 384 float32, with labels and texts)" in proc.stdout
     assert "tau 0.2, 0.05 over 2 stage(s)" in proc.stdout
+    assert "steps      68 optimizer steps: 2 stage(s) x 2 epoch(s) of 17 steps" in proc.stdout  # 2,114 rows / 128
     assert not (tmp_path / "run").exists()
 
 

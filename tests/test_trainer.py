@@ -271,3 +271,24 @@ def test_the_run_says_how_many_steps_it_will_train_and_names_a_step_budget_when_
     assert line.endswith("of 5 steps; train.steps_per_stage sets a budget that does not grow with the rows")
     line, _ = plan(epochs_per_stage=None, steps_per_stage=10)  # already a step budget: nothing to suggest
     assert line == "training 10 optimizer steps: 1 stage(s) x 10 steps"
+
+
+@pytest.mark.parametrize("train", [
+    {"batches": "random"},
+    {"batches": "neighbors", "accumulate": 3},                        # 2,378 rows, 16 anchors a batch
+    {"batches": "neighbors", "neighbors": 4, "neighbor_pool": 4, "batch_size": 100},
+    {"batches": "neighbors", "epochs_per_stage": None, "steps_per_stage": 11},
+])
+def test_dry_run_counts_the_steps_the_run_then_trains_without_building_the_graph(tmp_path, train):
+    from atlas_plugins.trainer import dry_run_plan
+    t = new_trainer(tmp_path, **train)
+    assert dry_run_plan(t.pipe) == "steps      " + t.plan().removeprefix("training ")
+    assert t.steps_per_epoch == math.ceil(len(t.batches(0)) / t.cfg.accumulate)  # the count is the batches built
+
+
+def test_dry_run_leaves_merging_neighbour_batches_to_the_run(tmp_path):
+    from atlas_plugins.trainer import dry_run_plan
+    t = new_trainer(tmp_path, batches="neighbors", neighbors=1, batch_size=4)  # an anchor and one neighbour
+    assert dry_run_plan(t.pipe) == "steps      counted when training starts (neighbour batches this small merge " \
+                                   "as they come)"
+    assert t.batches_per_epoch == len(t.batches(0))
