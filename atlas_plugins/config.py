@@ -282,7 +282,7 @@ MAX_NESTING = 8  # tables and lists nested deeper than this are refused (no plug
 class Origin:
     """Where each value came from, so that an error blames the pipeline file or the ``--set`` that gave it."""
 
-    path: Path
+    path: Path | str  # the pipeline file, or "pipeline dict" (config_from_dict)
     overrides: dict = attrs.field(factory=dict)  # "section.key" -> the --set argument that set it
 
     def __call__(self, key: str) -> str:
@@ -361,23 +361,60 @@ def _data_file_hint(path: Path, registry) -> str:
 def load_config(path, overrides=(), registry=None) -> PipelineConfig:
     """Read, override, validate and resolve a pipeline file; plugin parameters are checked by signature."""
     path = Path(path)
-    doc, origins = apply_overrides(read_toml(path, registry), overrides)
-    for given, other in (("steps_per_stage", "epochs_per_stage"), ("epochs_per_stage", "steps_per_stage")):
-        if f"train.{given}" in origins and f"train.{other}" not in origins and isinstance(doc.get("train"), dict):
-            doc["train"].pop(other, None)  # a stage's budget given with --set replaces the file's other one
+    doc, origins = _overridden(read_toml(path, registry), overrides)
     return build_config(doc, path, registry, Origin(path, origins))
 
 
-def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = None) -> PipelineConfig:
-    """Validate the tables of a pipeline file (``doc``, as ``tomllib`` reads it) into a :class:`PipelineConfig`."""
+DICT_ORIGIN = "pipeline dict"
+
+
+def config_from_dict(doc: dict, overrides=(), registry=None) -> PipelineConfig:
+    """A pipeline given as its tables (``{"teacher": {"path": "vectors.npy"}, "output": {"dir": "runs/x"}}``),
+    checked as :func:`load_config` checks a file.  Relative paths resolve against the working folder; there is
+    no file name to name the run folder after, so ``output.dir`` is required, and the ``pipeline.toml`` the run
+    writes there stands for the file (``atlas-run runs/x/pipeline.toml --resume`` continues the run)."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"a pipeline is a pipeline file's path or a dict of its tables, got {type(doc).__name__}")
+    doc, origins = _overridden(_plain(doc), overrides)
+    out_dir = doc.get("output", {}).get("dir") if isinstance(doc.get("output"), dict) else None
+    if not isinstance(out_dir, str) or not out_dir.strip() or "\x00" in out_dir:
+        raise ConfigError(f"{DICT_ORIGIN}: output.dir is required (a pipeline dict has no file name to name the "
+                          f"run folder after); add \"output\": {{\"dir\": \"runs/my-map\"}}")
+    source = Path(_beside(Path.cwd(), out_dir)) / "pipeline.toml"
+    return build_config(doc, source, registry, Origin(DICT_ORIGIN, origins), base=Path.cwd())
+
+
+def _plain(value):
+    """A dict of tables as TOML would give it: paths (``os.PathLike``) as strings, tuples as lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _overridden(doc: dict, overrides) -> tuple[dict, dict]:
+    """``doc`` with the ``--set`` items applied, and where each came from."""
+    doc, origins = apply_overrides(doc, overrides)
+    for given, other in (("steps_per_stage", "epochs_per_stage"), ("epochs_per_stage", "steps_per_stage")):
+        if f"train.{given}" in origins and f"train.{other}" not in origins and isinstance(doc.get("train"), dict):
+            doc["train"].pop(other, None)  # a stage's budget given with --set replaces the file's other one
+    return doc, origins
+
+
+def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = None, *,
+                 base: Path | None = None) -> PipelineConfig:
+    """Validate the tables of a pipeline file (``doc``, as ``tomllib`` reads it) into a :class:`PipelineConfig`;
+    relative paths resolve against ``base``, by default the file's folder."""
     registry = registry or get_registry()
     origin = origin or Origin(path)
+    base = base or path.resolve().parent
     _check_shape(doc, origin)
     tables = _resolve_paths(_schedule_from_tau({name: dict(doc.get(name, {})) for name in SECTIONS}, origin),
-                            path, origin)
+                            path, base, origin)
     tables["loss"] = _student_loss(tables, registry)
     sections = {name: _make_section(origin, name, tables[name]) for name in SECTIONS}
-    sections = _resolve_plugins(sections, origin, registry, path.resolve().parent)
+    sections = _resolve_plugins(sections, origin, registry, base)
     sch, loss = sections["schedule"], sections["loss"]
     if sch.start is None or sch.end is None:
         start, end = loss_tau_range(registry, loss.name, loss.params)
@@ -492,9 +529,9 @@ def _check_set_path(origin: Origin, key: str, value: str, resolved: str, base: P
                           f"file's folder ({base}); the file is in the current folder, so give {here}")
 
 
-def _resolve_paths(tables: dict, path: Path, origin: Origin) -> dict:
-    """Relative paths resolve against the pipeline file's folder; ``output.dir`` defaults to runs/<file name>."""
-    base = path.resolve().parent
+def _resolve_paths(tables: dict, path: Path, base: Path, origin: Origin) -> dict:
+    """Relative paths resolve against ``base`` (the pipeline file's folder); ``output.dir`` defaults to
+    runs/<file name>."""
     for key in PATH_KEYS:
         value = tables["teacher"].get(key)
         if isinstance(value, str):

@@ -20,7 +20,7 @@ import torch
 
 from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
-from .config import PipelineConfig, dump_toml, load_config
+from .config import PipelineConfig, config_from_dict, dump_toml, load_config
 from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame, resolve_device
 from .mapfiles import write_map_html, write_map_table
@@ -164,7 +164,8 @@ def train(pipeline, overrides=(), *, resume: bool = False, overwrite: bool = Fal
     """``atlas-run PIPELINE [--set ...] [--resume | --overwrite]`` from Python: train, write the run folder as
     atlas-run does, and return the student (``student.encode(x)``; ``refine=N`` against its ``map.pt``).
 
-    ``overrides``: ``--set`` items, e.g. ``["train.epochs_per_stage=2"]``.  Bad input raises the
+    ``pipeline``: a pipeline file, or its tables as a dict (:func:`~atlas_plugins.config.config_from_dict`:
+    ``output.dir`` required, relative paths against the working folder).  ``overrides``: ``--set`` items, e.g. ``["train.epochs_per_stage=2"]``.  Bad input raises the
     :class:`AtlasError` whose one line atlas-run prints (a message that names a command to run next names
     the atlas-run one: ``resume=True`` is its ``--resume``); Ctrl-C saves a checkpoint and raises
     :class:`~atlas_plugins.trainer.Interrupted`.  Warnings go to :mod:`warnings`; ``quiet``: no progress bar
@@ -172,9 +173,13 @@ def train(pipeline, overrides=(), *, resume: bool = False, overwrite: bool = Fal
     if resume and overwrite:
         raise ConfigError("resume=True and overwrite=True cannot be used together")
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
-    config = load_config(pipeline, overrides, registry)
+    if isinstance(pipeline, dict):  # the run's own pipeline.toml holds the overrides: the command needs none
+        config = config_from_dict(pipeline, overrides, registry)
+        command = atlas_run_command(config.source)
+    else:
+        config, command = load_config(pipeline, overrides, registry), atlas_run_command(pipeline, overrides)
     result = run_pipeline(config, resume=resume, overwrite=overwrite, progress=not quiet,
                           echo=(lambda m: None) if quiet else print,
                           warn=lambda m: warnings.warn(f"atlas: {m}", stacklevel=3),
-                          registry=registry, command=atlas_run_command(pipeline, overrides))
+                          registry=registry, command=command)
     return result.student

@@ -46,6 +46,32 @@ def test_train_keeps_the_run_folder_rules_and_names_the_command_to_run(tmp_path,
     assert same_weights(again.module.state_dict(), weights(tmp_path / "run"))  # the refused calls changed nothing
 
 
+def test_train_takes_the_tables_as_a_dict_and_trains_what_the_file_would(tmp_path, monkeypatch):
+    """Paths and tuples as Python holds them; relative paths against the working folder; the run's own
+    pipeline.toml stands for the file in what to run next."""
+    import tomllib
+    pipeline = write_pipeline(tmp_path, stages=1, epochs=1)
+    tables = tomllib.loads(pipeline.read_text())
+    monkeypatch.chdir(EXAMPLE_NPY.parent)
+    tables["teacher"] = {"path": EXAMPLE_NPY.relative_to(EXAMPLE_NPY.parent)}          # a Path, relative
+    tables["student"]["hidden"] = tuple(tables["student"]["hidden"])
+    tables["output"]["dir"] = str(tmp_path / "from-dict")
+    student = train(tables, ["train.epochs_per_stage=2"], quiet=True)
+    proc = run_atlas(pipeline, "--set", "train.epochs_per_stage=2", "--set", "output.dir='cli'", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert same_weights(student.module.state_dict(), weights(tmp_path / "cli"))  # meta aside, the same run
+    with pytest.raises(RunDirError, match=rf"continue it with: atlas-run {tmp_path}/from-dict/pipeline.toml --resume"):
+        train(tables, quiet=True)
+    again = run_atlas(tmp_path / "from-dict" / "pipeline.toml", "--resume", "--quiet")  # that command works
+    assert again.returncode == 0, again.stderr
+    with pytest.raises(ConfigError, match=r"^pipeline dict: train.batch_size must be a positive integer, got -1$"):
+        train({**tables, "train": {"batch_size": -1}}, overwrite=True)
+    with pytest.raises(ConfigError, match=r"^pipeline dict: output.dir is required .*add \"output\": \{\"dir\""):
+        train({"teacher": tables["teacher"]})
+    with pytest.raises(ConfigError, match="a pipeline is a pipeline file's path or a dict of its tables, got list"):
+        atlas_plugins.config.config_from_dict([])
+
+
 def test_the_facade_and_the_command_line_hint():
     assert atlas_plugins.train is train
     from atlas.training import train as facade_train
