@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous run in output.dir (removes only files atlas-run wrote)")
-    p.add_argument("--dry-run", action="store_true", help="check everything and print the pipeline; do not train")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and print the pipeline and its step count; do not train")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list-plugins", action="store_true", help="list the registered plugins and exit")
     p.add_argument("--json", action="store_true", help="with --list-plugins: print JSON")
