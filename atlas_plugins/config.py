@@ -376,11 +376,13 @@ def config_from_dict(doc: dict, overrides=(), registry=None) -> PipelineConfig:
     if not isinstance(doc, dict):
         raise ConfigError(f"a pipeline is a pipeline file's path or a dict of its tables, got {type(doc).__name__}")
     doc, origins = _overridden(_plain(doc), overrides)
-    out_dir = doc.get("output", {}).get("dir") if isinstance(doc.get("output"), dict) else None
-    if not isinstance(out_dir, str) or not out_dir.strip() or "\x00" in out_dir:
+    out = doc.get("output", {})
+    if isinstance(out, dict) and "dir" not in out:
         raise ConfigError(f"{DICT_ORIGIN}: output.dir is required (a pipeline dict has no file name to name the "
                           f"run folder after); add \"output\": {{\"dir\": \"runs/my-map\"}}")
-    source = Path(_beside(Path.cwd(), out_dir)) / "pipeline.toml"
+    out_dir = out.get("dir") if isinstance(out, dict) else None  # a bad one is named by the checks of [output]
+    source = Path(_beside(Path.cwd(), out_dir) if isinstance(out_dir, str) and out_dir.strip() else "") / \
+        "pipeline.toml"
     return build_config(doc, source, registry, Origin(DICT_ORIGIN, origins), base=Path.cwd())
 
 
