@@ -86,13 +86,13 @@ class EpochAcc:
     seconds: float = 0.0
 
 
-def count_batches(cfg, n_rows: int, graph_width: int | None) -> int | None:
+def count_batches(cfg, n_rows: int, width: int | None) -> int | None:
     """Batches in one epoch over ``n_rows`` training rows, counted without building one: random batches
-    (``graph_width`` None) or neighbour batches from a graph of that width.  None when neighbour batches are
-    too small to stand alone (they merge as they come, so only building them counts them)."""
-    if graph_width is None:
+    (``width`` None) or neighbour batches from a graph of ``width`` neighbours a row.  None when neighbour
+    batches are too small to stand alone (they merge as they come, so only building them counts them)."""
+    if width is None:
         return len(random_batches(np.arange(n_rows), cfg.batch_size))
-    if 1 + min(cfg.neighbors, graph_width) < MIN_BATCH_ROWS:  # an anchor and its distinct neighbours
+    if 1 + min(cfg.neighbors, width) < MIN_BATCH_ROWS:  # an anchor and its distinct neighbours
         return None
     return len(chunks(np.arange(n_rows), max(1, cfg.batch_size // (1 + cfg.neighbors))))
 
