@@ -417,11 +417,7 @@ def build_config(doc: dict, path: Path, registry=None, origin: Origin | None = N
     tables["loss"] = _student_loss(tables, registry)
     sections = {name: _make_section(origin, name, tables[name]) for name in SECTIONS}
     sections = _resolve_plugins(sections, origin, registry, base)
-    sch, loss = sections["schedule"], sections["loss"]
-    if sch.start is None or sch.end is None:
-        start, end = loss_tau_range(registry, loss.name, loss.params)
-        sections["schedule"] = attrs.evolve(sch, start=start if sch.start is None else sch.start,
-                                            end=end if sch.end is None else sch.end)
+    sections["schedule"] = _taus_from_loss(sections["schedule"], sections["loss"], registry)
     return PipelineConfig(source=path, **sections)
 
 
@@ -448,7 +444,8 @@ def _check_shape(doc: dict, origin: Origin) -> None:
 
 def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
     """The τ rule: ``loss.tau`` and ``[schedule]`` exclude each other; ``loss.tau`` is one stage at that fixed τ;
-    with neither, the run follows ``[schedule]``'s defaults (a curriculum)."""
+    with neither, the run follows ``[schedule]``'s defaults (a curriculum over the loss's τ range:
+    :func:`_taus_from_loss`)."""
     tau = tables["loss"].get("tau")
     if tau is not None and tables["schedule"]:
         raise ConfigError(f"{origin('loss.tau')}: loss.tau is set, but [schedule] sets τ per stage; "
@@ -458,22 +455,13 @@ def _schedule_from_tau(tables: dict, origin: Origin) -> dict:
     return tables
 
 
-def _student_loss(tables: dict, registry) -> dict:
-    """The loss rule: a ``[loss]`` that names no loss is the student's ``default_loss`` (a hierarchical student's
-    loss over levels) with ``[loss]``'s keys on top; without one, ``[loss] name``'s default holds."""
-    table, student = tables["loss"], tables["student"].get("name", attrs.fields(StudentSection).name.default)
-    try:
-        fn = registry.get("student", student) if "name" not in table and isinstance(student, str) else None
-    except PluginError:
-        return table  # an unknown student is reported with the [student] section
-    default = getattr(fn, "default_loss", None)
-    if default is None:
-        return table
-    if not isinstance(default, dict) or not isinstance(default.get("name"), str):
-        raise PluginError(f"student '{student}' ({registry.info('student', student).distribution}) declares "
-                          f"default_loss = {default!r}; expected a [loss] table with a name, such as "
-                          "{\"name\": \"hierarchical\"}; set [loss] name")
-    return {**default, **table}
+def _taus_from_loss(schedule: ScheduleSection, loss: LossSection, registry) -> ScheduleSection:
+    """The τ rule, continued: a ``start`` or ``end`` that ``[schedule]`` leaves out is the loss's own."""
+    if schedule.start is not None and schedule.end is not None:
+        return schedule
+    start, end = loss_tau_range(registry, loss.name, loss.params)
+    return attrs.evolve(schedule, start=start if schedule.start is None else schedule.start,
+                        end=end if schedule.end is None else schedule.end)
 
 
 DEFAULT_TAU = 1.0  # τ for a loss that declares no tau_range: the loss hook's documented default
@@ -513,6 +501,24 @@ def _default_params(fn) -> dict:
                 if p.default is not inspect.Parameter.empty}
     except (TypeError, ValueError):
         return {}
+
+
+def _student_loss(tables: dict, registry) -> dict:
+    """The loss rule: a ``[loss]`` that names no loss is the student's ``default_loss`` (a hierarchical student's
+    loss over levels) with ``[loss]``'s keys on top; without one, ``[loss] name``'s default holds."""
+    table, student = tables["loss"], tables["student"].get("name", attrs.fields(StudentSection).name.default)
+    try:
+        fn = registry.get("student", student) if "name" not in table and isinstance(student, str) else None
+    except PluginError:
+        return table  # an unknown student is reported with the [student] section
+    default = getattr(fn, "default_loss", None)
+    if default is None:
+        return table
+    if not isinstance(default, dict) or not isinstance(default.get("name"), str):
+        raise PluginError(f"student '{student}' ({registry.info('student', student).distribution}) declares "
+                          f"default_loss = {default!r}; expected a [loss] table with a name, such as "
+                          "{\"name\": \"hierarchical\"}; set [loss] name")
+    return {**default, **table}
 
 
 def _beside(base: Path, value: str) -> str:
