@@ -74,9 +74,11 @@ def list_plugins(as_json: bool) -> str:
         for entry in entries:
             if entry["kind"] == "loss":
                 entry["tau_range"] = taus[entry["name"]]
-        return json.dumps(entries, indent=2)
+            if entry["kind"] == "student":
+                entry["default_loss"] = getattr(registry.get("student", entry["name"]), "default_loss", None)
+        return json.dumps(entries, indent=2, default=repr)  # a plugin's attribute may hold anything
     rows = [("KIND", "NAME", "DESCRIPTION", "PROVIDED BY", "PARAMETERS (default)")]
-    rows += [(i.kind, i.name, i.description + (_range(i, taus[i.name]) if i.kind == "loss" else ""),
+    rows += [(i.kind, i.name, i.description + (_range(i, taus[i.name]) if i.kind == "loss" else _own_loss(i)),
               f"{i.distribution} {i.version or ''}".strip(),
               ", ".join(p["name"] + (f"={_toml(p['default'])}" if p["default"] is not None else "")
                         for p in params[i.kind, i.name])) for i in infos]
@@ -96,6 +98,12 @@ def _range(info, taus) -> str:
     follows = getattr(info.obj, "tau_range", None)
     follows = f" as {follows}" if isinstance(follows, str) else ""
     return f" [tau{follows} {taus[0]:g} -> {taus[1]:g}]" if taus else " [invalid tau_range]"
+
+
+def _own_loss(info) -> str:
+    """A student's ``default_loss``, the loss a pipeline gets when ``[loss]`` names none."""
+    loss = getattr(info.obj, "default_loss", None) if info.kind == "student" else None
+    return f" [loss {loss['name']}]" if isinstance(loss, dict) and isinstance(loss.get("name"), str) else ""
 
 
 def _toml(value) -> str:

@@ -246,7 +246,8 @@ def _smoke_test(pipe: Pipeline) -> None:
                 loss = pipe.loss(out, x, pipe.taus[0], xhat)
             except ConfigError as exc:
                 hint = (f"; student '{name}' returns {len(levels)} levels: use loss 'hierarchical' "
-                        "(or 'combined' with base = \"hierarchical\")") if len(levels) > 1 else ""
+                        "(or 'combined' with base = \"hierarchical\"), or leave [loss] name out to get the "
+                        "student's own") if len(levels) > 1 else ""
                 raise ConfigError(f"{exc}{hint}") from None
             who = f"loss '{loss_name}' ({pipe.providers['loss']})"
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

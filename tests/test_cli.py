@@ -193,6 +193,9 @@ def test_list_plugins_table_and_json():
     assert all(p["distribution"] == "atlas-distill" for p in listing if p["name"] in ("mse", "npy"))
     assert "[tau 0.2 -> 0.05]" in next(r for r in rows if r.split()[:2] == ["loss", "relational"])
     assert "[tau as base 0.2 -> 0.05]" in next(r for r in rows if r.split()[:2] == ["loss", "hierarchical"])
+    assert "[loss hierarchical]" in next(r for r in rows if r.split()[:2] == ["student", "hierarchical"])
+    assert next(p for p in listing if p["kind"] == "student" and p["name"] == "hierarchical")["default_loss"] == \
+        {"name": "hierarchical", "base": "neighbors"}
     taus = {p["name"]: p.get("tau_range") for p in listing if p["kind"] == "loss"}
     assert taus["neighbors"] == [2.0, 0.4] and taus["combined"] == [0.2, 0.05] and taus["mse"] == [1.0, 1.0]
     pt = next(p for p in listing if p["name"] == "pt")

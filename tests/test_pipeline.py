@@ -42,6 +42,17 @@ def test_combined_called_directly_takes_a_function_or_a_builtin_name():
         combined(s, t, base="rank-margin")
 
 
+def test_a_loss_for_one_level_on_a_two_level_student_names_the_ways_out(tmp_path):
+    from atlas_plugins import ConfigError
+    d = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"name": "hierarchical", "hidden": [16]},
+         "loss": {"name": "neighbors"}, "output": {"dir": str(tmp_path / "run")}}
+    with pytest.raises(ConfigError, match=r"student 'hierarchical' returns 2 levels: use loss 'hierarchical' .*"
+                                          r"or leave \[loss\] name out to get the student's own$"):
+        assemble(build_config(d, tmp_path / "p.toml"))
+    del d["loss"]["name"]  # the way out it names
+    assert assemble(build_config(d, tmp_path / "p.toml")).config.loss.name == "hierarchical"
+
+
 def test_reconstruction_is_a_capability_the_student_declares(tmp_path):
     registry = Registry(load_entrypoints=False)
     d = doc(tmp_path, name="combined")
