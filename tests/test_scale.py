@@ -136,4 +136,6 @@ def test_peak_memory_does_not_grow_with_the_teacher_file(tmp_path):
     rss_small = peak_rss_mb(small, *opts)
     rss_big = peak_rss_mb(big, *opts)
     file_mb = (tmp_path / "big.npy").stat().st_size / 2**20
-    assert rss_big - rss_small < 0.2 * file_mb, (rss_small, rss_big, file_mb)
+    # Reading the file whole would add its 410 MB; the two runs' peaks differ by 36-59 MB here (allocator and
+    # page-cache noise, 3 runs each on 2026-12-03) and by 99 MB once in CI under load: half the file separates both.
+    assert rss_big - rss_small < 0.5 * file_mb, (rss_small, rss_big, file_mb)
