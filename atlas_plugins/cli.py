@@ -70,12 +70,10 @@ def list_plugins(as_json: bool) -> str:
     taus = {i.name: _tau_range(registry, i) for i in infos if i.kind == "loss"}  # a loss's default [schedule]
     if as_json:
         entries = [{"kind": i.kind, "name": i.name, "description": i.description, "distribution": i.distribution,
-                    "version": i.version, "params": params[i.kind, i.name]} for i in infos]
-        for entry in entries:
-            if entry["kind"] == "loss":
-                entry["tau_range"] = taus[entry["name"]]
-            if entry["kind"] == "student":
-                entry["default_loss"] = getattr(registry.get("student", entry["name"]), "default_loss", None)
+                    "version": i.version, "params": params[i.kind, i.name],
+                    **({"tau_range": taus[i.name]} if i.kind == "loss" else {}),
+                    **({"default_loss": getattr(i.obj, "default_loss", None)} if i.kind == "student" else {})}
+                   for i in infos]
         return json.dumps(entries, indent=2, default=repr)  # a plugin's attribute may hold anything
     rows = [("KIND", "NAME", "DESCRIPTION", "PROVIDED BY", "PARAMETERS (default)")]
     rows += [(i.kind, i.name, i.description + (_range(i, taus[i.name]) if i.kind == "loss" else _own_loss(i)),

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
-from .params import accepts, describe, matches, plugin_ref, signature_annotations
+from .params import accepts, describe, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
 from .teacher import loader_for_suffix
 
@@ -486,21 +486,15 @@ def loss_tau_range(registry, name: str, params: dict | None = None) -> tuple[flo
                 raise PluginError(f"{who} declares tau_range = {declared!r}; expected (start, end), two positive "
                                   "numbers, or the name of its parameter that names another loss")
             return float(declared[0]), float(declared[1])
-        inner = (params if params is not None else _default_params(info.obj)).get(declared)
+        if params is None:
+            params = {p["name"]: p["default"] for p in parameters(info.obj)}
+        inner = params.get(declared)
         if not isinstance(inner, str) or inner not in registry.names("loss") or inner in seen:
             why = "loops back" if inner in seen else f"names no registered loss ({declared} = {inner!r})"
             raise PluginError(f"{who} takes its tau_range from parameter '{declared}', which {why}; "
                               "set [schedule] start and end")
         seen.append(name)
         name, params = inner, None
-
-
-def _default_params(fn) -> dict:
-    try:
-        return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-                if p.default is not inspect.Parameter.empty}
-    except (TypeError, ValueError):
-        return {}
 
 
 def _student_loss(tables: dict, registry) -> dict:

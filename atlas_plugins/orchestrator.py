@@ -165,9 +165,10 @@ def train(pipeline, overrides=(), *, resume: bool = False, overwrite: bool = Fal
     atlas-run does, and return the student (``student.encode(x)``; ``refine=N`` against its ``map.pt``).
 
     ``pipeline``: a pipeline file, or its tables as a dict (:func:`~atlas_plugins.config.config_from_dict`:
-    ``output.dir`` required, relative paths against the working folder).  ``overrides``: ``--set`` items, e.g. ``["train.epochs_per_stage=2"]``.  Bad input raises the
-    :class:`AtlasError` whose one line atlas-run prints (a message that names a command to run next names
-    the atlas-run one: ``resume=True`` is its ``--resume``); Ctrl-C saves a checkpoint and raises
+    ``output.dir`` required, relative paths against the working folder).  ``overrides``: ``--set`` items,
+    e.g. ``["train.epochs_per_stage=2"]``.  Bad input raises the :class:`AtlasError` whose one line atlas-run
+    prints (a message that names a command to run next names the atlas-run one: ``resume=True`` is its
+    ``--resume``); Ctrl-C saves a checkpoint and raises
     :class:`~atlas_plugins.trainer.Interrupted`.  Warnings go to :mod:`warnings`; ``quiet``: no progress bar
     and no report table on stdout."""
     if resume and overwrite:
