@@ -193,8 +193,9 @@ class OutputSection:
                            "training rows kept in map.pt for encode(refine=N), a uniform sample above it; 0: no map")
     umap: bool = _field(False, boolean, "also fit UMAP in the report, for comparison (needs the 'umap' extra)")
     loggers: list = _field(("jsonl",), _check(lambda v: isinstance(v, (list, tuple)) and all(
-                               isinstance(x, str) and x for x in v), "a list of logger names"),
-                           "logger plugins that receive each epoch's metrics (jsonl: metrics.jsonl; tensorboard)",
+                               logger_name(x) for x in v), 'a list of logger names or tables { name = "...", ... }'),
+                           "logger plugins that receive each epoch's metrics (jsonl: metrics.jsonl; tensorboard); "
+                           'a table { name = "...", key = value } passes the logger its parameters',
                            resumable=True)
 
     def __attrs_post_init__(self):
@@ -592,12 +593,34 @@ def _resolve_plugins(sections: dict, origin: Origin, registry, base: Path) -> di
             # a teacher that caches what it computes keeps it in the run folder by default
             params["cache_dir"] = os.path.join(sections["output"].dir, "cache")
         sections[section] = attrs.evolve(sec, params=params)
-    for name in sections["output"].loggers:
+    loggers = []
+    for item in sections["output"].loggers:
+        name, params = logger_spec(item)
         try:
-            registry.get("logger", name)
+            fn = registry.get("logger", name)
         except UnknownPluginError as exc:
             raise ConfigError(f"{origin('output.loggers')}: output.loggers: {exc}") from None
+        if isinstance(item, dict):
+            params = _check_params(lambda key: origin("output.loggers"), f"output.loggers.{name}", "logger", name,
+                                   fn, params, registry)
+            item = {"name": name, **params}
+        loggers.append(item)
+    sections["output"] = attrs.evolve(sections["output"], loggers=loggers)
     return sections
+
+
+def logger_name(item) -> str | None:
+    """The logger an ``output.loggers`` item names: the item itself, or a table's ``name``; None when neither."""
+    name = item.get("name") if isinstance(item, dict) else item
+    return name if isinstance(name, str) and name else None
+
+
+def logger_spec(item) -> tuple[str, dict]:
+    """An ``output.loggers`` item as ``(name, parameters)``: ``"jsonl"`` or ``{ name = "wandb", project = "maps" }``."""
+    if not isinstance(item, dict):
+        return item, {}
+    params = dict(item)
+    return params.pop("name"), params
 
 
 def _local_paths(fn, params: dict, base: Path) -> dict:

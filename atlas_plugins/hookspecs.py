@@ -78,9 +78,11 @@ def register_students(register):
 def register_loggers(register):
     """Register loggers (``[output] loggers = ["jsonl", ...]``).
 
-    :param register: call ``register(name, fn, description)``; ``fn(path)``
-        returns a logger, where ``path(rel)`` gives a file path inside the run
-        folder that the run owns (refused through a symbolic link).  The
+    :param register: call ``register(name, fn, description)``; ``fn(path,
+        **params)`` returns a logger, where ``path(rel)`` gives a file path
+        inside the run folder that the run owns (refused through a symbolic
+        link) and ``params`` are the keys of the logger's table in the list
+        (``{ name = "wandb", project = "maps" }``).  The
         logger has ``log(metrics)``, called with each epoch's metrics (a dict:
         ``stage``, ``epoch``, ``step``, ``tau``, ``train_loss``, ...), and may
         have ``start(info)`` (``config``, ``run_dir`` and, on resume, the

@@ -20,7 +20,7 @@ import torch
 
 from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
-from .config import PipelineConfig, config_from_dict, dump_toml, load_config
+from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec
 from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame, resolve_device
 from .mapfiles import write_map_html, write_map_table
@@ -60,9 +60,9 @@ def make_loggers(config: PipelineConfig, registry: Registry | None, run: RunDir)
     """The ``output.loggers``, built (they write nothing yet): ``(name, logger)`` pairs."""
     registry = registry or get_registry()
     out = []
-    for name in config.output.loggers:
+    for name, params in map(logger_spec, config.output.loggers):
         with blame("logger", name, registry.info("logger", name).distribution):
-            logger = registry.get("logger", name)(run.file)
+            logger = registry.get("logger", name)(run.file, **params)
         if not callable(getattr(logger, "log", None)):
             raise PluginError(f"logger '{name}' ({registry.info('logger', name).distribution}) returned "
                               f"{type(logger).__name__}, which has no log(metrics) method")

@@ -1,11 +1,13 @@
 """Loggers, the fifth plugin kind: ``jsonl`` (metrics.jsonl), ``tensorboard``, and a third-party one."""
 
 import json
+import re
 import sys
+import tomllib
 
 import pytest
 
-from atlas_plugins import PluginError, Registry
+from atlas_plugins import ConfigError, PluginError, Registry
 from atlas_plugins.config import load_config
 from atlas_plugins.orchestrator import run_pipeline
 from conftest import one_error_line, run_cli, write_pipeline
@@ -62,7 +64,41 @@ def test_unknown_logger_is_a_config_error(tmp_path):
     one_error_line(run_cli(path, "--dry-run"), "output.loggers: unknown logger 'tensorbord'",
                    "did you mean 'tensorboard'?")
     path.write_text(path.read_text().replace('["tensorbord"]', '"jsonl"'))
-    one_error_line(run_cli(path, "--dry-run"), "output.loggers must be a list of logger names, got 'jsonl'")
+    one_error_line(run_cli(path, "--dry-run"), "output.loggers must be a list of logger names or tables", "got 'jsonl'")
+
+
+def test_a_table_passes_the_logger_its_parameters(tmp_path):
+    made = []
+
+    def tracker(path, project: str, every: int = 1, tags: list[str] = ()):
+        made.append((project, every, tags))
+        return Collect([])
+
+    run_with(tmp_path, tracker, loggers='[{ name = "collect", project = "maps", tags = ["5-D"] }]')
+    assert made == [("maps", 1, ["5-D"])]
+    resolved = tomllib.loads((tmp_path / "run" / "pipeline.toml").read_text())
+    assert resolved["output"]["loggers"] == [{"name": "collect", "project": "maps", "every": 1, "tags": ["5-D"]}]
+    for loggers, message in [
+            ('[{ name = "collect", project = 7 }]', "output.loggers.collect.project must be a string for logger 'collect', "
+                                                   "got 7"),
+            ('[{ name = "collect", projet = "maps" }]', "output.loggers.collect.projet is not a parameter of logger "
+                                                       "'collect' (did you mean 'project'?); it accepts: project, "
+                                                       "every, tags"),
+            ('[{ name = "collect", project = "maps", path = "x" }]', "output.loggers.collect.path is set by the "
+                                                                    "orchestrator"),
+            ('[{ project = "maps" }]', "output.loggers must be a list of logger names or tables")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            run_with(tmp_path, tracker, loggers=loggers)
+    assert len(made) == 1
+
+
+def test_a_logger_table_from_the_command_line(tmp_path):
+    path = write_pipeline(tmp_path, stages=1, epochs=1)
+    proc = run_cli(path, "--dry-run", "--set", 'output.loggers=[{ name = "jsonl", every = 2 }]')
+    one_error_line(proc, "--set 'output.loggers=[{ name = \"jsonl\", every = 2 }]': output.loggers.jsonl.every is "
+                         "not a parameter of logger 'jsonl'; it accepts: no parameters")
+    assert run_cli(path, "--quiet", "--set", 'output.loggers=[{ name = "jsonl" }]').returncode == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_jsonl_and_tensorboard_record_the_same_numbers(tmp_path):
