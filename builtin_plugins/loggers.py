@@ -37,8 +37,8 @@ def jsonl(path):
 
 
 class TensorBoardLogger:
-    """Scalars per optimiser step in ``tensorboard/events.out.tfevents.<time>.<host>.atlas`` (one file per
-    start; a resumed run adds a file, and TensorBoard reads the folder as one run)."""
+    """Each epoch's scalars, at its optimizer step, in ``tensorboard/events.out.tfevents.<time>.<host>.atlas``
+    (one file per start; a resumed run adds a file, and TensorBoard reads the folder as one run)."""
 
     def __init__(self, path, modules):
         self.path, (self.Event, self.Summary, self.RecordWriter) = path, modules
@@ -65,7 +65,7 @@ class TensorBoardLogger:
 
 
 def tensorboard(path):
-    """Loss, τ, learning rate and speed per step for TensorBoard (needs the 'tensorboard' extra)."""
+    """Each epoch's loss, τ, learning rate and speed for TensorBoard, by step (needs the 'tensorboard' extra)."""
     try:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
