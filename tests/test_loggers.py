@@ -79,8 +79,8 @@ def test_a_table_passes_the_logger_its_parameters(tmp_path):
     resolved = tomllib.loads((tmp_path / "run" / "pipeline.toml").read_text())
     assert resolved["output"]["loggers"] == [{"name": "collect", "project": "maps", "every": 1, "tags": ["5-D"]}]
     for loggers, message in [
-            ('[{ name = "collect", project = 7 }]', "output.loggers.collect.project must be a string for logger 'collect', "
-                                                   "got 7"),
+            ('[{ name = "collect", project = 7 }]', "output.loggers.collect.project must be a string for logger "
+                                                   "'collect', got 7"),
             ('[{ name = "collect", projet = "maps" }]', "output.loggers.collect.projet is not a parameter of logger "
                                                        "'collect' (did you mean 'project'?); it accepts: project, "
                                                        "every, tags"),
