@@ -84,7 +84,8 @@ class TrainingMap:
     :func:`~atlas_plugins.distributed.parameter_digest` of the weights that made ``coords``, so a map is
     never used with another run's student (``None``: not recorded, as in maps written before it was);
     ``units``: each level's :func:`layout_unit`, measured when not given (and in maps written before it
-    was stored: ~2 s for 750,000 rows).
+    was stored: ~2 s for 750,000 rows); ``attrs.evolve(map_, coords=...)`` keeps the old units unless it
+    also passes ``units=None``.
     """
 
     vectors: torch.Tensor

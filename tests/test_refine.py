@@ -176,6 +176,13 @@ def test_map_pt_stores_its_layout_units_and_older_maps_measure_them(trained, tmp
             TrainingMap.load(tmp_path / "bad.pt")
 
 
+def test_evolve_keeps_the_units_unless_told_to_measure_them_again(trained):
+    map_ = trained[0].training_map
+    wider = (10 * map_.coords[0],)
+    assert attrs.evolve(map_, coords=wider).units == map_.units
+    assert attrs.evolve(map_, coords=wider, units=None).units == pytest.approx((10 * map_.units[0],), rel=1e-5)
+
+
 def test_a_map_that_would_unpickle_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
