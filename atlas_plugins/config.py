@@ -287,8 +287,15 @@ class Origin:
     overrides: dict = attrs.field(factory=dict)  # "section.key" -> the --set argument that set it
 
     def __call__(self, key: str) -> str:
-        item = self.overrides.get(key)
-        return f"--set {item!r}" if item is not None else str(self.path)
+        """The source of ``key`` ("section.key..."): the ``--set`` that gave it, or one inside it (the
+        overrides record every prefix of a ``--set``'s key), or one that gave a table or list holding it
+        whole; otherwise the pipeline file."""
+        parts = key.split(".")
+        for n in range(len(parts), 1, -1):
+            item = self.overrides.get(".".join(parts[:n]))
+            if item is not None and (n == len(parts) or len(parse_override(item)[0]) == n):
+                return f"--set {item!r}"
+        return str(self.path)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -601,8 +608,7 @@ def _resolve_plugins(sections: dict, origin: Origin, registry, base: Path) -> di
         except UnknownPluginError as exc:
             raise ConfigError(f"{origin('output.loggers')}: output.loggers: {exc}") from None
         if isinstance(item, dict):
-            params = _check_params(lambda key: origin("output.loggers"), f"output.loggers.{name}", "logger", name,
-                                   fn, params, registry)
+            params = _check_params(origin, f"output.loggers.{name}", "logger", name, fn, params, registry)
             item = {"name": name, **params}
         loggers.append(item)
     sections["output"] = attrs.evolve(sections["output"], loggers=loggers)

@@ -63,6 +63,12 @@ def test_a_bad_value_from_set_is_blamed_on_set_not_on_the_file(tmp_path):
         load(tmp_path, "", ["student.bogus=1"])
     with pytest.raises(ConfigError, match=r"p.toml: train.batch_size must be a positive integer"):
         load(tmp_path, "[train]\nbatch_size = -1\n", ["train.seed=3"])
+    whole = 'teacher.embedder={ loader = "sentence-transformers", modle = "x" }'  # a table given whole
+    with pytest.raises(ConfigError, match=r"^--set 'teacher\.embedder=.*': teacher.embedder.modle is not a parameter"):
+        load(tmp_path, "", [whole])
+    with pytest.raises(ConfigError, match=r"p.toml: teacher.embedder.modle is not a parameter"):  # a sibling's --set
+        load(tmp_path, '[teacher.embedder]\nloader = "sentence-transformers"\nmodle = "x"\n',
+             ['teacher.embedder.model="y"'])
 
 
 def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
