@@ -97,6 +97,10 @@ def test_a_logger_table_from_the_command_line(tmp_path):
     proc = run_cli(path, "--dry-run", "--set", 'output.loggers=[{ name = "jsonl", every = 2 }]')
     one_error_line(proc, "--set 'output.loggers=[{ name = \"jsonl\", every = 2 }]': output.loggers.jsonl.every is "
                          "not a parameter of logger 'jsonl'; it accepts: no parameters")
+    assert not (tmp_path / "run").exists()
+    proc = run_cli(path, "--quiet", "--set", 'output.loggers=[{ name = "jsonl", every = 2 }]')  # a real run too
+    one_error_line(proc, "output.loggers.jsonl.every is not a parameter of logger 'jsonl'")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     assert run_cli(path, "--quiet", "--set", 'output.loggers=[{ name = "jsonl" }]').returncode == 0
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
