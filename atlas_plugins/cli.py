@@ -25,8 +25,8 @@ from .trainer import dry_run_plan
 
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
-ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT] [--loader NAME] [--key NAME] [--batch-size N] "
-                "[--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]\n"
+ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT [--overwrite]] [--loader NAME] [--key NAME] "
+                "[--batch-size N] [--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]\n"
                 "       atlas-encode --export-sentence-transformers DIR RUN_DIR|student.pt")
 
 
@@ -148,6 +148,7 @@ def _encode_parser() -> argparse.ArgumentParser:
                                  "texts (.txt, .jsonl with 'text') or - for texts on stdin, one per line")
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
                                           "stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     p.add_argument("--loader", help="the teacher plugin that reads INPUT (default: chosen by its suffix)")
     p.add_argument("--key", help="the array (.npz), tensor (.pt, .safetensors) or column (.parquet, .jsonl) that "
                                  "holds the vectors (default: the loader's, e.g. 'embeddings' or 'embedding')")
@@ -178,6 +179,8 @@ def encode(args: argparse.Namespace) -> int:
     from .encode import encode_file
     from .student import load_student
 
+    if args.overwrite and not args.output:
+        raise _usage("--overwrite replaces the file -o names; give -o OUT as well", ENCODE_USAGE)
     student = load_student(args.student)
     if args.export:
         if args.input:
@@ -192,7 +195,7 @@ def encode(args: argparse.Namespace) -> int:
         student.check_refinable(f"--refine {args.refine}")  # before any text is embedded
     rows = encode_file(student, args.input, args.output, loader=args.loader, key=args.key,
                        batch_size=args.batch_size, precision=args.precision, refine=args.refine, seed=args.seed,
-                       progress=not args.quiet and sys.stderr.isatty())
+                       progress=not args.quiet and sys.stderr.isatty(), overwrite=args.overwrite)
     if args.output:
         print(f"atlas-encode: {rows} rows written to {args.output}", file=sys.stderr)
     return 0

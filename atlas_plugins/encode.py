@@ -304,10 +304,13 @@ def _scratch(stack: ExitStack, folder: Path) -> str:
 
 def encode_file(student: TrainedStudent, source: str, out: str | None = None, *, loader: str | None = None,
                 key: str | None = None, batch_size: int = 65536, precision: str = "float32", refine: int = 0,
-                seed: int = 0, progress: bool = False, registry: Registry | None = None) -> int:
+                seed: int = 0, progress: bool = False, registry: Registry | None = None,
+                overwrite: bool = False) -> int:
     """Encode ``source`` into ``out`` (None: JSON lines on stdout); return the number of rows written.
 
-    ``loader`` and ``key`` as for :func:`open_source`."""
+    ``loader`` and ``key`` as for :func:`open_source`.  An existing ``out`` is replaced only with
+    ``overwrite`` (its rows may be all that is left of an earlier map), and then only once the new file
+    is complete."""
     writer_cls = writer_for(out)
     levels = student.levels
     names = column_names(levels)
@@ -321,6 +324,8 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
             if source != "-" and Path(out).exists() and os.path.samefile(source, out):
                 raise ConfigError(f"-o {out}: is the input file, which the coordinates would replace; "
                                   "write them to another file")
+            if Path(out).exists() and not overwrite:
+                raise ConfigError(f"-o {out}: exists; pass --overwrite to replace it, or give another file name")
             folder = Path(out).resolve().parent
             if not folder.is_dir():
                 raise ConfigError(f"-o {out}: the folder {folder} does not exist")

@@ -66,16 +66,19 @@ def main() -> None:
         student.encode(x[:65536])
         ref, _ = best_of(lambda: student.encode(x))
         rows = [("TrainedStudent.encode (reference, nothing written)", ref)]
-        inproc, _ = best_of(lambda: encode_file(student, str(tmp / "x.npy"), str(tmp / "in.parquet")))
+        inproc, _ = best_of(lambda: encode_file(student, str(tmp / "x.npy"), str(tmp / "in.parquet"), overwrite=True))
         rows.append(("encode_file .npy → .parquet (in process)", inproc))
         np.save(tmp / "small.npy", np.asarray(x[:1000]))
         startup = {}
         for suffix in (".parquet", ".npy", ".csv"):
             out = tmp / f"out{suffix}"
-            startup[suffix], _ = best_of(lambda: subprocess.run(
-                [ENCODE, tmp / "student.pt", tmp / "small.npy", "-o", out, "--quiet"], check=True, capture_output=True))
-            cli, _ = best_of(lambda: subprocess.run([ENCODE, tmp / "student.pt", tmp / "x.npy", "-o", out, "--quiet"],
-                                                    check=True, capture_output=True), repeats=2 if suffix != ".csv" else 1)
+
+            def cli_run(source):
+                return subprocess.run([ENCODE, tmp / "student.pt", source, "-o", out, "--overwrite", "--quiet"],
+                                      check=True, capture_output=True)
+
+            startup[suffix], _ = best_of(lambda: cli_run(tmp / "small.npy"))
+            cli, _ = best_of(lambda: cli_run(tmp / "x.npy"), repeats=2 if suffix != ".csv" else 1)
             rows.append((f"atlas-encode .npy → {suffix} (new process)", cli))
         print(f"\n{args.rows:,} × 384 float32 rows, default student (MLP 384→128×4→5), best of 3 (CLI: 2, csv: 1)\n")
         print("| path | seconds | vectors/s | ÷ reference | ÷ reference after start-up |\n|---|---:|---:|---:|---:|")

@@ -160,6 +160,21 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     assert np.load(tmp_path / "ok.npy").shape == (4, 384) and (tmp_path / "link.npy").is_symlink()
 
 
+def test_an_existing_output_is_replaced_only_with_overwrite(run, new_vectors, tmp_path):
+    path, x = new_vectors
+    earlier = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "map.npy", earlier)  # what a user may have kept from an earlier map
+    one_error_line(run_cli(run, path, "-o", tmp_path / "map.npy", program="atlas-encode"),
+                   "map.npy: exists; pass --overwrite to replace it, or give another file name")
+    assert np.array_equal(np.load(tmp_path / "map.npy"), earlier)
+    one_error_line(run_cli(run, path, "--overwrite", program="atlas-encode"),
+                   "--overwrite replaces the file -o names; give -o OUT as well")
+    done = run_cli(run, path, "-o", tmp_path / "map.npy", "--overwrite", program="atlas-encode")
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "map.npy"), load_student(run).encode(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.npy"]
+
+
 def test_texts_need_a_recorded_text_model(tmp_path):
     path = write_pipeline(tmp_path, stages=1, epochs=1)  # vectors, no teacher.embedder
     assert run_cli(path, "--quiet").returncode == 0
@@ -300,9 +315,9 @@ def test_key_names_the_vectors_in_any_vector_file(run, tmp_path):
         files.append("d.parquet")
     for name in files:
         key = "vec" if name.endswith(".jsonl") else "vecs"
-        done = run_cli(run, tmp_path / name, "--key", key, "-o", tmp_path / "out.npy", program="atlas-encode")
+        done = run_cli(run, tmp_path / name, "--key", key, "-o", tmp_path / f"{name}.npy", program="atlas-encode")
         assert done.returncode == 0, (name, done.stderr)
-        assert np.array_equal(np.load(tmp_path / "out.npy"), expected), name
+        assert np.array_equal(np.load(tmp_path / f"{name}.npy"), expected), name
     # without --key, or with a wrong one: one line that names what the file holds, and nothing written
     bad = ("-o", tmp_path / "bad.csv")
     one_error_line(run_cli(run, tmp_path / "two.npz", *bad, program="atlas-encode"),
