@@ -10,6 +10,7 @@ leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import pickle
@@ -35,11 +36,13 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
-def atomic_open(path):
+def atomic_open(path, *, replace: bool = True):
     """A binary file handle whose contents replace ``path`` when the block ends without an error.
 
     The data go to a temporary file in the same folder, flushed and fsync'ed, then ``os.replace``'d over
-    ``path``; on any error the temporary file is removed and ``path`` is left as it was.
+    ``path``; on any error the temporary file is removed and ``path`` is left as it was.  With
+    ``replace=False`` the file is hard-linked into place instead, which fails if ``path`` appeared meanwhile
+    (a caller that checked it was absent at the start keeps that promise to the end).
     """
     path = Path(path)
     tmp = None
@@ -51,7 +54,10 @@ def atomic_open(path):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_into_place(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -69,6 +75,19 @@ def atomic_open(path):
         pass
     finally:
         os.close(dir_fd)
+
+
+def _link_into_place(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links (some network and FAT mounts): check, then rename
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def atomic_write_bytes(path, data) -> None:

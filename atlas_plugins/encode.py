@@ -332,7 +332,7 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
             # beside the output: a large conversion should not land in a RAM-backed /tmp
             workdir = functools.partial(_scratch, stack, folder)
         src = open_source(source, student, loader, registry, workdir, key)
-        fh = sys.stdout.buffer if out is None else stack.enter_context(atomic_open(out))
+        fh = sys.stdout.buffer if out is None else stack.enter_context(atomic_open(out, replace=overwrite))
         writer = writer_cls(fh, names, src.extras)
         bar = stack.enter_context(tqdm(total=src.rows, unit=" rows", disable=not progress, file=sys.stderr))
         rows = 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from atlas_plugins import CheckpointError, WriteError, load_student, load_teacher_checkpoint
-from atlas_plugins.checkpoint import atomic_save, atomic_write_bytes
+from atlas_plugins.checkpoint import atomic_open, atomic_save, atomic_write_bytes
 from conftest import EXAMPLE_NPY, run_atlas, run_cli
 from conftest import one_error_line, write_pipeline
 
@@ -135,3 +135,22 @@ def test_crafted_checkpoints_are_skipped_with_a_warning(two_stage_run, tmp_path,
     best = find_resume_checkpoint(RunDir(tmp_path / "run"), warnings.append)
     assert best["_path"].endswith("stage-1.pt") or best["_path"].endswith("latest.pt")
     assert any("stage-7.pt" in w and reason in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_atomic_open_without_replace_never_writes_over_a_file_that_appeared(tmp_path, monkeypatch, hard_links):
+    if not hard_links:  # a filesystem that refuses os.link: the same promise, kept by a check before the rename
+        def no_link(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr("atlas_plugins.checkpoint.os.link", no_link)
+    target = tmp_path / "coords.npy"
+    with atomic_open(target, replace=False) as fh:
+        fh.write(b"new")
+    assert target.read_bytes() == b"new"
+    target.unlink()
+    with pytest.raises(WriteError, match=r"coords.npy: could not be written \(File exists\)"):
+        with atomic_open(target, replace=False) as fh:
+            fh.write(b"new")
+            target.write_bytes(b"someone else's")  # appears while the new file is being written
+    assert target.read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coords.npy"]  # no temporary file left behind
