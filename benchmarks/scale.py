@@ -23,6 +23,9 @@
    reference: UMAP (cosine, 15 neighbours) fitted on all the run's training rows, held-out rows placed by
    ``transform`` (about 4 minutes at 200k rows on 2 cores). ``--same-time`` adds random batches given as many
    steps as fit the neighbour run's training seconds plus its graph build's (as a first run on new data pays).
+   ``--epochs E`` gives both kinds E epochs in each stage instead of ``--steps`` (the default budget is 10);
+   ``--profile`` adds each student's recall@10 among samples of 2,000–50,000 training rows: the map at
+   coarse to fine neighbourhood scales.
 """
 
 from __future__ import annotations
@@ -185,11 +188,13 @@ def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> No
 
 
 def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_reference: bool = False,
-              same_time: bool = False) -> None:
+              same_time: bool = False, epochs: int | None = None, profile: bool = False) -> None:
     """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
-    summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget;
+    summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget
+    (``epochs``: the same epochs per stage instead, as the default budget counts them);
     optionally random batches given the neighbour run's seconds including its graph build (``same_time``),
-    and UMAP fitted on the same training rows as the reference."""
+    UMAP fitted on the same training rows as the reference, and each student's recall at several
+    neighbourhood scales (``profile``, :func:`scale_profile`)."""
     import json
     import tomllib
 
@@ -202,12 +207,13 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def run(n, path, meta, mode, label, steps_per_stage):
+        budget = {"epochs_per_stage": epochs} if epochs and label == mode else {"steps_per_stage": steps_per_stage}
+        label += f"-epochs{epochs}" if "epochs_per_stage" in budget else ""
         out = folder / f"run-{n}-{label}"
         d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
              "loss": quick["loss"], "schedule": quick["schedule"],
              "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
-                       "steps_per_stage": steps_per_stage, "batches": mode, "val_fraction": 5000 / n,
-                       "eval_rows": 5000},
+                       **budget, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
              "output": {"dir": str(out), "plots": False}}
         pipeline = folder / f"run-{n}-{label}.toml"
         pipeline.write_text(toml(d))
@@ -215,9 +221,12 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         report = json.loads((out / "report.json").read_text())
         graph = report.get("neighbor_graph") or {}
         st, refined = report["student"], report["methods"]["student + refine 6"]
-        total_steps = steps_per_stage * quick["schedule"]["stages"]
+        with open(out / "metrics.jsonl") as fh:
+            total_steps = [json.loads(line) for line in fh][-1]["step"]
+        run_dirs[label.split("-epochs")[0]] = out
         cached = " (cached)" if graph.get("cached") else ""
-        name = mode if label == mode else f"{mode}, {total_steps:,} steps (the neighbour run's seconds with its graph)"
+        name = (f"{mode}, {total_steps:,} steps" + (" (the neighbour run's seconds with its graph)"
+                                                     if label.startswith("random-same") else ""))
         built = f"{graph['seconds']:.0f}{cached} | {graph['recall']:.3f}" if graph else "— | —"
         print(f"| {n:,} | {name} | {graph.get('method', '—')} | {built} | {report['train_seconds']:.0f} | "
               f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
@@ -239,7 +248,7 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
             np.save(path, np.load(folder / "pypi-minilm.npy", mmap_mode="r")[:n])
             with open(folder / "pypi-texts.jsonl", encoding="utf-8") as src:
                 meta.write_text("".join(next(src) for _ in range(n)), encoding="utf-8")
-        reports, recall = {}, {}
+        reports, recall, run_dirs = {}, {}, {}
         for mode in modes:
             reports[mode], recall[mode] = run(n, path, meta, mode, mode, steps)
         if len(recall) == 2:
@@ -253,6 +262,41 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
             m = umap_fit_transform(path, 5000 / n, quick["train"]["seed"])
             print(f"| {n:,} | UMAP on all training rows (reference; fit {m['fit_seconds']:.0f} s) | | | | | | | "
                   f"{m['recall@10']:.3f} | {m['trustworthiness@10']:.3f} | — | | | |", flush=True)
+        if profile:
+            scale_profile(path, 5000 / n, quick["train"]["seed"], {k: run_dirs[k] for k in modes})
+
+
+def scale_profile(path: Path, val_fraction: float, seed: int, runs: dict[str, Path],
+                  sizes=(2_000, 5_000, 20_000, 50_000)) -> None:
+    """Recall@10 among random samples of the training rows, one sample per size, for each run's student.
+
+    Among ``m`` of ``N`` training rows a row's 10 nearest are about its ``10·N/m`` nearest in the whole set,
+    so the sizes read the map at scales from coarse to fine; the held-out metric (5,000 rows) is one of
+    them.  A student generalises about as well as it fits at these sizes (200,000 rows, 10 epochs a stage:
+    0.194 on the 5,000 held-out rows, 0.195 on 5,000 training rows), so training rows stand in for held-out
+    rows of any number."""
+    from atlas_plugins.evaluation import recall_at_k
+    from atlas_plugins.pipeline import split_rows
+    from atlas_plugins.student import load_student
+
+    x_all = np.load(path, mmap_mode="r")
+    train, _ = split_rows(len(x_all), val_fraction, seed)
+    order = np.random.default_rng(seed + 1).permutation(train)
+    students = {name: load_student(folder / "student.pt") for name, folder in runs.items()}
+    names = list(students)
+    print(f"\n| sample of the {len(train):,} training rows | about the whole set's | "
+          + " | ".join(f"{n} recall@10" for n in names) + " | ratio |\n|---:|---:|" + "---:|" * (len(names) + 1))
+    for m in sizes:
+        if m > len(train):
+            continue
+        x = torch.from_numpy(np.asarray(x_all[np.sort(order[:m])], dtype=np.float32))
+        got = []
+        for st in students.values():
+            z = st.encode(x)
+            got.append(recall_at_k(x, z[0] if isinstance(z, tuple) else z, 10))
+        ratio = f"{got[0] / got[1]:.2f}" if len(got) == 2 else "—"
+        print(f"| {m:,} | {10 * len(train) // m:,} nearest | " + " | ".join(f"{g:.3f}" for g in got)
+              + f" | {ratio} |", flush=True)
 
 
 def umap_fit_transform(path: Path, val_fraction: float, seed: int) -> dict:
@@ -313,14 +357,20 @@ def main(argv=None):
     ap.add_argument("--pypi", default="", help="only section 6: comma-separated row counts of the PyPI corpus, "
                     "e.g. 100000,200000 (embed them first with benchmarks/make_pypi.py)")
     ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
+    ap.add_argument("--epochs", type=int, help="section 6: epochs per stage instead of --steps (the default "
+                    "budget is 10): equal epochs, not equal steps")
+    ap.add_argument("--profile", action="store_true", help="section 6: also each student's recall@10 among "
+                    "samples of 2,000-50,000 training rows, coarse to fine neighbourhood scales")
     ap.add_argument("--same-time", action="store_true",
                     help="section 6: also random batches given the neighbour run's seconds, its graph build included")
     ap.add_argument("--umap", action="store_true", help="section 6: also fit UMAP on the same training rows "
                     "(the reference; needs umap-learn)")
     args = ap.parse_args(argv)
+    if args.epochs and args.same_time:
+        ap.error("--same-time compares at a budget in steps; leave out --epochs")
     if args.pypi:
         pypi_runs([int(v) for v in args.pypi.split(",")], args.steps, umap_reference=args.umap,
-                  same_time=args.same_time)
+                  same_time=args.same_time, epochs=args.epochs, profile=args.profile)
         return
     if args.only_refine or args.only_gather or args.only_rss:
         with tempfile.TemporaryDirectory() as d:
