@@ -321,11 +321,12 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
                 raise ConfigError(f"-o {out}: is a folder; give a file name ending in {', '.join(WRITERS)}")
             if os.path.islink(out):  # os.replace would put a file where the link was, not at its target
                 raise ConfigError(f"-o {out}: is a symbolic link (to {os.readlink(out)}); give the file's own path")
-            if source != "-" and Path(out).exists() and os.path.samefile(source, out):
-                raise ConfigError(f"-o {out}: is the input file, which the coordinates would replace; "
-                                  "write them to another file")
-            if Path(out).exists() and not overwrite:
-                raise ConfigError(f"-o {out}: exists; pass --overwrite to replace it, or give another file name")
+            if Path(out).exists():
+                if source != "-" and os.path.samefile(source, out):
+                    raise ConfigError(f"-o {out}: is the input file, which the coordinates would replace; "
+                                      "write them to another file")
+                if not overwrite:
+                    raise ConfigError(f"-o {out}: exists; pass --overwrite to replace it, or give another file name")
             folder = Path(out).resolve().parent
             if not folder.is_dir():
                 raise ConfigError(f"-o {out}: the folder {folder} does not exist")
