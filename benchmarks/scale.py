@@ -207,7 +207,8 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def run(n, path, meta, mode, label, steps_per_stage):
-        budget = {"epochs_per_stage": epochs} if epochs and label == mode else {"steps_per_stage": steps_per_stage}
+        same_time_run = label != mode
+        budget = {"epochs_per_stage": epochs} if epochs and not same_time_run else {"steps_per_stage": steps_per_stage}
         label += f"-epochs{epochs}" if "epochs_per_stage" in budget else ""
         out = folder / f"run-{n}-{label}"
         d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
@@ -223,16 +224,15 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         st, refined = report["student"], report["methods"]["student + refine 6"]
         with open(out / "metrics.jsonl") as fh:
             total_steps = [json.loads(line) for line in fh][-1]["step"]
-        run_dirs[label.split("-epochs")[0]] = out
         cached = " (cached)" if graph.get("cached") else ""
         name = (f"{mode}, {total_steps:,} steps" + (" (the neighbour run's seconds with its graph)"
-                                                     if label.startswith("random-same") else ""))
+                                                     if same_time_run else ""))
         built = f"{graph['seconds']:.0f}{cached} | {graph['recall']:.3f}" if graph else "— | —"
         print(f"| {n:,} | {name} | {graph.get('method', '—')} | {built} | {report['train_seconds']:.0f} | "
               f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "
               f"{st['trustworthiness@10']:.3f} | {st['corpus_recall@10']:.3f} | {refined['recall@10']:.3f} | "
               f"{refined['trustworthiness@10']:.3f} | {refined['corpus_recall@10']:.3f} |", flush=True)
-        return report, tuple(m[key] for m in (st, refined) for key in ("recall@10", "corpus_recall@10"))
+        return report, tuple(m[key] for m in (st, refined) for key in ("recall@10", "corpus_recall@10")), out
 
     def ratio_row(n, what, a, b):
         held_out, corpus, held_out_refined, corpus_refined = (x / y for x, y in zip(a, b))
@@ -250,20 +250,20 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
                 meta.write_text("".join(next(src) for _ in range(n)), encoding="utf-8")
         reports, recall, run_dirs = {}, {}, {}
         for mode in modes:
-            reports[mode], recall[mode] = run(n, path, meta, mode, mode, steps)
+            reports[mode], recall[mode], run_dirs[mode] = run(n, path, meta, mode, mode, steps)
         if len(recall) == 2:
             ratio_row(n, "neighbours ÷ random", recall["neighbors"], recall["random"])
         if same_time and len(recall) == 2:
             graph_s = (reports["neighbors"].get("neighbor_graph") or {}).get("seconds", 0.0)
             budget = (graph_s + reports["neighbors"]["train_seconds"]) / reports["random"]["train_seconds"]
-            _, longer = run(n, path, meta, "random", "random-same-time", max(1, round(steps * budget)))
+            _, longer, _ = run(n, path, meta, "random", "random-same-time", max(1, round(steps * budget)))
             ratio_row(n, "neighbours ÷ random in the same seconds", recall["neighbors"], longer)
         if umap_reference:
             m = umap_fit_transform(path, 5000 / n, quick["train"]["seed"])
             print(f"| {n:,} | UMAP on all training rows (reference; fit {m['fit_seconds']:.0f} s) | | | | | | | "
                   f"{m['recall@10']:.3f} | {m['trustworthiness@10']:.3f} | — | | | |", flush=True)
         if profile:
-            scale_profile(path, 5000 / n, quick["train"]["seed"], {k: run_dirs[k] for k in modes})
+            scale_profile(path, 5000 / n, quick["train"]["seed"], run_dirs)
 
 
 def scale_profile(path: Path, val_fraction: float, seed: int, runs: dict[str, Path],
