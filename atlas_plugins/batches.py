@@ -5,7 +5,8 @@ than :data:`MIN_BATCH_ROWS`: a short tail joins the batch before it.
 
 Random batches almost never hold a point's true neighbours, so a relational loss
 rarely sees the pairs that matter most.  Neighbour batches take ``A`` anchors and,
-for each, ``m`` neighbours drawn from its top-``pool`` teacher neighbours.
+for each, ``m`` neighbours drawn from its top-``pool`` teacher neighbours (or, with
+more hops, from their neighbours).
 """
 
 from __future__ import annotations
@@ -31,18 +32,23 @@ def random_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def neighbor_batches(order: np.ndarray, graph: torch.Tensor, batch_size: int, neighbors: int,
-                     generator: torch.Generator) -> list[np.ndarray]:
-    """Batches of positions: each holds ``batch_size // (1 + neighbors)`` anchors from ``order`` and,
-    for each anchor, ``neighbors`` positions drawn without replacement from its row of ``graph``
-    (``(n, pool)`` positions).  Duplicates within a batch are dropped; a batch left with fewer than
-    :data:`MIN_BATCH_ROWS` rows joins the one before it."""
+                     generator: torch.Generator, hops: int = 1) -> list[np.ndarray]:
+    """Batches of positions: each holds ``batch_size // (1 + neighbors)`` anchors from ``order`` and, for each
+    anchor, ``neighbors`` partners: positions drawn without replacement from its row of ``graph`` (``(n, pool)``
+    positions), each then moved ``hops - 1`` more steps to a random position in the row it reached.  Two hops
+    reach a row's neighbours' neighbours, the scale between its nearest rows and the rest of the data.
+    Duplicates within a batch are dropped; a batch left with fewer than :data:`MIN_BATCH_ROWS` rows joins the
+    one before it."""
     pool = graph.shape[1]
     m = min(neighbors, pool)
     batches: list[np.ndarray] = []
     for anchors in chunks(order, max(1, batch_size // (1 + neighbors))):
         anchors = torch.as_tensor(anchors, dtype=torch.long)
         pick = torch.rand(len(anchors), pool, generator=generator).argsort(dim=1)[:, :m]
-        rows = torch.cat([anchors, graph[anchors].gather(1, pick).flatten().long()]).numpy()
+        partners = graph[anchors].gather(1, pick).long()
+        for _ in range(hops - 1):
+            partners = graph[partners, torch.randint(pool, partners.shape, generator=generator)].long()
+        rows = torch.cat([anchors, partners.flatten()]).numpy()
         batch = _unique_in_order(rows)
         if len(batch) < MIN_BATCH_ROWS and batches:
             batches[-1] = _unique_in_order(np.concatenate([batches[-1], batch]))

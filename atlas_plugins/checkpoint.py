@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import flatten, resumable_keys, training_keys
+from .config import field_defaults, flatten, resumable_keys, training_keys
 from .errors import CheckpointError, WriteError
 
 
@@ -234,8 +234,10 @@ def check_same_teacher(blob: dict, fingerprint: str, source) -> None:
 
 
 def check_resumable(blob: dict, config_dict: dict, source) -> list[str]:
-    """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes."""
+    """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes.
+    A key the checkpoint lacks (a field added since it was written) is its field's default there."""
     old, new = flatten(training_keys(blob["config"])), flatten(training_keys(config_dict))
+    old = {**{k: v for k, v in field_defaults().items() if k in new}, **old}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     blocking = [k for k in changed if k not in resumable_keys()]
     if blocking:

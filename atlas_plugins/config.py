@@ -33,6 +33,7 @@ from .teacher import loader_for_suffix
 MAX_STAGES = 10_000      # τ per stage is listed in full (dry run, checkpoints): keep the list small
 MAX_DIM = 4096           # a 5-D map is the point; 4096 already means a 64 MB output per million rows
 MAX_COUNT = 2**40        # epochs, batch sizes, rows: larger than any machine can run
+MAX_HOPS = 3             # train.neighbor_hops: 3 hops already reach a row's ~900th nearest of 195,000 (median)
 DEFAULT_EPOCHS = 10      # train.epochs_per_stage when neither it nor train.steps_per_stage is given
 
 
@@ -167,6 +168,9 @@ class TrainSection:
                                  "'scale' extra), 'auto': exact up to 100,000 training rows on a CPU, faiss above")
     neighbors: int = _field(15, positive_int, "with batches = 'neighbors': neighbours drawn per anchor")
     neighbor_pool: int = _field(60, positive_int, "with batches = 'neighbors': draw from each anchor's top-k")
+    neighbor_hops: int = _field(1, bounded_int(1, MAX_HOPS), "with batches = 'neighbors': steps on the teacher "
+                                "graph from an anchor to each neighbour drawn (2: neighbours' neighbours too; "
+                                "for 100,000 rows and more, docs/scaling.md)")
     eval_rows: int = _field(5000, positive_int, "at most this many validation rows for the report metrics",
                             resumable=True)
 
@@ -253,6 +257,12 @@ def resumable_keys() -> set[str]:
     """``section.key`` of every field marked ``resumable`` (may change on ``--resume``)."""
     return {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in attrs.fields(cls)
             if f.metadata.get("resumable")}
+
+
+def field_defaults() -> dict:
+    """``section.key`` -> the default of every field: what a checkpoint written before a field existed trained
+    with (a resume treats a key it lacks as that default)."""
+    return {f"{section}.{f.name}": f.default for section, cls in SECTIONS.items() for f in attrs.fields(cls)}
 
 
 def training_keys(d: dict) -> dict:

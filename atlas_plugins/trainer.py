@@ -190,7 +190,7 @@ class Trainer:
         if self.graph is not None:
             seed = (self.cfg.seed * 1_000_003 + epoch * 7919 + self.dist.rank) % 2**63
             positions = neighbor_batches(order, self.graph, self.cfg.batch_size, self.cfg.neighbors,
-                                         torch.Generator().manual_seed(seed))
+                                         torch.Generator().manual_seed(seed), self.cfg.neighbor_hops)
         else:
             positions = random_batches(order, self.cfg.batch_size)
         return [self.pipe.train_rows[p] for p in positions]

@@ -25,7 +25,8 @@
    steps as fit the neighbour run's training seconds plus its graph build's (as a first run on new data pays).
    ``--epochs E`` gives both kinds E epochs in each stage instead of ``--steps`` (the default budget is 10);
    ``--profile`` adds each student's recall@10 among samples of 2,000–50,000 training rows: the map at
-   coarse to fine neighbourhood scales.
+   coarse to fine neighbourhood scales; ``--hops 2`` draws the neighbour batches' partners two steps out on
+   the graph (``train.neighbor_hops``).
 """
 
 from __future__ import annotations
@@ -188,10 +189,11 @@ def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> No
 
 
 def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_reference: bool = False,
-              same_time: bool = False, epochs: int | None = None, profile: bool = False) -> None:
+              same_time: bool = False, epochs: int | None = None, profile: bool = False, hops: int = 1) -> None:
     """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
     summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget
-    (``epochs``: the same epochs per stage instead, as the default budget counts them);
+    (``epochs``: the same epochs per stage instead, as the default budget counts them; ``hops``: the neighbour
+    batches' ``train.neighbor_hops``);
     optionally random batches given the neighbour run's seconds including its graph build (``same_time``),
     UMAP fitted on the same training rows as the reference, and each student's recall at several
     neighbourhood scales (``profile``, :func:`scale_profile`)."""
@@ -210,11 +212,13 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         same_time_run = label != mode
         budget = {"epochs_per_stage": epochs} if epochs and not same_time_run else {"steps_per_stage": steps_per_stage}
         label += f"-epochs{epochs}" if "epochs_per_stage" in budget else ""
+        hop = {"neighbor_hops": hops} if mode == "neighbors" and hops > 1 else {}
+        label += f"-hops{hops}" if hop else ""
         out = folder / f"run-{n}-{label}"
         d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
              "loss": quick["loss"], "schedule": quick["schedule"],
              "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
-                       **budget, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
+                       **budget, **hop, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
              "output": {"dir": str(out), "plots": False}}
         pipeline = folder / f"run-{n}-{label}.toml"
         pipeline.write_text(toml(d))
@@ -225,7 +229,7 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         with open(out / "metrics.jsonl") as fh:
             total_steps = [json.loads(line) for line in fh][-1]["step"]
         cached = " (cached)" if graph.get("cached") else ""
-        name = (f"{mode}, {total_steps:,} steps" + (" (the neighbour run's seconds with its graph)"
+        name = (f"{mode}, {total_steps:,} steps" + (f", {hops} hops" if hop else "") + (" (the neighbour run's seconds with its graph)"
                                                      if same_time_run else ""))
         built = f"{graph['seconds']:.0f}{cached} | {graph['recall']:.3f}" if graph else "— | —"
         print(f"| {n:,} | {name} | {graph.get('method', '—')} | {built} | {report['train_seconds']:.0f} | "
@@ -359,6 +363,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
     ap.add_argument("--epochs", type=int, help="section 6: epochs per stage instead of --steps (the default "
                     "budget is 10): equal epochs, not equal steps")
+    ap.add_argument("--hops", type=int, default=1, choices=(1, 2, 3), help="section 6: the neighbour batches' "
+                    "train.neighbor_hops (2: partners also among the neighbours' neighbours)")
     ap.add_argument("--profile", action="store_true", help="section 6: also each student's recall@10 among "
                     "samples of 2,000-50,000 training rows, coarse to fine neighbourhood scales")
     ap.add_argument("--same-time", action="store_true",
@@ -370,7 +376,7 @@ def main(argv=None):
         ap.error("--same-time compares at a budget in steps; leave out --epochs")
     if args.pypi:
         pypi_runs([int(v) for v in args.pypi.split(",")], args.steps, umap_reference=args.umap,
-                  same_time=args.same_time, epochs=args.epochs, profile=args.profile)
+                  same_time=args.same_time, epochs=args.epochs, profile=args.profile, hops=args.hops)
         return
     if args.only_refine or args.only_gather or args.only_rss:
         with tempfile.TemporaryDirectory() as d:

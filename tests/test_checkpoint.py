@@ -154,3 +154,20 @@ def test_atomic_open_without_replace_never_writes_over_a_file_that_appeared(tmp_
             target.write_bytes(b"someone else's")  # appears while the new file is being written
     assert target.read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coords.npy"]  # no temporary file left behind
+
+
+def test_a_resume_reads_a_key_the_checkpoint_lacks_as_its_default(tmp_path):
+    """A checkpoint written before ``train.neighbor_hops`` existed resumes while it stays at its default."""
+    from atlas_plugins import Registry
+    from atlas_plugins.checkpoint import check_resumable
+    from atlas_plugins.config import build_config
+
+    def resolved(**train):
+        doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "train": train}
+        return build_config(doc, tmp_path / "p.toml", Registry(load_entrypoints=False)).to_dict()
+
+    older = resolved()
+    del older["train"]["neighbor_hops"]
+    assert check_resumable({"config": older}, resolved(), "ckpt.pt") == []
+    with pytest.raises(CheckpointError, match=r"ckpt.pt: cannot resume: .*\(train.neighbor_hops: 1 -> 2\)"):
+        check_resumable({"config": older}, resolved(neighbor_hops=2), "ckpt.pt")

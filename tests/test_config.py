@@ -32,6 +32,8 @@ def load(tmp_path, text, overrides=()):
     ("[train]\nsteps_per_stage = 0", "train.steps_per_stage must be a positive integer, got 0"),
     ("[train]\nsteps_per_stage = \"500\"", "train.steps_per_stage must be a positive integer, got '500'"),
     ("[train]\nneighbor_index = \"hnsw\"", "train.neighbor_index must be one of 'auto', 'exact', 'faiss'"),
+    ("[train]\nneighbor_hops = 4", "train.neighbor_hops must be a positive integer (at most 3), got 4"),
+    ("[train]\nneighbor_hops = true", "train.neighbor_hops must be a positive integer (at most 3), got True"),
 ])
 def test_values_beyond_what_can_run_are_refused_with_the_bound(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -191,7 +193,8 @@ EVERY_FIELD = {
         "warmup_steps": st.integers(0, 10**6), "device": st.sampled_from(["cpu", "cuda", "cuda:3", "mps", "auto"]),
         "seed": st.integers(0, 2**62), "val_fraction": st.floats(0, 0.99), "accumulate": st.integers(1, 100),
         "input_noise": st.floats(0, 5), "batches": st.sampled_from(["auto", "random", "neighbors"]),
-        "neighbors": st.integers(1, 60), "neighbor_pool": st.integers(60, 500), "eval_rows": st.integers(1, 10**6)}),
+        "neighbors": st.integers(1, 60), "neighbor_pool": st.integers(60, 500),
+        "neighbor_hops": st.integers(1, 3), "eval_rows": st.integers(1, 10**6)}),
     "output": st.fixed_dictionaries({"dir": paths, "report": st.booleans(), "plots": st.booleans(),
                                     "loggers": st.lists(st.sampled_from(["jsonl", "tensorboard"]), max_size=2)}),
 }

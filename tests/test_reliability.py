@@ -517,7 +517,7 @@ PLUGIN_KEYS = _plugin_parameters()
 FIXED_KEYS = {"student": ["name", "dim"], "loss": ["name", "tau"], "schedule": ["name", "start", "end", "stages"],
               "train": ["epochs_per_stage", "batch_size", "learning_rate", "weight_decay", "lr_schedule",
                         "warmup_steps", "device", "seed", "val_fraction", "accumulate", "input_noise", "batches",
-                        "neighbors", "neighbor_pool", "eval_rows"],
+                        "neighbors", "neighbor_pool", "neighbor_hops", "eval_rows"],
               "output": ["report", "plots"]}
 any_value = st.recursive(
     st.one_of(st.integers(min_value=-2**70, max_value=2**70), st.floats(), st.booleans(), st.text(max_size=8),

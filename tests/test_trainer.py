@@ -73,6 +73,23 @@ def test_neighbor_batches_hold_anchors_and_their_neighbours():
         assert all(any((o - a) % 100 in range(1, 11) for a in anchors) for o in others)
 
 
+def test_two_hop_batches_reach_the_neighbours_neighbours():
+    graph = torch.arange(100).view(100, 1).add(torch.arange(1, 11)).remainder(100)  # i's pool: i+1 .. i+10
+    order = np.random.default_rng(0).permutation(100)
+    one, two = (neighbor_batches(order, graph, batch_size=64, neighbors=3, hops=hops,
+                                 generator=torch.Generator().manual_seed(0)) for hops in (1, 2))
+    beyond_the_pool = 0
+    for b, batch in enumerate(two):
+        anchors = order[b * 16:None if b == len(two) - 1 else (b + 1) * 16]
+        assert list(one[b][:len(anchors)]) == list(anchors)
+        assert list(batch[:len(anchors)]) == list(anchors)  # the same anchors; partners two steps away
+        for o in set(batch) - set(anchors):
+            steps = {(o - a) % 100 for a in anchors}
+            assert steps & set(range(2, 21))
+            beyond_the_pool += not steps & set(range(1, 11))
+    assert beyond_the_pool > 0
+
+
 def test_normalized_rows_reads_in_chunks(real_embeddings):
     from atlas_plugins import TeacherData
 
