@@ -229,8 +229,8 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         with open(out / "metrics.jsonl") as fh:
             total_steps = [json.loads(line) for line in fh][-1]["step"]
         cached = " (cached)" if graph.get("cached") else ""
-        name = (f"{mode}, {total_steps:,} steps" + (f", {hops} hops" if hop else "") + (" (the neighbour run's seconds with its graph)"
-                                                     if same_time_run else ""))
+        name = (f"{mode}, {total_steps:,} steps" + (f", {hops} hops" if hop else "")
+                + (" (the neighbour run's seconds with its graph)" if same_time_run else ""))
         built = f"{graph['seconds']:.0f}{cached} | {graph['recall']:.3f}" if graph else "— | —"
         print(f"| {n:,} | {name} | {graph.get('method', '—')} | {built} | {report['train_seconds']:.0f} | "
               f"{1000 * report['train_seconds'] / total_steps:.1f} | {rss:,.0f} | {st['recall@10']:.3f} | "

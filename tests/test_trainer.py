@@ -90,6 +90,15 @@ def test_two_hop_batches_reach_the_neighbours_neighbours():
     assert beyond_the_pool > 0
 
 
+def test_neighbor_hops_from_the_pipeline_file_reach_the_batches(tmp_path):
+    one, two = (new_trainer(tmp_path, neighbor_hops=hops) for hops in (1, 2))
+    a, b = one.batches(0), two.batches(0)
+    assert len(a) == len(b)
+    # the same 256 // 16 anchors lead each batch (the last holds the rest of the shuffled rows), other partners
+    assert all(list(x[:16]) == list(y[:16]) for x, y in zip(a[:-1], b[:-1]))
+    assert all(set(x) != set(y) for x, y in zip(a, b))
+
+
 def test_normalized_rows_reads_in_chunks(real_embeddings):
     from atlas_plugins import TeacherData
 
