@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atlas_plugins.config import build_config
+from atlas_plugins.config import MAX_HOPS, build_config
 from atlas_plugins.pipeline import assemble
 from atlas_plugins.refine import TrainingMap, build_map
 from atlas_plugins.student import TrainedStudent
@@ -363,7 +363,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
     ap.add_argument("--epochs", type=int, help="section 6: epochs per stage instead of --steps (the default "
                     "budget is 10): equal epochs, not equal steps")
-    ap.add_argument("--hops", type=int, default=1, choices=(1, 2, 3), help="section 6: the neighbour batches' "
+    ap.add_argument("--hops", type=int, default=1, choices=range(1, MAX_HOPS + 1), help="section 6: the neighbour batches' "
                     "train.neighbor_hops (2: partners also among the neighbours' neighbours)")
     ap.add_argument("--profile", action="store_true", help="section 6: also each student's recall@10 among "
                     "samples of 2,000-50,000 training rows, coarse to fine neighbourhood scales")

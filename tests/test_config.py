@@ -267,3 +267,10 @@ def test_a_set_path_found_only_in_the_working_folder_is_named_with_the_rule(tmp_
     assert run_cli(pipe, "--dry-run", "--set", f"teacher.path={tmp_path / 'work' / 'mine.npy'}").returncode == 0
     (tmp_path / "cfg" / "mine.npy").write_bytes((EXAMPLE_NPY).read_bytes())  # beside the file: that one is read
     assert run_cli(pipe, "--dry-run", "--set", "teacher.path=mine.npy").returncode == 0
+
+
+def test_a_bad_neighbor_hops_from_set_is_one_line_and_writes_nothing(tmp_path):
+    pipe = write_pipeline(tmp_path)
+    proc = run_cli(pipe, "--set", "train.neighbor_hops=4")
+    one_error_line(proc, "train.neighbor_hops must be a positive integer (at most 3), got 4")
+    assert not (tmp_path / "run").exists()
