@@ -46,6 +46,21 @@ def test_overwrite_never_deletes_outside_the_run_folder(tmp_path, victim):
     assert (victim / "precious.txt").read_text() == "mine" and (victim / "linked.txt").read_text() == "mine too"
 
 
+def test_output_dir_may_be_the_users_own_link_and_their_files_there_survive_overwrite(tmp_path):
+    """A user may point output.dir at scratch storage through a link of their own: the folder it names is the
+    run folder; links inside it are still never followed (the tests above)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "notes.txt").write_text("the user's own")
+    (tmp_path / "run").symlink_to(scratch)
+    pipe = write_pipeline(tmp_path, **TINY)
+    for extra in ((), ("--overwrite",)):
+        proc = run_cli(pipe, "--quiet", *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert (scratch / "student.pt").is_file() and (scratch / "notes.txt").read_text() == "the user's own"
+    assert (tmp_path / "run").is_symlink()
+
+
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", ["report.md", "pipeline.toml", "student.pt", "checkpoints/latest.pt",
                                   "metrics.jsonl"])
