@@ -174,7 +174,8 @@ def load_teacher_checkpoint(checkpoint_path, device: str = "cpu") -> dict:
         keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{checkpoint_path}: expected a tensor or a dict with 'embeddings', found: {keys}")
     if not isinstance(obj["embeddings"], torch.Tensor):
-        raise CheckpointError(f"{checkpoint_path}: 'embeddings' must be a tensor, got {type(obj['embeddings']).__name__}")
+        found = type(obj["embeddings"]).__name__
+        raise CheckpointError(f"{checkpoint_path}: 'embeddings' must be a tensor, got {found}")
     obj = dict(obj)
     obj["embeddings"] = obj["embeddings"].to(device)
     return obj

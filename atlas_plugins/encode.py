@@ -205,7 +205,8 @@ class _Jsonl:
     def write(self, z: np.ndarray, extras: dict) -> None:
         lines = [self.fmt % tuple(r) for r in z.tolist()]
         for k in self.extras:
-            lines = [f"{line}, {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for line, v in zip(lines, extras[k])]
+            key = json.dumps(k)
+            lines = [f"{line}, {key}: {json.dumps(v, ensure_ascii=False)}" for line, v in zip(lines, extras[k])]
         self.fh.write("".join(line + "}\n" for line in lines))
 
     def close(self) -> None:

@@ -16,8 +16,9 @@ holds one unit copy of the training rows), and the graph is searched in parts of
 rows, each saved in the run folder's ``cache/`` as it completes: a run killed while building resumes from
 the parts it finished (the index itself is built again; the whole graph, index and search, took 146 s at
 200,000 rows, 465 s at 500,000 and 776 s at 741,307 with 8-bit rows on 2 cores).
-Parts and graph are keyed by a fingerprint of the teacher (shape, dtype, its rows' bytes at a sample of positions, the file's size
-and modification time), the training rows, ``k`` and the method, so a changed teacher builds a new graph.
+Parts and graph are keyed by a fingerprint of the teacher (shape, dtype, its rows' bytes at a sample of positions,
+the file's size and modification time), the training rows, ``k`` and the method, so a changed teacher builds a new
+graph.
 """
 
 from __future__ import annotations

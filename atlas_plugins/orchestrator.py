@@ -120,7 +120,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         if dist.active:
             found = distributed.digests(dist, pipe.student)
             if len(set(found)) != 1:
-                raise TrainingError(f"ranks finished with different student parameters ({', '.join(d[:12] for d in found)})")
+                digests = ", ".join(d[:12] for d in found)
+                raise TrainingError(f"ranks finished with different student parameters ({digests})")
             if dist.is_main:
                 echo(f"{dist.world} ranks finished with identical student parameters (sha256 {found[0][:16]})")
         student = TrainedStudent(pipe.student, config.student.name, dict(config.student.params),

@@ -12,30 +12,28 @@ the training rows, batched in torch so thousands of points move at once:
    half the work and half the file, the same refined quality);
 2. fuzzy memberships ``wⱼ = exp(−dⱼ/σ)`` on cosine distances ``dⱼ = 1 − cos``, σ chosen by
    bisection so that ``Σⱼ wⱼ = log₂ k`` (UMAP's smooth-kNN with ρ = 0, as in its ``transform``);
-3. start at the student's output ``y`` and run ``epochs`` rounds of UMAP's layout objective with the
-   training coordinates ``c`` fixed, in expectation: where UMAP samples an edge in a share ``r = w/w_max``
-   of its epochs (``w_max`` per point, so a point's result does not depend on the others encoded with it),
-   every round applies every edge weighted by ``r``: a pull towards ``cⱼ`` of
-   ``r·clip(−2ab·d²⁽ᵇ⁻¹⁾/(1 + a·d²ᵇ)·(y − cⱼ))`` and, from ``negatives`` random training points ``cₘ`` per
-   edge, pushes of ``r·clip(2b/((0.001 + d²)(1 + a·d²ᵇ))·(y − cₘ))``; ``y += α·Σ``, clip at ±4, α falling
-   linearly from ``alpha`` to 0, ``d²`` the squared distance on the map.  The expected step reached in
-   10 rounds what UMAP's sampled one reached in 30 (held-out recall@10 0.348 vs 0.348, 3 seeds).
-   Here ``a = b = 1`` (the curve ``1/(1 + d²)``): it placed new points as well as UMAP's ``min_dist = 0.1``
-   fit (a ≈ 1.58, b ≈ 0.90) at 10 epochs and better at 33; k = 30 neighbours beat UMAP's 15 by ~0.008 recall@10,
-   and 4 negatives per edge did as well as UMAP's 5 (10 rounds, mean of 6 seeds: 3 negatives 0.3480, 4 0.3498,
-   5 0.3492; benchmarks/quality.py's split).
+3. start at the student's output ``y`` and run ``epochs`` rounds of UMAP's layout objective with the training
+   coordinates ``c`` fixed, in expectation: where UMAP samples an edge in a share ``r = w/w_max`` of its epochs
+   (``w_max`` per point, so a point's result does not depend on the others encoded with it), every round applies
+   every edge weighted by ``r``: a pull towards ``cⱼ`` of ``r·clip(−2ab·d²⁽ᵇ⁻¹⁾/(1 + a·d²ᵇ)·(y − cⱼ))`` and, from
+   ``negatives`` random training points ``cₘ`` per edge, pushes of
+   ``r·clip(2b/((0.001 + d²)(1 + a·d²ᵇ))·(y − cₘ))``; ``y += α·Σ``, clip at ±4, α falling linearly from ``alpha`` to
+   0, ``d²`` the squared distance on the map.  The expected step reached in 10 rounds what UMAP's sampled one
+   reached in 30 (held-out recall@10 0.348 vs 0.348, 3 seeds). Here ``a = b = 1`` (the curve ``1/(1 + d²)``): it
+   placed new points as well as UMAP's ``min_dist = 0.1`` fit (a ≈ 1.58, b ≈ 0.90) at 10 epochs and better at 33;
+   k = 30 neighbours beat UMAP's 15 by ~0.008 recall@10, and 4 negatives per edge did as well as UMAP's 5 (10 rounds,
+   mean of 6 seeds: 3 negatives 0.3480, 4 0.3498, 5 0.3492; benchmarks/quality.py's split).
 4. all of it in units of the map's own neighbour distance: each level's coordinates are divided by
-   :func:`layout_unit` (the median distance from a map row to its 10th-nearest map row, over
-   :data:`TUNED_NN10`, its value on the bundled example's default map) and the result multiplied back.  The curve above has a fixed width, but a map's scale is not fixed: a loss on cosine similarities
-   (``relational``) leaves it arbitrary (such maps spread ~0.04), and a map of more rows is denser (50,000
-   rows in 5-D: neighbours ~0.4× as far).  In absolute units the pushes threw a relational student's new
-   points far out (bundled example, held-out recall@10: 0.248 alone, 0.224 refined 10 rounds; now 0.334),
-   and on 100,000 PyPI summaries (5,000 held out) refine 6 raised the default map's recall less (0.147
-   alone, 0.187; now 0.199) and lowered a random-batch map's recall among the map's own rows (0.056 →
-   0.045; now 0.095).  On the default maps the constants were tuned on, nothing moves: the bundled
-   example's measures 1.00, and on benchmarks/quality.py's (unit 0.79) refine 6 gives 0.350 against
-   0.349 in absolute units; 0.8–1.25 times the unit all give 0.348–0.350 there.
-
+   :func:`layout_unit` (the median distance from a map row to its 10th-nearest map row, over :data:`TUNED_NN10`, its
+   value on the bundled example's default map) and the result multiplied back.  The curve above has a fixed width,
+   but a map's scale is not fixed: a loss on cosine similarities (``relational``) leaves it arbitrary (such maps
+   spread ~0.04), and a map of more rows is denser (50,000 rows in 5-D: neighbours ~0.4× as far).  In absolute units
+   the pushes threw a relational student's new points far out (bundled example, held-out recall@10: 0.248 alone,
+   0.224 refined 10 rounds; now 0.334), and on 100,000 PyPI summaries (5,000 held out) refine 6 raised the default
+   map's recall less (0.147 alone, 0.187; now 0.199) and lowered a random-batch map's recall among the map's own
+   rows (0.056 → 0.045; now 0.095).  On the default maps the constants were tuned on, nothing moves: the bundled
+   example's measures 1.00, and on benchmarks/quality.py's (unit 0.79) refine 6 gives 0.350 against 0.349 in
+   absolute units; 0.8–1.25 times the unit all give 0.348–0.350 there.
 5. only on maps of at most :data:`REFINE_MAX_DIMS` dimensions (benchmarks/refine_dims.py).  With the
    bundled example's recipe and ``student.dim`` changed, refine 6 changed held-out recall@10 on
    benchmarks/quality.py's docstrings (6,572 rows) by +0.038 (2-D), +0.059 (3-D), +0.036 (5-D),

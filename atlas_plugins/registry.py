@@ -158,8 +158,8 @@ class Registry:
                    collect: Callable[[PluginInfo], None]) -> Callable:
         def register(name: str, obj: Any, description: str = "") -> None:
             if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin '{plugin}' ({distribution}) registered a {kind} with an invalid name {name!r}; "
-                                  "names must be non-empty strings")
+                raise PluginError(f"plugin '{plugin}' ({distribution}) registered a {kind} with an invalid name "
+                                  f"{name!r}; names must be non-empty strings")
             if not callable(obj):
                 raise PluginError(f"plugin '{plugin}' ({distribution}) registered {kind} '{name}' as {obj!r}, "
                                   "which is not callable")
@@ -177,7 +177,8 @@ class Registry:
         entries[info.name] = info
 
     def _conflict_message(self, kind: str, name: str) -> str:
-        who = " and ".join(f"plugin '{i.plugin}' (distribution '{i.distribution}')" for i in self._conflicts[kind][name])
+        who = " and ".join(f"plugin '{i.plugin}' (distribution '{i.distribution}')"
+                           for i in self._conflicts[kind][name])
         return (f"{kind} '{name}' is registered twice, by {who}; "
                 "uninstall one of them or set ATLAS_DISABLE_PLUGIN_AUTOLOAD=1")
 

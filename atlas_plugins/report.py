@@ -170,7 +170,7 @@ def _corpus_recall(truth: torch.Tensor, placed: torch.Tensor, corpus: torch.Tens
     to each row of ``placed`` ``(Q, d)``."""
     chunk = max(1, CORPUS_SCORES // len(placed))
     blocks = ((a, corpus[a:a + chunk].float()) for a in range(0, len(corpus), chunk))
-    # nearest first by 2 q·c − |c|², which is |q|² − |q − c|²: the order of distances, without the square roots
+    # nearest first by 2 q·c − |c|², which is |q|² − |q − c|²: the order of distances, without square roots
     _, found = streamed_topk(placed.float(), blocks, truth.shape[1], block_topk=lambda q, block, k: torch.addmm(
         block.pow(2).sum(1), q, block.T, beta=-1, alpha=2).topk(k, dim=1))
     return graph_recall(found, truth)
@@ -217,7 +217,8 @@ def markdown(report: dict, pipe) -> str:
     methods = report["methods"]
     ref = "UMAP + transform" if "UMAP + transform" in methods else "PCA"
     out = [f"# Atlas Distill report: {cfg.source.name}", "",
-           f"Student `{cfg.student.name}` ({cfg.student.dim}-D), loss `{cfg.loss.name}`, schedule `{cfg.schedule.name}` "
+           f"Student `{cfg.student.name}` ({cfg.student.dim}-D), loss `{cfg.loss.name}`, "
+           f"schedule `{cfg.schedule.name}` "
            f"(τ {', '.join(f'{t:.3g}' for t in pipe.taus)}), teacher `{cfg.teacher.path}` "
            f"({pipe.teacher.num_rows:,} × {pipe.teacher.dim}).", "",
            f"Measured on {report['rows']:,} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "

@@ -213,7 +213,8 @@ class TrainedStudent:
             return
         mean = float(block[:NORM_SAMPLE].float().norm(dim=1).mean())
         if not (ref / NORM_TOLERANCE <= mean <= ref * NORM_TOLERANCE):
-            hint = " (were they normalised like the training rows?)" if abs(ref - 1) < 0.05 or abs(mean - 1) < 0.05 else ""
+            unit = abs(ref - 1) < 0.05 or abs(mean - 1) < 0.05
+            hint = " (were they normalised like the training rows?)" if unit else ""
             warnings.warn(f"atlas: the new vectors' mean norm is {mean:.3g}, the training rows' {ref:.3g}{hint}; "
                           "encode vectors made the same way as the training rows", stacklevel=4)
 

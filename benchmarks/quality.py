@@ -133,7 +133,8 @@ def table(title, rows, ref_label, ref_speeds):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="teacher .npy (N, D); labels from <stem>.meta.jsonl")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                    help="teacher .npy (N, D); labels from <stem>.meta.jsonl")
     ap.add_argument("--quick", action="store_true", help="a quarter of the epochs (a smoke run)")
     ap.add_argument("--sweep", action="store_true", help="also train the student sweep behind the default")
     ap.add_argument("--losses", action="store_true", help="also train the loss and batching comparison")
@@ -180,7 +181,8 @@ def main(argv=None):
 
     pipe, st, seconds, steps = train_student(args.data, *DEFAULT, args.quick)
     assert np.array_equal(pipe.val_rows, test_rows)
-    rows.append((f"**default** student (examples/quickstart.toml: MLP 384→{'→'.join(map(str, DEFAULT[0]['hidden']))}→5, "
+    widths = "→".join(map(str, DEFAULT[0]["hidden"]))
+    rows.append((f"**default** student (examples/quickstart.toml: MLP 384→{widths}→5, "
                  f"noise {DEFAULT[3]['input_noise']})", evaluate(xe, st.encode(xe), le), seconds,
                  throughput(st.encode, xe), threads))
     st.training_map = build_map(pipe.teacher, pipe.train_rows, st.encode, max_rows=len(pipe.train_rows))
@@ -229,8 +231,8 @@ def batch_comparison(args, st, seconds, steps, xe, le, threads) -> list:
         refined = evaluate(xe, student_.encode(xe, refine=refine), le)
         return [(f"{label}, {steps_:,} steps", evaluate(xe, student_.encode(xe), le), seconds_,
                  throughput(student_.encode, xe), threads),
-                (f"{label} + refine {refine}", refined, None, throughput(lambda a: student_.encode(a, refine=refine), xe),
-                 threads)]
+                (f"{label} + refine {refine}", refined, None,
+                 throughput(lambda a: student_.encode(a, refine=refine), xe), threads)]
 
     out = measured("neighbour batches (default)", st, seconds, steps)
     same_steps_seconds = None

@@ -117,7 +117,8 @@ def refine_vs_map_rows(tmp: Path) -> None:
     rng = np.random.default_rng(0)
     queries = base[rng.integers(0, len(base), 2000)] + 0.02 * torch.randn(2000, base.shape[1])
     alone = len(queries) / _seconds(lambda: student.encode(queries))
-    print(f"\n| map rows | build s | searched dims | map.pt MB | refine 10 vectors/s | ÷ student alone ({alone:,.0f}/s) |"
+    print("\n| map rows | build s | searched dims | map.pt MB | refine 10 vectors/s "
+          f"| ÷ student alone ({alone:,.0f}/s) |"
           "\n|---:|---:|---:|---:|---:|---:|")
     for rows in (5_000, 20_000, 50_000):
         x = base[rng.integers(0, len(base), rows)] + 0.02 * torch.randn(rows, base.shape[1])
@@ -363,8 +364,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=500, help="section 6: optimizer steps per stage")
     ap.add_argument("--epochs", type=int, help="section 6: epochs per stage instead of --steps (the default "
                     "budget is 10): equal epochs, not equal steps")
-    ap.add_argument("--hops", type=int, default=1, choices=range(1, MAX_HOPS + 1), help="section 6: the neighbour batches' "
-                    "train.neighbor_hops (2: partners also among the neighbours' neighbours)")
+    ap.add_argument("--hops", type=int, default=1, choices=range(1, MAX_HOPS + 1),
+                    help="section 6: the neighbour batches' train.neighbor_hops (2: partners also among the "
+                         "neighbours' neighbours)")
     ap.add_argument("--profile", action="store_true", help="section 6: also each student's recall@10 among "
                     "samples of 2,000-50,000 training rows, coarse to fine neighbourhood scales")
     ap.add_argument("--same-time", action="store_true",
@@ -409,7 +411,8 @@ def main(argv=None):
             student.encode(x, precision=precision)
             speed = len(x) / (time.perf_counter() - t0)
             print(f"\nencode ({precision}): {speed:,.0f} vectors/s; memory-bandwidth reference (sum over the same "
-                  f"array): {bandwidth:,.0f} vectors/s ({bandwidth * DIM * 4 / 1e9:.1f} GB/s); ratio {speed / bandwidth:.3f}")
+                  f"array): {bandwidth:,.0f} vectors/s ({bandwidth * DIM * 4 / 1e9:.1f} GB/s); "
+                  f"ratio {speed / bandwidth:.3f}")
         del x
         if not args.skip_rss:
             peak_rss_section(tmp)

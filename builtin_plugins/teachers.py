@@ -131,7 +131,8 @@ def safetensors(path, key: str = "embeddings", meta: str | None = None):
     try:
         from safetensors import safe_open
     except ImportError:
-        raise DataError("the safetensors teacher needs the optional extra: pip install 'atlas-distill[safetensors]'") from None
+        raise DataError("the safetensors teacher needs the optional extra: "
+                        "pip install 'atlas-distill[safetensors]'") from None
     try:
         with safe_open(str(p), framework="pt") as fh:
             keys = list(fh.keys())

@@ -75,7 +75,8 @@ def test_a_bad_value_from_set_is_blamed_on_set_not_on_the_file(tmp_path):
 
 def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
     config = load(tmp_path, "[loss]\ntau = 0.3\n")
-    assert config.loss.tau == 0.3 and (config.schedule.start, config.schedule.end, config.schedule.stages) == (0.3, 0.3, 1)
+    assert config.loss.tau == 0.3
+    assert (config.schedule.start, config.schedule.end, config.schedule.stages) == (0.3, 0.3, 1)
     assert config.schedule.name == "linear"  # as 0.1 resolved it: a run with a fixed tau resumes across the upgrade
     assert "tau" not in config.to_dict()["loss"]  # the resolved file holds it in [schedule]
 
@@ -189,7 +190,8 @@ EVERY_FIELD = {
                                        "end": numbers, "stages": st.integers(1, 10_000)}),
     "train": st.fixed_dictionaries({
         "epochs_per_stage": st.integers(1, 10**6), "batch_size": st.integers(1, 10**6),
-        "learning_rate": numbers, "weight_decay": st.floats(0, 1), "lr_schedule": st.sampled_from(["constant", "cosine"]),
+        "learning_rate": numbers, "weight_decay": st.floats(0, 1),
+        "lr_schedule": st.sampled_from(["constant", "cosine"]),
         "warmup_steps": st.integers(0, 10**6), "device": st.sampled_from(["cpu", "cuda", "cuda:3", "mps", "auto"]),
         "seed": st.integers(0, 2**62), "val_fraction": st.floats(0, 0.99), "accumulate": st.integers(1, 100),
         "input_noise": st.floats(0, 5), "batches": st.sampled_from(["auto", "random", "neighbors"]),

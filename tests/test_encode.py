@@ -139,9 +139,11 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     np.save(tmp_path / "wide.npy", np.ones((10, 768), np.float32))
     one_error_line(run_cli(run, tmp_path / "wide.npy", "-o", tmp_path / "o.csv", program="atlas-encode"),
                    "the student expects 384-D vectors (teacher 'npy', model all-MiniLM-L6-v2), got 768-D vectors")
-    one_error_line(run_cli(run, tmp_path / "missing.npy", program="atlas-encode"), "missing.npy: teacher file not found")
+    one_error_line(run_cli(run, tmp_path / "missing.npy", program="atlas-encode"),
+                   "missing.npy: teacher file not found")
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
-    one_error_line(run_cli(run, tmp_path / "broken.npy", program="atlas-encode"), "broken.npy: not a readable NumPy file")
+    one_error_line(run_cli(run, tmp_path / "broken.npy", program="atlas-encode"),
+                   "broken.npy: not a readable NumPy file")
     np.save(tmp_path / "ok.npy", np.ones((4, 384), np.float32))
     one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "o.xlsx", program="atlas-encode"),
                    "unknown output suffix '.xlsx'; write one of: .jsonl, .csv, .npy, .parquet")
@@ -189,7 +191,8 @@ def test_embedder_must_be_a_teacher_that_embeds(tmp_path):
     path = write_pipeline(tmp_path, stages=1, epochs=1, teacher=teacher('embedder = { loader = "npy" }'))
     one_error_line(run_cli(path, "--dry-run"), "teacher.embedder.loader: teacher 'npy' cannot embed texts; "
                                                "teachers that can: sentence-transformers")
-    path.write_text(path.read_text().replace('{ loader = "npy" }', '{ loader = "sentence-transformers", normalise = true }'))
+    path.write_text(path.read_text().replace('{ loader = "npy" }',
+                                             '{ loader = "sentence-transformers", normalise = true }'))
     one_error_line(run_cli(path, "--dry-run"), "teacher.embedder.normalise is not a parameter",
                    "did you mean 'normalize'")
 

@@ -125,5 +125,6 @@ def test_map_parquet_opens_in_embedding_atlas(run, tmp_path):
     with zipfile.ZipFile(tmp_path / "app.zip") as app:
         meta = json.loads(app.read("data/metadata.json"))
         app.extract("data/dataset.parquet", tmp_path)
-    assert meta["props"]["data"]["projection"] == {"x": "dim_0", "y": "dim_1"} and meta["props"]["data"]["text"] == "text"
+    data = meta["props"]["data"]
+    assert data["projection"] == {"x": "dim_0", "y": "dim_1"} and data["text"] == "text"
     assert pq.read_table(tmp_path / "data" / "dataset.parquet").num_rows == N

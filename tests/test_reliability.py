@@ -24,7 +24,8 @@ from conftest import one_error_line, same_weights, weights, write_pipeline
 from conftest import plugin_env
 
 # long enough to land a kill mid-run, checkpoints large enough (a 512 x 512 MLP with Adam) to catch one being written
-SLOW = dict(stages=2, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]', batches="neighbors", batch_size=512)
+SLOW = dict(stages=2, epochs=2, student='name = "mlp"\ndim = 5\nhidden = [512, 512]', batches="neighbors",
+            batch_size=512)
 
 
 def popen_atlas(*args, env=None):
@@ -483,7 +484,8 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
 ])
 def test_divergence_names_the_likely_cause(tmp_path, make, sets, fragment):
     teacher = make(tmp_path) if make else None
-    pipe = write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1, student=TINY_STUDENT, loss='name = "neighbors"')
+    pipe = write_pipeline(tmp_path, teacher=teacher, stages=1, epochs=1, student=TINY_STUDENT,
+                          loss='name = "neighbors"')
     proc = run_cli(pipe, "--quiet", *sum((["--set", s] for s in sets), []))
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
     assert fragment in proc.stderr.strip().splitlines()[-1] and "learning_rate" not in proc.stderr
@@ -609,5 +611,5 @@ def test_fuzzed_commands_exit_0_or_with_one_error_line(fuzz_teacher, monkeypatch
     event(f"exit {code}")
     assert "Traceback" not in err and "internal error" not in err, err
     errors = [line for line in err.splitlines() if not line.startswith("atlas-run: warning: ")]
-    assert (code, errors) == (0, []) or (code == 2 and len(errors) == 1 and errors[0].startswith("atlas-run: error: ")), (
-        code, err, argv)
+    one_error = code == 2 and len(errors) == 1 and errors[0].startswith("atlas-run: error: ")
+    assert (code, errors) == (0, []) or one_error, (code, err, argv)

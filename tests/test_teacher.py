@@ -115,7 +115,8 @@ CASES = {
                                            p / "t.pt") or 'path = "t.pt"',
                       ["t.pt: texts[0] is of type int; texts must be strings"]),
     "list-labels": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
-                    or _text("m.jsonl", '{"text": "a", "label": [1, 2]}\n' * 600, 'path = "t.npy"\nmeta = "m.jsonl"')(p),
+                    or _text("m.jsonl", '{"text": "a", "label": [1, 2]}\n' * 600,
+                             'path = "t.npy"\nmeta = "m.jsonl"')(p),
                     ["t.npy: labels[0] is of type list; labels must be strings, numbers or booleans"]),
 }
 
