@@ -70,15 +70,15 @@ def main() -> None:
         rows.append(("encode_file .npy → .parquet (in process)", inproc))
         np.save(tmp / "small.npy", np.asarray(x[:1000]))
         startup = {}
+
+        def cli_run(source, out):
+            return subprocess.run([ENCODE, tmp / "student.pt", source, "-o", out, "--overwrite", "--quiet"],
+                                  check=True, capture_output=True)
+
         for suffix in (".parquet", ".npy", ".csv"):
             out = tmp / f"out{suffix}"
-
-            def cli_run(source):
-                return subprocess.run([ENCODE, tmp / "student.pt", source, "-o", out, "--overwrite", "--quiet"],
-                                      check=True, capture_output=True)
-
-            startup[suffix], _ = best_of(lambda: cli_run(tmp / "small.npy"))
-            cli, _ = best_of(lambda: cli_run(tmp / "x.npy"), repeats=2 if suffix != ".csv" else 1)
+            startup[suffix], _ = best_of(lambda: cli_run(tmp / "small.npy", out))
+            cli, _ = best_of(lambda: cli_run(tmp / "x.npy", out), repeats=2 if suffix != ".csv" else 1)
             rows.append((f"atlas-encode .npy → {suffix} (new process)", cli))
         print(f"\n{args.rows:,} × 384 float32 rows, default student (MLP 384→128×4→5), best of 3 (CLI: 2, csv: 1)\n")
         print("| path | seconds | vectors/s | ÷ reference | ÷ reference after start-up |\n|---|---:|---:|---:|---:|")
