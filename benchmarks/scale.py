@@ -26,7 +26,7 @@
    ``--epochs E`` gives both kinds E epochs in each stage instead of ``--steps`` (the default budget is 10);
    ``--profile`` adds each student's recall@10 among samples of 2,000–50,000 training rows: the map at
    coarse to fine neighbourhood scales; ``--hops 2`` draws the neighbour batches' partners two steps out on
-   the graph (``train.neighbor_hops``).
+   the graph (``train.neighbor_hops``); ``--kernel student-t`` gives both kinds the loss's heavy-tailed kernel.
 """
 
 from __future__ import annotations
@@ -190,11 +190,12 @@ def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> No
 
 
 def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_reference: bool = False,
-              same_time: bool = False, epochs: int | None = None, profile: bool = False, hops: int = 1) -> None:
+              same_time: bool = False, epochs: int | None = None, profile: bool = False, hops: int = 1,
+              kernel: str | None = None) -> None:
     """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
     summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget
     (``epochs``: the same epochs per stage instead, as the default budget counts them; ``hops``: the neighbour
-    batches' ``train.neighbor_hops``);
+    batches' ``train.neighbor_hops``; ``kernel``: the ``neighbors`` loss's ``kernel`` for both kinds);
     optionally random batches given the neighbour run's seconds including its graph build (``same_time``),
     UMAP fitted on the same training rows as the reference, and each student's recall at several
     neighbourhood scales (``profile``, :func:`scale_profile`)."""
@@ -215,9 +216,11 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         label += f"-epochs{epochs}" if "epochs_per_stage" in budget else ""
         hop = {"neighbor_hops": hops} if mode == "neighbors" and hops > 1 else {}
         label += f"-hops{hops}" if hop else ""
+        loss = {**quick["loss"], "kernel": kernel} if kernel else quick["loss"]
+        label += f"-{kernel}" if kernel else ""
         out = folder / f"run-{n}-{label}"
         d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
-             "loss": quick["loss"], "schedule": quick["schedule"],
+             "loss": loss, "schedule": quick["schedule"],
              "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
                        **budget, **hop, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
              "output": {"dir": str(out), "plots": False}}
@@ -231,6 +234,7 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
             total_steps = [json.loads(line) for line in fh][-1]["step"]
         cached = " (cached)" if graph.get("cached") else ""
         name = (f"{mode}, {total_steps:,} steps" + (f", {hops} hops" if hop else "")
+                + (f", {kernel} kernel" if kernel else "")
                 + (" (the neighbour run's seconds with its graph)" if same_time_run else ""))
         built = f"{graph['seconds']:.0f}{cached} | {graph['recall']:.3f}" if graph else "— | —"
         print(f"| {n:,} | {name} | {graph.get('method', '—')} | {built} | {report['train_seconds']:.0f} | "
@@ -367,6 +371,8 @@ def main(argv=None):
     ap.add_argument("--hops", type=int, default=1, choices=range(1, MAX_HOPS + 1),
                     help="section 6: the neighbour batches' train.neighbor_hops (2: partners also among the "
                          "neighbours' neighbours)")
+    ap.add_argument("--kernel", help="section 6: the neighbors loss's kernel for both kinds (default: the "
+                    "quickstart's, gaussian; student-t is heavy-tailed)")
     ap.add_argument("--profile", action="store_true", help="section 6: also each student's recall@10 among "
                     "samples of 2,000-50,000 training rows, coarse to fine neighbourhood scales")
     ap.add_argument("--same-time", action="store_true",
@@ -378,7 +384,8 @@ def main(argv=None):
         ap.error("--same-time compares at a budget in steps; leave out --epochs")
     if args.pypi:
         pypi_runs([int(v) for v in args.pypi.split(",")], args.steps, umap_reference=args.umap,
-                  same_time=args.same_time, epochs=args.epochs, profile=args.profile, hops=args.hops)
+                  same_time=args.same_time, epochs=args.epochs, profile=args.profile, hops=args.hops,
+                  kernel=args.kernel)
         return
     if args.only_refine or args.only_gather or args.only_rss:
         with tempfile.TemporaryDirectory() as d:
