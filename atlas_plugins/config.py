@@ -262,7 +262,8 @@ def resumable_keys() -> set[str]:
 def field_defaults() -> dict:
     """``section.key`` -> the default of every field: what a checkpoint written before a field existed trained
     with (a resume treats a key it lacks as that default)."""
-    return {f"{section}.{f.name}": f.default for section, cls in SECTIONS.items() for f in attrs.fields(cls)}
+    return {f"{section}.{f.name}": f.default for section, cls in SECTIONS.items() for f in attrs.fields(cls)
+            if not isinstance(f.default, attrs.Factory)}  # a plugin's ``params``: flattened into its own keys
 
 
 def training_keys(d: dict) -> dict:
