@@ -171,3 +171,11 @@ def test_every_test_named_in_the_docs_exists():
     for page in DOCS + [ROOT / "docs" / "reliability.md"]:
         named |= set(re.findall(r"::(test_\w+)", page.read_text()))
     assert named and all(f"def {name}(" in sources for name in named), named
+
+
+def test_index_page_names_every_core_module_once():
+    text = (ROOT / "docs" / "index.md").read_text()
+    table = text[text.index("| module | holds |"):text.index("What the core knows")]
+    named = re.findall(r"`(\w+)\.py`", table)
+    modules = sorted(p.name for p in (ROOT / "atlas_plugins").glob("*.py") if p.name != "__init__.py")
+    assert sorted(f"{m}.py" for m in named) == modules
