@@ -215,6 +215,8 @@ def _guarded(prog: str, parser: argparse.ArgumentParser, command, argv) -> int:
     """Run ``command(args)``: an :class:`AtlasError` is one line and its exit code, never a traceback."""
     warnings.showwarning = lambda message, category, *a, **k: print(
         f"{prog}: warning: {str(message).removeprefix('atlas: ')}", file=sys.stderr)
+    # the toolkit's own warnings are messages for the user: a warning line even under PYTHONWARNINGS=error
+    warnings.filterwarnings("default", message="atlas: ")
     args = parser.parse_args(argv)
     try:
         return command(args)

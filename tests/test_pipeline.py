@@ -116,7 +116,7 @@ def test_the_reserved_names_are_exactly_what_assembly_passes_to_plugins(tmp_path
     for kind, fn in (("teacher", teacher), ("student", student), ("loss", loss), ("schedule", schedule)):
         registry.register(kind, f"spy-{kind}", fn)
     doc = {"teacher": {"path": "x.spy", "loader": "spy-teacher"}, "student": {"name": "spy-student"},
-           "loss": {"name": "spy-loss"}, "schedule": {"name": "spy-schedule"},
+           "loss": {"name": "spy-loss"}, "schedule": {"name": "spy-schedule"}, "train": {"batch_size": 64},
            "output": {"dir": str(tmp_path / "run")}}
     assemble(build_config(doc, tmp_path / "p.toml", registry), registry)
     assert seen == {"teacher": RESERVED["teacher"], "student": RESERVED["student"],

@@ -26,10 +26,12 @@ def test_clear_ignores_manifest_entries_outside_the_folder(tmp_path, victim):
     run = RunDir(tmp_path / "run")
     run.write_text("report.md", "ours")
     (run.path / "escape").symlink_to(victim)
-    names = run.manifest() + ["../victim/precious.txt", str(victim / "precious.txt"), "escape/linked.txt", "", 7]
-    (run.path / MANIFEST).write_text(json.dumps(names))
-    with pytest.warns(UserWarning, match="ignoring manifest entry '../victim/precious.txt'"):
+    outside = ["../victim/precious.txt", str(victim / "precious.txt"), "escape/linked.txt", ""]
+    (run.path / MANIFEST).write_text(json.dumps(run.manifest() + outside + [7]))  # 7: not a name, dropped unread
+    with pytest.warns(UserWarning) as warned:
         removed = run.clear()
+    ignored = [str(w.message).split("ignoring manifest entry ")[1].split(" in ")[0] for w in warned]
+    assert ignored == [repr(n) for n in outside]
     assert removed == ["report.md"] and not (run.path / "report.md").exists()
     assert (victim / "precious.txt").read_text() == "mine" and (victim / "linked.txt").read_text() == "mine too"
 
