@@ -73,13 +73,13 @@ def test_dry_run_checks_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-
 def test_its_warnings_stay_warning_lines_when_python_warnings_are_errors(tmp_path):
     """PYTHONWARNINGS=error (common in CI) turns other code's warnings into errors, not atlas-run's messages."""
     proc = run_atlas(write_pipeline(tmp_path, batch_size=5000), "--dry-run", env={"PYTHONWARNINGS": "error"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ("atlas-run: warning: train.batch_size = 5000 is larger than the 2114 training rows; "
                            "each batch holds all of them\n")
+
 
 def test_set_overrides_values(tmp_path):
     proc = run_atlas(write_pipeline(tmp_path), "--set", "train.epochs_per_stage=1", "--set", "schedule.stages=1",
