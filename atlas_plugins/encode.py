@@ -90,6 +90,7 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
                           "the array or column of vectors in a vector file")
     if path == "-":
         return _texts(_lines(sys.stdin.buffer, "stdin"), student)
+    _must_exist(p)
     if texts:
         return _texts(_lines(_open(p), str(p)), student)
     if loader is None and p.suffix.lower() == ".jsonl":
@@ -130,9 +131,13 @@ def _vectors(data: TeacherData, dim: int) -> Source:
     return Source(pieces(), data.num_rows, tuple(extras))
 
 
-def _open(p: Path):
+def _must_exist(p: Path) -> None:
     if p.is_dir() or not p.exists():
         raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
+
+
+def _open(p: Path):
+    _must_exist(p)
     return p.open("rb")
 
 

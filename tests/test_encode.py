@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     one_error_line(run_cli(run, tmp_path / "wide.npy", "-o", tmp_path / "o.csv", program="atlas-encode"),
                    "the student expects 384-D vectors (teacher 'npy', model all-MiniLM-L6-v2), got 768-D vectors")
     one_error_line(run_cli(run, tmp_path / "missing.npy", program="atlas-encode"),
-                   "missing.npy: teacher file not found")
+                   "missing.npy: not found; expected an input file")
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     one_error_line(run_cli(run, tmp_path / "broken.npy", program="atlas-encode"),
                    "broken.npy: not a readable NumPy file")
