@@ -92,7 +92,7 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
         return _texts(_lines(sys.stdin.buffer, "stdin"), student)
     _must_exist(p)
     if texts:
-        return _texts(_lines(_open(p), str(p)), student)
+        return _texts(_lines(p.open("rb"), str(p)), student)
     if loader is None and p.suffix.lower() == ".jsonl":
         if (key or "embedding") in _jsonl_rows(p, first=True, key=key)[0]:
             loader = "jsonl"  # vectors: the jsonl teacher reads the file
@@ -136,11 +136,6 @@ def _must_exist(p: Path) -> None:
         raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
 
 
-def _open(p: Path):
-    _must_exist(p)
-    return p.open("rb")
-
-
 def _lines(fh, name: str) -> Iterator[dict]:
     with fh:
         for lineno, raw in enumerate(fh, 1):
@@ -156,7 +151,7 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[di
     """The JSON objects of ``p`` (``first``: only the first, to tell texts from vectors in field ``key``)."""
     vectors = key or "embedding"
     rows = []
-    with _open(p) as fh:
+    with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
