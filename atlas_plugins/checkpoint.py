@@ -24,6 +24,7 @@ import torch
 
 from .config import field_defaults, flatten, resumable_keys, training_keys
 from .errors import CheckpointError, WriteError
+from .teacher import teacher_fingerprint
 
 
 def _umask() -> int:
@@ -225,11 +226,16 @@ def check_checkpoint(blob, path) -> None:
         raise CheckpointError(f"{path}: incomplete checkpoint (no student weights)")
 
 
-def check_same_teacher(blob: dict, fingerprint: str, source) -> None:
+def check_same_teacher(blob: dict, teacher, digest: str, source) -> None:
     """Refuse a resume on other teacher rows than the checkpoint's (the file at ``teacher.path`` was replaced
-    or re-embedded): the student would go on learning other data.  Checkpoints written before the
-    fingerprint was recorded are not checked."""
-    if blob.get("teacher_rows", fingerprint) != fingerprint:
+    or re-embedded, in part or whole): the student would go on learning other data.  ``digest`` is
+    :func:`~atlas_plugins.teacher.teacher_digest` of ``teacher``, every row's values.  Checkpoints written
+    before it recorded 64 sampled rows (``teacher_rows``), compared as they were; older ones are not checked."""
+    if "teacher_digest" in blob:
+        same = blob["teacher_digest"] == digest
+    else:
+        same = blob.get("teacher_rows", "") in ("", teacher_fingerprint(teacher, files=False))
+    if not same:
         raise CheckpointError(f"{source}: cannot resume: the teacher's rows are not the ones the checkpoint was "
                               "trained on (the file changed since); restore it, or start a fresh run with --overwrite")
 

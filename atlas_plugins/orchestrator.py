@@ -100,7 +100,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             return RunResult(pipe, None, [])
         if dist.is_main:
             if blob is not None:
-                check_same_teacher(blob, pipe.teacher_rows, pipe.teacher.source or config.teacher.path)
+                check_same_teacher(blob, pipe.teacher, pipe.teacher_digest, pipe.teacher.source or config.teacher.path)
                 echo(f"resuming from {blob.pop('_path')}")
             elif overwrite:
                 run.clear()

@@ -28,7 +28,7 @@ from .neighbors import choose_method
 from .params import accepts, resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
-from .teacher import TeacherData, in_memory_if_small, teacher_fingerprint, validate_teacher
+from .teacher import TeacherData, in_memory_if_small, teacher_digest, validate_teacher
 
 
 @attrs.define
@@ -48,7 +48,7 @@ class Pipeline:
     batch_mode: str  # "random" or "neighbors" ("auto" resolved by the number of training rows)
     neighbor_index: str | None = None  # "exact" or "faiss" with neighbour batches (neighbors.choose_method)
     providers: dict = attrs.field(factory=dict)  # kind -> distribution, for error messages
-    teacher_rows: str = ""  # teacher_fingerprint(files=False): checkpoints record it, a resume compares it
+    teacher_digest: str = ""  # teacher.teacher_digest: checkpoints record it, a resume compares it
 
     def forward(self, module: torch.nn.Module, x: torch.Tensor):
         """``module(x)`` (the student, or a wrapper of it); an error inside is blamed on the student plugin."""
@@ -199,7 +199,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
 
     pipe = Pipeline(config, teacher, student, loss_fn, resolve_refs(loss_fn, config.loss.params, registry), taus,
                     device, reconstruct, train_rows, val_rows, batch_mode, index, providers,
-                    teacher_fingerprint(teacher, files=False))
+                    teacher_digest(teacher))
     _smoke_test(pipe)
     return pipe
 

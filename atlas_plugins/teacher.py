@@ -211,8 +211,8 @@ def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
 def teacher_fingerprint(teacher: TeacherData, samples: int = 64, *, files: bool = True) -> str:
     """A hash of the teacher's shape, dtype, the bytes of ``samples`` rows spread over it and, with ``files``
     and when it comes from a file, that file's size and modification time (so an edit anywhere in it counts:
-    the neighbour graph's cache key).  ``files=False``: the rows alone, so a file copied or touched keeps its
-    fingerprint (what a checkpoint records to refuse a resume on other rows)."""
+    the neighbour graph's cache key).  ``files=False``: the sampled rows alone, what checkpoints recorded
+    before :func:`teacher_digest` (a resume from one still compares it)."""
     n = teacher.num_rows
     at = np.unique(np.linspace(0, n - 1, min(n, samples)).astype(np.int64))
     h = hashlib.sha256(f"{n}x{teacher.dim}:{teacher.embeddings.dtype}".encode())
@@ -222,6 +222,17 @@ def teacher_fingerprint(teacher: TeacherData, samples: int = 64, *, files: bool 
             st = os.stat(path)
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(teacher.rows(at).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def teacher_digest(teacher: TeacherData) -> str:
+    """A hash of the teacher's shape, dtype and every row's values (read in chunks, as float32): what a
+    checkpoint records, so a resume refuses rows that changed anywhere, while a file copied or touched keeps
+    it (as does the same array saved as ``.npy`` or ``.pt``).  One more pass over the rows, ~1 GB/s: 0.3 s
+    for 200,000 × 384 float32 rows on 2 cores, where checking them (:func:`validate_teacher`) takes 0.2 s."""
+    h = hashlib.sha256(f"{teacher.num_rows}x{teacher.dim}:{_dtype_name(teacher.embeddings)}".encode())
+    for _, block in teacher.chunks():
+        h.update(block.cpu().numpy())
     return h.hexdigest()[:20]
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from atlas_plugins import CheckpointError, WriteError, load_student, load_teacher_checkpoint
-from atlas_plugins.checkpoint import atomic_open, atomic_save, atomic_write_bytes
+from atlas_plugins import CheckpointError, TeacherData, WriteError, load_student, load_teacher_checkpoint
+from atlas_plugins.checkpoint import atomic_open, atomic_save, atomic_write_bytes, check_same_teacher
+from atlas_plugins.teacher import teacher_digest, teacher_fingerprint
 from conftest import EXAMPLE_NPY, run_atlas, run_cli
 from conftest import one_error_line, write_pipeline
 
@@ -171,3 +172,22 @@ def test_a_resume_reads_a_key_the_checkpoint_lacks_as_its_default(tmp_path):
     assert check_resumable({"config": older}, resolved(), "ckpt.pt") == []
     with pytest.raises(CheckpointError, match=r"ckpt.pt: cannot resume: .*\(train.neighbor_hops: 1 -> 2\)"):
         check_resumable({"config": older}, resolved(neighbor_hops=2), "ckpt.pt")
+
+
+def test_a_resume_compares_every_row_and_an_older_checkpoint_its_sampled_rows():
+    rows = np.load(EXAMPLE_NPY)[:600]
+    teacher = TeacherData(rows, source="t.npy")
+    edited = rows.copy()
+    edited[5] = rows[300]  # one row between the 64 that checkpoints used to sample
+    other = TeacherData(edited, source="t.npy")
+    refused = "t.npy: cannot resume: the teacher's rows are not the ones the checkpoint was trained on"
+    blob = {"teacher_digest": teacher_digest(teacher)}
+    check_same_teacher(blob, teacher, teacher_digest(TeacherData(torch.from_numpy(rows.copy()))), "t.npy")  # as .pt
+    with pytest.raises(CheckpointError, match=refused):
+        check_same_teacher(blob, other, teacher_digest(other), "t.npy")
+    older = {"teacher_rows": teacher_fingerprint(teacher, files=False)}  # what checkpoints recorded before
+    check_same_teacher(older, teacher, teacher_digest(teacher), "t.npy")
+    reordered = TeacherData(rows[::-1].copy(), source="t.npy")
+    with pytest.raises(CheckpointError, match=refused):
+        check_same_teacher(older, reordered, teacher_digest(reordered), "t.npy")
+    check_same_teacher({}, other, teacher_digest(other), "t.npy")  # older still: recorded nothing, not checked

@@ -306,10 +306,13 @@ def test_resume_refuses_a_teacher_file_with_other_rows_and_accepts_a_copy(tmp_pa
     np.save(tmp_path / "t.npy", rows)
     pipe = write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1)
     assert run_cli(pipe, "--quiet").returncode == 0
-    np.save(tmp_path / "t.npy", rows[::-1])  # the same shape and values, other rows: re-embedded in another order
-    one_error_line(run_cli(pipe, "--resume", "--quiet"), f"{tmp_path / 't.npy'}: cannot resume: the teacher's rows are "
-                   "not the ones the checkpoint was trained on (the file changed since); restore it, or start a "
-                   "fresh run with --overwrite")
+    edited = rows.copy()
+    edited[5] = rows[300]  # one row re-embedded
+    for changed in (rows[::-1], edited):  # the same shape and values, other rows: re-embedded in another order
+        np.save(tmp_path / "t.npy", changed)
+        one_error_line(run_cli(pipe, "--resume", "--quiet"), f"{tmp_path / 't.npy'}: cannot resume: the teacher's "
+                       "rows are not the ones the checkpoint was trained on (the file changed since); restore it, "
+                       "or start a fresh run with --overwrite")
     (tmp_path / "t.npy").unlink()
     np.save(tmp_path / "t.npy", rows)  # the same rows in a new file (a copy, a new modification time)
     done = run_cli(pipe, "--resume", "--quiet")
