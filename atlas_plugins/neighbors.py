@@ -16,9 +16,8 @@ holds one unit copy of the training rows), and the graph is searched in parts of
 rows, each saved in the run folder's ``cache/`` as it completes: a run killed while building resumes from
 the parts it finished (the index itself is built again; the whole graph, index and search, took 146 s at
 200,000 rows, 465 s at 500,000 and 776 s at 741,307 with 8-bit rows on 2 cores).
-Parts and graph are keyed by a fingerprint of the teacher (shape, dtype, its rows' bytes at a sample of positions,
-the file's size and modification time), the training rows, ``k`` and the method, so a changed teacher builds a new
-graph.
+Parts and graph are keyed by a hash of the teacher's every row (:func:`graph_key`), the training rows, ``k`` and
+the method, so a teacher with any row changed builds a new graph, and a copied or touched file reuses it.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from .checkpoint import safe_load
 from .config import hash_dict
 from .errors import CheckpointError, ConfigError
-from .teacher import teacher_fingerprint
+from .teacher import teacher_digest
 
 EXACT_MAX_ROWS = 100_000  # exact CPU search up to here (about 100 s at 384-D on 2 cores); faiss above
 RECALL_SAMPLE = 2_000  # training rows whose exact neighbours measure the approximate graph's recall
@@ -102,8 +101,10 @@ def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tenso
     return out
 
 
-def graph_key(teacher, rows: np.ndarray, k: int, method: str) -> str:
-    return hash_dict({"teacher": teacher_fingerprint(teacher), "k": k, "method": method, "format": GRAPH_FORMAT,
+def graph_key(digest: str, rows: np.ndarray, k: int, method: str) -> str:
+    """The cache key of a graph: the teacher's every row (``digest``, :func:`~atlas_plugins.teacher.teacher_digest`),
+    the training rows, ``k`` and the method.  Not the file's name or time: a copy, or a file touched, reuses it."""
+    return hash_dict({"teacher": digest, "k": k, "method": method, "format": GRAPH_FORMAT,
                       "rows": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()})[:16]
 
 
@@ -113,14 +114,14 @@ def graph_width(k: int, n_rows: int) -> int:
 
 
 def neighbor_graph(teacher, rows: np.ndarray, k: int, *, method: str, device: torch.device, run=None,
-                   writer: bool = True, echo=None) -> tuple[torch.Tensor, dict]:
+                   writer: bool = True, echo=None, digest: str | None = None) -> tuple[torch.Tensor, dict]:
     """The ``k`` nearest training rows of every training row: ``(len(rows), k)`` positions into ``rows``
     (int32), and what was measured (method, recall on a sample, seconds, index parameters).
 
     With a run folder the graph is cached in ``cache/knn-<key>.pt`` and built in parts saved beside it;
-    only a ``writer`` (rank 0 under DDP) writes there.
+    only a ``writer`` (rank 0 under DDP) writes there; ``digest``: the teacher's, when already known.
     """
-    key = graph_key(teacher, rows, k, method)
+    key = graph_key(digest or teacher_digest(teacher), rows, k, method)
     final = f"cache/knn-{key}.pt"
     cached = _load(run, final, len(rows))
     if cached is not None:

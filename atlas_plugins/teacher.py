@@ -7,7 +7,6 @@ A teacher plugin returns one :class:`TeacherData`.  ``embeddings`` is a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -206,23 +205,6 @@ def _pread_range(emb: np.memmap, start: int, stop: int) -> np.ndarray:
     if len(buf) != want:
         raise _short_read(emb, at, len(buf), want)
     return np.frombuffer(buf, dtype=emb.dtype).reshape(stop - start, emb.shape[1])
-
-
-def teacher_fingerprint(teacher: TeacherData, samples: int = 64, *, files: bool = True) -> str:
-    """A hash of the teacher's shape, dtype, the bytes of ``samples`` rows spread over it and, with ``files``
-    and when it comes from a file, that file's size and modification time (so an edit anywhere in it counts:
-    the neighbour graph's cache key).  ``files=False``: the sampled rows alone, what checkpoints recorded
-    before :func:`teacher_digest` (a resume from one still compares it)."""
-    n = teacher.num_rows
-    at = np.unique(np.linspace(0, n - 1, min(n, samples)).astype(np.int64))
-    h = hashlib.sha256(f"{n}x{teacher.dim}:{teacher.embeddings.dtype}".encode())
-    for path in sorted({str(p) for p in (getattr(teacher.embeddings, "filename", None), teacher.source) if p}
-                       if files else ()):
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(teacher.rows(at).numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def teacher_digest(teacher: TeacherData) -> str:

@@ -3,6 +3,7 @@ a build killed midway resumed from its parts, and the one-line answer when faiss
 
 import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -113,6 +114,18 @@ def test_the_cache_is_reused_and_rebuilt_when_the_teacher_changes(tmp_path, real
     assert not info3["cached"] and not torch.equal(rebuilt, first)
     other_k, info4 = neighbor_graph(load(), rows, 5, method="exact", device=CPU, run=run)
     assert not info4["cached"] and other_k.shape == (1500, 5)
+    os.utime(path, ns=(1, 1))  # touched, or copied: the same rows keep their graph
+    assert neighbor_graph(load(), rows, 10, method="exact", device=CPU, run=run)[1]["cached"]
+
+
+def test_a_teacher_not_from_a_file_rebuilds_when_any_row_changes(real_embeddings, run):
+    rows = np.arange(1500)
+    teacher = real_embeddings[:1500].copy()
+    first, _ = neighbor_graph(TeacherData(teacher), rows, 10, method="exact", device=CPU, run=run)
+    teacher[5] = real_embeddings[1600]  # one row, none of the others: a plugin's rows re-embedded in part
+    graph, info = neighbor_graph(TeacherData(teacher), rows, 10, method="exact", device=CPU, run=run)
+    assert not info["cached"] and not torch.equal(graph, first)
+    assert torch.equal(graph, neighbor_graph(TeacherData(teacher), rows, 10, method="exact", device=CPU)[0])
 
 
 def test_a_build_killed_midway_resumes_from_its_saved_parts(real_embeddings, run, monkeypatch):
