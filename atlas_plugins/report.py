@@ -130,6 +130,8 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         if "UMAP + transform" in methods:
             notes.append("UMAP has no corpus_recall: it places only the rows it was fitted on, not every "
                          "training row")
+        if training_map is not None:
+            notes += _sparse_map_note(methods, f"corpus_recall@{k}", len(training_map.vectors), len(pipe.train_rows))
     report = {
         "rows": len(rows), "held_out": held_out, "k": k, "notes": notes, "methods": methods,
         "student": _metrics(methods["student"]), "pca": _metrics(methods["PCA"]),
@@ -146,6 +148,23 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         report["axis_cards_from"] = (f"all {pipe.teacher.num_rows:,} teacher rows (training and validation), "
                                      "each text once")
     return report, {"z": levels[0].numpy(), "labels": labels}
+
+
+def _sparse_map_note(methods: dict, key: str, map_rows: int, train_rows: int) -> list[str]:
+    """A note when refine lowers ``key`` (corpus recall) because ``map.pt`` holds a sample of the training rows:
+    refine pulls a new point towards its nearest *map* rows, which in a sample a tenth of the corpus are about
+    its 100 nearest training rows, not its 10 (200,000 PyPI summaries: 0.040 → 0.030 with 20,000 map rows,
+    0.045 with 50,000; docs/scaling.md).  Measured, not predicted: the note appears only when it happened."""
+    refined = {n: m[key] for n, m in methods.items() if n.startswith("student + refine") and key in m}
+    if map_rows >= train_rows or key not in methods["student"] or not refined:
+        return []
+    if not any(v < methods["student"][key] for v in refined.values()):
+        return []
+    epochs = "/".join(n.removeprefix("student + refine ") for n in refined)
+    return [f"refine lowers {key} (student {methods['student'][key]:.3f}, refine {epochs} "
+            f"{'/'.join(f'{v:.3f}' for v in refined.values())}): map.pt holds {map_rows:,} of {train_rows:,} training "
+            f"rows, too few to place new points among their nearest; raise output.map_rows (up to {train_rows:,}; "
+            "refine slows with it)"]
 
 
 def _corpus_neighbours(pipe, x: torch.Tensor, k: int, project) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +214,7 @@ def _umap(pipe, x, labels, k: int, dim: int, fit_rows) -> dict:
 
 
 def headline(report: dict) -> str:
-    """The table ``atlas-run`` prints at the end: one line per method."""
+    """The table ``atlas-run`` prints at the end: one line per method, then the report's notes."""
     where = "held-out" if report["held_out"] else "training"
     keys = list(report["student"])
     width = max(len(name) for name in report["methods"]) + 2
@@ -204,7 +223,7 @@ def headline(report: dict) -> str:
     for name, m in report["methods"].items():
         lines.append(f"{name:<{width}}" + "".join(f"{_cell(m, key):>{len(key) + 2}}" for key in keys)
                      + f"{m['vectors_per_s']:>12,.0f}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"note: {note}" for note in report.get("notes", [])])
 
 
 def _cell(method: dict, key: str) -> str:

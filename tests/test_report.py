@@ -79,3 +79,25 @@ def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path, monkey
     expected = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near_teacher, near_map)])
     assert report["student"]["corpus_recall@10"] == pytest.approx(expected, abs=0.002)
     assert 0 < expected < 1 and "corpus_recall@10" in report["methods"]["PCA"]
+
+
+def test_a_map_too_sparse_for_the_corpus_is_named_when_refine_lowers_corpus_recall(tmp_path):
+    """map.pt with 60 of 2,114 training rows: refine pulls new points towards rows far from their nearest."""
+    student = 'name = "mlp"\ndim = 5\nhidden = [64, 64]'
+    shown = {}
+    for rows in (60, 50_000):
+        path = write_pipeline(tmp_path, f"map_rows = {rows}\n", loss='name = "neighbors"', student=student,
+                              stages=2, epochs=3, output=f"run{rows}")
+        proc = run_cli(path, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((tmp_path / f"run{rows}" / "report.json").read_text())
+        corpus = {name: m["corpus_recall@10"] for name, m in report["methods"].items()}
+        shown[rows] = [n for n in report["notes"] if n.startswith("refine lowers")], corpus, proc.stdout
+    (note,), corpus, stdout = shown[60]
+    assert min(corpus[f"student + refine {e}"] for e in (3, 6, 10)) < corpus["student"]
+    assert note.startswith(f"refine lowers corpus_recall@10 (student {corpus['student']:.3f}, refine 3/6/10 "
+                           f"{corpus['student + refine 3']:.3f}/")
+    assert note.endswith("map.pt holds 60 of 2,114 training rows, too few to place new points among their "
+                         "nearest; raise output.map_rows (up to 2,114; refine slows with it)")
+    assert f"note: {note}\n" in stdout and f"Note: {note}." in (tmp_path / "run60" / "report.md").read_text()
+    assert shown[50_000][0] == []  # every training row is in the map
