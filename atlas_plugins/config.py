@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
-from .params import accepts, describe, matches, parameters, plugin_ref, signature_annotations
+from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
 from .teacher import loader_for_suffix
 
@@ -45,15 +45,17 @@ def _is_int(v, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def _check(pred, expected):
-    """An attrs validator; the message names the field (prefixed by the class's ``ERROR_PREFIX``, if any)."""
+def _check(pred, expected, choices=()):
+    """An attrs validator; the message names the field (prefixed by the class's ``ERROR_PREFIX``, if any) and,
+    for a string close to one of ``choices``, suggests it."""
     def validator(inst, attr, value):
         try:
             ok = pred(value)
         except (TypeError, ValueError, OverflowError):
             ok = False
         if not ok:
-            raise ConfigError(f"{getattr(inst, 'ERROR_PREFIX', '')}{attr.name} must be {expected}, got {value!r}")
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+            raise ConfigError(f"{getattr(inst, 'ERROR_PREFIX', '')}{attr.name} must be {expected}, got {value!r}{hint}")
     return validator
 
 
@@ -78,11 +80,12 @@ optional_positive_number = _check(lambda v: v is None or (_is_number(v) and math
                                   "a positive number")
 DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
 device = _check(lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "mps", "auto") or
-                                                  (v.startswith("cuda:") and v[5:].isdigit())), DEVICES)
+                                                  (v.startswith("cuda:") and v[5:].isdigit())), DEVICES,
+                ("cpu", "cuda", "mps", "auto"))
 
 
 def one_of(*choices):
-    return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+    return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices), choices)
 
 
 def _field(default, validator, help, *, resumable: bool = False):
@@ -699,8 +702,9 @@ def _check_params(origin: Origin, section: str, kind: str, plugin: str, fn, para
                               f"{did_you_mean(key, accepted)}; it accepts: {', '.join(accepted) or 'no parameters'}")
         annotation = annotations.get(key)
         if annotation is not None and not matches(value, annotation):
+            hint = did_you_mean(value, literal_values(annotation)) if isinstance(value, str) else ""
             raise ConfigError(f"{where}: {section}.{key} must be {describe(annotation)} for {kind} '{plugin}', "
-                              f"got {value!r}")
+                              f"got {value!r}{hint}")
         ref = plugin_ref(annotation) if annotation is not None else None
         if ref is not None and isinstance(value, str):
             try:

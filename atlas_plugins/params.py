@@ -121,6 +121,16 @@ def describe(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def literal_values(annotation) -> tuple:
+    """The values a ``Literal`` in ``annotation`` allows (also inside ``Optional``/unions and ``Annotated``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return args
+    if origin is Annotated or _is_union(annotation):
+        return tuple(v for a in (args[:1] if origin is Annotated else args) for v in literal_values(a))
+    return ()
+
+
 def accepts(fn, name: str) -> bool:
     """Whether plugin ``fn`` takes a parameter called ``name`` (False when its signature cannot be read)."""
     try:

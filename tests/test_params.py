@@ -4,7 +4,7 @@ from typing import Annotated, Literal, Optional, Sequence
 
 import pytest
 
-from atlas_plugins.params import PluginRef, describe, matches, plugin_ref, resolve_refs
+from atlas_plugins.params import PluginRef, describe, literal_values, matches, plugin_ref, resolve_refs
 from conftest import one_error_line, run_atlas, run_cli, write_pipeline
 
 
@@ -35,6 +35,13 @@ def test_descriptions_say_what_is_expected():
     assert describe(Optional[float]) == "a number"
     assert describe(Literal["a", "b"]) == "one of 'a', 'b'"
     assert describe(Annotated[str, PluginRef("loss")] | None) == "a loss name (a string)"
+
+
+def test_the_values_a_literal_allows_are_found_inside_optional_and_annotated():
+    assert literal_values(Literal["a", "b"]) == ("a", "b")
+    assert literal_values(Optional[Literal["a", "b"]]) == ("a", "b")
+    assert literal_values(Annotated[Literal["x"] | int, "meta"]) == ("x",)
+    assert literal_values(str) == () and literal_values(list[int]) == ()
 
 
 def test_unannotated_parameters_keep_todays_behaviour():
@@ -84,7 +91,8 @@ def test_a_string_in_the_pipeline_file_is_blamed_on_the_file(evil_teacher, tmp_p
 @pytest.mark.parametrize("setting, fragment", [
     ('student.reconstruct="false"', "student.reconstruct must be true or false for student 'mlp'"),
     ('student.hidden=["32"]', "student.hidden must be an integer or a list of integers for student 'mlp'"),
-    ('loss.kernel="Gaussian"', "loss.kernel must be one of 'gaussian', 'student-t' for loss 'neighbors'"),
+    ('loss.kernel="Gaussian"', "loss.kernel must be one of 'gaussian', 'student-t' for loss 'neighbors', got "
+                               "'Gaussian' (did you mean 'gaussian'?)"),
     ("loss.dof=true", "loss.dof must be a number for loss 'neighbors', got True"),
     ("loss.dof=-1", "dof must be a positive number, got -1"),
     ('loss.name="combined"', None),
