@@ -79,9 +79,9 @@ optional_positive_int = _check(lambda v: v is None or _is_int(v, 1, MAX_COUNT), 
 optional_positive_number = _check(lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
                                   "a positive number")
 DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
-device = _check(lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "mps", "auto") or
-                                                  (v.startswith("cuda:") and v[5:].isdigit())), DEVICES,
-                ("cpu", "cuda", "mps", "auto"))
+DEVICE_NAMES = ("cpu", "cuda", "mps", "auto")
+device = _check(lambda v: isinstance(v, str) and (v in DEVICE_NAMES or (v.startswith("cuda:") and v[5:].isdigit())),
+                DEVICES, DEVICE_NAMES)
 
 
 def one_of(*choices):

@@ -156,12 +156,11 @@ def _sparse_map_note(methods: dict, key: str, map_rows: int, train_rows: int) ->
     its 100 nearest training rows, not its 10 (200,000 PyPI summaries: 0.040 → 0.030 with 20,000 map rows,
     0.045 with 50,000; docs/scaling.md).  Measured, not predicted: the note appears only when it happened."""
     refined = {n: m[key] for n, m in methods.items() if n.startswith("student + refine") and key in m}
-    if map_rows >= train_rows or key not in methods["student"] or not refined:
-        return []
-    if not any(v < methods["student"][key] for v in refined.values()):
+    alone = methods["student"].get(key)
+    if map_rows >= train_rows or alone is None or not any(v < alone for v in refined.values()):
         return []
     epochs = "/".join(n.removeprefix("student + refine ") for n in refined)
-    return [f"refine lowers {key} (student {methods['student'][key]:.3f}, refine {epochs} "
+    return [f"refine lowers {key} (student {alone:.3f}, refine {epochs} "
             f"{'/'.join(f'{v:.3f}' for v in refined.values())}): map.pt holds {map_rows:,} of {train_rows:,} training "
             f"rows, too few to place new points among their nearest; raise output.map_rows (up to {train_rows:,}; "
             "refine slows with it)"]
