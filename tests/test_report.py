@@ -101,3 +101,14 @@ def test_a_map_too_sparse_for_the_corpus_is_named_when_refine_lowers_corpus_reca
                          "nearest; raise output.map_rows (up to 2,114; refine slows with it)")
     assert f"note: {note}\n" in stdout and f"Note: {note}." in (tmp_path / "run60" / "report.md").read_text()
     assert shown[50_000][0] == []  # every training row is in the map
+
+
+@pytest.mark.parametrize("refined, noted", [((0.025, 0.031, 0.035), True), ((0.061, 0.065, 0.066), False)])
+def test_the_sparse_map_note_needs_every_refine_setting_below_the_student(refined, noted):
+    key = "corpus_recall@10"
+    methods = {"student": {key: 0.064}, **{f"student + refine {e}": {key: v} for e, v in zip((3, 6, 10), refined)}}
+    expected = [f"refine lowers {key} (student 0.064, refine 3/6/10 {refined[0]:.3f}/{refined[1]:.3f}/"
+                f"{refined[2]:.3f}): map.pt holds 50,000 of 195,000 training rows, too few to place new points "
+                "among their nearest; raise output.map_rows (up to 195,000; refine slows with it)"]
+    assert report_module._sparse_map_note(methods, key, 50_000, 195_000) == (expected if noted else [])
+    assert report_module._sparse_map_note(methods, key, 195_000, 195_000) == []  # every training row is in the map
