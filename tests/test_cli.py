@@ -310,8 +310,8 @@ def test_resume_refuses_a_teacher_file_with_other_rows_and_accepts_a_copy(tmp_pa
     pipe = write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1)
     assert run_cli(pipe, "--quiet").returncode == 0
     edited = rows.copy()
-    edited[5] = rows[300]  # one row re-embedded
-    for changed in (rows[::-1], edited):  # the same shape and values, other rows: re-embedded in another order
+    edited[5] = rows[300]
+    for changed in (rows[::-1], edited):  # the same values in another order; one row re-embedded
         np.save(tmp_path / "t.npy", changed)
         one_error_line(run_cli(pipe, "--resume", "--quiet"), f"{tmp_path / 't.npy'}: cannot resume: the teacher's "
                        "rows are not the ones the checkpoint was trained on (the file changed since); restore it, "
