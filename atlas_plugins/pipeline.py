@@ -28,7 +28,7 @@ from .neighbors import choose_method
 from .params import accepts, resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
-from .teacher import TeacherData, in_memory_if_small, teacher_digest, validate_teacher
+from .teacher import RowScan, TeacherData, in_memory_if_small, validate_teacher
 
 
 @attrs.define
@@ -167,8 +167,9 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     providers = {kind: registry.info(kind, name).distribution for kind, name in  # for error messages
                  (("teacher", config.teacher.loader), ("student", config.student.name),
                   ("loss", config.loss.name), ("schedule", config.schedule.name))}
-    teacher = in_memory_if_small(validate_teacher(load_teacher(config, registry, progress), dim=config.teacher.dim,
-                                                  min_rows=MIN_BATCH_ROWS))
+    loaded = load_teacher(config, registry, progress)
+    scan = RowScan(loaded, digest=True)  # the rows' digest from validation's one read of them
+    teacher = in_memory_if_small(validate_teacher(loaded, dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS, scan=scan))
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))
     index = choose_method(len(train_rows), device, tr.neighbor_index) if batch_mode == "neighbors" else None
@@ -199,7 +200,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
 
     pipe = Pipeline(config, teacher, student, loss_fn, resolve_refs(loss_fn, config.loss.params, registry), taus,
                     device, reconstruct, train_rows, val_rows, batch_mode, index, providers,
-                    teacher_digest(teacher))
+                    scan.hexdigest())
     _smoke_test(pipe)
     return pipe
 

@@ -144,3 +144,15 @@ def test_a_run_without_bars_turns_off_the_teachers_own(tmp_path, run_shows_bars,
     d["teacher"] = {"path": "x.bin", "loader": "with-bar", "progress": in_file}
     assemble(build_config(d, tmp_path / "p.toml", registry), registry, progress=run_shows_bars)
     assert seen == [teacher_gets]
+
+
+def test_the_pipeline_takes_the_teacher_digest_from_validation_s_one_read(tmp_path, monkeypatch):
+    from atlas_plugins import teacher as teacher_module
+    from atlas_plugins.teacher import teacher_digest
+
+    reads = []
+    real_chunks = teacher_module.TeacherData.chunks
+    monkeypatch.setattr(teacher_module.TeacherData, "chunks", lambda self, *a: reads.append(1) or real_chunks(self, *a))
+    pipe = assemble(build_config(doc(tmp_path, name="relational"), tmp_path / "p.toml"))
+    assert len(reads) == 1  # the validation scan: no second pass for the digest
+    assert pipe.teacher_digest == teacher_digest(pipe.teacher)  # the same value a pass of its own gives
