@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from atlas_plugins import distributed
+from atlas_plugins.errors import ConfigError
 from conftest import same_weights, weights, write_pipeline
 
 pytestmark = pytest.mark.slow
@@ -84,3 +87,27 @@ def test_a_step_budget_and_neighbour_batches_under_torchrun(tmp_path):
     assert metrics[-1]["step"] == 14 and {m["step"] for m in metrics} >= {7, 14}
     assert len(list((run / "cache").glob("knn-*.pt"))) == 1
     assert json.loads((run / "report.json").read_text())["neighbor_graph"]["method"] == "exact"
+
+
+@pytest.mark.parametrize("gpus, ok", [(1, False), (2, True)])
+def test_more_processes_than_gpus_on_a_host_is_one_line_before_joining(monkeypatch, gpus, ok):
+    """Two processes sharing one GPU would fail inside NCCL (or on rank 1's missing ``cuda:1``) with a traceback
+    and leave rank 0 waiting; every rank refuses the same way before joining the group instead."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    joined = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: joined.append(backend))
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    if ok:
+        monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+        monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+        assert distributed.init_from_env(torch.device("cuda")) == distributed.DistInfo(1, 2, 1)
+        assert joined == ["nccl"]
+        return
+    with pytest.raises(ConfigError) as err:
+        distributed.init_from_env(torch.device("cuda"))
+    assert str(err.value) == ("torchrun starts 2 processes on this host, which has 1 CUDA device(s), and each process "
+                              'needs its own: start it with --nproc_per_node=1 (or set train.device = "cpu")')
+    assert joined == []

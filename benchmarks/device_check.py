@@ -1,0 +1,177 @@
+"""What only a CUDA GPU can check, in one call (CI has no GPU; run this where one is):
+
+    python benchmarks/device_check.py [--out DIR] [--rows 200000,1000000]
+
+1. The exact neighbour graph built on the GPU against a float64 full sort on the CPU (real example rows and
+   a 20,000-row set built from them): the share of the reference's neighbours found (1.0 but for ties).
+2. Its speed: ``neighbor_graph(method="exact")`` on the GPU for each of ``--rows`` (rows from the example,
+   noised), peak GPU memory, and both the CPU's and the GPU's on 50,000 of them in the same run (the ratio).
+3. The bundled example (``examples/quickstart.toml``) trained by ``atlas-run`` on CUDA and on the CPU:
+   training seconds, samples/s and the report's held-out recall@10 / trustworthiness@10 for each.
+4. ``atlas-run`` on 200,000 such rows with neighbour batches on CUDA (2,000 steps): graph seconds, training
+   seconds, samples/s.
+5. ``torchrun --nproc_per_node=1`` on CUDA (NCCL), then ``--resume`` of a finished run: both exit 0; then one
+   process more than the host's GPUs: exit code and atlas-run's lines (one per rank, no traceback).
+
+Prints a table last and writes every figure to ``DIR/device_check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atlas_plugins.neighbors import graph_recall, neighbor_graph, topk_cosine
+from atlas_plugins.teacher import TeacherData
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "data" / "stdlib-minilm.npy"
+GPU = "cuda"
+CUDA = torch.device(GPU)
+K = 60  # the trainer's graph width: train.neighbor_pool's default
+REFERENCE_ROWS = 50_000  # the exact graph on the CPU and the GPU alike, for a same-run ratio
+
+
+def noised_rows(n: int, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
+    """``n`` unit rows: the example's real rows, repeated, each with its own Gaussian noise (float32)."""
+    base = np.load(EXAMPLE).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, base.shape[1]), np.float32)
+    for s in range(0, n, chunk):
+        part = base[rng.integers(0, len(base), min(chunk, n - s))]
+        part += rng.standard_normal(part.shape, dtype=np.float32) * 0.04
+        out[s:s + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return out
+
+
+def reference_neighbours(x: np.ndarray, k: int) -> torch.Tensor:
+    """Every similarity in float64 on the CPU, self masked, fully sorted: ``(N, k)``."""
+    t = torch.from_numpy(x).double()
+    t = t / t.norm(dim=1, keepdim=True)
+    out = []
+    for s in range(0, len(t), 2048):
+        sims = t[s:s + 2048] @ t.T
+        sims[torch.arange(len(sims)), torch.arange(s, s + len(sims))] = -2
+        out.append(sims.argsort(dim=1, descending=True)[:, :k])
+    return torch.cat(out)
+
+
+def agreement() -> dict:
+    out = {}
+    for name, x in (("example", np.load(EXAMPLE).astype(np.float32)), ("noised 20k", noised_rows(20_000, seed=1))):
+        ref = reference_neighbours(x, 15)
+        got = topk_cosine(F.normalize(torch.from_numpy(x).to(CUDA), dim=1), 15)
+        graph, _ = neighbor_graph(TeacherData(x), np.arange(len(x)), 15, method="exact", device=CUDA, digest="-")
+        out[name] = {"rows": len(x), "topk_recall": graph_recall(got, ref), "graph_recall": graph_recall(graph.long(), ref)}
+    return out
+
+
+def graph_speed(sizes: list[int]) -> dict:
+    out = {}
+    x = noised_rows(max(sizes + [REFERENCE_ROWS]))
+    for n, device in [(REFERENCE_ROWS, torch.device("cpu")), (REFERENCE_ROWS, CUDA)] + [(n, CUDA) for n in sizes]:
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        graph, info = neighbor_graph(TeacherData(x[:n]), np.arange(n), K, method="exact", device=device, digest="-")
+        out[f"{device.type} {n}"] = {"seconds": round(time.perf_counter() - t0, 2), "shape": list(graph.shape),
+                                     "gpu_peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    return out
+
+
+def atlas_run(pipeline: Path, *sets: str, torchrun: int = 0, extra=()) -> tuple[int, float, str]:
+    """``atlas-run`` in a new interpreter (under ``torchrun`` with that many processes): exit code, seconds, log."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--master_addr=127.0.0.1",
+           "--master_port=29533", "-m", "atlas_plugins.cli"] if torchrun else [sys.executable, "-m",
+                                                                                "atlas_plugins.cli"]
+    args = [str(pipeline), *extra] + [a for s in sets for a in ("--set", s)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=900)
+    return proc.returncode, time.perf_counter() - t0, proc.stdout + proc.stderr
+
+
+def run_summary(folder: Path, rc: int, wall: float, log: str) -> dict:
+    res = {"rc": rc, "wall_s": round(wall, 1), "samples_per_s": [float(s.replace(",", "")) for s in
+                                                                    re.findall(r"([\d,]+) samples/s", log)]}
+    graph = re.search(r"neighbour graph: .* in ([\d.]+)s", log)
+    res["graph_s"] = float(graph.group(1)) if graph else None
+    if rc != 0:
+        res["log_tail"] = log[-2000:]
+        return res
+    report = json.loads((folder / "report.json").read_text())
+    student = report["methods"]["student"]
+    res.update(train_s=report["train_seconds"], recall10=round(student["recall@10"], 4),
+               trust10=round(student["trustworthiness@10"], 4))
+    return res
+
+
+def example(tmp: Path) -> dict:
+    out = {}
+    for device in (GPU, "cpu"):
+        folder = tmp / f"example-{device}"
+        rc, wall, log = atlas_run(ROOT / "examples" / "quickstart.toml", f'train.device="{device}"',
+                                  f'output.dir="{folder}"', "output.plots=false")
+        out[device] = run_summary(folder, rc, wall, log)
+    return out
+
+
+def large(tmp: Path, n: int = 200_000) -> dict:
+    path = tmp / f"noised-{n}.npy"
+    np.save(path, noised_rows(n, seed=2))
+    pipe = tmp / "large.toml"
+    pipe.write_text(f'[teacher]\nloader = "npy"\npath = "{path}"\n[output]\ndir = "{tmp / "large"}"\nplots = false\n'
+                    f'[train]\nsteps_per_stage = 500\ndevice = "{GPU}"\nbatches = "neighbors"\n')
+    return run_summary(tmp / "large", *atlas_run(pipe))
+
+
+def ddp(tmp: Path) -> dict:
+    folder = tmp / "ddp"
+    sets = (f'train.device="{GPU}"', f'output.dir="{folder}"', "output.plots=false", "train.epochs_per_stage=2")
+    first = run_summary(folder, *atlas_run(ROOT / "examples" / "quickstart.toml", *sets, torchrun=1))
+    rc, wall, log = atlas_run(ROOT / "examples" / "quickstart.toml", *sets, torchrun=1, extra=("--resume",))
+    out = {"first": first, "resume": {"rc": rc, "wall_s": round(wall, 1), "log_tail": log[-600:]}}
+    # one process more than the host's GPUs: every rank stops with one line before joining
+    over = torch.cuda.device_count() + 1 if GPU == "cuda" else 2
+    rc, wall, log = atlas_run(ROOT / "examples" / "quickstart.toml", *sets, torchrun=over, extra=("--overwrite",))
+    out[f"{over} processes"] = {"rc": rc, "atlas_lines": [line for line in log.splitlines() if "atlas-run" in line],
+                                "log_head": log[:1500]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("."), help="folder for device_check.json (default: here)")
+    ap.add_argument("--rows", default="200000,1000000", help="graph sizes on the GPU, comma-separated")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("device_check.py needs a CUDA GPU; this machine has none")
+    results = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, check in [("agreement", agreement),
+                            ("graph_speed", lambda: graph_speed([int(r) for r in args.rows.split(",")])),
+                            ("example", lambda: example(Path(tmp))), ("large", lambda: large(Path(tmp))),
+                            ("ddp", lambda: ddp(Path(tmp)))]:
+            t0 = time.perf_counter()
+            try:
+                results[name] = check()
+            except Exception:  # one check failing must not lose the others' figures
+                results[name] = {"error": traceback.format_exc()[-2000:]}
+            print(f"== {name} ({time.perf_counter() - t0:.0f}s)\n{json.dumps(results[name], indent=1)}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "device_check.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
