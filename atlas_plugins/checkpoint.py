@@ -116,7 +116,10 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool
     if not p.is_file():
         raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file ({what})")
     try:
-        return torch.load(p, map_location="cpu", weights_only=trust is not True, mmap=mmap)
+        # Sparse tensors checked as they load: torch leaves the checks off by default, so a crafted file could
+        # hand over indices outside the tensor (memory errors later); some torch versions warn about it too.
+        with torch.sparse.check_sparse_tensor_invariants():
+            return torch.load(p, map_location="cpu", weights_only=trust is not True, mmap=mmap)
     except pickle.UnpicklingError:
         imports = pickled_imports(p)
         if imports is None:

@@ -57,6 +57,7 @@ def test_without_pyarrow_the_map_is_a_csv(tmp_path, monkeypatch):
 
 
 def test_map_html_is_self_contained_with_axis_menus(run):
+    needs_plotly()
     html = (run / "map.html").read_text()
     scripts = re.findall(r"<script\b[^>]*>", html)
     assert scripts and not [tag for tag in scripts if "src=" in tag]  # plotly.js inlined: nothing is fetched
@@ -78,12 +79,17 @@ def test_without_plotly_map_html_is_skipped_with_a_warning(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_a_hierarchical_map_offers_both_levels(tmp_path):
+    needs_plotly()
     path = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "hierarchical"\ndim = 2',
                           loss='name = "hierarchical"')
     path.write_text(path.read_text().replace("plots = false", "plots = true"))
     assert run_cli(path, "--quiet").returncode == 0
     html = (tmp_path / "run" / "map.html").read_text()
     assert '"x: level1_3"' in html and '"y: dim_1"' in html
+
+
+def needs_plotly() -> None:
+    pytest.importorskip("plotly", reason="map.html needs the 'plots' extra")
 
 
 def chromium() -> str:
@@ -95,6 +101,7 @@ def chromium() -> str:
 
 @pytest.mark.slow
 def test_map_html_renders_every_point_in_a_real_browser(run):
+    needs_plotly()
     browser = chromium()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
     url = (run / "map.html").as_uri()
