@@ -16,6 +16,8 @@ import sys
 import traceback
 import warnings
 
+import torch
+
 from .config import RESERVED, load_config, loss_tau_range
 from .errors import AtlasError, PluginError
 from .orchestrator import atlas_run_command, run_pipeline
@@ -229,6 +231,12 @@ def _guarded(prog: str, parser: argparse.ArgumentParser, command, argv) -> int:
     except BrokenPipeError:  # the reader went away (atlas-run --list-plugins | head): stop quietly
         _silence_stdout()
         return 128 + signal.SIGPIPE
+    except torch.cuda.OutOfMemoryError as exc:  # the machine's limit, not a bug: what to change instead
+        print(f"{prog}: error: the GPU ran out of memory ({one_line(exc)[:160]}); lower train.batch_size or "
+              'train.eval_rows, or set train.device = "cpu" '
+              "(--resume continues a run with either of the last two changed)",
+              file=sys.stderr)
+        return 1
     except RecursionError:
         print(f"{prog}: error: the input is nested too deeply to process", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The teacher k-NN graph behind neighbour batches: exact (blocked torch top-k) or approximate (a faiss index).
 
 Exact search compares every pair of training rows, ``O(N²·D)``: fine up to :data:`EXACT_MAX_ROWS` on a
-CPU and at any size on a GPU.  Above that on a CPU the graph comes from a faiss HNSW index (the optional
+CPU, and on a GPU while it holds the rows (:func:`exact_bytes`; a million 384-D rows took 29 s on an H200).
+Beyond that the graph comes from a faiss HNSW index (the optional
 extra ``scale``, ``pip install 'atlas-distill[scale]'``): a navigable small-world graph of the rows
 (``M`` links each), searched greedily with a candidate list of ``efSearch``.  ``efSearch`` grows through
 :data:`EF_SEARCH` until the graph's recall on :data:`RECALL_SAMPLE` sampled rows — the share of their exact
@@ -38,6 +39,7 @@ from .errors import CheckpointError, ConfigError
 from .teacher import teacher_digest
 
 EXACT_MAX_ROWS = 100_000  # exact CPU search up to here (about 100 s at 384-D on 2 cores); faiss above
+SIMS_BUDGET_BYTES = 2**30  # one block of the exact search's query-by-row similarities (float32), at most
 RECALL_SAMPLE = 2_000  # training rows whose exact neighbours measure the approximate graph's recall
 TARGET_RECALL = 0.95  # efSearch grows until the sample's recall reaches this
 WARN_RECALL = 0.9  # a graph below this is reported with a warning
@@ -54,16 +56,25 @@ def faiss_available() -> bool:
     return importlib.util.find_spec("faiss") is not None
 
 
-def choose_method(n_rows: int, device: torch.device, choice: str = "auto") -> str:
-    """``"exact"`` or ``"faiss"`` for a graph over ``n_rows`` rows; the one rule for ``train.neighbor_index``.
+def choose_method(n_rows: int, device: torch.device, choice: str = "auto", dim: int = 0) -> str:
+    """``"exact"`` or ``"faiss"`` for a graph over ``n_rows`` rows of ``dim``; the one rule for
+    ``train.neighbor_index``.
 
-    ``"auto"``: exact on a GPU or up to :data:`EXACT_MAX_ROWS`, faiss above.  Needing faiss without it
-    installed is a :class:`ConfigError` (never a silent switch to worse batches).
+    ``"auto"``: exact up to :data:`EXACT_MAX_ROWS` on a CPU, and on a GPU while the search fits in its free
+    memory (:func:`exact_bytes`); faiss otherwise.  Needing faiss without it installed, or exact search on a
+    GPU too small for it, is a :class:`ConfigError` (never a silent switch to worse batches, nor a crash).
     """
+    fits = device.type != "cuda" or exact_bytes(n_rows, dim) <= torch.cuda.mem_get_info(device)[0]
     method = choice if choice != "auto" else (
-        "exact" if device.type != "cpu" or n_rows <= EXACT_MAX_ROWS else "faiss")
+        "exact" if (device.type != "cpu" and fits) or n_rows <= EXACT_MAX_ROWS else "faiss")
+    if method == "exact" and not fits:
+        raise ConfigError(f"the exact neighbour search over {n_rows:,} training rows of {dim} needs about "
+                          f"{exact_bytes(n_rows, dim) / 2**30:.1f} GiB on {device}, which has "
+                          f"{torch.cuda.mem_get_info(device)[0] / 2**30:.1f} GiB free: set train.neighbor_index = "
+                          "\"auto\" (faiss, the 'scale' extra) or train.device = \"cpu\"")
     if method == "faiss" and not faiss_available():
-        why = (f"{n_rows:,} training rows is above the exact neighbour search's limit ({EXACT_MAX_ROWS:,} on a CPU)"
+        why = (f"{n_rows:,} training rows is above the exact neighbour search's limit ({EXACT_MAX_ROWS:,} on a CPU"
+               f"{', or what this GPU holds' if device.type == 'cuda' else ''})"
                if choice == "auto" else "train.neighbor_index = 'faiss'")
         raise ConfigError(f"{why} and the approximate index needs faiss: pip install 'atlas-distill[scale]' "
                           "(or set train.batches = \"random\": at this size they keep about a tenth fewer neighbours "
@@ -80,13 +91,27 @@ def normalized_rows(teacher, rows: np.ndarray, chunk: int = 65536, device: torch
     return torch.cat(parts) if parts else torch.empty(0, teacher.dim, device=device)
 
 
-def topk_cosine(x: torch.Tensor, k: int, block: int = 1024, queries: torch.Tensor | None = None,
+def exact_block(n_rows: int) -> int:
+    """Query rows per block of the exact search over ``n_rows``: 1,024, fewer where a ``(block, n_rows)``
+    float32 block of similarities would pass :data:`SIMS_BUDGET_BYTES` (256 at a million rows)."""
+    return max(1, min(1024, SIMS_BUDGET_BYTES // (4 * max(n_rows, 1))))
+
+
+def exact_bytes(n_rows: int, dim: int) -> int:
+    """Memory the exact search holds: the unit rows ``(N, D)`` and twice a block of similarities (the block
+    and top-k's workspace)."""
+    return 4 * n_rows * dim + 2 * 4 * exact_block(n_rows) * n_rows
+
+
+def topk_cosine(x: torch.Tensor, k: int, block: int | None = None, queries: torch.Tensor | None = None,
                 query_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Indices ``(Q, k)`` of the ``k`` most cosine-similar rows of unit rows ``x`` (N, D), on ``x``'s device.
 
     ``queries`` defaults to ``x`` itself; then (or with ``query_ids``, each query's own row in ``x``)
-    a row never lists itself.  Exact: every pair is compared, ``block`` query rows at a time.
+    a row never lists itself.  Exact: every pair is compared, ``block`` query rows at a time
+    (default :func:`exact_block`).
     """
+    block = block or exact_block(x.shape[0])
     q = x if queries is None else queries
     if queries is None:
         query_ids = torch.arange(x.shape[0], device=x.device)

@@ -172,7 +172,8 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     teacher = in_memory_if_small(validate_teacher(loaded, dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS, scan=scan))
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))
-    index = choose_method(len(train_rows), device, tr.neighbor_index) if batch_mode == "neighbors" else None
+    index = (choose_method(len(train_rows), device, tr.neighbor_index, teacher.dim)
+             if batch_mode == "neighbors" else None)
 
     s = config.student
     torch.manual_seed(tr.seed)

@@ -75,7 +75,8 @@ def agreement() -> dict:
         ref = reference_neighbours(x, 15)
         got = topk_cosine(F.normalize(torch.from_numpy(x).to(CUDA), dim=1), 15)
         graph, _ = neighbor_graph(TeacherData(x), np.arange(len(x)), 15, method="exact", device=CUDA, digest="-")
-        out[name] = {"rows": len(x), "topk_recall": graph_recall(got, ref), "graph_recall": graph_recall(graph.long(), ref)}
+        out[name] = {"rows": len(x), "topk_recall": graph_recall(got, ref),
+                     "graph_recall": graph_recall(graph.long(), ref)}
     return out
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from atlas_plugins import CheckpointError, TeacherData, WriteError, load_student, load_teacher_checkpoint
-from atlas_plugins.checkpoint import _sampled_rows_hash, atomic_open, atomic_save, atomic_write_bytes, check_same_teacher
+from atlas_plugins.checkpoint import (_sampled_rows_hash, atomic_open, atomic_save, atomic_write_bytes,
+                                     check_same_teacher)
 from atlas_plugins.teacher import teacher_digest
 from conftest import EXAMPLE_NPY, run_atlas, run_cli
 from conftest import one_error_line, write_pipeline

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas_plugins import load_student
+from atlas_plugins import cli, load_student
 from conftest import (EXAMPLE_NPY, ROOT, one_error_line, run_atlas, run_cli, run_in_terminal, same_weights, weights,
                       write_pipeline)
 
@@ -334,3 +334,14 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert "stage 1/1  tau 0.2" in out  # the one-line summary, always
     quiet = run_atlas(pipe, "--overwrite")  # stderr is a pipe here: no bar
     assert "it/s" not in quiet.stderr and "stage 1/1  tau 0.2" in quiet.stdout
+
+
+def test_a_gpu_out_of_memory_is_one_line_with_what_to_change(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 7.79 GiB total)")
+    monkeypatch.setattr(cli, "run_pipeline", out_of_memory)
+    proc = run_cli(write_pipeline(tmp_path, stages=1, epochs=1))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == ("atlas-run: error: the GPU ran out of memory (CUDA out of memory. Tried to allocate "
+                           '20.00 GiB (GPU 0; 7.79 GiB total)); lower train.batch_size or train.eval_rows, or set train.device = '
+                           '"cpu" (--resume continues a run with either of the last two changed)\n')

@@ -179,12 +179,38 @@ def test_a_run_killed_while_building_continues_with_the_command_it_names(tmp_pat
     assert graph["method"] == "exact" and graph["rows"] == 2114 and graph["k"] == 60 and not graph["cached"]
 
 
+def gpu_with_free(monkeypatch, gib: float) -> torch.device:
+    """A CUDA device with ``gib`` GiB free, as ``torch.cuda.mem_get_info`` reports it."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(gib * 2**30), 80 * 2**30))
+    return torch.device("cuda")
+
+
 def test_auto_uses_exact_search_on_small_data_and_a_gpu_and_faiss_above(monkeypatch):
     monkeypatch.setattr(neighbors, "faiss_available", lambda: True)
     assert choose_method(100_000, CPU) == "exact"
     assert choose_method(100_001, CPU) == "faiss"
-    assert choose_method(5_000_000, torch.device("cuda")) == "exact"
+    assert choose_method(5_000_000, gpu_with_free(monkeypatch, 40), dim=384) == "exact"  # 7.2 + 2 GiB
+    assert choose_method(5_000_000, gpu_with_free(monkeypatch, 8), dim=384) == "faiss"
     assert choose_method(10, CPU, "faiss") == "faiss" and choose_method(10**7, CPU, "exact") == "exact"
+
+
+def test_the_exact_search_s_memory_is_bounded_whatever_the_rows():
+    assert neighbors.exact_block(2_000) == 1024 and neighbors.exact_block(1_000_000) == 268
+    for n in (1_000, 1_000_000, 10**8):
+        assert 4 * neighbors.exact_block(n) * n <= neighbors.SIMS_BUDGET_BYTES or neighbors.exact_block(n) == 1
+    assert neighbors.exact_bytes(1_000_000, 384) == 4 * 1_000_000 * 384 + 8 * 268 * 1_000_000  # 1.4 + 2.0 GiB
+
+
+def test_exact_search_on_a_gpu_too_small_is_one_line_not_a_crash(monkeypatch):
+    monkeypatch.setattr(neighbors, "faiss_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        choose_method(5_000_000, gpu_with_free(monkeypatch, 6.5), "exact", dim=1536)
+    assert str(err.value) == ("the exact neighbour search over 5,000,000 training rows of 1536 needs about 30.6 GiB "
+                              "on cuda, which has 6.5 GiB free: set train.neighbor_index = \"auto\" (faiss, the "
+                              "'scale' extra) or train.device = \"cpu\"")
+    with pytest.raises(ConfigError, match=r"above the exact neighbour search's limit \(100,000 on a CPU, or what "
+                                          r"this GPU holds\) .*atlas-distill\[scale\]"):
+        choose_method(5_000_000, gpu_with_free(monkeypatch, 6.5), dim=1536)
 
 
 def test_needing_faiss_without_it_is_one_clear_error(monkeypatch):
