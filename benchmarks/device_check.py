@@ -12,6 +12,10 @@
    seconds, samples/s.
 5. ``torchrun --nproc_per_node=1`` on CUDA (NCCL), then ``--resume`` of a finished run: both exit 0; then one
    process more than the host's GPUs: exit code and atlas-run's lines (one per rank, no traceback).
+6. Memory: what ``neighbor_index = "auto"`` / ``"exact"`` make of this GPU's free memory for 10⁶ and 10⁸
+   rows, and atlas-run with a tiny GPU memory allowance (a real out-of-memory): exit code and stderr.
+
+``--only memory,graph_speed`` runs some of them.
 
 Prints a table last and writes every figure to ``DIR/device_check.json``.
 """
@@ -33,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from atlas_plugins.neighbors import graph_recall, neighbor_graph, topk_cosine
+from atlas_plugins.errors import ConfigError
+from atlas_plugins.neighbors import choose_method, graph_recall, neighbor_graph, topk_cosine
 from atlas_plugins.teacher import TeacherData
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,10 +156,29 @@ def ddp(tmp: Path) -> dict:
     return out
 
 
+def memory(tmp: Path) -> dict:
+    """``choose_method`` against this GPU's free memory, and a real CUDA out-of-memory through atlas-run."""
+    out = {"free_gib": round(torch.cuda.mem_get_info()[0] / 2**30, 1),
+           "auto 1M x 384": choose_method(10**6, CUDA, "auto", 384)}
+    for choice in ("exact", "auto"):
+        try:
+            out[f"{choice} 100M x 1536"] = choose_method(10**8, CUDA, choice, 1536)
+        except ConfigError as exc:
+            out[f"{choice} 100M x 1536"] = f"ConfigError: {exc}"
+    code = ("import sys, torch; torch.cuda.set_per_process_memory_fraction(1e-5); "  # about 1.4 MB
+            "from atlas_plugins.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "quickstart.toml"), "--set",
+                           f'train.device="{GPU}"', "--set", f'output.dir="{tmp / "oom"}"'],
+                          capture_output=True, text=True, timeout=300)
+    out["out of memory"] = {"rc": proc.returncode, "stderr": proc.stderr[-1500:]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("."), help="folder for device_check.json (default: here)")
     ap.add_argument("--rows", default="200000,1000000", help="graph sizes on the GPU, comma-separated")
+    ap.add_argument("--only", help="run only these checks, comma-separated (default: all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("device_check.py needs a CUDA GPU; this machine has none")
@@ -163,7 +187,9 @@ def main() -> None:
         for name, check in [("agreement", agreement),
                             ("graph_speed", lambda: graph_speed([int(r) for r in args.rows.split(",")])),
                             ("example", lambda: example(Path(tmp))), ("large", lambda: large(Path(tmp))),
-                            ("ddp", lambda: ddp(Path(tmp)))]:
+                            ("ddp", lambda: ddp(Path(tmp))), ("memory", lambda: memory(Path(tmp)))]:
+            if args.only and name not in args.only.split(","):
+                continue
             t0 = time.perf_counter()
             try:
                 results[name] = check()
