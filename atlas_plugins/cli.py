@@ -232,7 +232,8 @@ def _guarded(prog: str, parser: argparse.ArgumentParser, command, argv) -> int:
         _silence_stdout()
         return 128 + signal.SIGPIPE
     except torch.cuda.OutOfMemoryError as exc:  # the machine's limit, not a bug: what to change instead
-        print(f"{prog}: error: the GPU ran out of memory ({one_line(exc)[:160]}); lower train.batch_size or "
+        what = ". ".join(one_line(exc).split(". ")[:2]).rstrip(".")  # torch's first two sentences: what it tried
+        print(f"{prog}: error: the GPU ran out of memory ({what}); lower train.batch_size or "
               'train.eval_rows, or set train.device = "cpu" '
               "(--resume continues a run with either of the last two changed)",
               file=sys.stderr)

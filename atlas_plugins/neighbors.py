@@ -1,7 +1,7 @@
 """The teacher k-NN graph behind neighbour batches: exact (blocked torch top-k) or approximate (a faiss index).
 
 Exact search compares every pair of training rows, ``O(N²·D)``: fine up to :data:`EXACT_MAX_ROWS` on a
-CPU, and on a GPU while it holds the rows (:func:`exact_bytes`; a million 384-D rows took 29 s on an H200).
+CPU, and on a GPU while it holds the rows (:func:`exact_bytes`; a million 384-D rows took 32 s on an H200).
 Beyond that the graph comes from a faiss HNSW index (the optional
 extra ``scale``, ``pip install 'atlas-distill[scale]'``): a navigable small-world graph of the rows
 (``M`` links each), searched greedily with a candidate list of ``efSearch``.  ``efSearch`` grows through
