@@ -1,11 +1,18 @@
 """``torch.distributed`` glue: ranks from ``torchrun``'s environment, DDP on ``gloo`` (CPU) or ``nccl`` (CUDA).
 
+DDP's gradients travel on the default group; the toolkit's own collectives (a loss check, a mean, rank 0's
+checkpoint, waiting while rank 0 builds the neighbour graph or writes the map and report) on a second,
+``gloo`` group of CPU tensors: NCCL takes CUDA tensors only, and those waits can outlast the default
+timeout (a faiss graph of millions of rows takes hours on a few cores), so that group's is
+:data:`WAIT_TIMEOUT`.  A rank that dies still ends the others at once: torchrun stops the whole group.
+
 Without ``WORLD_SIZE`` > 1 in the environment everything is a no-op and the
 run is a single process.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from typing import Any
@@ -16,12 +23,15 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
+WAIT_TIMEOUT = datetime.timedelta(hours=24)  # the toolkit's own collectives; DDP's keep torch's default
+
 
 @attrs.frozen
 class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: Any = attrs.field(default=None, eq=False, repr=False)  # the gloo group of our own collectives
 
     @property
     def is_main(self) -> bool:
@@ -53,12 +63,13 @@ def init_from_env(device: torch.device) -> DistInfo:
                           f"--nproc_per_node={torch.cuda.device_count()} (or set train.device = \"cpu\")")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group)
 
 
 def barrier(info: DistInfo) -> None:
     if info.active:
-        dist.barrier()
+        dist.barrier(group=info.group)
 
 
 def broadcast(info: DistInfo, obj: Any) -> Any:
@@ -66,7 +77,7 @@ def broadcast(info: DistInfo, obj: Any) -> Any:
     if not info.active:
         return obj
     box = [obj if info.is_main else None]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=info.group)
     return box[0]
 
 
@@ -75,7 +86,7 @@ def all_ok(info: DistInfo, ok: bool) -> bool:
     if not info.active:
         return ok
     flag = torch.tensor([0 if ok else 1])
-    dist.all_reduce(flag)
+    dist.all_reduce(flag, group=info.group)
     return int(flag.item()) == 0
 
 
@@ -84,7 +95,7 @@ def mean(info: DistInfo, value: float) -> float:
     if not info.active:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=info.group)
     return float(t.item()) / info.world
 
 
@@ -102,7 +113,7 @@ def digests(info: DistInfo, module: torch.nn.Module) -> list[str]:
     if not info.active:
         return [mine]
     out: list = [None] * info.world
-    dist.all_gather_object(out, mine)
+    dist.all_gather_object(out, mine, group=info.group)
     return out
 
 

@@ -103,11 +103,48 @@ def test_more_processes_than_gpus_on_a_host_is_one_line_before_joining(monkeypat
     if ok:
         monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
         monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
-        assert distributed.init_from_env(torch.device("cuda")) == distributed.DistInfo(1, 2, 1)
-        assert joined == ["nccl"]
+        monkeypatch.setattr(distributed.dist, "new_group", lambda backend, timeout: joined.append(backend) or "ours")
+        info = distributed.init_from_env(torch.device("cuda"))
+        assert info == distributed.DistInfo(1, 2, 1) and info.group == "ours"
+        assert joined == ["nccl", "gloo"]  # DDP's gradients on NCCL; our own CPU-tensor collectives on gloo
         return
     with pytest.raises(ConfigError) as err:
         distributed.init_from_env(torch.device("cuda"))
     assert str(err.value) == ("torchrun starts 2 processes on this host, which has 1 CUDA device(s), and each process "
                               'needs its own: start it with --nproc_per_node=1 (or set train.device = "cpu")')
     assert joined == []
+
+
+SLOW_RANK_0 = """
+import datetime, sys, time
+import torch.distributed as dist
+from atlas_plugins import trainer
+from atlas_plugins.cli import main
+
+join = dist.init_process_group
+dist.init_process_group = lambda **kw: join(**{**kw, "timeout": datetime.timedelta(seconds=4)})  # DDP's group
+build = trainer.neighbor_graph
+
+def slow_build(*args, **kwargs):
+    if dist.get_rank() == 0:
+        time.sleep(12)  # three times the default group's timeout, while rank 1 waits
+    return build(*args, **kwargs)
+
+trainer.neighbor_graph = slow_build
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ranks_wait_for_rank_0_s_graph_longer_than_the_default_timeout(tmp_path):
+    """Rank 0 alone builds the neighbour graph (hours for faiss at millions of rows on a few cores); the other
+    ranks wait on the toolkit's own group, whose timeout is WAIT_TIMEOUT, not DDP's default group's."""
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1, batches="neighbors", batch_size=256,
+                          student='name = "mlp"\ndim = 5\nhidden = [16]')
+    script = tmp_path / "slow_rank_0.py"
+    script.write_text(SLOW_RANK_0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), str(pipe), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 ranks finished with identical student parameters" in proc.stdout
