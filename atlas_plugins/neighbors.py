@@ -93,7 +93,7 @@ def normalized_rows(teacher, rows: np.ndarray, chunk: int = 65536, device: torch
 
 def exact_block(n_rows: int) -> int:
     """Query rows per block of the exact search over ``n_rows``: 1,024, fewer where a ``(block, n_rows)``
-    float32 block of similarities would pass :data:`SIMS_BUDGET_BYTES` (256 at a million rows)."""
+    float32 block of similarities would pass :data:`SIMS_BUDGET_BYTES` (268 at a million rows)."""
     return max(1, min(1024, SIMS_BUDGET_BYTES // (4 * max(n_rows, 1))))
 
 
