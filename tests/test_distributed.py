@@ -122,12 +122,12 @@ from atlas_plugins import trainer
 from atlas_plugins.cli import main
 
 join = dist.init_process_group
-dist.init_process_group = lambda **kw: join(**{**kw, "timeout": datetime.timedelta(seconds=4)})  # DDP's group
+dist.init_process_group = lambda **kw: join(**{**kw, "timeout": datetime.timedelta(seconds=10)})  # DDP's group
 build = trainer.neighbor_graph
 
 def slow_build(*args, **kwargs):
     if dist.get_rank() == 0:
-        time.sleep(12)  # three times the default group's timeout, while rank 1 waits
+        time.sleep(25)  # 2.5 times the default group's timeout, while rank 1 waits (training steps in lockstep)
     return build(*args, **kwargs)
 
 trainer.neighbor_graph = slow_build
