@@ -166,7 +166,9 @@ class Trainer:
         """The training rows' teacher k-NN graph: built by rank 0 (cached in the run folder), read by the others."""
         pipe, writer = self.pipe, self.dist.is_main or self.run is None
         args = (pipe.teacher, pipe.train_rows, self.cfg.neighbor_pool)
-        kwargs = {"method": pipe.neighbor_index, "device": pipe.device, "run": self.run, "digest": pipe.teacher_digest}
+        # rank 0's method names the graph every rank reads (a GPU with less free memory may choose faiss)
+        method = distributed.broadcast(self.dist, pipe.neighbor_index)
+        kwargs = {"method": method, "device": pipe.device, "run": self.run, "digest": pipe.teacher_digest}
         if writer:
             graph, self.graph_info = neighbor_graph(*args, **kwargs, echo=self.echo if self.dist.is_main else None)
         distributed.barrier(self.dist)

@@ -148,3 +148,32 @@ def test_ranks_wait_for_rank_0_s_graph_longer_than_the_default_timeout(tmp_path)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 ranks finished with identical student parameters" in proc.stdout
+
+
+RANK_1_WOULD_CHOOSE_FAISS = """
+import os, sys
+from atlas_plugins import neighbors, pipeline
+from atlas_plugins.cli import main
+
+if os.environ["RANK"] == "1":  # as if its GPU had less free memory than rank 0's
+    pipeline.choose_method = lambda *args, **kwargs: "faiss"
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("rank 1 built a graph of its own")
+
+    neighbors._FaissSearch = no_search
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_every_rank_reads_the_graph_of_rank_0_s_method(tmp_path):
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1, batches="neighbors", batch_size=256,
+                          student='name = "mlp"\ndim = 5\nhidden = [16]')
+    script = tmp_path / "rank_1_would_choose_faiss.py"
+    script.write_text(RANK_1_WOULD_CHOOSE_FAISS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), str(pipe), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("neighbour graph: exact") == 1
