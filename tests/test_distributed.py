@@ -22,11 +22,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(pipe, *args, nproc=2):
+def torchrun(pipe, *args, nproc=2, script=None):
+    """atlas-run under torchrun (or ``script``, a program that patches something, then calls it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["ATLAS_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the built-ins only, whatever is installed
+    program = ["-m", "atlas_plugins.cli"] if script is None else [str(script)]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "atlas_plugins.cli", str(pipe), "--quiet", *args]
+           f"--master_port={free_port()}", *program, str(pipe), "--quiet", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -142,10 +144,7 @@ def test_ranks_wait_for_rank_0_s_graph_longer_than_the_default_timeout(tmp_path)
                           student='name = "mlp"\ndim = 5\nhidden = [16]')
     script = tmp_path / "slow_rank_0.py"
     script.write_text(SLOW_RANK_0)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script), str(pipe), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = torchrun(pipe, script=script)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 ranks finished with identical student parameters" in proc.stdout
 
@@ -171,9 +170,6 @@ def test_every_rank_reads_the_graph_of_rank_0_s_method(tmp_path):
                           student='name = "mlp"\ndim = 5\nhidden = [16]')
     script = tmp_path / "rank_1_would_choose_faiss.py"
     script.write_text(RANK_1_WOULD_CHOOSE_FAISS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script), str(pipe), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = torchrun(pipe, script=script)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("neighbour graph: exact") == 1
