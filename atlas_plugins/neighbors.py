@@ -64,13 +64,14 @@ def choose_method(n_rows: int, device: torch.device, choice: str = "auto", dim: 
     memory (:func:`exact_bytes`); faiss otherwise.  Needing faiss without it installed, or exact search on a
     GPU too small for it, is a :class:`ConfigError` (never a silent switch to worse batches, nor a crash).
     """
-    fits = device.type != "cuda" or exact_bytes(n_rows, dim) <= torch.cuda.mem_get_info(device)[0]
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    fits = free is None or exact_bytes(n_rows, dim) <= free
     method = choice if choice != "auto" else (
         "exact" if (device.type != "cpu" and fits) or n_rows <= EXACT_MAX_ROWS else "faiss")
     if method == "exact" and not fits:
         raise ConfigError(f"the exact neighbour search over {n_rows:,} training rows of {dim} needs about "
                           f"{exact_bytes(n_rows, dim) / 2**30:.1f} GiB on {device}, which has "
-                          f"{torch.cuda.mem_get_info(device)[0] / 2**30:.1f} GiB free: set train.neighbor_index = "
+                          f"{free / 2**30:.1f} GiB free: set train.neighbor_index = "
                           "\"auto\" (faiss, the 'scale' extra) or train.device = \"cpu\"")
     if method == "faiss" and not faiss_available():
         why = (f"{n_rows:,} training rows is above the exact neighbour search's limit ({EXACT_MAX_ROWS:,} on a CPU"
