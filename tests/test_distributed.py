@@ -117,6 +117,16 @@ def test_more_processes_than_gpus_on_a_host_is_one_line_before_joining(monkeypat
     assert joined == []
 
 
+def patched_neighbour_run(tmp_path, source: str):
+    """One short stage of neighbour batches under torchrun, each rank running ``source`` (which patches
+    something, then calls atlas-run's main)."""
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1, batches="neighbors", batch_size=256,
+                          student='name = "mlp"\ndim = 5\nhidden = [16]')
+    script = tmp_path / "patched_atlas_run.py"
+    script.write_text(source)
+    return torchrun(pipe, script=script)
+
+
 SLOW_RANK_0 = """
 import datetime, sys, time
 import torch.distributed as dist
@@ -140,11 +150,7 @@ sys.exit(main(sys.argv[1:]))
 def test_ranks_wait_for_rank_0_s_graph_longer_than_the_default_timeout(tmp_path):
     """Rank 0 alone builds the neighbour graph (hours for faiss at millions of rows on a few cores); the other
     ranks wait on the toolkit's own group, whose timeout is WAIT_TIMEOUT, not DDP's default group's."""
-    pipe = write_pipeline(tmp_path, stages=1, epochs=1, batches="neighbors", batch_size=256,
-                          student='name = "mlp"\ndim = 5\nhidden = [16]')
-    script = tmp_path / "slow_rank_0.py"
-    script.write_text(SLOW_RANK_0)
-    proc = torchrun(pipe, script=script)
+    proc = patched_neighbour_run(tmp_path, SLOW_RANK_0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 ranks finished with identical student parameters" in proc.stdout
 
@@ -166,10 +172,6 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_every_rank_reads_the_graph_of_rank_0_s_method(tmp_path):
-    pipe = write_pipeline(tmp_path, stages=1, epochs=1, batches="neighbors", batch_size=256,
-                          student='name = "mlp"\ndim = 5\nhidden = [16]')
-    script = tmp_path / "rank_1_would_choose_faiss.py"
-    script.write_text(RANK_1_WOULD_CHOOSE_FAISS)
-    proc = torchrun(pipe, script=script)
+    proc = patched_neighbour_run(tmp_path, RANK_1_WOULD_CHOOSE_FAISS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("neighbour graph: exact") == 1
