@@ -319,7 +319,7 @@ class RowScan:
     def see(self, start: int, block: torch.Tensor) -> None:
         """Check ``block`` ``(n, D)``, rows ``start…`` of the data (blocks in order, for ``digest``)."""
         if self.digest:
-            if self._hash is None:
+            if self._hash is None:  # at the first block: validation has checked the shape by then
                 self._hash = _new_digest(self.data)
             self._hash.update(block.cpu().numpy())
         hi, lo = block.amax(dim=1), block.amin(dim=1)
