@@ -56,11 +56,11 @@ def init_from_env(device: torch.device) -> DistInfo:
         raise ConfigError(f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
                           "not: start the run with torchrun (torchrun --nproc_per_node=N -m atlas_plugins.cli ...), "
                           "or unset WORLD_SIZE for a single process")
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    if device.type == "cuda" and local.isdigit() and int(local) > torch.cuda.device_count():
-        raise ConfigError(f"torchrun starts {local} processes on this host, which has {torch.cuda.device_count()} "
-                          f"CUDA device(s), and each process needs its own: start it with "
-                          f"--nproc_per_node={torch.cuda.device_count()} (or set train.device = \"cpu\")")
+    local, gpus = os.environ.get("LOCAL_WORLD_SIZE", "1"), torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and local.isdigit() and int(local) > gpus:
+        raise ConfigError(f"torchrun starts {local} processes on this host, which has {gpus} CUDA device(s), and "
+                          f"each process needs its own: start it with --nproc_per_node={gpus} (or set "
+                          "train.device = \"cpu\")")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
