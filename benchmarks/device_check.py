@@ -43,6 +43,7 @@ from atlas_plugins.teacher import TeacherData
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "data" / "stdlib-minilm.npy"
+QUICKSTART = ROOT / "examples" / "quickstart.toml"
 GPU = "cuda"
 CUDA = torch.device(GPU)
 K = 60  # the trainer's graph width: train.neighbor_pool's default
@@ -127,7 +128,7 @@ def example(tmp: Path) -> dict:
     out = {}
     for device in (GPU, "cpu"):
         folder = tmp / f"example-{device}"
-        rc, wall, log = atlas_run(ROOT / "examples" / "quickstart.toml", f'train.device="{device}"',
+        rc, wall, log = atlas_run(QUICKSTART, f'train.device="{device}"',
                                   f'output.dir="{folder}"', "output.plots=false")
         out[device] = run_summary(folder, rc, wall, log)
     return out
@@ -145,12 +146,12 @@ def large(tmp: Path, n: int = 200_000) -> dict:
 def ddp(tmp: Path) -> dict:
     folder = tmp / "ddp"
     sets = (f'train.device="{GPU}"', f'output.dir="{folder}"', "output.plots=false", "train.epochs_per_stage=2")
-    first = run_summary(folder, *atlas_run(ROOT / "examples" / "quickstart.toml", *sets, torchrun=1))
-    rc, wall, log = atlas_run(ROOT / "examples" / "quickstart.toml", *sets, torchrun=1, extra=("--resume",))
+    first = run_summary(folder, *atlas_run(QUICKSTART, *sets, torchrun=1))
+    rc, wall, log = atlas_run(QUICKSTART, *sets, torchrun=1, extra=("--resume",))
     out = {"first": first, "resume": {"rc": rc, "wall_s": round(wall, 1), "log_tail": log[-600:]}}
     # one process more than the host's GPUs: every rank stops with one line before joining
     over = torch.cuda.device_count() + 1 if GPU == "cuda" else 2
-    rc, wall, log = atlas_run(ROOT / "examples" / "quickstart.toml", *sets, torchrun=over, extra=("--overwrite",))
+    rc, wall, log = atlas_run(QUICKSTART, *sets, torchrun=over, extra=("--overwrite",))
     out[f"{over} processes"] = {"rc": rc, "atlas_lines": [line for line in log.splitlines() if "atlas-run" in line],
                                 "log_head": log[:1500]}
     return out
@@ -167,7 +168,7 @@ def memory(tmp: Path) -> dict:
             out[f"{choice} 100M x 1536"] = f"ConfigError: {exc}"
     code = ("import sys, torch; torch.cuda.set_per_process_memory_fraction(1e-5); "  # about 1.4 MB
             "from atlas_plugins.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "quickstart.toml"), "--set",
+    proc = subprocess.run([sys.executable, "-c", code, str(QUICKSTART), "--set",
                            f'train.device="{GPU}"', "--set", f'output.dir="{tmp / "oom"}"'],
                           capture_output=True, text=True, timeout=300)
     out["out of memory"] = {"rc": proc.returncode, "stderr": proc.stderr[-1500:]}
