@@ -10,12 +10,15 @@ Atlas, pandas, polars and DuckDB.
 ``map.html`` is a self-contained interactive scatter (plotly, its JavaScript
 inlined: it opens without a network): any two coordinates on the axes, one
 colour per label, the text on hover, zoom and pan.  It shows up to
-:data:`HTML_POINTS` rows (all eval rows first, then a seeded sample).
+:data:`HTML_POINTS` rows (all eval rows first, then a seeded sample).  Plotly reads
+its labels as a subset of HTML, so texts, labels and the title are escaped: a
+docstring's ``a<b and c>d`` shows as written, not as ``a`` and a bold ``d``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from html import escape
 
 import numpy as np
 
@@ -85,7 +88,7 @@ def map_figure(z: np.ndarray, names: list[str], labels, hover: list[str], title:
     else:
         top = [lab for lab, _ in Counter(map(str, labels)).most_common(TOP_LABELS)]
         as_text = np.array([str(lab) for lab in labels], dtype=object)
-        groups = [(lab, np.flatnonzero(as_text == lab)) for lab in top]
+        groups = [(escape(lab, quote=False), np.flatnonzero(as_text == lab)) for lab in top]
         rest = np.flatnonzero(~np.isin(as_text, top))
         groups += [("other", rest)] if len(rest) else []
     hover = np.array(hover, dtype=object)
@@ -120,10 +123,10 @@ def write_map_html(run: RunDir, pipe, student) -> str:
         text = teacher.texts[i] if teacher.texts is not None else ""
         text = text if len(text) <= HOVER_CHARS else text[: HOVER_CHARS - 1] + "…"
         rid = teacher.ids[i] if teacher.ids is not None else i
-        hover.append("<br>".join(p for p in (text, f"label: {labels[j]}" if labels else "",
-                                              f"id {rid} · {split[j]}") if p))
+        hover.append("<br>".join(escape(p, quote=False) for p in (text, f"label: {labels[j]}" if labels else "",
+                                                                    f"id {rid} · {split[j]}") if p))
     shown = f"{len(rows):,} of {teacher.num_rows:,} rows" if len(rows) < teacher.num_rows else f"{len(rows):,} rows"
     title = f"{pipe.config.source.name}: {pipe.config.student.name} map, {shown}"
-    fig = map_figure(z, column_names(student.levels), labels, hover, title)
+    fig = map_figure(z, column_names(student.levels), labels, hover, escape(title, quote=False))
     run.write_text("map.html", pio.to_html(fig, include_plotlyjs=True, full_html=True))
     return "map.html"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections import Counter
 from typing import Callable
@@ -236,7 +237,7 @@ def markdown(report: dict, pipe) -> str:
     keys = list(report["student"])
     methods = report["methods"]
     ref = "UMAP + transform" if "UMAP + transform" in methods else "PCA"
-    out = [f"# Atlas Distill report: {cfg.source.name}", "",
+    out = [f"# Atlas Distill report: {_md(cfg.source.name)}", "",
            f"Student `{cfg.student.name}` ({cfg.student.dim}-D), loss `{cfg.loss.name}`, "
            f"schedule `{cfg.schedule.name}` "
            f"(τ {', '.join(f'{t:.3g}' for t in pipe.taus)}), teacher `{cfg.teacher.path}` "
@@ -279,9 +280,19 @@ def _ratio(r: float) -> str:
     return f"{r:.2f}" if r >= 0.1 else f"{r:#.2g}"
 
 
+MARKUP = re.compile(r"([\\`*_\[\]<>|~&#])")
+
+
+def _md(text: str) -> str:
+    """``text`` as literal Markdown on one line: runs of whitespace (newlines too) become one space, and each
+    character Markdown could read as markup is backslash-escaped, so a docstring's ``__init__`` is not bold
+    and its ``<first argument>`` not an HTML tag."""
+    return MARKUP.sub(r"\\\1", " ".join(text.split()))
+
+
 def _short(text: str, n: int = 90) -> str:
-    text = text.replace("|", "\\|")
-    return text if len(text) <= n else text[: n - 1] + "…"
+    text = " ".join(text.split())
+    return _md(text if len(text) <= n else text[: n - 1] + "…")
 
 
 MATRIX_DIMS = 8  # scatter.png shows at most this many dimensions (a grid of MATRIX_DIMS² panels)
@@ -330,7 +341,8 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
         top = [lab for lab, _ in Counter(labels).most_common(10)]
         rank = {lab: k + 1 for k, lab in enumerate(top)}
         group = np.array([rank.get(v, 0) for v in labels])
-        names, colours = ["other"] + [str(lab) for lab in top], ["lightgrey"] + [f"C{k}" for k in range(len(top))]
+        names = ["other"] + [str(lab).replace("$", r"\$") for lab in top]  # a label is text, not mathtext
+        colours = ["lightgrey"] + [f"C{k}" for k in range(len(top))]
     else:
         group, names, colours = np.zeros(len(z), dtype=int), ["rows"], ["C0"]
     order = np.argsort(group, kind="stable")

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -192,6 +193,24 @@ def write_pipeline(folder, extra="", *, teacher=None, stages=2, epochs=2, name="
     path = folder / name
     path.write_text(text)
     return path
+
+
+MARKUP_TEXTS = ["super(__class__, <first argument>): a<b and c>d, **kwargs, `code`, [a](x) & __init__",
+                "</script><img src=x onerror=alert(1)>\n# not a heading", "costs $5 and $10, or $\\frac$"]
+MARKUP_LABELS = ["$\\frac$", "_private", "<module>", "a*b*"]
+
+
+def markup_run(folder):
+    """A one-epoch run with plots on 400 rows of the example whose texts and labels are full of characters
+    Markdown, HTML, plotly and matplotlib's mathtext would read as markup; returns the run folder."""
+    np.save(folder / "t.npy", np.load(EXAMPLE_NPY)[:400])
+    meta = [{"text": f"{MARKUP_TEXTS[i % 3]} {i}", "label": MARKUP_LABELS[i % 4]} for i in range(400)]
+    (folder / "t.jsonl").write_text("".join(json.dumps(row) + "\n" for row in meta))
+    path = write_pipeline(folder, teacher='path = "t.npy"\nmeta = "t.jsonl"', stages=1, epochs=1)
+    path.write_text(path.read_text().replace("plots = false", "plots = true"))
+    done = run_cli(path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return folder / "run"
 
 
 def weights(path):

@@ -1,6 +1,7 @@
 """``map.parquet`` / ``map.csv`` and ``map.html``: every row's coordinates, for other tools and for a browser."""
 
 import csv
+import html
 import json
 import re
 import shutil
@@ -13,7 +14,7 @@ import pytest
 
 from atlas_plugins import load_student
 from atlas_plugins.pipeline import split_rows
-from conftest import EXAMPLE_META, EXAMPLE_NPY, run_cli, write_pipeline
+from conftest import EXAMPLE_META, EXAMPLE_NPY, MARKUP_LABELS, MARKUP_TEXTS, markup_run, run_cli, write_pipeline
 
 N = len(np.load(EXAMPLE_NPY, mmap_mode="r"))
 
@@ -115,6 +116,40 @@ def test_map_html_renders_every_point_in_a_real_browser(run):
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (900, 1200) and pixels.std() > 0.05  # a picture, not a blank page
+
+
+HOVER_EACH_TRACE = """<script>
+const gd = document.querySelector(".plotly-graph-div"), seen = [];
+function hover(k) {  // the first point of each trace in turn; what its hover label shows goes into <pre>
+  if (k > 0) seen.push(document.querySelector(".hoverlayer .hovertext").textContent);
+  if (k == gd.data.length) { document.body.insertAdjacentHTML("beforeend", "<pre id=seen></pre>");
+                             document.getElementById("seen").textContent = JSON.stringify(seen); return; }
+  Plotly.Fx.hover(gd, [{curveNumber: k, pointNumber: 0}]);
+  setTimeout(() => hover(k + 1), 200);
+}
+setTimeout(() => hover(0), 500);
+</script>"""
+
+
+@pytest.mark.slow
+def test_texts_and_labels_that_look_like_html_show_as_written_in_a_browser(tmp_path):
+    """Plotly reads hover texts, legend names and the title as a subset of HTML: unescaped, a legend showed
+    ``a<b and c>d`` as ``a`` and a bold ``d``, and ``<module>`` not at all."""
+    needs_plotly()
+    browser = chromium()
+    run = markup_run(tmp_path)
+    page = run / "hover.html"
+    page.write_text((run / "map.html").read_text().replace("</body>", HOVER_EACH_TRACE + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=300).stdout
+    legend = [html.unescape(t) for t in re.findall(r'class="legendtext"[^>]*>(.*?)</text>', dom)]
+    assert legend == MARKUP_LABELS
+    hovered = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom).group(1)))
+    # trace k holds label k; its first point is row k (rows in file order), placed by the shared seed
+    split = ["eval" if k in split_rows(400, 0.2, 0)[1] else "train" for k in range(4)]
+    shows = [" ".join(text.split()) for text in MARKUP_TEXTS]  # a newline shows as a space
+    assert hovered == [f"{shows[k % 3]} {k}label: {MARKUP_LABELS[k]}id {k} · {split[k]}" for k in range(4)]
+    assert "<img" not in dom  # no element came from a text
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """The run report: axis cards and the plots."""
 
+import html
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from atlas_plugins import report as report_module
 from atlas_plugins.report import axis_cards
-from conftest import EXAMPLE_META, EXAMPLE_NPY, run_cli, write_pipeline
+from conftest import EXAMPLE_META, EXAMPLE_NPY, MARKUP_TEXTS, markup_run, run_cli, write_pipeline
 
 
 def test_axis_cards_show_each_text_once_from_both_ends():
@@ -79,6 +81,21 @@ def test_report_cards_come_from_every_row_and_plots_are_written(tmp_path, monkey
     expected = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near_teacher, near_map)])
     assert report["student"]["corpus_recall@10"] == pytest.approx(expected, abs=0.002)
     assert 0 < expected < 1 and "corpus_recall@10" in report["methods"]["PCA"]
+
+
+def test_texts_and_labels_that_look_like_markup_show_as_written(tmp_path):
+    """Axis cards render in a CommonMark viewer as the texts themselves (newlines as spaces), and a label
+    that is not valid mathtext (``$\\frac$``) no longer stops the run when scatter.png is drawn."""
+    from markdown_it import MarkdownIt
+
+    run = markup_run(tmp_path)
+    assert json.loads((run / "report.json").read_text())["plots"] == ["training.png", "scatter.png"]
+    page = MarkdownIt().render((run / "report.md").read_text())
+    assert page.count("<h1>") == 1 and "<script>" not in page and "<img" not in page
+    cards = re.findall(r"<li><strong>(?:low|high):</strong> (.*?)</li>", page)
+    shown = [html.unescape(text) for card in cards for text in card.split(" · ")]
+    written = {" ".join(f"{MARKUP_TEXTS[i % 3]} {i}".split()) for i in range(400)}
+    assert len(cards) == 10 and len(shown) == 50 and set(shown) <= written
 
 
 def test_a_map_too_sparse_for_the_corpus_is_named_when_refine_lowers_corpus_recall(tmp_path):
