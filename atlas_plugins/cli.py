@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from .config import RESERVED, load_config, loss_tau_range
+from .config import MAX_SEED, RESERVED, load_config, loss_tau_range
 from .errors import AtlasError, PluginError
 from .orchestrator import atlas_run_command, run_pipeline
 from .params import parameters
@@ -155,27 +155,25 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", help="the teacher plugin that reads INPUT (default: chosen by its suffix)")
     p.add_argument("--key", help="the array (.npz), tensor (.pt, .safetensors) or column (.parquet, .jsonl) that "
                                  "holds the vectors (default: the loader's, e.g. 'embeddings' or 'embedding')")
-    p.add_argument("--batch-size", type=_positive, default=65536, help="rows per forward pass (default 65536)")
+    p.add_argument("--batch-size", type=_whole(1), default=65536, help="rows per forward pass (default 65536)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--refine", type=_non_negative, default=0,
+    p.add_argument("--refine", type=_whole(0), default=0,
                    help="epochs of refinement against the training map (map.pt; default 0: the student alone)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed of --refine's negative samples")
+    p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="seed of --refine's negative samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--export-sentence-transformers", metavar="DIR", dest="export",
                    help="write a SentenceTransformer model folder (teacher model + student) instead of encoding")
     return p
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
-def _non_negative(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+def _whole(lo: int, hi: int | None = None):
+    """An argparse type: a whole number in ``[lo, hi]``."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or not lo <= int(text) <= (hi if hi is not None else int(text)):
+            bound = f" and at most {hi:,}" if hi is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {lo}{bound}, got {text!r}")
+        return int(text)
+    return parse
 
 
 def encode(args: argparse.Namespace) -> int:

@@ -33,6 +33,8 @@ from .teacher import loader_for_suffix
 MAX_STAGES = 10_000      # τ per stage is listed in full (dry run, checkpoints): keep the list small
 MAX_DIM = 4096           # a 5-D map is the point; 4096 already means a 64 MB output per million rows
 MAX_COUNT = 2**40        # epochs, batch sizes, rows: larger than any machine can run
+MAX_TEACHER_DIM = 2**31  # teacher.dim: a typo guard; no embedding model comes near it
+MAX_SEED = 2**62         # seeds: room below 2**64 (the most torch takes) for the offsets added per epoch and rank
 MAX_HOPS = 3             # train.neighbor_hops: 3 hops already reach a row's ~900th nearest of 195,000 (median)
 DEFAULT_EPOCHS = 10      # train.epochs_per_stage when neither it nor train.steps_per_stage is given
 
@@ -47,7 +49,8 @@ def _is_int(v, lo: int, hi: int) -> bool:
 
 def _check(pred, expected, choices=()):
     """An attrs validator; the message names the field (prefixed by the class's ``ERROR_PREFIX``, if any) and,
-    for a string close to one of ``choices``, suggests it."""
+    for a string close to one of ``choices``, suggests it.  ``expected`` is a text, or a function of the value
+    that returns one."""
     def validator(inst, attr, value):
         try:
             ok = pred(value)
@@ -55,17 +58,25 @@ def _check(pred, expected, choices=()):
             ok = False
         if not ok:
             hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-            raise ConfigError(f"{getattr(inst, 'ERROR_PREFIX', '')}{attr.name} must be {expected}, got {value!r}{hint}")
+            wanted = expected(value) if callable(expected) else expected
+            raise ConfigError(f"{getattr(inst, 'ERROR_PREFIX', '')}{attr.name} must be {wanted}, got {value!r}{hint}")
     return validator
 
 
-def bounded_int(lo: int, hi: int):
-    expected = "a positive integer" if lo == 1 else f"an integer >= {lo}"
-    return _check(lambda v: _is_int(v, lo, hi), expected if hi >= MAX_COUNT else f"{expected} (at most {hi:,})")
+def int_expected(lo: int, hi: int):
+    """What an integer in ``[lo, hi]`` is called in a message: the bound is named when it is a real limit
+    (below :data:`MAX_COUNT`) or when the value passed it."""
+    plain = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+    return lambda v: plain if hi >= MAX_COUNT and not _is_int(v, hi + 1, math.inf) else f"{plain} (at most {hi:,})"
+
+
+def bounded_int(lo: int, hi: int, optional: bool = False):
+    """An integer in ``[lo, hi]`` (or None, when ``optional``)."""
+    return _check(lambda v: (optional and v is None) or _is_int(v, lo, hi), int_expected(lo, hi))
 
 
 positive_int = bounded_int(1, MAX_COUNT)
-nonneg_int = _check(lambda v: _is_int(v, 0, 2**62), "an integer >= 0")
+nonneg_int = bounded_int(0, MAX_SEED)
 positive_number = _check(lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a positive number")
 nonneg_number = _check(lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a number >= 0")
 unit_number = _check(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
@@ -74,8 +85,8 @@ boolean = _check(lambda v: isinstance(v, bool), "true or false")
 name = _check(lambda v: isinstance(v, str) and v.strip() != "", "a plugin name (a non-empty string)")
 path_str = _check(lambda v: isinstance(v, str) and v.strip() != "" and "\x00" not in v, "a path (a non-empty string)")
 optional_name = _check(lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "a plugin name")
-optional_dim = _check(lambda v: v is None or _is_int(v, 1, 2**31), "a positive integer")
-optional_positive_int = _check(lambda v: v is None or _is_int(v, 1, MAX_COUNT), "a positive integer")
+optional_dim = bounded_int(1, MAX_TEACHER_DIM, optional=True)
+optional_positive_int = bounded_int(1, MAX_COUNT, optional=True)
 optional_positive_number = _check(lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
                                   "a positive number")
 DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"

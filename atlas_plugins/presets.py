@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import attrs
 
-from .config import (MAX_DIM, MAX_STAGES, boolean, bounded_int, device, name, nonneg_number, one_of, positive_int,
-                     positive_number, unit_number)
+from .config import (MAX_DIM, MAX_STAGES, MAX_TEACHER_DIM, boolean, bounded_int, device, name, nonneg_number,
+                     one_of, positive_int, positive_number, unit_number)
 from .distill import create_curriculum_schedule
 from .errors import ConfigError
 
@@ -32,7 +32,7 @@ class DistillationConfig:
     ERROR_PREFIX = "DistillationConfig."
 
     teacher_checkpoint: str | None = None
-    teacher_dim: int = attrs.field(default=1536, validator=bounded_int(1, 2**31))
+    teacher_dim: int = attrs.field(default=1536, validator=bounded_int(1, MAX_TEACHER_DIM))
     student_dim: int = attrs.field(default=5, validator=bounded_int(1, MAX_DIM))
     tau: float = attrs.field(default=1.0, validator=positive_number)
     alpha: float = attrs.field(default=0.7, validator=unit_number)

@@ -12,6 +12,8 @@ lets ``encode(x, refine=N)`` place new points against the training map.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_save, safe_load
+from .config import MAX_SEED
 from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import REFINE_BLOCK, REFINE_MAX_DIMS, TrainingMap, refine as refine_points, refines
@@ -95,9 +98,13 @@ class TrainedStudent:
         as_numpy = isinstance(x, np.ndarray)
         self.check_input(x)
         if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-            raise ConfigError(f"refine must be a number of epochs (an integer >= 0), got {refine!r}")
+            raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        for arg, value, lo, hi, what in (("refine", refine, 0, math.inf, "a number of epochs (an integer >= 0)"),
+                                         ("batch_size", batch_size, 1, math.inf, "an integer >= 1"),
+                                         ("seed", seed, 0, MAX_SEED, f"an integer from 0 to {MAX_SEED:,}")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+                raise ConfigError(f"{arg} must be {what}, got {value!r}")
+        refine, batch_size, seed = int(refine), int(batch_size), int(seed)
         if refine:
             self.check_refinable(f"refine={refine}")
             training_map = self.load_map()

@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas_plugins import DataError, load_student
+from atlas_plugins import ConfigError, DataError, load_student
 from atlas_plugins.encode import column_names
 from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
 
@@ -151,6 +152,8 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     one_error_line(run_cli(run, tmp_path / "x.bin", program="atlas-encode"), "no teacher plugin reads '.bin' files")
     one_error_line(run_cli(run, tmp_path / "ok.npy", "--batch-size", "0", program="atlas-encode"),
                    "--batch-size: expected a whole number >= 1, got '0'")
+    one_error_line(run_cli(run, tmp_path / "ok.npy", "--refine", "1", "--seed", str(2**64), program="atlas-encode"),
+                   f"--seed: expected a whole number >= 0 and at most 4,611,686,018,427,387,904, got '{2**64}'")
     one_error_line(run_cli(tmp_path, tmp_path / "ok.npy", program="atlas-encode"), "student.pt: student file not found")
     one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "ok.npy", program="atlas-encode"),
                    "ok.npy: is the input file, which the coordinates would replace; write them to another file")
@@ -282,6 +285,19 @@ def test_encode_in_python_refuses_rows_that_are_not_finite(run):
         student.encode(torch.from_numpy(x))
     x[123, 7] = 0.5
     student.encode(x)  # finite again: fine
+
+
+@pytest.mark.parametrize("arg, bad, expected", [
+    ("batch_size", 0, "an integer >= 1"), ("batch_size", -1, "an integer >= 1"), ("batch_size", "8", "an integer"),
+    ("seed", 2**64, "an integer from 0 to 4,611,686,018,427,387,904"), ("seed", True, "an integer from 0"),
+    ("seed", 1.5, "an integer from 0"), ("refine", -1, "a number of epochs"), ("precision", "fp16", "'float32' or"),
+])
+def test_encode_in_python_names_a_bad_argument(run, arg, bad, expected):
+    with pytest.raises(ConfigError, match=f"^{arg} must be {re.escape(expected)}.*got {re.escape(repr(bad))}$"):
+        load_student(run).encode(np.load(EXAMPLE_NPY)[:10], **{arg: bad})
+    # checked before anything else: the first case returned no rows, the second failed inside torch
+    z = load_student(run).encode(np.load(EXAMPLE_NPY)[:10], batch_size=np.int64(3), seed=np.int64(2**62))
+    assert z.shape == (10, 5)  # NumPy integers are integers
 
 
 def test_a_list_must_be_texts_or_vectors(run):
