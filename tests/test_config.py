@@ -34,6 +34,10 @@ def load(tmp_path, text, overrides=()):
     ("[train]\nneighbor_index = \"hnsw\"", "train.neighbor_index must be one of 'auto', 'exact', 'faiss'"),
     ("[train]\nneighbor_hops = 4", "train.neighbor_hops must be a positive integer (at most 3), got 4"),
     ("[train]\nneighbor_hops = true", "train.neighbor_hops must be a positive integer (at most 3), got True"),
+    ("[train]\nseed = 18446744073709551615",
+     "train.seed must be an integer >= 0 (at most 4,611,686,018,427,387,904), got 18446744073709551615"),
+    ("[train]\nbatch_size = 1099511627777", "train.batch_size must be a positive integer (at most 1,099,511,627,776)"),
+    ("[train]\nbatch_size = -1", "train.batch_size must be a positive integer, got -1"),  # no bound to name
 ])
 def test_values_beyond_what_can_run_are_refused_with_the_bound(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
