@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -74,10 +75,10 @@ class TeacherData:
             stop = min(start + chunk_rows, self.num_rows)
             block = _pread_range(emb, start, stop) if _large_file(emb) else emb[start:stop]
             if isinstance(block, torch.Tensor):
-                yield start, block.to(torch.float32)
+                yield start, block.to(torch.float32).contiguous()
             else:
                 with np.errstate(over="ignore"):  # values beyond float32 become inf: validate_teacher names them
-                    converted = np.array(block, dtype=np.float32)
+                    converted = np.array(block, dtype=np.float32, order="C")
                 yield start, torch.from_numpy(converted)
 
 
@@ -106,7 +107,7 @@ def in_memory_if_small(data: TeacherData) -> TeacherData:
     """
     emb = data.embeddings
     if isinstance(emb, np.memmap) and emb.nbytes <= MAP_BUDGET_BYTES:
-        return attrs.evolve(data, embeddings=np.array(emb))
+        return attrs.evolve(data, embeddings=np.array(emb, order="C"))  # a copy, row-major whatever the file
     return data
 
 
@@ -230,7 +231,8 @@ def loader_for_suffix(path, registry) -> str | None:
 
 
 def _dtype_name(emb) -> str:
-    return str(emb.dtype).replace("torch.", "")
+    """``float32`` for float32 values in either byte order (``str()`` of a big-endian NumPy dtype is ``>f4``)."""
+    return emb.dtype.name if isinstance(emb, np.ndarray) else str(emb.dtype).replace("torch.", "")
 
 
 LABEL_TYPES = (str, int, float, bool)
@@ -272,6 +274,10 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         raise DataError(f"{src}: embeddings have dimension {d}, but the configuration expects {dim}")
     if n < min_rows:
         raise DataError(f"{src}: has {n} rows, fewer than needed ({min_rows}); add data")
+    if isinstance(emb, np.memmap) and not emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES:
+        warnings.warn(f"atlas: {src}: the rows are stored column-major (Fortran order), so reading one row reads "
+                      f"{d:,} places in the file: slow at this size; save a row-major copy once: "
+                      "numpy.save(NEW, numpy.ascontiguousarray(numpy.load(FILE, mmap_mode='r')))", stacklevel=2)
     for name, seq, types, expected in (("labels", data.labels, LABEL_TYPES, "strings, numbers or booleans"),
                                        ("texts", data.texts, (str,), "strings"),
                                        ("ids", data.ids, (str, int), "strings or integers")):

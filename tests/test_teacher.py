@@ -9,7 +9,7 @@ import torch
 from atlas_plugins import DataError, TeacherData
 from atlas_plugins.teacher import validate_teacher
 from conftest import EXAMPLE_NPY, run_cli
-from conftest import one_error_line, write_pipeline
+from conftest import one_error_line, same_weights, weights, write_pipeline
 
 
 def test_nan_scan_is_chunked_and_names_the_first_bad_row(tmp_path, monkeypatch):
@@ -179,3 +179,50 @@ def test_a_large_file_the_map_reads_stays_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", 1000)
     data = in_memory_if_small(TeacherData(np.load(tmp_path / "f.npy", mmap_mode="r")))
     assert isinstance(data.embeddings, np.memmap) and not data.embeddings.flags.c_contiguous
+
+
+LAYOUTS = {
+    "column-major .npy": lambda x, path: np.save(path.with_suffix(".npy"), np.asfortranarray(x)),
+    "big-endian .npy": lambda x, path: np.save(path.with_suffix(".npy"), x.astype(">f4")),
+    "transposed tensor .pt": lambda x, path: torch.save({"embeddings": torch.from_numpy(x).T.contiguous().T},
+                                                        path.with_suffix(".pt")),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("budget", [None, 0], ids=["copied-into-memory", "read-from-the-file"])
+def test_every_layout_of_float32_rows_reads_as_the_same_teacher(tmp_path, monkeypatch, layout, budget):
+    """Each was a traceback ("ndarray is not C-contiguous") or refused as "dtype >f4" before: now the rows,
+    the chunks and the digest (what checkpoints and the graph cache are keyed by) equal a plain array's."""
+    import warnings
+
+    from atlas_plugins import teacher as teacher_module
+    from atlas_plugins.teacher import in_memory_if_small, teacher_digest
+    from builtin_plugins.teachers import npy, pt
+
+    if budget is not None:
+        monkeypatch.setattr(teacher_module, "MAP_BUDGET_BYTES", budget)
+    x = np.load(EXAMPLE_NPY)[:300]
+    LAYOUTS[layout](x, tmp_path / "t")
+    loader = pt if layout.endswith(".pt") else npy
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        data = in_memory_if_small(validate_teacher(loader(next(tmp_path.glob("t.*")))))
+    plain = TeacherData(x)
+    idx = np.array([299, 3, 4, 5, 3, 120, 0])
+    assert torch.equal(data.rows(idx), plain.rows(idx))
+    assert torch.equal(torch.cat([b for _, b in data.chunks(64)]), torch.from_numpy(x))
+    assert teacher_digest(data) == teacher_digest(plain)
+    slow = [str(w.message) for w in seen if "column-major" in str(w.message)]
+    assert len(slow) == (layout == "column-major .npy" and budget == 0)  # only a file read in place is slow
+    assert all("numpy.save(NEW, numpy.ascontiguousarray(" in m for m in slow)
+
+
+def test_a_column_major_teacher_trains_like_a_row_major_one(tmp_path):
+    np.save(tmp_path / "c.npy", np.load(EXAMPLE_NPY)[:400])
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.load(EXAMPLE_NPY)[:400]))
+    for name in ("c", "f"):
+        path = write_pipeline(tmp_path, teacher=f'path = "{name}.npy"', stages=1, epochs=1, output=f"run-{name}",
+                              name=f"{name}.toml")
+        assert run_cli(path, "--quiet").returncode == 0
+    assert same_weights(weights(tmp_path / "run-c"), weights(tmp_path / "run-f"))
