@@ -34,8 +34,8 @@ def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
     texts, labels = [], []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
+            try:  # utf-8-sig: a byte-order mark (Windows editors, spreadsheet exports) is not part of the text
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text; save the {what} as UTF-8") from None
             if not line.strip():

@@ -1,5 +1,6 @@
 """Bad teacher data is caught before training, with one line naming the file and the problem."""
 
+import json
 import os
 
 import numpy as np
@@ -226,3 +227,14 @@ def test_a_column_major_teacher_trains_like_a_row_major_one(tmp_path):
                               name=f"{name}.toml")
         assert run_cli(path, "--quiet").returncode == 0
     assert same_weights(weights(tmp_path / "run-c"), weights(tmp_path / "run-f"))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path, suffix):
+    """Windows editors and spreadsheet exports start UTF-8 files with one: a .jsonl file was refused at line 1
+    ("expected a JSON object") and a .txt file's first text began with U+FEFF."""
+    from builtin_plugins.teachers import read_texts
+
+    lines = [json.dumps({"text": t, "label": "a"}) if suffix == ".jsonl" else t for t in ("café", "b")]
+    (tmp_path / f"m{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    assert read_texts(tmp_path / f"m{suffix}")[0] == ["café", "b"]
