@@ -140,7 +140,7 @@ def _lines(fh, name: str) -> Iterator[dict]:
     with fh:
         for lineno, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")  # sig: a byte-order mark
             except UnicodeDecodeError:
                 raise DataError(f"{name}:{lineno}: not UTF-8 text") from None
             if line.strip():
@@ -156,7 +156,7 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[di
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw)
+                row = json.loads(raw)  # bytes: json reads a byte-order mark itself
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise DataError(f"{p}:{lineno}: not a JSON object") from None
             if key is not None and not (isinstance(row, dict) and key in row):

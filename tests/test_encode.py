@@ -207,12 +207,12 @@ def test_texts_on_stdin_are_embedded_with_the_recorded_model(run, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     texts = ["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest"]
-    proc = subprocess.run([ENCODE, run, "-", "--quiet"], input="\n".join(texts) + "\n", capture_output=True,
+    proc = subprocess.run([ENCODE, run, "-", "--quiet"], input="\ufeff" + "\n".join(texts) + "\n", capture_output=True,
                           text=True, timeout=600, env={"ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin",
                                                        "HOME": str(tmp_path)})
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # --quiet: not even transformers' loading bar
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["text"] for r in rows] == texts
+    assert [r["text"] for r in rows] == texts  # a byte-order mark (U+FEFF) before the first is not part of it
     by_hand = SentenceTransformer(str(gt.get_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
     expected = load_student(run).encode(by_hand)
     assert np.allclose(np.array([[r[f"dim_{i}"] for i in range(5)] for r in rows]), expected, atol=1e-5)
@@ -308,7 +308,7 @@ def test_a_list_must_be_texts_or_vectors(run):
 def test_jsonl_vectors_are_told_from_jsonl_texts_by_their_first_row(run, tmp_path):
     x = np.load(EXAMPLE_NPY)[:20]
     (tmp_path / "v.jsonl").write_text("".join(json.dumps({"embedding": r.tolist(), "id": i}) + "\n"
-                                              for i, r in enumerate(x)))
+                                              for i, r in enumerate(x)), encoding="utf-8-sig")  # a byte-order mark
     done = run_cli(run, tmp_path / "v.jsonl", "-o", tmp_path / "v.npy", program="atlas-encode")
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.load(tmp_path / "v.npy"), load_student(run).encode(x))
