@@ -9,6 +9,7 @@ key path and what was expected, with a did-you-mean where one fits.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import inspect
@@ -301,6 +302,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 # -- loading: read, override, check, resolve -------------------------------------------------
+MAX_PIPELINE_BYTES = 2**20  # a pipeline file is a few hundred bytes: a larger one is data given by mistake
 MAX_NESTING = 8  # tables and lists nested deeper than this are refused (no plugin needs more)
 
 
@@ -373,7 +375,11 @@ def read_toml(path: Path, registry=None) -> dict:
         raise ConfigError(f"{path}: is not a regular file (a FIFO, socket or device); expected a pipeline .toml file")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read(MAX_PIPELINE_BYTES + 1)
+        if len(data) > MAX_PIPELINE_BYTES:
+            raise ConfigError(f"{path}: is larger than {MAX_PIPELINE_BYTES // 2**20} MiB, which no pipeline file is; "
+                              f"expected a pipeline .toml file{_data_file_hint(path, registry)}")
+        return tomllib.loads(data.removeprefix(codecs.BOM_UTF8).decode("utf-8"))  # a Windows editor's byte-order mark
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}{_data_file_hint(path, registry)}") from None
     except RecursionError:

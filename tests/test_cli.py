@@ -269,6 +269,13 @@ def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, extra_args, edit
     one_error_line(proc, *fragments)
 
 
+def test_a_pipeline_file_saved_with_a_byte_order_mark_reads_as_toml(tmp_path):
+    """Windows editors may start a UTF-8 file with one; tomllib refused it: "Invalid statement (at line 1...)"."""
+    path = write_pipeline(tmp_path, stages=1, epochs=1)
+    path.write_text(path.read_text(), encoding="utf-8-sig")
+    assert run_cli(path, "--dry-run").returncode == 0
+
+
 def test_missing_pipeline_file(tmp_path):
     one_error_line(run_atlas(tmp_path / "nope.toml"), "nope.toml: pipeline file not found")
 
@@ -276,10 +283,13 @@ def test_missing_pipeline_file(tmp_path):
 def test_a_data_file_given_as_the_pipeline_is_told_the_pipeline_to_write_and_that_pipeline_runs(tmp_path):
     import shutil
 
-    data = shutil.copy(EXAMPLE_NPY, tmp_path / "vectors.npy")
-    one_error_line(run_cli(data, "--dry-run"), "vectors.npy: not valid TOML: the file is not UTF-8 text; it looks "
-                   "like teacher data: atlas-run takes a pipeline file, and one that holds only [teacher] with "
-                   'path = "vectors.npy" is enough (every other key has a default)')
+    hint = ("; it looks like teacher data: atlas-run takes a pipeline file, and one that holds only [teacher] with "
+            'path = "vectors.npy" is enough (every other key has a default)')
+    data = shutil.copy(EXAMPLE_NPY, tmp_path / "vectors.npy")  # 4 MB: refused unread, whatever its size
+    one_error_line(run_cli(data, "--dry-run"), "vectors.npy: is larger than 1 MiB, which no pipeline file is; "
+                   "expected a pipeline .toml file" + hint)
+    np.save(data, np.load(EXAMPLE_NPY)[:100])
+    one_error_line(run_cli(data, "--dry-run"), "vectors.npy: not valid TOML: the file is not UTF-8 text" + hint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.npy"]  # nothing written
     (tmp_path / "vectors.toml").write_text('[teacher]\npath = "vectors.npy"\n')
     proc = run_cli(tmp_path / "vectors.toml", "--dry-run")
