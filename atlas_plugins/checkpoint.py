@@ -17,6 +17,7 @@ import os
 import pickle
 import pickletools
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -106,31 +107,41 @@ def atomic_save(obj: Any, path) -> None:
 
 
 def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool = False) -> Any:
-    """Load a ``.pt`` file with ``weights_only=True`` (unless ``trust is True``), mapping failures to
-    :class:`CheckpointError`.
+    """Load a ``.pt`` file with ``weights_only=True``, mapping failures to :class:`CheckpointError`.
 
-    Only the boolean ``True`` turns the check off: a string such as ``"false"`` never does.  ``mmap``:
-    tensors stay in the file, paged in as they are read.
+    ``trust=True`` unpickles in full a file that holds more than ``weights_only`` allows (with a warning
+    naming what it imports): a file that needs no trust never gets it.  Only the boolean ``True`` does so:
+    a string such as ``"false"`` never does.  ``mmap``: tensors stay in the file, paged in as they are read.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file ({what})")
-    try:
+
+    def load(weights_only: bool):
         # Sparse tensors checked as they load: torch leaves the checks off by default, so a crafted file could
         # hand over indices outside the tensor (memory errors later); some torch versions warn about it too.
         with torch.sparse.check_sparse_tensor_invariants():
-            return torch.load(p, map_location="cpu", weights_only=trust is not True, mmap=mmap)
-    except pickle.UnpicklingError:
-        imports = pickled_imports(p)
-        if imports is None:
-            raise CheckpointError(f"{p}: not a readable {what}: it is damaged or not a torch file "
-                                  "(torch.save writes a zip archive)") from None
-        unsafe = [g for g in imports if not g.startswith(_SAFE_PREFIXES)]
-        first = f" (it would import {unsafe[0]})" if unsafe else ""
-        hint = ("set trust = true in [teacher] only for a file you trust" if what == "teacher file"
-                else "only tensors, numbers, strings, lists and dicts can be loaded")
-        raise CheckpointError(f"{p}: refused to load {what}: it holds pickled objects that weights_only=True "
-                              f"does not allow{first}; unpickling could run code; {hint}") from None
+            return torch.load(p, map_location="cpu", weights_only=weights_only, mmap=mmap)
+
+    try:
+        try:
+            return load(weights_only=True)
+        except pickle.UnpicklingError:
+            imports = pickled_imports(p)
+            if imports is None:
+                raise CheckpointError(f"{p}: not a readable {what}: it is damaged or not a torch file "
+                                      "(torch.save writes a zip archive)") from None
+            unsafe = [g for g in imports if not g.startswith(_SAFE_PREFIXES)]
+            first = f" (it would import {unsafe[0]})" if unsafe else ""
+            if trust is not True:
+                hint = ("set trust = true in [teacher] only for a file you trust" if what == "teacher file"
+                        else "only tensors, numbers, strings, lists and dicts can be loaded")
+                raise CheckpointError(f"{p}: refused to load {what}: it holds pickled objects that weights_only=True "
+                                      f"does not allow{first}; unpickling could run code; {hint}") from None
+            importing = f", importing {unsafe[0]}" if unsafe else ""
+            warnings.warn(f"atlas: {p}: unpickled in full (trust = true){importing}: only for a file you trust",
+                          stacklevel=2)
+            return load(weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{p}: not a readable {what} ({type(exc).__name__}: {first})") from None

@@ -1,5 +1,6 @@
 """No code from data: every .pt load is weights_only; atomic writes; student files."""
 
+import re
 import shutil
 
 import numpy as np
@@ -65,6 +66,28 @@ def test_trust_is_an_explicit_opt_in(tmp_path):
     proc = run_atlas(pipe, "--dry-run", "--set", "teacher.trust=true")
     assert proc.returncode == 0, proc.stderr
     assert "(400 x 384 float32)" in proc.stdout
+    [line] = proc.stderr.splitlines()  # NumPy 1 pickles numpy.core..., NumPy 2 numpy._core...
+    assert re.fullmatch(f"atlas-run: warning: {re.escape(str(path))}: unpickled in full \\(trust = true\\), importing "
+                        r"numpy\._?core\.multiarray\._reconstruct: only for a file you trust", line), line
+
+
+def test_trust_unpickles_only_a_file_that_needs_it(tmp_path, monkeypatch):
+    """A teacher of plain tensors loads the safe way even with trust = true, and without a warning."""
+    import warnings
+
+    from atlas_plugins.checkpoint import safe_load
+
+    modes, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: modes.append(k["weights_only"]) or real_load(*a, **k))
+    torch.save({"embeddings": torch.ones(3, 4)}, tmp_path / "plain.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert safe_load(tmp_path / "plain.pt", trust=True)["embeddings"].shape == (3, 4)
+    assert modes == [True]
+    torch.save({"embeddings": np.ones((3, 4))}, tmp_path / "numpy.pt")
+    with pytest.warns(UserWarning, match=r"numpy.pt: unpickled in full \(trust = true\), importing numpy"):
+        assert safe_load(tmp_path / "numpy.pt", trust=True)["embeddings"].shape == (3, 4)
+    assert modes == [True, True, False]
 
 
 def test_corrupt_and_non_torch_files(tmp_path):
