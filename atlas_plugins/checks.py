@@ -16,12 +16,20 @@ from .errors import ConfigError
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def as_number(value, what: str) -> float:
+    """``value`` as a float, or the :class:`ConfigError` ``"<what>, got <value>"``: numbers, NumPy scalars and
+    one-element tensors are numbers; a string or a boolean never is (``"0.5"`` is a typo for 0.5, not 0.5)."""
+    try:
+        if isinstance(value, (str, bytes, bool)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"{what}, got {value!r}") from None
+
+
 def check_tau(tau) -> float:
     """``tau`` must be a finite number > 0."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ConfigError(f"tau must be a positive number, got {tau!r}") from None
+    value = as_number(tau, "tau must be a positive number")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"tau must be a positive number, got {tau!r}")
     return value
@@ -29,10 +37,7 @@ def check_tau(tau) -> float:
 
 def check_alpha(alpha) -> float:
     """``alpha`` must lie in [0, 1]."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
+    value = as_number(alpha, "alpha must be a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}")
     return value

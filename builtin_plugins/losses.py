@@ -15,8 +15,8 @@ from typing import Annotated, Callable, Literal
 import torch
 import torch.nn.functional as F
 
-from atlas_plugins.checks import (check_alpha, check_matrix, check_pair, check_reduction, check_tau, cosine_matrix,
-                                  off_diagonal, reduce)
+from atlas_plugins.checks import (as_number, check_alpha, check_matrix, check_pair, check_reduction, check_tau,
+                                  cosine_matrix, off_diagonal, reduce)
 from atlas_plugins.errors import ConfigError
 from atlas_plugins.params import PluginRef
 
@@ -141,9 +141,13 @@ def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights: list[f
         raise ConfigError(f"hierarchical got {len(levels)} student levels but {len(teachers)} teacher levels")
     if weights is None:
         weights = [1.0 / len(levels)] * len(levels)
-    weights = [float(w) for w in weights]
+    expected = f"weights must be {len(levels)} non-negative numbers (one per level)"
+    try:
+        weights = [as_number(w, expected) for w in weights]
+    except (ConfigError, TypeError):
+        raise ConfigError(f"{expected}, got {weights!r}") from None
     if len(weights) != len(levels) or any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ConfigError(f"weights must be {len(levels)} non-negative numbers (one per level), got {weights}")
+        raise ConfigError(f"{expected}, got {weights}")
     fn = _base(base)
     for i, level in enumerate(levels):
         check_matrix(level, f"student level {i}")

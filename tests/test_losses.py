@@ -154,6 +154,9 @@ def test_gradients_reach_the_student_only(name):
     (lambda f: f(torch.randn(4, 5), torch.randn(4, 8), reduction="avg"), "reduction must be one of"),
     (lambda f: f(torch.randn(4, 5), torch.randn(4, 8), tau=0), "tau must be a positive number"),
     (lambda f: f(torch.randn(4, 5), torch.randn(4, 8), tau=-1.0), "tau must be a positive number"),
+    (lambda f: f(torch.randn(4, 5), torch.randn(4, 8), tau="0.5"), "tau must be a positive number, got '0.5'"),
+    (lambda f: f(torch.randn(4, 5), torch.randn(4, 8), tau=True), "tau must be a positive number, got True"),
+    (lambda f: f(torch.randn(4, 5), torch.randn(4, 8), tau=torch.ones(2)), "tau must be a positive number"),
     (lambda f: f([1, 2], torch.randn(4, 8)), "student must be a torch.Tensor"),
 ])
 def test_relational_bad_input_names_the_argument(call, message):
@@ -166,15 +169,24 @@ def test_kl_rejects_different_class_counts():
         get_loss("kl")(torch.randn(4, 4), torch.randn(4, 3))
 
 
-@pytest.mark.parametrize("alpha", [-0.1, 1.5, "x"])
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, "x", "0.5", True])  # a string or a boolean is never a number
 def test_combined_rejects_alpha_outside_unit_interval(alpha):
     with pytest.raises(ConfigError, match=r"alpha must be a number in \[0, 1\]"):
         get_loss("combined")(torch.randn(4, 5), torch.randn(4, 8), alpha=alpha, reconstruction_loss=torch.tensor(1.0))
 
 
-def test_hierarchical_rejects_mismatched_weights():
+@pytest.mark.parametrize("weights", [[1.0], ["0.5", "0.5"], "ab", 0.5, [0.5, None], [True, 1]])
+def test_hierarchical_rejects_mismatched_weights(weights):
     with pytest.raises(ConfigError, match="weights must be 2 non-negative numbers"):
-        get_loss("hierarchical")((torch.randn(4, 5), torch.randn(4, 25)), torch.randn(4, 8), weights=[1.0])
+        get_loss("hierarchical")((torch.randn(4, 5), torch.randn(4, 25)), torch.randn(4, 8), weights=weights)
+
+
+def test_tau_and_alpha_may_be_numpy_scalars_or_one_element_tensors():
+    s, t = torch.randn(6, 5), torch.randn(6, 8)
+    expected = get_loss("combined")(s, t, tau=0.5, alpha=0.3, reconstruction_loss=torch.tensor(1.0))
+    for tau, alpha in ((np.float32(0.5), np.float64(0.3)), (torch.tensor(0.5), torch.tensor([0.3]))):
+        got = get_loss("combined")(s, t, tau=tau, alpha=alpha, reconstruction_loss=torch.tensor(1.0))
+        assert torch.allclose(got, expected)
 
 
 def ref_neighbors(s, t, tau, kernel="gaussian", dof=1.0):

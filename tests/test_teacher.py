@@ -132,10 +132,10 @@ def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
 def test_two_local_models_with_the_same_folder_name_do_not_share_a_cache(tmp_path):
     from builtin_plugins.text import _model_fingerprint
 
-    for owner, weights in (("a", b"1" * 10), ("b", b"2" * 11)):
+    for owner, blob in (("a", b"1" * 10), ("b", b"2" * 11)):
         folder = tmp_path / owner / "model"
         folder.mkdir(parents=True)
-        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "model.safetensors").write_bytes(blob)
     assert _model_fingerprint(str(tmp_path / "a" / "model")) != _model_fingerprint(str(tmp_path / "b" / "model"))
     assert _model_fingerprint("all-MiniLM-L6-v2") == ["all-MiniLM-L6-v2"]
 
