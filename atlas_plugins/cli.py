@@ -169,10 +169,11 @@ def _encode_parser() -> argparse.ArgumentParser:
 def _whole(lo: int, hi: int | None = None):
     """An argparse type: a whole number in ``[lo, hi]``."""
     def parse(text: str) -> int:
-        if not text.isdigit() or not lo <= int(text) <= (hi if hi is not None else int(text)):
+        value = int(text) if text.isdigit() else None
+        if value is None or value < lo or (hi is not None and value > hi):
             bound = f" and at most {hi:,}" if hi is not None else ""
             raise argparse.ArgumentTypeError(f"expected a whole number >= {lo}{bound}, got {text!r}")
-        return int(text)
+        return value
     return parse
 
 
