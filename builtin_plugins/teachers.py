@@ -57,6 +57,17 @@ def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
     return texts, (labels if any(lab is not None for lab in labels) else None)
 
 
+def read_meta(meta, path, emb) -> tuple[list[str], list | None]:
+    """The texts (and labels) of the ``meta`` file beside the teacher file ``path``: one per row of ``emb``."""
+    texts, labels = read_texts(meta, "meta file")
+    rows = emb.shape[0] if getattr(emb, "ndim", 0) >= 1 else None
+    if rows is not None and len(texts) != rows:
+        count = f"{len(texts):,} text{'s' * (len(texts) != 1)}"
+        raise DataError(f"{meta}: {count} for the {rows:,} rows of {path}; a meta file holds one line per row, "
+                        "in the same order")
+    return texts, labels
+
+
 def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = None):
     """Torch checkpoint: a tensor, or a dict with ``embeddings`` and optional ``labels``/``texts``/``model_state``.
 
@@ -79,7 +90,7 @@ def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = No
     if not isinstance(emb, torch.Tensor):
         raise DataError(f"{path}: '{key}' is of type {type(emb).__name__}; expected a tensor of shape (N, D)")
     if meta is not None:
-        texts, labels = read_texts(meta, "meta file")
+        texts, labels = read_meta(meta, path, emb)
     return TeacherData(emb, labels=labels, texts=texts, model_state=state, source=str(path))
 
 
@@ -117,7 +128,7 @@ def npy(path, key: str | None = None, meta: str | None = None):
         raise DataError(f"{p}: not a readable NumPy file ({str(exc).splitlines()[0][:160]})") from None
     texts = None
     if meta is not None:
-        texts, meta_labels = read_texts(meta, "meta file")
+        texts, meta_labels = read_meta(meta, p, emb)
         labels = meta_labels if meta_labels is not None else labels
     return TeacherData(emb, labels=labels, texts=texts, source=str(p))
 
@@ -146,7 +157,7 @@ def safetensors(path, key: str = "embeddings", meta: str | None = None):
         raise DataError(f"{p}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
     texts = labels = None
     if meta is not None:
-        texts, labels = read_texts(meta, "meta file")
+        texts, labels = read_meta(meta, p, emb)
     return TeacherData(emb, labels=labels, texts=texts, source=str(p))
 
 

@@ -92,7 +92,10 @@ CASES = {
                                                            "a batch needs at least 3"]),
     "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                     or _text("m.jsonl", '{"text": "a"}\n', 'path = "t.npy"\nmeta = "m.jsonl"')(p),
-                    ["t.npy: 1 texts for 600 embedding rows"]),
+                    ["m.jsonl: 1 text for the 600 rows of", "t.npy; a meta file holds one line per row"]),
+    "meta-longer": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                    or _text("m.jsonl", '{"text": "a", "label": "x"}\n' * 601, 'path = "t.npy"\nmeta = "m.jsonl"')(p),
+                    ["m.jsonl: 601 texts for the 600 rows of"]),  # was "t.npy: 601 labels for 600 embedding rows"
     "meta-not-json": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                       or _text("m.jsonl", "hello\n", 'path = "t.npy"\nmeta = "m.jsonl"')(p),
                       ["m.jsonl:1: expected a JSON object with a 'text' field"]),
