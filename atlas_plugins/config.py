@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -326,14 +327,20 @@ class Origin:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"train.batch_size=64"`` -> ``(["train", "batch_size"], 64)``; the value is parsed as TOML, else a string."""
+    """``"train.batch_size=64"`` -> ``(["train", "batch_size"], 64)``; the value is parsed as TOML, else it is a
+    bare string (``output.dir=runs/x``) — unless it starts as a TOML string, list or table does: a broken one
+    of those is an error, never a string with its quotes or brackets in it."""
     key, sep, raw = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or any(not p.strip() for p in parts):
         raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.batch_size=64")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if raw.strip()[:1] in ('"', "'", "[", "{"):
+            why = re.sub(r" \(at [^)]*\)$", "", str(exc))  # its position is in "v = VALUE", not in the --set
+            raise ConfigError(f"--set {item!r}: not a valid TOML value ({why}); a string may also be given bare, "
+                              "without quotes") from None
         value = raw
     except RecursionError:
         raise ConfigError(f"--set {item!r}: the value is nested too deeply") from None

@@ -77,6 +77,24 @@ def test_a_bad_value_from_set_is_blamed_on_set_not_on_the_file(tmp_path):
              ['teacher.embedder.model="y"'])
 
 
+@pytest.mark.parametrize("item, why", [
+    ("output.dir='runs/x\ny'", "Found invalid character '\\n'"),  # was the folder "'runs/x\ny'", quotes and all
+    ('output.dir="runs/x', "Unterminated string"),
+    ("student.hidden=[128, 128", "Unclosed array"),
+    ('teacher.embedder={ loader = "sentence-transformers"', "Unclosed inline table"),
+])
+def test_a_broken_toml_value_from_set_is_an_error_not_a_string(tmp_path, item, why):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "", [item])
+    assert str(err.value) == (f"--set {item!r}: not a valid TOML value ({why}); a string may also be given bare, "
+                              "without quotes")
+
+
+def test_a_bare_string_from_set_is_a_string(tmp_path):
+    config = load(tmp_path, "", ["output.dir=runs/my run", "train.device=cpu"])
+    assert config.output.dir == str(tmp_path / "runs" / "my run") and config.train.device == "cpu"
+
+
 def test_loss_tau_is_a_field_and_becomes_a_one_stage_schedule(tmp_path):
     config = load(tmp_path, "[loss]\ntau = 0.3\n")
     assert config.loss.tau == 0.3
