@@ -121,7 +121,14 @@ def combined(student, teacher, *, tau=1.0, reduction="mean", alpha: float = 0.5,
     if reconstruction_loss is None:
         return distill
     if not isinstance(reconstruction_loss, torch.Tensor):
-        reconstruction_loss = torch.as_tensor(reconstruction_loss, dtype=distill.dtype, device=distill.device)
+        reconstruction_loss = as_number(reconstruction_loss, "reconstruction_loss must be a number or a tensor")
+    elif reconstruction_loss.numel() == 1:
+        reconstruction_loss = reconstruction_loss.reshape(())  # (1,) too: the result keeps the distill loss's shape
+    elif reconstruction_loss.shape != distill.shape:
+        per_row = (f", or one value per row {tuple(distill.shape)}" if distill.ndim
+                   else " (one value per row needs reduction='none')")
+        raise ConfigError(f"reconstruction_loss must be a scalar{per_row}, "
+                          f"got shape {tuple(reconstruction_loss.shape)}")
     return alpha * distill + (1.0 - alpha) * reconstruction_loss
 
 

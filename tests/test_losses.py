@@ -1,6 +1,7 @@
 """Each built-in loss against an independent NumPy computation (plain loops, float64)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -119,6 +120,28 @@ def test_combined_weights_distillation_and_reconstruction(real_batch):
     assert plain.item() == pytest.approx(distill, rel=1e-10)
     mse_based = get_loss("combined")(s, t, tau=1.0, alpha=0.5, reconstruction_loss=recon, base="mse")
     assert mse_based.item() == pytest.approx(0.5 * ref_mse(s.detach().numpy(), t.numpy()).mean() + 0.15, rel=1e-10)
+
+
+def test_combined_takes_a_reconstruction_per_row_with_reduction_none(real_batch):
+    s, t = real_batch
+    recon = torch.linspace(0, 1, 16, dtype=torch.float64)
+    distill = ref_relational(s.detach().numpy(), t.numpy(), 1.0)
+    got = get_loss("combined")(s, t, tau=1.0, alpha=0.7, reconstruction_loss=recon, reduction="none")
+    assert np.allclose(got.detach().numpy(), 0.7 * distill + 0.3 * recon.numpy())
+    one = get_loss("combined")(s, t, tau=1.0, alpha=0.7, reconstruction_loss=torch.tensor([0.3], dtype=torch.float64))
+    assert one.shape == () and one.item() == pytest.approx(0.7 * distill.mean() + 0.09, rel=1e-10)
+
+
+@pytest.mark.parametrize("recon, reduction, message", [
+    (torch.ones(16), "mean", "must be a scalar (one value per row needs reduction='none'), got shape (16,)"),
+    (torch.ones(3), "none", "must be a scalar, or one value per row (16,), got shape (3,)"),
+    ("0.3", "mean", "must be a number or a tensor, got '0.3'"),
+])
+def test_combined_refuses_a_reconstruction_loss_of_another_shape(real_batch, recon, reduction, message):
+    """A (16,) reconstruction with reduction="mean" broadcast to a (16,) "loss"; a string was a torch TypeError."""
+    s, t = real_batch
+    with pytest.raises(ConfigError, match=f"^reconstruction_loss {re.escape(message)}$"):
+        get_loss("combined")(s, t, reconstruction_loss=recon, reduction=reduction)
 
 
 def test_hierarchical_sums_weighted_levels(real_batch):
