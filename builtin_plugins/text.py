@@ -168,10 +168,10 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
     shared = shared_cache_dir() if shared_cache else None
     places = [Path(p) / f"st-{key}.npy" for p in (shared, cache_dir) if p]
     for cached in places:
-        if cached.is_file() and not cached.is_symlink():
+        emb = _cached(cached, len(texts))
+        if emb is not None:
             print(f"atlas: using {len(texts)} cached embeddings from {cached}", file=sys.stderr)
-            return TeacherData(np.load(cached, mmap_mode="r"), labels=labels, texts=texts, source=str(path),
-                               embed_params=recorded)
+            return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
     _loaded(location, device, progress)  # a model that cannot load is reported before the message below
     print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
     emb = _embed(texts, location, normalize, batch_size, device, progress)
@@ -184,6 +184,23 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
         except WriteError as exc:
             print(f"atlas: warning: embeddings not cached: {exc}", file=sys.stderr)
     return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
+
+
+def _cached(cached: Path, rows: int):
+    """The cached embeddings (memory-mapped) when ``cached`` is a readable ``(rows, D)`` float array; None when
+    there is none.  A damaged one (a disk error, an edit) is named and embedded again, replacing it."""
+    if not cached.is_file() or cached.is_symlink():
+        return None
+    try:
+        emb = np.load(cached, mmap_mode="r", allow_pickle=False)
+        if emb.ndim == 2 and emb.shape[0] == rows and emb.dtype.kind == "f":
+            return emb
+        why = f"it holds an array of shape {emb.shape} and dtype {emb.dtype}, expected ({rows}, D) floats"
+    except (ValueError, OSError, EOFError) as exc:
+        why = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    print(f"atlas: warning: the cached embeddings {cached} are damaged ({why}); embedding the texts again",
+          file=sys.stderr)
+    return None
 
 
 def model(model: str = "all-MiniLM-L6-v2", normalize: bool = True, device: str = "cpu", progress: bool = True, **_):

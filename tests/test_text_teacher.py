@@ -42,6 +42,24 @@ def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
     assert cached[0].is_file()  # a run never deletes in the shared cache
 
 
+@pytest.mark.parametrize("damage, why", [
+    (lambda f: f.write_bytes(f.read_bytes()[:200]), "mmap length is greater than file size"),
+    (lambda f: np.save(f, np.ones((49, 384), np.float32)), "shape (49, 384) and dtype float32, expected (50, D)"),
+])
+def test_a_damaged_cache_file_is_named_and_embedded_again(tmp_path, damage, why):
+    """It was a permanent error blamed on the plugin (or "50 labels for 49 embedding rows") until deleted."""
+    (tmp_path / "texts.jsonl").write_text("\n".join(EXAMPLE_META.read_text().splitlines()[:50]) + "\n")
+    (tmp_path / "p.toml").write_text('[teacher]\nloader = "sentence-transformers"\npath = "texts.jsonl"\n')
+    assert run_cli(tmp_path / "p.toml", "--dry-run").returncode == 0
+    [cached] = (tmp_path / "shared-cache").glob("st-*.npy")
+    good = np.load(cached)
+    damage(cached)
+    again = run_cli(tmp_path / "p.toml", "--dry-run")
+    assert again.returncode == 0, again.stderr
+    assert f"atlas: warning: the cached embeddings {cached} are damaged (" in again.stderr and why in again.stderr
+    assert "atlas: embedding 50 texts" in again.stderr and np.allclose(np.load(cached), good, atol=1e-6)
+
+
 def test_quiet_on_a_terminal_draws_no_bar_while_the_model_loads_and_embeds(tmp_path):
     texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
