@@ -28,7 +28,7 @@ from .neighbors import choose_method
 from .params import accepts, resolve_refs
 from .registry import Registry, get_registry
 from .student import as_student_output
-from .teacher import RowScan, TeacherData, in_memory_if_small, validate_teacher
+from .teacher import RowScan, TeacherData, dtype_name, in_memory_if_small, validate_teacher
 
 
 @attrs.define
@@ -68,8 +68,7 @@ class Pipeline:
         """A readable summary of the assembled pipeline (what ``--dry-run`` prints)."""
         c = self.config
         n_params = sum(p.numel() for p in self.student.parameters())
-        emb = self.teacher.embeddings
-        dtype = str(emb.dtype).replace("torch.", "")
+        dtype = dtype_name(self.teacher.embeddings)
         budget = (f"{c.train.steps_per_stage} step(s)/stage" if c.train.steps_per_stage
                   else f"{c.train.epochs_per_stage} epoch(s)/stage")
         extras = [name for name, v in (("labels", self.teacher.labels), ("texts", self.teacher.texts)) if v is not None]

@@ -221,7 +221,7 @@ def teacher_digest(teacher: TeacherData) -> str:
 
 
 def _new_digest(teacher: TeacherData):
-    return hashlib.sha256(f"{teacher.num_rows}x{teacher.dim}:{_dtype_name(teacher.embeddings)}".encode())
+    return hashlib.sha256(f"{teacher.num_rows}x{teacher.dim}:{dtype_name(teacher.embeddings)}".encode())
 
 
 def loader_for_suffix(path, registry) -> str | None:
@@ -230,7 +230,7 @@ def loader_for_suffix(path, registry) -> str | None:
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
 
 
-def _dtype_name(emb) -> str:
+def dtype_name(emb) -> str:
     """``float32`` for float32 values in either byte order (``str()`` of a big-endian NumPy dtype is ``>f4``)."""
     return emb.dtype.name if isinstance(emb, np.ndarray) else str(emb.dtype).replace("torch.", "")
 
@@ -264,8 +264,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                         "(tensor.to_dense())")
     if emb.ndim != 2:
         raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}")
-    if _dtype_name(emb) not in FLOAT_DTYPES:
-        raise DataError(f"{src}: embeddings have unsupported dtype {_dtype_name(emb)}; "
+    if dtype_name(emb) not in FLOAT_DTYPES:
+        raise DataError(f"{src}: embeddings have unsupported dtype {dtype_name(emb)}; "
                         f"expected one of {', '.join(FLOAT_DTYPES)}")
     n, d = emb.shape
     if n == 0 or d == 0:
