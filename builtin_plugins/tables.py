@@ -152,7 +152,7 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
     Name it with ``loader = "jsonl"`` (a ``.jsonl`` file is otherwise a file of texts to embed).
     """
     p = _exists(path)
-    vectors, lists = [], {"text": [], "label": [], "id": []}
+    vectors, lists = [], {"text": [], "label": [], "id": []}  # a float32 array per row: Python floats take 8x
     names = {"text": text_column, "label": label_column, "id": id_column}
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -164,17 +164,29 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
                                 "numbers)") from None
-            if not isinstance(vec, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    for v in vec):
+            values = _numbers(vec, maybe_bool=b"true" in raw or b"false" in raw)
+            if values is None:
                 raise DataError(f"{p}:{lineno}: '{column}' must be a list of numbers")
-            if vectors and len(vec) != len(vectors[0]):
-                raise DataError(f"{p}:{lineno}: '{column}' has {len(vec)} values, the rows before it "
+            if vectors and len(values) != len(vectors[0]):
+                raise DataError(f"{p}:{lineno}: '{column}' has {len(values)} values, the rows before it "
                                 f"{len(vectors[0])}")
-            vectors.append(vec)
+            vectors.append(values)
             for kind, name in names.items():
                 lists[kind].append(row.get(name))
     if not vectors:
         raise DataError(f"{p}: no rows found")
     extra = {k: (v if any(x is not None for x in v) else None) for k, v in lists.items()}
-    return TeacherData(np.asarray(vectors, dtype=np.float32), labels=extra["label"], texts=extra["text"],
-                       ids=extra["id"], source=str(p))
+    return TeacherData(np.stack(vectors), labels=extra["label"], texts=extra["text"], ids=extra["id"],
+                       source=str(p))
+
+
+def _numbers(vec, maybe_bool: bool = True) -> np.ndarray | None:
+    """``vec`` as float32 values when it is a flat list of JSON numbers, else None (``true`` is not a number;
+    ``maybe_bool=False``: the line holds no ``true`` or ``false``, so the check per value is skipped)."""
+    if not isinstance(vec, list):
+        return None
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which validation names
+        values = np.array(vec) if vec else np.empty(0)
+        if values.ndim != 1 or values.dtype.kind not in "fiu" or (maybe_bool and any(type(v) is bool for v in vec)):
+            return None
+        return values.astype(np.float32)
