@@ -91,10 +91,20 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
     return ((ends - (counts - 1) / 2.0))[inverse]
 
 
-def knn_accuracy(student, labels, k: int = 10) -> float:
-    """Leave-one-out k-NN vote; ties go to the label whose first occurrence is nearest."""
-    nn_idx = knn(student, k, "euclidean").tolist()
+def knn_accuracy(student, labels, k: int = 10) -> float | None:
+    """Leave-one-out k-NN vote among the labelled rows; ties go to the label whose first occurrence is nearest.
+
+    A row labelled None is unlabelled: neither scored nor a voter (counted as a class of its own, a corpus
+    half unlabelled scored its unlabelled rows "right" wherever they sat together).  None with fewer than
+    two labelled rows; ``k`` shrinks to the labelled rows less one.
+    """
     labels = list(labels)
+    labelled = [i for i, lab in enumerate(labels) if lab is not None]
+    if len(labelled) < 2:
+        return None
+    if len(labelled) < len(labels):
+        student, labels = student[labelled], [labels[i] for i in labelled]
+    nn_idx = knn(student, min(k, len(labels) - 1), "euclidean").tolist()
     correct = 0
     for i, row in enumerate(nn_idx):
         votes = Counter(labels[j] for j in row)
@@ -111,8 +121,9 @@ def evaluate(teacher, student, labels=None, k: int = 10) -> dict:
     if k < student.shape[0] / 2:
         out[f"trustworthiness@{k}"] = trustworthiness(teacher, student, k)
     out["spearman"] = spearman(teacher, student)
-    if labels is not None:
-        out[f"knn_label_acc@{k}"] = knn_accuracy(student, labels, k)
+    accuracy = knn_accuracy(student, labels, k) if labels is not None else None
+    if accuracy is not None:
+        out[f"knn_label_acc@{k}"] = accuracy
     return out
 
 

@@ -86,6 +86,10 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     notes = [f"k = {k} instead of {K}: only {len(rows)} rows to measure on"] if k < K else []
     if k >= len(rows) / 2:
         notes.append(f"trustworthiness@{k} left out: it needs k < rows / 2")
+    labelled = sum(lab is not None for lab in labels) if labels is not None else 0
+    if labels is not None and labelled < len(rows):
+        notes.append(f"knn_label_acc@{k} is measured among the {labelled:,} of {len(rows):,} rows that have a label"
+                     if labelled >= 2 else f"knn_label_acc@{k} left out: it needs at least 2 rows with a label")
     student.module.to("cpu")
     z = student.encode(x)
     levels = z if isinstance(z, tuple) else (z,)

@@ -73,6 +73,25 @@ def test_knn_accuracy_matches_a_plain_vote(spaces):
     assert ev.knn_accuracy(student, labels, 10) == pytest.approx(correct / len(labels))
 
 
+def test_knn_accuracy_leaves_unlabelled_rows_out_as_queries_and_as_voters(spaces):
+    """Rows without a label (None) were a class of their own: a half-unlabelled corpus scored its unlabelled
+    rows right wherever they sat together."""
+    _, student, labels = spaces
+    partial = [None if i % 3 == 0 else lab for i, lab in enumerate(labels)]
+    kept = [i for i, lab in enumerate(partial) if lab is not None]
+    nn_idx = NearestNeighbors(n_neighbors=10).fit(student[kept]).kneighbors(return_distance=False)
+    correct = 0
+    for i, row in enumerate(nn_idx):  # the plain vote above, among the labelled rows alone
+        votes = Counter(partial[kept[j]] for j in row)
+        top = max(votes.values())
+        correct += next(partial[kept[j]] for j in row if votes[partial[kept[j]]] == top) == partial[kept[i]]
+    assert ev.knn_accuracy(student, partial, 10) == pytest.approx(correct / len(kept))
+    assert ev.knn_accuracy(student, [None] * 399 + ["a"], 10) is None
+    assert "knn_label_acc@10" not in ev.evaluate(student, student, [None] * 399 + ["a"])
+    line = np.array([[0.0], [1.0], [10.0]])  # k shrinks to 2; ties go to the nearer row's label: a, a, then a ≠ b
+    assert ev.knn_accuracy(line, ["a", "a", "b"], 10) == pytest.approx(2 / 3)
+
+
 def test_pca_matches_sklearn_up_to_sign(spaces):
     teacher, _, _ = spaces
     mean, comps = ev.pca_fit(torch.from_numpy(teacher), 5)

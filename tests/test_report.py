@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from atlas_plugins import report as report_module
+from atlas_plugins.pipeline import split_rows
 from atlas_plugins.report import axis_cards
 from conftest import EXAMPLE_META, EXAMPLE_NPY, MARKUP_TEXTS, markup_run, run_cli, write_pipeline
 
@@ -96,6 +97,20 @@ def test_texts_and_labels_that_look_like_markup_show_as_written(tmp_path):
     shown = [html.unescape(text) for card in cards for text in card.split(" · ")]
     written = {" ".join(f"{MARKUP_TEXTS[i % 3]} {i}".split()) for i in range(400)}
     assert len(cards) == 10 and len(shown) == 50 and set(shown) <= written
+
+
+def test_the_report_says_how_many_rows_the_label_accuracy_counts(tmp_path):
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:400])
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2] if i % 4 else None})
+                                              + "\n" for i in range(400)))
+    path = write_pipeline(tmp_path, teacher='path = "t.npy"\nmeta = "m.jsonl"', stages=1, epochs=1)
+    assert run_cli(path, "--quiet").returncode == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    held_out = split_rows(400, 0.2, 0)[1]  # the pipeline's split: the 80 validation rows, all measured
+    labelled = sum(i % 4 != 0 for i in held_out.tolist())
+    assert f"knn_label_acc@10 is measured among the {labelled} of 80 rows that have a label" in report["notes"]
+    assert "knn_label_acc@10" in report["student"]
+    assert f"among the {labelled} of 80 rows that have a label" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_map_too_sparse_for_the_corpus_is_named_when_refine_lowers_corpus_recall(tmp_path):
