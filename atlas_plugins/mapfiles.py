@@ -86,8 +86,8 @@ def map_figure(z: np.ndarray, names: list[str], labels, hover: list[str], title:
     if labels is None:
         groups = [("points", np.arange(len(z)))]
     else:
-        top = [lab for lab, _ in Counter(map(str, labels)).most_common(TOP_LABELS)]
-        as_text = np.array([str(lab) for lab in labels], dtype=object)
+        top = [lab for lab, _ in Counter(str(lab) for lab in labels if lab is not None).most_common(TOP_LABELS)]
+        as_text = np.array([None if lab is None else str(lab) for lab in labels], dtype=object)  # None: "other"
         groups = [(escape(lab, quote=False), np.flatnonzero(as_text == lab)) for lab in top]
         rest = np.flatnonzero(~np.isin(as_text, top))
         groups += [("other", rest)] if len(rest) else []
@@ -123,8 +123,8 @@ def write_map_html(run: RunDir, pipe, student) -> str:
         text = teacher.texts[i] if teacher.texts is not None else ""
         text = text if len(text) <= HOVER_CHARS else text[: HOVER_CHARS - 1] + "…"
         rid = teacher.ids[i] if teacher.ids is not None else i
-        hover.append("<br>".join(escape(p, quote=False) for p in (text, f"label: {labels[j]}" if labels else "",
-                                                                    f"id {rid} · {split[j]}") if p))
+        label = f"label: {labels[j]}" if labels and labels[j] is not None else ""
+        hover.append("<br>".join(escape(p, quote=False) for p in (text, label, f"id {rid} · {split[j]}") if p))
     shown = f"{len(rows):,} of {teacher.num_rows:,} rows" if len(rows) < teacher.num_rows else f"{len(rows):,} rows"
     title = f"{pipe.config.source.name}: {pipe.config.student.name} map, {shown}"
     fig = map_figure(z, column_names(student.levels), labels, hover, escape(title, quote=False))

@@ -342,7 +342,7 @@ def plot(run: RunDir, metrics: list[dict], arrays: dict) -> list[str]:
     d = min(z.shape[1], MATRIX_DIMS)
     fig, axes = plt.subplots(d, d, figsize=(1.9 * d + 1.5, 1.9 * d), squeeze=False)
     if labels is not None:  # the 10 commonest labels in colour; the rest grey, drawn first (underneath)
-        top = [lab for lab, _ in Counter(labels).most_common(10)]
+        top = [lab for lab, _ in Counter(lab for lab in labels if lab is not None).most_common(10)]  # None: grey
         rank = {lab: k + 1 for k, lab in enumerate(top)}
         group = np.array([rank.get(v, 0) for v in labels])
         names = ["other"] + [str(lab).replace("$", r"\$") for lab in top]  # a label is text, not mathtext

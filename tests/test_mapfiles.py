@@ -118,6 +118,15 @@ def test_map_html_renders_every_point_in_a_real_browser(run):
     assert pixels.shape[:2] == (900, 1200) and pixels.std() > 0.05  # a picture, not a blank page
 
 
+def test_rows_without_a_label_are_drawn_as_other_not_as_a_label_named_none():
+    needs_plotly()
+    from atlas_plugins.mapfiles import map_figure
+
+    z = np.arange(10, dtype=np.float64).reshape(5, 2)
+    fig = map_figure(z, ["x", "y"], ["a", None, "a", None, None], ["h"] * 5, "t")
+    assert [(trace.name, list(trace.x)) for trace in fig.data] == [("a", [0.0, 4.0]), ("other", [2.0, 6.0, 8.0])]
+
+
 HOVER_EACH_TRACE = """<script>
 const gd = document.querySelector(".plotly-graph-div"), seen = [];
 function hover(k) {  // the first point of each trace in turn; what its hover label shows goes into <pre>
