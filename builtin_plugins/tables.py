@@ -187,6 +187,8 @@ def _numbers(vec, maybe_bool: bool = True) -> np.ndarray | None:
         return None
     with np.errstate(over="ignore"):  # beyond float32 becomes inf, which validation names
         values = np.array(vec) if vec else np.empty(0)
+        if values.dtype.kind == "O" and all(type(v) in (int, float) for v in vec):  # an integer beyond int64
+            values = np.array(vec, dtype=np.float64)
         if values.ndim != 1 or values.dtype.kind not in "fiu" or (maybe_bool and any(type(v) is bool for v in vec)):
             return None
         return values.astype(np.float32)
