@@ -167,6 +167,9 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
             values = _numbers(vec, maybe_bool=b"true" in raw or b"false" in raw)
             if values is None:
                 raise DataError(f"{p}:{lineno}: '{column}' must be a list of numbers")
+            if np.isinf(values).any() and np.isfinite(np.array(vec, dtype=np.float64)).all():
+                raise DataError(f"{p}:{lineno}: '{column}' has values too large for float32 (|x| > 3.4e38; largest "
+                                f"{max(abs(float(v)) for v in vec):.3g}); rescale the embeddings")
             if vectors and len(values) != len(vectors[0]):
                 raise DataError(f"{p}:{lineno}: '{column}' has {len(values)} values, the rows before it "
                                 f"{len(vectors[0])}")
@@ -185,7 +188,7 @@ def _numbers(vec, maybe_bool: bool = True) -> np.ndarray | None:
     ``maybe_bool=False``: the line holds no ``true`` or ``false``, so the check per value is skipped)."""
     if not isinstance(vec, list):
         return None
-    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which validation names
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: the caller names it
         values = np.array(vec) if vec else np.empty(0)
         if values.dtype.kind == "O" and all(type(v) in (int, float) for v in vec):  # an integer beyond int64
             values = np.array(vec, dtype=np.float64)
