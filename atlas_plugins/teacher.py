@@ -248,7 +248,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     time, so a memory-mapped file is never loaded whole; ``scan=False`` leaves the values to the caller,
     who reads the rows anyway (:class:`RowScan` on each chunk); a :class:`RowScan` of ``data`` scans with it
     (one made with ``digest=True`` then holds :func:`teacher_digest` of the rows).  Labels must be
-    strings, numbers or booleans (they are counted and compared); texts must be strings.
+    strings, numbers or booleans (they are counted and compared), or None for a row without one; a NaN
+    label (what ``json.dumps`` writes for pandas' missing value) is returned as None.  Texts must be strings.
     """
     if not isinstance(data, TeacherData):
         raise DataError(f"the teacher plugin returned {type(data).__name__}, expected atlas_plugins.TeacherData")
@@ -303,6 +304,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if scan and not differ and n > 1:
         raise DataError(f"{src}: all {n:,} rows are the same vector, so there are no neighbourhoods to map "
                         "(did the embedding step repeat one result?)")
+    if data.labels is not None and any(isinstance(v, float) and v != v for v in data.labels):  # NaN != NaN
+        data = attrs.evolve(data, labels=[None if isinstance(v, float) and v != v else v for v in data.labels])
     return data
 
 

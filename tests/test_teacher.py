@@ -241,3 +241,15 @@ def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path, suffix):
     lines = [json.dumps({"text": t, "label": "a"}) if suffix == ".jsonl" else t for t in ("café", "b")]
     (tmp_path / f"m{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
     assert read_texts(tmp_path / f"m{suffix}")[0] == ["café", "b"]
+
+
+def test_a_nan_label_is_no_label(tmp_path):
+    """``json.dumps`` writes pandas' missing label as NaN: such rows were a class of labels each its own
+    (NaN equals nothing), scored and drawn; now they are unlabelled, like null."""
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:4])
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": float("nan")}, {"text": "c", "label": None},
+            {"text": "d", "label": np.float64("nan")}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from builtin_plugins.teachers import npy
+
+    assert validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.jsonl"))).labels == ["x", None, None, None]
