@@ -265,13 +265,20 @@ def _sampled_rows_hash(teacher) -> str:
     return h.hexdigest()[:20]
 
 
+# Where the teacher's files are may change on --resume (a project moved to another disk or machine) when the
+# checkpoint holds every row's digest: check_same_teacher then proves the rows are the same wherever they are.
+TEACHER_LOCATIONS = {"teacher.path", "teacher.meta", "teacher.cache_dir"}
+
+
 def check_resumable(blob: dict, config_dict: dict, source) -> list[str]:
-    """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes.
+    """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes:
+    the fields marked ``resumable``, and :data:`TEACHER_LOCATIONS` for a checkpoint with a teacher digest.
     A key the checkpoint lacks (a field added since it was written) is its field's default there."""
     old, new = flatten(training_keys(blob["config"])), flatten(training_keys(config_dict))
     old = {**{k: v for k, v in field_defaults().items() if k in new}, **old}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    blocking = [k for k in changed if k not in resumable_keys()]
+    allowed = resumable_keys() | (TEACHER_LOCATIONS if "teacher_digest" in blob else set())
+    blocking = [k for k in changed if k not in allowed]
     if blocking:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking)
         raise CheckpointError(f"{source}: cannot resume: the configuration changed since the checkpoint ({detail}); "

@@ -211,6 +211,23 @@ def test_a_resume_reads_a_key_the_checkpoint_lacks_as_its_default(tmp_path):
         check_resumable({"config": older}, resolved(neighbor_hops=2), "ckpt.pt")
 
 
+def test_the_teacher_s_files_may_move_on_resume_when_the_checkpoint_can_prove_the_rows_are_the_same(tmp_path):
+    """Moving a project to another disk refused --resume ("teacher.path: '/old/t.npy' -> '/new/t.npy'"); the
+    rows' digest (check_same_teacher) is what keeps a resume on the same data, not the path."""
+    from atlas_plugins import Registry
+    from atlas_plugins.checkpoint import check_resumable
+    from atlas_plugins.config import build_config
+
+    def resolved(folder):
+        doc = {"teacher": {"path": f"{folder}/t.npy", "meta": f"{folder}/m.jsonl"}}
+        return build_config(doc, tmp_path / "p.toml", Registry(load_entrypoints=False)).to_dict()
+
+    moved = check_resumable({"config": resolved("/old"), "teacher_digest": "d"}, resolved("/new"), "ckpt.pt")
+    assert moved == ["teacher.meta: '/old/m.jsonl' -> '/new/m.jsonl'", "teacher.path: '/old/t.npy' -> '/new/t.npy'"]
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*teacher.path: '/old/t.npy' -> '/new/t.npy'"):
+        check_resumable({"config": resolved("/old")}, resolved("/new"), "ckpt.pt")  # no digest: nothing to prove
+
+
 def test_a_resume_compares_every_row_and_an_older_checkpoint_its_sampled_rows():
     rows = np.load(EXAMPLE_NPY)[:600]
     teacher = TeacherData(rows, source="t.npy")

@@ -314,6 +314,22 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert "train.seed: 0 -> 7" in line and "student.hidden: [32] -> [16]" in line
 
 
+def test_resume_follows_a_teacher_file_that_moved_and_refuses_other_rows_there(tmp_path):
+    rows = np.load(EXAMPLE_NPY)[:600]
+    for folder in ("old", "new"):
+        (tmp_path / folder).mkdir()
+    np.save(tmp_path / "old" / "t.npy", rows)
+    pipe = write_pipeline(tmp_path, teacher='path = "old/t.npy"', stages=2, epochs=1)
+    assert run_cli(pipe, "--quiet").returncode == 0
+    (tmp_path / "old" / "t.npy").rename(tmp_path / "new" / "t.npy")
+    pipe.write_text(pipe.read_text().replace('"old/t.npy"', '"new/t.npy"'))
+    proc = run_cli(pipe, "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: resuming with changed teacher.path: '{tmp_path}/old/t.npy' -> '{tmp_path}/new/t.npy'" in proc.stdout
+    np.save(tmp_path / "new" / "t.npy", rows[::-1])  # other rows where the file now is
+    one_error_line(run_cli(pipe, "--resume", "--quiet"), "cannot resume: the teacher's rows are not the ones")
+
+
 def test_resume_refuses_a_teacher_file_with_other_rows_and_accepts_a_copy(tmp_path):
     rows = np.load(EXAMPLE_NPY)[:600]
     np.save(tmp_path / "t.npy", rows)
