@@ -406,6 +406,8 @@ def _data_file_hint(path: Path, registry) -> str:
 
 def load_config(path, overrides=(), registry=None) -> PipelineConfig:
     """Read, override, validate and resolve a pipeline file; plugin parameters are checked by signature."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a pipeline is a pipeline file's path or a dict of its tables, got {type(path).__name__}")
     path = Path(path)
     doc, origins = _overridden(read_toml(path, registry), overrides)
     return build_config(doc, path, registry, Origin(path, origins))

@@ -70,6 +70,9 @@ def test_train_takes_the_tables_as_a_dict_and_trains_what_the_file_would(tmp_pat
         train({"teacher": tables["teacher"]})
     with pytest.raises(ConfigError, match="a pipeline is a pipeline file's path or a dict of its tables, got list"):
         atlas_plugins.config.config_from_dict([])
+    for other in (123, None, ["p.toml"]):  # were a TypeError from inside pathlib
+        with pytest.raises(ConfigError, match="a pipeline is a pipeline file's path or a dict of its tables, got "):
+            train(other)
 
 
 def test_the_facade_and_the_command_line_hint():
