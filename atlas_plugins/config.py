@@ -328,8 +328,8 @@ class Origin:
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.batch_size=64"`` -> ``(["train", "batch_size"], 64)``; the value is parsed as TOML, else it is a
-    bare string (``output.dir=runs/x``) — unless it starts as a TOML string, list or table does: a broken one
-    of those is an error, never a string with its quotes or brackets in it."""
+    bare string (``output.dir=runs/x``) — unless it starts like a TOML string, list or table: a broken one of
+    those is an error, never a string with its quotes or brackets in it."""
     key, sep, raw = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or any(not p.strip() for p in parts):
