@@ -94,7 +94,8 @@ class TrainedStudent:
 
     def _encode(self, x, batch_size, precision, refine, seed, check):
         if isinstance(x, (list, tuple)):
-            x = self.embed_texts(x) if any(isinstance(t, str) for t in x) else np.asarray(x, np.float32)
+            x = (self.embed_texts(x) if any(isinstance(t, str) for t in x)
+                 else np.asarray(x, np.float32) if len(x) else np.zeros((0, self.input_dim), np.float32))
         as_numpy = isinstance(x, np.ndarray)
         self.check_input(x)
         if precision not in ("float32", "bfloat16"):
@@ -170,6 +171,9 @@ class TrainedStudent:
         t = self.teacher
         model = ((t.get("embed") or {}).get("params") or {}).get("model")
         made = (f" (teacher '{t['loader']}'" + (f", model {model}" if model else "") + ")") if t else ""
+        if x.ndim == 1 and x.shape[0] == self.input_dim:
+            raise DataError(f"the student encodes rows of vectors (N, {self.input_dim}), got one vector of shape "
+                            f"({self.input_dim},); pass it as x[None], shape (1, {self.input_dim})")
         got = f"{x.shape[1]}-D vectors" if x.ndim == 2 else f"an array of shape {tuple(x.shape)}"
         raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {got}; encode vectors made by "
                         "the same teacher model")

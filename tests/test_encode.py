@@ -300,6 +300,15 @@ def test_encode_in_python_names_a_bad_argument(run, arg, bad, expected):
     assert z.shape == (10, 5)  # NumPy integers are integers
 
 
+def test_one_vector_is_told_how_to_pass_it_and_an_empty_list_is_no_rows(run):
+    x = np.load(EXAMPLE_NPY)[:3]
+    with pytest.raises(DataError, match=r"^the student encodes rows of vectors \(N, 384\), got one vector of shape "
+                                        r"\(384,\); pass it as x\[None\], shape \(1, 384\)$"):
+        load_student(run).encode(x[0])
+    assert np.allclose(load_student(run).encode(x[0][None]), load_student(run).encode(x)[:1], atol=1e-6)
+    assert load_student(run).encode([]).shape == (0, 5)  # was "got an array of shape (0,)"
+
+
 def test_a_list_must_be_texts_or_vectors(run):
     with pytest.raises(DataError, match=r"texts\[1\] is of type int; pass a list of strings"):
         load_student(run).encode(["parse a CSV file", 3])
