@@ -154,7 +154,7 @@ def test_texts_and_labels_that_look_like_html_show_as_written_in_a_browser(tmp_p
     legend = [html.unescape(t) for t in re.findall(r'class="legendtext"[^>]*>(.*?)</text>', dom)]
     assert legend == MARKUP_LABELS
     hovered = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom).group(1)))
-    # trace k holds label k; its first point is row k (rows in file order), placed by the shared seed
+    # trace k holds label k, and its first point is row k (each trace keeps the rows in file order)
     split = ["eval" if k in split_rows(400, 0.2, 0)[1] else "train" for k in range(4)]
     shows = [" ".join(text.split()) for text in MARKUP_TEXTS]  # a newline shows as a space
     assert hovered == [f"{shows[k % 3]} {k}label: {MARKUP_LABELS[k]}id {k} · {split[k]}" for k in range(4)]
