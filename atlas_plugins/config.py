@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import loader_for_suffix
+from .teacher import loader_for_suffix, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -701,6 +701,13 @@ def _check_embedder(origin: Origin, table: dict, registry) -> dict:
 
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
     name = loader_for_suffix(teacher_path, registry)
+    field = vector_field(teacher_path) if Path(teacher_path).suffix.lower() == ".jsonl" else None
+    if field == "embedding" and "jsonl" in registry.names("teacher"):  # vectors, as atlas-encode tells them
+        return "jsonl"
+    if field is not None:  # never embed the texts again in silence when the file brings its own vectors
+        raise ConfigError(f"{origin('teacher.path')}: {teacher_path} holds vectors in '{field}': set "
+                          f"loader = \"jsonl\" and column = \"{field}\" in [teacher] to train on them, or "
+                          "loader = \"sentence-transformers\" to embed its texts instead")
     if name is not None:
         return name
     suffix = Path(teacher_path).suffix.lower()

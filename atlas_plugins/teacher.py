@@ -8,6 +8,7 @@ A teacher plugin returns one :class:`TeacherData`.  ``embeddings`` is a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -228,6 +229,24 @@ def loader_for_suffix(path, registry) -> str | None:
     """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None."""
     suffix = os.path.splitext(str(path))[1].lower()
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
+
+
+def vector_field(path) -> str | None:
+    """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
+    when there is one, else the first field that is a list of numbers; None for a file of texts to embed, or
+    one that cannot be read (its loader then says why).  Embedding APIs return vectors with the text beside."""
+    try:
+        with open(path, "rb") as fh:
+            first = next((line for line in fh if line.strip()), b"")
+        row = json.loads(first)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(row, dict):
+        return None
+    if "embedding" in row:
+        return "embedding"
+    return next((k for k, v in row.items() if isinstance(v, list) and len(v) > 1
+                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)), None)
 
 
 def dtype_name(emb) -> str:

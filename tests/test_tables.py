@@ -79,6 +79,24 @@ def test_atlas_run_trains_from_parquet_chosen_by_suffix(tmp_path):
                    "column 'label' is string; expected a list of floats")
 
 
+def test_json_lines_that_bring_their_own_vectors_are_never_embedded_again(tmp_path):
+    """A .jsonl of vectors with their texts (what embedding APIs return) chose the text teacher by its suffix,
+    which embedded the texts with MiniLM and trained on that instead of the file's vectors, in silence."""
+    x = np.load(EXAMPLE_NPY)[:300]
+    for field in ("embedding", "vector"):
+        (tmp_path / f"{field}.jsonl").write_text("".join(json.dumps({field: r.tolist(), "text": f"text {i}"}) + "\n"
+                                                         for i, r in enumerate(x)))
+    found = run_cli(write_pipeline(tmp_path, teacher='path = "embedding.jsonl"', stages=1, epochs=1), "--dry-run")
+    assert found.returncode == 0 and "teacher    jsonl: " in found.stdout, found.stderr
+    assert "embedding 300 texts" not in found.stderr  # nothing was embedded
+    other = write_pipeline(tmp_path, teacher='path = "vector.jsonl"', stages=1, epochs=1, name="other.toml")
+    one_error_line(run_cli(other, "--dry-run"), f"{tmp_path / 'vector.jsonl'} holds vectors in 'vector': set "
+                   'loader = "jsonl" and column = "vector" in [teacher] to train on them, or loader = '
+                   '"sentence-transformers" to embed its texts instead')
+    chosen = run_cli(other, "--dry-run", "--set", 'teacher.loader="jsonl"', "--set", 'teacher.column="vector"')
+    assert chosen.returncode == 0 and "(300 x 384 float32, with texts)" in chosen.stdout, chosen.stderr
+
+
 def test_jsonl_vectors(tmp_path):
     rows = [{"embedding": [0.5, 1.0, 2.0], "text": "a", "id": 7}, {"embedding": [1, 0, 0], "text": "b", "id": 8}]
     (tmp_path / "v.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
