@@ -149,7 +149,8 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
           id_column: str = "id"):
     """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``).
 
-    Name it with ``loader = "jsonl"`` (a ``.jsonl`` file is otherwise a file of texts to embed).
+    A ``.jsonl`` file whose first line has an ``embedding`` field is read with it when no loader is named;
+    name it (``loader = "jsonl"``, ``column = ...``) for vectors in a field of another name.
     """
     p = _exists(path)
     vectors, lists = [], {"text": [], "label": [], "id": []}  # a float32 array per row: Python floats take 8x
