@@ -26,6 +26,16 @@ def _teacher_sims(teacher: torch.Tensor) -> torch.Tensor:
         return off_diagonal(cosine_matrix(teacher.detach()))
 
 
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(Pᵢ ‖ Qᵢ) per row ``(B,)`` from log-probabilities ``(B, C)``; a class with Pᵢⱼ = 0 adds 0.
+
+    0 · log 0 = 0: a class masked to −inf in both teacher and student (a router's unused experts)
+    would otherwise be 0 · (−inf + inf) = NaN.
+    """
+    terms = log_p.exp() * (log_p - log_q)
+    return torch.where(log_p > -math.inf, terms, torch.zeros((), dtype=terms.dtype)).sum(dim=1)
+
+
 def mse(student, teacher, *, tau=1.0, reduction="mean"):
     """Mean squared error; relational (on similarity matrices) when dimensions differ.
 
@@ -75,7 +85,7 @@ def relational(student, teacher, *, tau=1.0, reduction="mean"):
     check_pair(student, teacher, min_batch=2)
     log_p = torch.log_softmax(_teacher_sims(teacher) / tau, dim=1)
     log_q = torch.log_softmax(off_diagonal(cosine_matrix(student)) / tau, dim=1)
-    per = (log_p.exp() * (log_p - log_q)).sum(dim=1) * tau**2
+    per = _kl_rows(log_p, log_q) * tau**2
     return reduce(per, reduction)
 
 
@@ -93,7 +103,7 @@ def kl(student, teacher, *, tau=1.0, reduction="mean"):
                           f"got {student.shape[1]} and {teacher.shape[1]}")
     log_p = torch.log_softmax(teacher.detach() / tau, dim=1)
     log_q = torch.log_softmax(student / tau, dim=1)
-    per = (log_p.exp() * (log_p - log_q)).sum(dim=1) * tau**2
+    per = _kl_rows(log_p, log_q) * tau**2
     return reduce(per, reduction)
 
 
@@ -194,7 +204,7 @@ def neighbors(student, teacher, *, tau=1.0, reduction="mean", kernel: Literal["g
     else:
         logits = -(float(dof) + 1.0) / 2.0 * torch.log1p(d2 / float(dof))
     log_q = torch.log_softmax(logits, dim=1)
-    per = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    per = _kl_rows(log_p, log_q)
     return reduce(per, reduction)
 
 

@@ -97,6 +97,25 @@ def test_kl_matches_hinton_reference(reduction):
     np.testing.assert_allclose(got.numpy(), _reduce(ref_kl(s, t, 2.0), reduction), rtol=1e-10)
 
 
+def test_kl_of_masked_logits_counts_only_the_classes_left_open():
+    """A top-2 router masks the other experts to -inf: those classes hold no probability and add nothing."""
+    rng = np.random.default_rng(5)
+    s, t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    masked = [[1, 3, 4], [0, 1, 2], [2, 3, 4], [0, 4, 1], [1, 2, 3], [0, 2, 4]]
+    for row, cols in enumerate(masked):
+        s[row, cols] = t[row, cols] = -math.inf
+    student = torch.tensor(s, requires_grad=True)
+    got = get_loss("kl")(student, torch.from_numpy(t), tau=2.0, reduction="none")
+    want = [ref_kl(np.delete(s[[i]], cols, axis=1), np.delete(t[[i]], cols, axis=1), 2.0)[0]
+            for i, cols in enumerate(masked)]
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10)
+    got.sum().backward()
+    assert torch.isfinite(student.grad).all()
+    open_for_teacher_only = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, -math.inf]])
+    assert get_loss("kl")(*open_for_teacher_only).item() == pytest.approx(math.log(1 + math.e))  # -log Q(class 0)
+    assert get_loss("kl")(*reversed(open_for_teacher_only)) == math.inf  # the teacher's class the student masked
+
+
 def test_kl_mean_is_batch_mean_not_elementwise():
     s, t = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
     per = get_loss("kl")(s, t, tau=1.0, reduction="none")
