@@ -137,14 +137,26 @@ def _must_exist(p: Path) -> None:
 
 
 def _lines(fh, name: str) -> Iterator[dict]:
+    """One row per non-blank line; blank lines before a text are named in a warning: output rows then follow
+    the lines no more (blank lines at the end change nothing and pass quietly)."""
+    between, pending, kept = [], [], 0
     with fh:
         for lineno, raw in enumerate(fh, 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")  # sig: a byte-order mark
             except UnicodeDecodeError:
                 raise DataError(f"{name}:{lineno}: not UTF-8 text") from None
-            if line.strip():
-                yield {"text": line}
+            if not line.strip():
+                pending.append(lineno)
+                continue
+            between += pending
+            pending, kept = [], kept + 1
+            yield {"text": line}
+    if between:
+        where = ", ".join(map(str, between[:3])) + (", ..." if len(between) > 3 else "")
+        warnings.warn(f"atlas: {name}: {len(between):,} blank line{'s' * (len(between) > 1)} skipped (line"
+                      f"{'s' * (len(between) > 1)} {where}); the output has a row for each of the other "
+                      f"{kept:,} lines, in order")
 
 
 def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[dict]:

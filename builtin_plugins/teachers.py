@@ -28,10 +28,14 @@ def _exists(path, what: str = "teacher file") -> Path:
     return p
 
 
-def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
-    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``), or a text file, one per line."""
+def read_texts(path, what: str = "text file", blank_rows: bool = False) -> tuple[list[str], list | None]:
+    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``), or a text file, one per line.
+
+    Blank lines are skipped; with ``blank_rows`` (a meta file, whose line i is row i) a blank line of a text
+    file before the last text is that row's empty text.
+    """
     path = _exists(path, what)
-    texts, labels = [], []
+    texts, labels, blank = [], [], 0
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:  # utf-8-sig: a byte-order mark (Windows editors, spreadsheet exports) is not part of the text
@@ -39,9 +43,12 @@ def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
             except UnicodeDecodeError:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text; save the {what} as UTF-8") from None
             if not line.strip():
+                blank += 1
                 continue
             if path.suffix != ".jsonl":
+                texts += [""] * blank if blank_rows else []
                 texts.append(line.rstrip("\r\n"))
+                blank = 0
                 continue
             try:
                 row = json.loads(line)
@@ -59,7 +66,7 @@ def read_texts(path, what: str = "text file") -> tuple[list[str], list | None]:
 
 def read_meta(meta, path, emb) -> tuple[list[str], list | None]:
     """The texts (and labels) of the ``meta`` file beside the teacher file ``path``: one per row of ``emb``."""
-    texts, labels = read_texts(meta, "meta file")
+    texts, labels = read_texts(meta, "meta file", blank_rows=True)
     rows = emb.shape[0] if getattr(emb, "ndim", 0) >= 1 else None
     if rows is not None and len(texts) != rows:
         count = f"{len(texts):,} text{'s' * (len(texts) != 1)}"

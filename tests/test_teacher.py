@@ -253,3 +253,17 @@ def test_a_nan_label_is_no_label(tmp_path):
     from builtin_plugins.teachers import npy
 
     assert validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.jsonl"))).labels == ["x", None, None, None]
+
+
+def test_a_blank_line_of_a_text_meta_file_is_its_row_s_empty_text(tmp_path):
+    """Line i of a .txt meta file is row i: a row without a text is a blank line there. Blank lines were
+    skipped, so such a file was refused ("4 texts for the 6 rows") though it held a line per row."""
+    from builtin_plugins.teachers import npy
+
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:6])
+    (tmp_path / "m.txt").write_text("\nopen a file\n\nclose it\r\nread it\nwrite it\n\n\n")  # the last 2: no rows
+    assert validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.txt"))).texts == [
+        "", "open a file", "", "close it", "read it", "write it"]
+    (tmp_path / "m.txt").write_text("\nopen a file\n\nclose it\nread it\n")
+    with pytest.raises(DataError, match=r"m\.txt: 5 texts for the 6 rows of .*t\.npy; a meta file holds one line per"):
+        npy(tmp_path / "t.npy", meta=str(tmp_path / "m.txt"))
