@@ -326,6 +326,25 @@ class Origin:
         return str(self.path)
 
 
+def override_items(overrides) -> list[str]:
+    """``--set`` items given in Python: one ``"train.seed=1"``, a list of them, or a dict ``{"train.seed": 1}``
+    whose values are written as TOML (``{"output.dir": "runs/x"}`` is the string, ``{"x.y": True}`` the boolean)."""
+    if isinstance(overrides, str):
+        return [overrides]
+    if isinstance(overrides, dict):
+        if not all(isinstance(k, str) for k in overrides):
+            raise ConfigError(f"overrides: keys are SECTION.KEY strings, e.g. {{'train.seed': 1}}, got {overrides!r}")
+        try:
+            return [f"{k}={_toml_scalar(v)}" for k, v in overrides.items()]
+        except ConfigError as exc:
+            raise ConfigError(f"overrides: {exc}; give numbers, booleans, strings and lists of them") from None
+    items = list(overrides) if isinstance(overrides, (list, tuple)) else None
+    if items is None or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"overrides are --set items: a list of 'SECTION.KEY=VALUE' strings or a dict "
+                          f"{{'train.seed': 1}}, got {overrides!r}")
+    return items
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.batch_size=64"`` -> ``(["train", "batch_size"], 64)``; the value is parsed as TOML, else it is a
     bare string (``output.dir=runs/x``) — unless it starts like a TOML string, list or table: a broken one of
@@ -350,7 +369,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(doc: dict, overrides) -> tuple[dict, dict]:
     """Apply ``--set`` items to ``doc``; return it and ``{"section.key": item}`` for :class:`Origin`."""
     origins = {}
-    for item in overrides or ():
+    for item in override_items(overrides):
         parts, value = parse_override(item)
         if parts[0] not in SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section '{parts[0]}'{did_you_mean(parts[0], SECTIONS)}; "
@@ -437,6 +456,9 @@ def config_from_dict(doc: dict, overrides=(), registry=None) -> PipelineConfig:
 def _plain(value):
     """A dict of tables as TOML would give it: paths (``os.PathLike``) as strings, tuples as lists."""
     if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{DICT_ORIGIN}: keys are names (strings), got {bad[0]!r} in {value!r}")
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

@@ -20,7 +20,7 @@ import torch
 
 from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
-from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec
+from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec, override_items
 from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame, resolve_device
 from .mapfiles import write_map_html, write_map_table
@@ -167,14 +167,17 @@ def train(pipeline, overrides=(), *, resume: bool = False, overwrite: bool = Fal
 
     ``pipeline``: a pipeline file, or its tables as a dict (:func:`~atlas_plugins.config.config_from_dict`:
     ``output.dir`` required, relative paths against the working folder).  ``overrides``: ``--set`` items,
-    e.g. ``["train.epochs_per_stage=2"]``.  Bad input raises the :class:`AtlasError` whose one line atlas-run
-    prints (a message that names a command to run next names the atlas-run one: ``resume=True`` is its
-    ``--resume``); Ctrl-C saves a checkpoint and raises
+    e.g. ``["train.epochs_per_stage=2"]``, or a dict ``{"train.epochs_per_stage": 2}``.  Bad input raises the
+    :class:`AtlasError` whose one line atlas-run prints (a message that names a command to run next names the
+    atlas-run one: ``resume=True`` is its ``--resume``); Ctrl-C saves a checkpoint and raises
     :class:`~atlas_plugins.trainer.Interrupted`.  Warnings go to :mod:`warnings`; ``quiet``: no progress bar
     and no report table on stdout."""
+    for name, flag in (("resume", resume), ("overwrite", overwrite), ("quiet", quiet)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{name} must be True or False, got {flag!r}")
     if resume and overwrite:
         raise ConfigError("resume=True and overwrite=True cannot be used together")
-    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    overrides = override_items(overrides)
     if isinstance(pipeline, dict):  # the run's own pipeline.toml holds the overrides: the command needs none
         config = config_from_dict(pipeline, overrides, registry)
         command = atlas_run_command(config.source)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,8 @@ def load_student(path, registry=None) -> TrainedStudent:
 
     ``map.pt`` beside it, when there, is read on the first ``encode(..., refine=N)``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"load_student takes a run folder or its student.pt, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         path = path / "student.pt"

@@ -30,10 +30,10 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(Pᵢ ‖ Qᵢ) per row ``(B,)`` from log-probabilities ``(B, C)``; a class with Pᵢⱼ = 0 adds 0.
 
     0 · log 0 = 0: a class masked to −inf in both teacher and student (a router's unused experts)
-    would otherwise be 0 · (−inf + inf) = NaN.
+    would otherwise be 0 · (−inf + inf) = NaN.  A NaN in ``log_p`` stays NaN: the trainer stops on it.
     """
     terms = log_p.exp() * (log_p - log_q)
-    return torch.where(log_p > -math.inf, terms, torch.zeros((), dtype=terms.dtype)).sum(dim=1)
+    return torch.where(log_p == -math.inf, torch.zeros((), dtype=terms.dtype), terms).sum(dim=1)
 
 
 def mse(student, teacher, *, tau=1.0, reduction="mean"):

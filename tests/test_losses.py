@@ -114,6 +114,7 @@ def test_kl_of_masked_logits_counts_only_the_classes_left_open():
     open_for_teacher_only = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, -math.inf]])
     assert get_loss("kl")(*open_for_teacher_only).item() == pytest.approx(math.log(1 + math.e))  # -log Q(class 0)
     assert get_loss("kl")(*reversed(open_for_teacher_only)) == math.inf  # the teacher's class the student masked
+    assert get_loss("kl")(torch.zeros(1, 2), torch.tensor([[0.0, math.nan]])).isnan()  # NaN is never masked away
 
 
 def test_kl_mean_is_batch_mean_not_elementwise():

@@ -75,6 +75,32 @@ def test_train_takes_the_tables_as_a_dict_and_trains_what_the_file_would(tmp_pat
             train(other)
 
 
+def test_overrides_may_be_a_dict_and_every_argument_is_checked_before_anything_runs(tmp_path):
+    pipeline = write_pipeline(tmp_path, stages=1, epochs=1)
+    student = train(pipeline, {"train.epochs_per_stage": 2, "output.dir": "as-dict", "output.umap": False},
+                    quiet=True)
+    proc = run_atlas(pipeline, "--set", "train.epochs_per_stage=2", "--set", "output.dir=as-cli", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert same_weights(student.module.state_dict(), weights(tmp_path / "as-cli"))
+    bad = {  # each was a TypeError or AttributeError from inside, or (resume="no") a resumed run
+        "overrides are --set items: a list of 'SECTION.KEY=VALUE' strings or a dict {'train.seed': 1}, got 5":
+            dict(overrides=5),
+        "overrides are --set items: .*, got \\[5\\]": dict(overrides=[5]),
+        "overrides: keys are SECTION.KEY strings": dict(overrides={1: 2}),
+        "overrides: cannot write .*; give numbers, booleans, strings and lists": dict(overrides={"x.y": object()}),
+        "^resume must be True or False, got 'no'$": dict(resume="no"),
+        "^quiet must be True or False, got 1$": dict(quiet=1),
+    }
+    for message, kwargs in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            train(pipeline, **kwargs)
+    with pytest.raises(ConfigError, match=r"^pipeline dict: keys are names \(strings\), got 1 in "):
+        train({"output": {"dir": "x"}, 1: 2})
+    with pytest.raises(ConfigError, match="^load_student takes a run folder or its student.pt, got int$"):
+        load_student(3)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_facade_and_the_command_line_hint():
     assert atlas_plugins.train is train
     from atlas.training import train as facade_train
