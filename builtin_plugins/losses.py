@@ -158,13 +158,14 @@ def hierarchical(student, teacher, *, tau=1.0, reduction="mean", weights: list[f
         raise ConfigError(f"hierarchical got {len(levels)} student levels but {len(teachers)} teacher levels")
     if weights is None:
         weights = [1.0 / len(levels)] * len(levels)
-    expected = f"weights must be {len(levels)} non-negative numbers (one per level)"
+    expected = (f"weights must be {len(levels)} non-negative numbers (one per level), not all 0" if len(levels) > 1
+                else "weights must be one positive number (one per level)")
     try:
         weights = [as_number(w, expected) for w in weights]
     except (ConfigError, TypeError):
         raise ConfigError(f"{expected}, got {weights!r}") from None
-    if len(weights) != len(levels) or any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ConfigError(f"{expected}, got {weights}")
+    if len(weights) != len(levels) or any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
+        raise ConfigError(f"{expected}, got {weights}")  # all 0: a loss of 0 that would train nothing
     fn = _base(base)
     for i, level in enumerate(levels):
         check_matrix(level, f"student level {i}")

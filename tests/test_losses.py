@@ -218,10 +218,14 @@ def test_combined_rejects_alpha_outside_unit_interval(alpha):
         get_loss("combined")(torch.randn(4, 5), torch.randn(4, 8), alpha=alpha, reconstruction_loss=torch.tensor(1.0))
 
 
-@pytest.mark.parametrize("weights", [[1.0], ["0.5", "0.5"], "ab", 0.5, [0.5, None], [True, 1]])
+@pytest.mark.parametrize("weights", [[1.0], ["0.5", "0.5"], "ab", 0.5, [0.5, None], [True, 1],
+                                     [0, 0]])  # all 0: a loss of 0 whatever the student does, which trains nothing
 def test_hierarchical_rejects_mismatched_weights(weights):
-    with pytest.raises(ConfigError, match="weights must be 2 non-negative numbers"):
+    with pytest.raises(ConfigError, match=r"weights must be 2 non-negative numbers \(one per level\), not all 0, got"):
         get_loss("hierarchical")((torch.randn(4, 5), torch.randn(4, 25)), torch.randn(4, 8), weights=weights)
+    with pytest.raises(ConfigError, match=r"^weights must be one positive number \(one per level\), got \[0.0\]$"):
+        get_loss("hierarchical")(torch.randn(4, 5), torch.randn(4, 8), weights=[0])
+    assert get_loss("hierarchical")((torch.randn(4, 5), torch.randn(4, 25)), torch.randn(4, 8), weights=[0, 1]) > 0
 
 
 def test_tau_and_alpha_may_be_numpy_scalars_or_one_element_tensors():

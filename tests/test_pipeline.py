@@ -51,6 +51,13 @@ def test_a_loss_for_one_level_on_a_two_level_student_names_the_ways_out(tmp_path
         assemble(build_config(d, tmp_path / "p.toml"))
     del d["loss"]["name"]  # the way out it names
     assert assemble(build_config(d, tmp_path / "p.toml")).config.loss.name == "hierarchical"
+    d["loss"]["weights"] = [1.0]  # the right loss with one weight: no advice to use the loss it uses
+    with pytest.raises(ConfigError, match=r"got \[1.0\]; student 'hierarchical' returns 2 levels$"):
+        assemble(build_config(d, tmp_path / "p.toml"))
+    d["student"]["name"] = "mlp"  # the file's two weights, a one-level student
+    d["loss"].update(name="hierarchical", weights=[0.5, 0.5])
+    with pytest.raises(ConfigError, match=r"weights must be one positive number .*; student 'mlp' returns 1 level$"):
+        assemble(build_config(d, tmp_path / "p.toml"))
 
 
 def test_reconstruction_is_a_capability_the_student_declares(tmp_path):
