@@ -187,8 +187,8 @@ class TrainSection:
     neighbor_hops: int = _field(1, bounded_int(1, MAX_HOPS), "with batches = 'neighbors': steps on the teacher "
                                 "graph from an anchor to each neighbour drawn (2: neighbours' neighbours too; "
                                 "for 100,000 rows and more, docs/scaling.md)")
-    eval_rows: int = _field(5000, positive_int, "at most this many validation rows for the report metrics",
-                            resumable=True)
+    eval_rows: int = _field(5000, bounded_int(2, MAX_COUNT), "at most this many validation rows for the report "
+                            "metrics (at least 2: a row's neighbours are the others)", resumable=True)
 
     def __attrs_post_init__(self):
         if self.epochs_per_stage is not None and self.steps_per_stage is not None:

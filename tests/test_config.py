@@ -38,6 +38,7 @@ def load(tmp_path, text, overrides=()):
      "train.seed must be an integer >= 0 (at most 4,611,686,018,427,387,904), got 18446744073709551615"),
     ("[train]\nbatch_size = 1099511627777", "train.batch_size must be a positive integer (at most 1,099,511,627,776)"),
     ("[train]\nbatch_size = -1", "train.batch_size must be a positive integer, got -1"),  # no bound to name
+    ("[train]\neval_rows = 1", "train.eval_rows must be an integer >= 2, got 1"),  # a row has no neighbours alone
 ])
 def test_values_beyond_what_can_run_are_refused_with_the_bound(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):

@@ -353,6 +353,7 @@ def test_no_batch_is_ever_too_small_for_the_loss(tmp_path, rows, sets):
     (5, [], "k = 4 instead of 10: only 5 rows"),
     (10, [], "k = 9 instead of 10: only 10 rows"),
     (200, ["train.eval_rows=15"], "trustworthiness@10 left out"),
+    (200, ["train.eval_rows=2"], "k = 1 instead of 10: only 2 rows"),  # the fewest: 1 ended training in a traceback
 ])
 def test_the_report_fits_k_to_the_rows_there_are(tmp_path, rows, sets, note):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, rows), stages=1, epochs=1, student=TINY_STUDENT,
