@@ -75,7 +75,7 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     """
     cfg = pipe.config
     rows = pipe.val_rows[: cfg.train.eval_rows]
-    held_out = len(rows) > 3 * K
+    held_out = len(pipe.val_rows) > 3 * K  # a train.eval_rows below that still measures held-out rows, as asked
     if not held_out:  # no validation split: measure on (a sample of) the training rows, and say so
         rows = pipe.train_rows[np.random.default_rng(cfg.train.seed).permutation(len(pipe.train_rows))
                                [: cfg.train.eval_rows]]

@@ -366,6 +366,16 @@ def test_the_report_fits_k_to_the_rows_there_are(tmp_path, rows, sets, note):
     assert report["k"] == min(10, report["rows"] - 1) and f"recall@{report['k']}" in report["student"]
 
 
+def test_a_small_eval_rows_still_measures_held_out_rows(tmp_path):
+    """train.eval_rows = 20 with 40 validation rows measured 20 training rows instead (and left refine out)."""
+    pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, 200), stages=1, epochs=1, student=TINY_STUDENT,
+                          loss='name = "neighbors"', extra="report = true\n")
+    proc = run_cli(pipe, "--quiet", "--set", "train.neighbors=1", "--set", "train.eval_rows=20")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["rows"], report["held_out"]) == (20, True) and "student + refine 6" in report["methods"]
+
+
 def test_a_batch_larger_than_the_data_is_a_warning(tmp_path):
     pipe = write_pipeline(tmp_path, teacher=small_teacher(tmp_path, 300), stages=1, epochs=1, student=TINY_STUDENT)
     proc = run_cli(pipe, "--quiet", "--set", "train.batch_size=5000", "--set", 'train.batches="random"')
