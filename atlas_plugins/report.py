@@ -48,11 +48,11 @@ def _throughput(fn, x, min_seconds: float = 0.2, warmed_up: bool = False) -> flo
 
 def axis_cards(z: torch.Tensor, texts, n: int = 5) -> list[dict]:
     """For each student dimension, the ``n`` distinct texts at its low and at its high end (``z`` ``(N, D)``,
-    one text per row; a text repeated in the data is shown once)."""
+    one text per row; a text repeated in the data is shown once, a row without one ("") not at all)."""
     def distinct(order):
         seen: list[str] = []
         for i in order:
-            if texts[i] not in seen:
+            if texts[i] and texts[i] not in seen:
                 seen.append(texts[i])
                 if len(seen) == n:
                     break

@@ -268,7 +268,9 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     who reads the rows anyway (:class:`RowScan` on each chunk); a :class:`RowScan` of ``data`` scans with it
     (one made with ``digest=True`` then holds :func:`teacher_digest` of the rows).  Labels must be
     strings, numbers or booleans (they are counted and compared), or None for a row without one; a NaN
-    label (what ``json.dumps`` writes for pandas' missing value) is returned as None.  Texts must be strings.
+    label (what ``json.dumps`` writes for pandas' missing value) is returned as None.  Texts must be strings;
+    a row without one (None, or NaN: a parquet or pandas column's missing value) is returned as "", and
+    texts that are all missing as None.
     """
     if not isinstance(data, TeacherData):
         raise DataError(f"the teacher plugin returned {type(data).__name__}, expected atlas_plugins.TeacherData")
@@ -307,7 +309,7 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
             raise DataError(f"{src}: {name} must be a list of {expected}, got {type(seq).__name__}")
         if len(seq) != n:
             raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows")
-        bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and (v is not None or name != "labels")),
+        bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and not (name != "ids" and _missing(v))),
                    None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is of type {type(seq[bad]).__name__}; {name} must be {expected}")
@@ -323,9 +325,17 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if scan and not differ and n > 1:
         raise DataError(f"{src}: all {n:,} rows are the same vector, so there are no neighbourhoods to map "
                         "(did the embedding step repeat one result?)")
-    if data.labels is not None and any(isinstance(v, float) and v != v for v in data.labels):  # NaN != NaN
-        data = attrs.evolve(data, labels=[None if isinstance(v, float) and v != v else v for v in data.labels])
+    if data.labels is not None and any(map(_missing, data.labels)):
+        data = attrs.evolve(data, labels=[None if _missing(v) else v for v in data.labels])
+    if data.texts is not None and any(map(_missing, data.texts)):
+        texts = ["" if _missing(v) else v for v in data.texts]
+        data = attrs.evolve(data, texts=texts if any(texts) else None)  # a column of missing values: no texts
     return data
+
+
+def _missing(v) -> bool:
+    """None, or NaN (NaN != NaN): how JSON, parquet and pandas write a missing label or text."""
+    return v is None or (isinstance(v, float) and v != v)
 
 
 @attrs.define

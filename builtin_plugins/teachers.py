@@ -28,11 +28,11 @@ def _exists(path, what: str = "teacher file") -> Path:
     return p
 
 
-def read_texts(path, what: str = "text file", blank_rows: bool = False) -> tuple[list[str], list | None]:
+def read_texts(path, what: str = "text file", one_per_row: bool = False) -> tuple[list[str], list | None]:
     """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``), or a text file, one per line.
 
-    Blank lines are skipped; with ``blank_rows`` (a meta file, whose line i is row i) a blank line of a text
-    file before the last text is that row's empty text.
+    Blank lines are skipped.  With ``one_per_row`` (a meta file: line i is row i) a row may have no text: a
+    blank line of a text file before the last text, or ``"text": null``, is that row's empty text.
     """
     path = _exists(path, what)
     texts, labels, blank = [], [], 0
@@ -46,7 +46,7 @@ def read_texts(path, what: str = "text file", blank_rows: bool = False) -> tuple
                 blank += 1
                 continue
             if path.suffix != ".jsonl":
-                texts += [""] * blank if blank_rows else []
+                texts += [""] * blank if one_per_row else []
                 texts.append(line.rstrip("\r\n"))
                 blank = 0
                 continue
@@ -55,7 +55,7 @@ def read_texts(path, what: str = "text file", blank_rows: bool = False) -> tuple
                 text = row["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
-            if not isinstance(text, str):
+            if not isinstance(text, str) and not (one_per_row and (text is None or text != text)):  # NaN != NaN
                 raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
             texts.append(text)
             labels.append(row.get("label"))
@@ -66,7 +66,7 @@ def read_texts(path, what: str = "text file", blank_rows: bool = False) -> tuple
 
 def read_meta(meta, path, emb) -> tuple[list[str], list | None]:
     """The texts (and labels) of the ``meta`` file beside the teacher file ``path``: one per row of ``emb``."""
-    texts, labels = read_texts(meta, "meta file", blank_rows=True)
+    texts, labels = read_texts(meta, "meta file", one_per_row=True)
     rows = emb.shape[0] if getattr(emb, "ndim", 0) >= 1 else None
     if rows is not None and len(texts) != rows:
         count = f"{len(texts):,} text{'s' * (len(texts) != 1)}"

@@ -79,6 +79,28 @@ def test_atlas_run_trains_from_parquet_chosen_by_suffix(tmp_path):
                    "column 'label' is string; expected a list of floats")
 
 
+def test_rows_without_a_text_train_and_are_left_out_of_the_axis_cards(tmp_path):
+    """pandas writes a missing text as null (NaN in JSON): such a file was refused ("texts[1] is of type
+    NoneType"), though texts are only shown; now such a row has none, and a column of them is no texts."""
+    _, meta, table = example_table(rows=300)
+    texts = [None if i % 3 == 1 else m["text"] for i, m in enumerate(meta)]
+    pq.write_table(table.set_column(2, "text", pa.array(texts, pa.string())), tmp_path / "e.parquet")
+    path = write_pipeline(tmp_path, teacher=f'path = "{tmp_path / "e.parquet"}"', stages=1, epochs=1,
+                          extra="report = true\n")
+    done = run_cli(path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(tmp_path / "run" / "map.parquet").column("text").to_pylist() == [t or "" for t in texts]
+    cards = json.loads((tmp_path / "run" / "report.json").read_text())["axis_cards"]
+    shown = {t for card in cards for t in card["low"] + card["high"]}
+    assert shown and "" not in shown and shown <= set(texts)
+    pq.write_table(table.set_column(2, "text", pa.array([None] * 300, pa.string())), tmp_path / "e.parquet")
+    assert validate_teacher(parquet(tmp_path / "e.parquet")).texts is None
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:3])  # the same in a meta file: null and NaN
+    (tmp_path / "m.jsonl").write_text('{"text": "a"}\n{"text": null}\n{"text": NaN}\n')
+    from builtin_plugins.teachers import npy
+    assert validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.jsonl"))).texts == ["a", "", ""]
+
+
 def test_json_lines_that_bring_their_own_vectors_are_never_embedded_again(tmp_path):
     """A .jsonl of vectors with their texts (what embedding APIs return) chose the text teacher by its suffix,
     which embedded the texts with MiniLM and trained on that instead of the file's vectors, in silence."""
