@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +131,28 @@ def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_
     What ``TrainedStudent.encode(list_of_texts)`` and ``atlas-encode`` call with the ``model`` and
     ``normalize`` a run recorded in ``student.pt``.
     """
-    return _embed(texts, _model_location(model), normalize, batch_size, device, progress)
+    emb, long = _embed(texts, _model_location(model), normalize, batch_size, device, progress)
+    if long:  # one message per model, so a stream of chunks (atlas-encode) shows it once
+        warnings.warn(f"atlas: some texts are longer than {model}'s {long[0]} tokens; each is embedded from its "
+                      f"first {long[0]} tokens only", stacklevel=2)
+    return emb
 
 
-def _embed(texts, location: str, normalize: bool, batch_size: int, device: str, progress: bool) -> np.ndarray:
-    """:func:`embed` with the model already found on disk (``location``, from :func:`_model_location`)."""
+def _embed(texts, location: str, normalize: bool, batch_size: int, device: str,
+           progress: bool) -> tuple[np.ndarray, tuple]:
+    """:func:`embed` with the model already found on disk (``location``, from :func:`_model_location`); also
+    what the model cut: ``(limit, count, longest)`` when texts were longer than its ``max_seq_length`` tokens
+    (sentence-transformers embeds their beginnings without a word), else ``()``."""
+    texts = list(texts)
     encoder = _loaded(location, device, progress)
-    return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
-                          show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
+    emb = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
+                         show_progress_bar=progress and sys.stderr.isatty()).astype(np.float32)
+    limit, tokenizer = getattr(encoder, "max_seq_length", None), getattr(encoder, "tokenizer", None)
+    if not limit or not callable(tokenizer) or not texts:
+        return emb, ()
+    lengths = [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]  # ~1% of the time encode takes
+    count = sum(n > limit for n in lengths)
+    return emb, ((limit, count, max(lengths)) if count else ())
 
 
 def _portable_name(model: str) -> str:
@@ -174,7 +189,12 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
             return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
     _loaded(location, device, progress)  # a model that cannot load is reported before the message below
     print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
-    emb = _embed(texts, location, normalize, batch_size, device, progress)
+    emb, long = _embed(texts, location, normalize, batch_size, device, progress)
+    if long:
+        limit, count, longest = long
+        warnings.warn(f"atlas: {path}: {count:,} of {len(texts):,} texts are longer than {model}'s {limit} tokens "
+                      f"(the longest: {longest:,}); each is embedded from its first {limit} tokens only: split long "
+                      "texts into passages to map all of their words", stacklevel=2)
     buf = io.BytesIO()
     np.save(buf, emb)
     for place in places:  # the shared cache first; the run's cache when the shared one cannot be written

@@ -24,7 +24,9 @@ def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
     first = run_atlas(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
     assert first.returncode == 0, first.stderr
     # only our own lines: no "Loading weights" bar from transformers in a log (stderr is not a terminal here)
-    assert [line.split(" from ")[0] for line in first.stderr.splitlines()] == ["atlas: embedding 200 texts"]
+    said = [line.split(" from ")[0] for line in first.stderr.splitlines()]
+    assert said[0] == "atlas: embedding 200 texts" and len(said) == 2  # and two of the docstrings are too long:
+    assert "2 of 200 texts are longer than all-MiniLM-L6-v2's 256 tokens (the longest: 493)" in said[1]
     run = tmp_path / "runs" / "p"
     cached = list((tmp_path / "shared-cache").glob("st-*.npy"))  # ATLAS_CACHE_DIR (conftest)
     assert len(cached) == 1 and not list((run / "cache").glob("st-*.npy"))
@@ -70,7 +72,9 @@ def test_quiet_on_a_terminal_draws_no_bar_while_the_model_loads_and_embeds(tmp_p
     assert code == 0, shown
     # our lines only: no "Loading weights" (transformers), "Batches" (sentence-transformers) or training bar
     # (tests/test_cli.py::test_progress_bar_on_a_terminal_only: the same terminal shows atlas-run's bar)
-    assert [line.split(" from ")[0] for line in shown.splitlines()] == ["atlas: embedding 150 texts"], shown
+    said = [line.split(" from ")[0] for line in shown.splitlines()]
+    assert said[0] == "atlas: embedding 150 texts" and len(said) == 2, shown
+    assert "2 of 150 texts are longer than all-MiniLM-L6-v2's 256 tokens" in said[1]  # tests/.._longer_than_the..
 
 
 def test_without_the_shared_cache_the_run_folder_holds_the_embeddings(tmp_path):
@@ -169,3 +173,21 @@ def test_the_quickstart_page_recipe_for_your_own_texts(tmp_path, monkeypatch):
         assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "runs" / "my-map" / "report.md").read_text()
     assert "## Axis cards" in report and "| recall@10 |" in report
+
+
+def test_texts_longer_than_the_model_reads_are_named(tmp_path):
+    """sentence-transformers embeds a text's first max_seq_length tokens and drops the rest without a word:
+    a corpus of long documents was mapped by their openings in silence."""
+    from builtin_plugins.text import embed
+
+    long = " ".join(["word"] * 600)  # 600 tokens, and [CLS] and [SEP]
+    (tmp_path / "t.txt").write_text(f"parse a CSV file\n{long}\nopen a socket\n")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "t.txt"\nshared_cache = false\n')
+    dry = run_cli(tmp_path / "p.toml", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
+    assert dry.returncode == 0, dry.stderr
+    assert (f"atlas-run: warning: {tmp_path / 't.txt'}: 1 of 3 texts are longer than all-MiniLM-L6-v2's 256 tokens "
+            "(the longest: 602); each is embedded from its first 256 tokens only") in dry.stderr
+    with pytest.warns(UserWarning, match="^atlas: some texts are longer than all-MiniLM-L6-v2's 256 tokens; each is "
+                                         "embedded from its first 256 tokens only$"):
+        got = embed(["parse a CSV file", long])
+    assert np.allclose(got[1], embed([" ".join(["word"] * 254)])[0], atol=1e-6)  # what the model read of it
