@@ -219,7 +219,7 @@ EVERY_FIELD = {
         "seed": st.integers(0, 2**62), "val_fraction": st.floats(0, 0.99), "accumulate": st.integers(1, 100),
         "input_noise": st.floats(0, 5), "batches": st.sampled_from(["auto", "random", "neighbors"]),
         "neighbors": st.integers(1, 60), "neighbor_pool": st.integers(60, 500),
-        "neighbor_hops": st.integers(1, 3), "eval_rows": st.integers(1, 10**6)}),
+        "neighbor_hops": st.integers(1, 3), "eval_rows": st.integers(2, 10**6)}),
     "output": st.fixed_dictionaries({"dir": paths, "report": st.booleans(), "plots": st.booleans(),
                                     "loggers": st.lists(st.sampled_from(["jsonl", "tensorboard"]), max_size=2)}),
 }
