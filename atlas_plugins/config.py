@@ -724,7 +724,7 @@ def _check_embedder(origin: Origin, table: dict, registry) -> dict:
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
     name = loader_for_suffix(teacher_path, registry)
     field = vector_field(teacher_path) if Path(teacher_path).suffix.lower() == ".jsonl" else None
-    if field == "embedding" and "jsonl" in registry.names("teacher"):  # vectors, as atlas-encode tells them
+    if field in ("embedding", "") and "jsonl" in registry.names("teacher"):  # vectors, as atlas-encode tells them
         return "jsonl"
     if field is not None:  # never embed the texts again in silence when the file brings its own vectors
         raise ConfigError(f"{origin('teacher.path')}: {teacher_path} holds vectors in '{field}': set "

@@ -36,7 +36,7 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import RowScan, TeacherData, in_memory_if_small, loader_for_suffix, validate_teacher
+from .teacher import RowScan, TeacherData, in_memory_if_small, loader_for_suffix, validate_teacher, vector_field
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -94,7 +94,9 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     if texts:
         return _texts(_lines(p.open("rb"), str(p)), student)
     if loader is None and p.suffix.lower() == ".jsonl":
-        if (key or "embedding") in _jsonl_rows(p, first=True, key=key)[0]:
+        if key is None and vector_field(p) == "":
+            loader = "jsonl"  # a vector alone per line
+        elif (key or "embedding") in _jsonl_rows(p, first=True, key=key)[0]:
             loader = "jsonl"  # vectors: the jsonl teacher reads the file
         else:
             rows = _jsonl_rows(p)
@@ -176,7 +178,8 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[di
                 raise DataError(f"{p}:{lineno}: no field '{key}' (--key){fields}")
             if not isinstance(row, dict) or not ("text" in row or vectors in row):
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field (texts to embed) "
-                                "or an 'embedding' field (vectors; a field of another name: --key NAME)")
+                                "or an 'embedding' field (vectors; a field of another name: --key NAME), or a "
+                                "list of numbers (a vector)")
             if "text" in row and not isinstance(row["text"], str) and vectors not in row:
                 raise DataError(f"{p}:{lineno}: 'text' must be a string, got {type(row['text']).__name__}")
             rows.append(row)

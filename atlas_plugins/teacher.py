@@ -233,20 +233,27 @@ def loader_for_suffix(path, registry) -> str | None:
 
 def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
-    when there is one, else the first field that is a list of numbers; None for a file of texts to embed, or
-    one that cannot be read (its loader then says why).  Embedding APIs return vectors with the text beside."""
+    when there is one, else the first field that is a list of numbers, and "" when the line is itself one
+    (``jq -c '.data[].embedding'`` of an API's answer); None for a file of texts to embed, or one that cannot
+    be read (its loader then says why).  Embedding APIs return vectors with the text beside."""
     try:
         with open(path, "rb") as fh:
             first = next((line for line in fh if line.strip()), b"")
         row = json.loads(first)
     except (OSError, ValueError):
         return None
+    if _numbers_list(row):
+        return ""
     if not isinstance(row, dict):
         return None
     if "embedding" in row:
         return "embedding"
-    return next((k for k, v in row.items() if isinstance(v, list) and len(v) > 1
-                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)), None)
+    return next((k for k, v in row.items() if _numbers_list(v)), None)
+
+
+def _numbers_list(v) -> bool:
+    return isinstance(v, list) and len(v) > 1 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v)
 
 
 def dtype_name(emb) -> str:

@@ -147,10 +147,12 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
 
 def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
           id_column: str = "id"):
-    """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``).
+    """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``), or a
+    vector alone per line (``[0.1, ...]``).
 
-    A ``.jsonl`` file whose first line has an ``embedding`` field is read with it when no loader is named;
-    name it (``loader = "jsonl"``, ``column = ...``) for vectors in a field of another name.
+    A ``.jsonl`` file whose first line has an ``embedding`` field, or is a list of numbers, is read with it
+    when no loader is named; name it (``loader = "jsonl"``, ``column = ...``) for vectors in a field of another
+    name.
     """
     p = _exists(path)
     vectors, lists = [], {"text": [], "label": [], "id": []}  # a float32 array per row: Python floats take 8x
@@ -161,13 +163,14 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
                 continue
             try:
                 row = json.loads(raw)
-                vec = row[column]
+                vec = row if isinstance(row, list) else row[column]
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
-                                "numbers)") from None
+                                "numbers), or a list of numbers") from None
             values = _numbers(vec, maybe_bool=b"true" in raw or b"false" in raw)
             if values is None:
-                raise DataError(f"{p}:{lineno}: '{column}' must be a list of numbers")
+                what = "the line" if vec is row else f"'{column}'"
+                raise DataError(f"{p}:{lineno}: {what} must be a list of numbers")
             if np.isinf(values).any() and np.isfinite(np.array(vec, dtype=np.float64)).all():
                 raise DataError(f"{p}:{lineno}: '{column}' has values too large for float32 (|x| > 3.4e38; largest "
                                 f"{max(abs(float(v)) for v in vec):.3g}); rescale the embeddings")
@@ -176,7 +179,7 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
                                 f"{len(vectors[0])}")
             vectors.append(values)
             for kind, name in names.items():
-                lists[kind].append(row.get(name))
+                lists[kind].append(row.get(name) if isinstance(row, dict) else None)
     if not vectors:
         raise DataError(f"{p}: no rows found")
     extra = {k: (v if any(x is not None for x in v) else None) for k, v in lists.items()}

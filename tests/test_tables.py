@@ -119,6 +119,25 @@ def test_json_lines_that_bring_their_own_vectors_are_never_embedded_again(tmp_pa
     assert chosen.returncode == 0 and "(300 x 384 float32, with texts)" in chosen.stdout, chosen.stderr
 
 
+def test_a_vector_alone_per_line_is_read_as_vectors(tmp_path):
+    """``jq -c '.data[].embedding'`` of an embedding API's answer: one JSON list per line. Without a loader it
+    went to the text teacher ("expected a JSON object with a 'text' field")."""
+    x = np.load(EXAMPLE_NPY)[:300]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in x.tolist()))
+    np.save(tmp_path / "v.npy", x)
+    data = validate_teacher(jsonl(tmp_path / "v.jsonl"))
+    assert np.array_equal(data.embeddings, x) and data.texts is None
+    trained = run_cli(write_pipeline(tmp_path, teacher='path = "v.jsonl"', stages=1, epochs=1), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    for name in ("v.jsonl", "v.npy"):
+        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
+                       program="atlas-encode").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "v.jsonl.out.npy"), np.load(tmp_path / "v.npy.out.npy"))
+    (tmp_path / "v.jsonl").write_text("[0.5, 1.0]\n[1, true]\n")
+    with pytest.raises(DataError, match=r"v.jsonl:2: the line must be a list of numbers"):
+        jsonl(tmp_path / "v.jsonl")
+
+
 def test_jsonl_vectors(tmp_path):
     rows = [{"embedding": [0.5, 1.0, 2.0], "text": "a", "id": 7}, {"embedding": [1, 0, 0], "text": "b", "id": 8}]
     (tmp_path / "v.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
