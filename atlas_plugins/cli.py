@@ -22,6 +22,7 @@ from .config import MAX_SEED, RESERVED, load_config, loss_tau_range
 from .errors import AtlasError, PluginError
 from .orchestrator import atlas_run_command, run_pipeline
 from .params import parameters
+from .refine import REFINE_MAX_EPOCHS
 from .registry import get_registry
 from .trainer import dry_run_plan
 
@@ -157,7 +158,7 @@ def _encode_parser() -> argparse.ArgumentParser:
                                  "holds the vectors (default: the loader's, e.g. 'embeddings' or 'embedding')")
     p.add_argument("--batch-size", type=_whole(1), default=65536, help="rows per forward pass (default 65536)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--refine", type=_whole(0), default=0,
+    p.add_argument("--refine", type=_whole(0, REFINE_MAX_EPOCHS), default=0,
                    help="epochs of refinement against the training map (map.pt; default 0: the student alone)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="seed of --refine's negative samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -67,6 +67,7 @@ SEARCH_RECALL = 0.95  # the reduced search keeps at least this share of the exac
 SEARCH_SAMPLE = 1000  # map rows whose exact neighbours choose search_dims
 TUNED_NN10 = 0.82  # median distance from a map row to its 10th-nearest map row on the bundled example's default map
 UNIT_SAMPLE = 1000  # map rows whose 10th-nearest map row sets layout_unit
+REFINE_MAX_EPOCHS = 1000  # a typo guard: the layout settles within ~10 epochs (README), 1000 already take 100x that
 REFINE_MAX_DIMS = 10  # wider levels keep the student's output: refine gained nothing there or lost (point 5)
 
 

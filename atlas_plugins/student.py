@@ -27,7 +27,8 @@ from .checkpoint import atomic_save, safe_load
 from .config import MAX_SEED
 from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
-from .refine import REFINE_BLOCK, REFINE_MAX_DIMS, TrainingMap, refine as refine_points, refines
+from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
+                     refines)
 from .registry import get_registry
 from .teacher import RowScan, TeacherData
 
@@ -101,7 +102,8 @@ class TrainedStudent:
         self.check_input(x)
         if precision not in ("float32", "bfloat16"):
             raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-        for arg, value, lo, hi, what in (("refine", refine, 0, math.inf, "a number of epochs (an integer >= 0)"),
+        for arg, value, lo, hi, what in (("refine", refine, 0, REFINE_MAX_EPOCHS,
+                                          f"a number of epochs (an integer from 0 to {REFINE_MAX_EPOCHS:,})"),
                                          ("batch_size", batch_size, 1, math.inf, "an integer >= 1"),
                                          ("seed", seed, 0, MAX_SEED, f"an integer from 0 to {MAX_SEED:,}")):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:

@@ -154,6 +154,8 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
                    "--batch-size: expected a whole number >= 1, got '0'")
     one_error_line(run_cli(run, tmp_path / "ok.npy", "--refine", "1", "--seed", str(2**64), program="atlas-encode"),
                    f"--seed: expected a whole number >= 0 and at most 4,611,686,018,427,387,904, got '{2**64}'")
+    one_error_line(run_cli(run, tmp_path / "ok.npy", "--refine", "100000", program="atlas-encode"),
+                   "--refine: expected a whole number >= 0 and at most 1,000, got '100000'")
     one_error_line(run_cli(tmp_path, tmp_path / "ok.npy", program="atlas-encode"), "student.pt: student file not found")
     one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "ok.npy", program="atlas-encode"),
                    "ok.npy: is the input file, which the coordinates would replace; write them to another file")
@@ -309,6 +311,7 @@ def test_encode_in_python_refuses_rows_that_are_not_finite(run):
     ("batch_size", 0, "an integer >= 1"), ("batch_size", -1, "an integer >= 1"), ("batch_size", "8", "an integer"),
     ("seed", 2**64, "an integer from 0 to 4,611,686,018,427,387,904"), ("seed", True, "an integer from 0"),
     ("seed", 1.5, "an integer from 0"), ("refine", -1, "a number of epochs"), ("precision", "fp16", "'float32' or"),
+    ("refine", 10**9, "a number of epochs (an integer from 0 to 1,000)"),  # ran for days: a typo guard
 ])
 def test_encode_in_python_names_a_bad_argument(run, arg, bad, expected):
     with pytest.raises(ConfigError, match=f"^{arg} must be {re.escape(expected)}.*got {re.escape(repr(bad))}$"):
