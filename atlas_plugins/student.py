@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
 from .registry import get_registry
-from .teacher import RowScan, TeacherData
+from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_name
 
 STUDENT_FORMAT = "atlas-student/1"
 NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
@@ -73,10 +73,12 @@ class TrainedStudent:
                check: bool = True):
         """Map teacher vectors ``(N, Dt)`` to student vectors ``(N, Ds)`` in batches.
 
-        Accepts a tensor (returns a CPU float32 tensor), a possibly memory-mapped
-        NumPy array (returns a float32 NumPy array) or a list of texts (embedded
-        with the recorded teacher model, :meth:`embed_texts`; returns NumPy); a
-        multi-level student returns a tuple of them, coarse first.  New vectors
+        Accepts a float tensor (returns a CPU float32 tensor), a possibly
+        memory-mapped float NumPy array, or what NumPy reads as one (a DataFrame,
+        a pandas column of vectors), or a list (or column) of texts (embedded with
+        the recorded teacher model, :meth:`embed_texts`); all but a tensor return
+        a float32 NumPy array.  A multi-level student returns a tuple of them,
+        coarse first.  New vectors
         whose mean norm is far from the training rows' get a warning (say,
         unnormalised vectors for a student trained on normalised ones).
         ``precision="bfloat16"`` runs the student in bfloat16 (about twice as
@@ -95,10 +97,22 @@ class TrainedStudent:
             return self._encode(x, batch_size, precision, refine, seed, check)
 
     def _encode(self, x, batch_size, precision, refine, seed, check):
+        as_numpy = not isinstance(x, torch.Tensor)
         if isinstance(x, (list, tuple)):
             x = (self.embed_texts(x) if any(isinstance(t, str) for t in x)
                  else np.asarray(x, np.float32) if len(x) else np.zeros((0, self.input_dim), np.float32))
-        as_numpy = isinstance(x, np.ndarray)
+        x = x if isinstance(x, (np.ndarray, torch.Tensor)) else np.asarray(x)  # a DataFrame, a Series, ...
+        if isinstance(x, np.ndarray) and x.dtype.kind in "OU" and x.ndim == 1 and len(x) and all(
+                isinstance(t, str) for t in x):  # a Series (or array) of texts, as a list of them
+            x = self.embed_texts([str(t) for t in x])
+        if isinstance(x, np.ndarray) and x.dtype == object:  # a Series of vectors is a 1-D array of them
+            try:
+                x = (np.stack(x) if x.ndim == 1 and len(x) else x).astype(np.float32)
+            except (ValueError, TypeError):
+                raise DataError("encode: the rows are not vectors of numbers of one length") from None
+        if dtype_name(x) not in FLOAT_DTYPES:
+            raise DataError(f"encode: the vectors are {dtype_name(x)}, expected floats ({', '.join(FLOAT_DTYPES)}): "
+                            "encode vectors of the kind the student was trained on")
         self.check_input(x)
         if precision not in ("float32", "bfloat16"):
             raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")

@@ -219,6 +219,7 @@ def test_texts_on_stdin_are_embedded_with_the_recorded_model(run, tmp_path):
     expected = load_student(run).encode(by_hand)
     assert np.allclose(np.array([[r[f"dim_{i}"] for i in range(5)] for r in rows]), expected, atol=1e-5)
     assert np.allclose(load_student(run).encode(texts), expected, atol=1e-5)
+    assert np.allclose(load_student(run).encode(np.array(texts)), expected, atol=1e-5)  # as a pandas column gives them
 
 
 @pytest.mark.slow
@@ -319,6 +320,23 @@ def test_encode_in_python_names_a_bad_argument(run, arg, bad, expected):
     # checked before anything else: the first case returned no rows, the second failed inside torch
     z = load_student(run).encode(np.load(EXAMPLE_NPY)[:10], batch_size=np.int64(3), seed=np.int64(2**62))
     assert z.shape == (10, 5)  # NumPy integers are integers
+
+
+def test_encode_takes_a_data_frame_or_a_column_of_vectors_and_refuses_integers(run):
+    """A DataFrame came back as a torch tensor, a pandas column of vectors (``df["embedding"]``) was "an array
+    of shape (40,)", and integer arrays (int8 embeddings, say) were encoded as if they were the training rows."""
+    pd = pytest.importorskip("pandas")
+    x = np.load(EXAMPLE_NPY)[:40]
+    student = load_student(run)
+    want = student.encode(x)
+    for given in (pd.DataFrame(x), pd.Series(list(x)), pd.Series(x.tolist()), np.array(list(x), dtype=object)):
+        got = student.encode(given)
+        assert isinstance(got, np.ndarray) and np.array_equal(got, want)
+    for bad, message in (((x * 100).astype(np.int8), "^encode: the vectors are int8, expected floats"),
+                         (torch.from_numpy(x > 0), "^encode: the vectors are bool, expected floats"),
+                         (pd.Series([[1.0, 2.0], [1.0]]), "^encode: the rows are not vectors of numbers of one")):
+        with pytest.raises(DataError, match=message):
+            student.encode(bad)
 
 
 def test_one_vector_is_told_how_to_pass_it_and_an_empty_list_is_no_rows(run):
