@@ -96,11 +96,13 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     if loader is None and p.suffix.lower() == ".jsonl":
         if key is None and vector_field(p) == "":
             loader = "jsonl"  # a vector alone per line
-        elif (key or "embedding") in _jsonl_rows(p, first=True, key=key)[0]:
-            loader = "jsonl"  # vectors: the jsonl teacher reads the file
         else:
-            rows = _jsonl_rows(p)
-            return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
+            first = _jsonl_rows(p, first=True, key=key)[0]
+            if (key or "embedding") in first and not isinstance(first[key or "embedding"], str):
+                loader = "jsonl"  # vectors: the jsonl teacher reads the file
+            else:  # texts, in 'text' or in the field --key names
+                rows = _jsonl_rows(p, key=key, texts_in=key or "text")
+                return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
     name = loader or loader_for_suffix(p, registry)
     if name is None:
         raise ConfigError(f"{p}: no teacher plugin reads '{p.suffix.lower() or p.name}' files; name one with "
@@ -161,8 +163,9 @@ def _lines(fh, name: str) -> Iterator[dict]:
                       f"{kept:,} lines, in order")
 
 
-def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[dict]:
-    """The JSON objects of ``p`` (``first``: only the first, to tell texts from vectors in field ``key``)."""
+def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: str | None = None) -> list[dict]:
+    """The JSON objects of ``p``; ``first``: only the first, to tell texts from vectors in field ``key``;
+    ``texts_in``: the field that holds each row's text, returned as its ``text``."""
     vectors = key or "embedding"
     rows = []
     with p.open("rb") as fh:
@@ -177,11 +180,17 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None) -> list[di
                 fields = f"; its fields are: {', '.join(row)}" if isinstance(row, dict) else ""
                 raise DataError(f"{p}:{lineno}: no field '{key}' (--key){fields}")
             if not isinstance(row, dict) or not ("text" in row or vectors in row):
+                fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field (texts to embed) "
-                                "or an 'embedding' field (vectors; a field of another name: --key NAME), or a "
-                                "list of numbers (a vector)")
-            if "text" in row and not isinstance(row["text"], str) and vectors not in row:
-                raise DataError(f"{p}:{lineno}: 'text' must be a string, got {type(row['text']).__name__}")
+                                "or an 'embedding' field (vectors), or a list of numbers (a vector); --key NAME "
+                                f"names a field of another name{fields}")
+            if texts_in is not None:
+                if texts_in not in row:
+                    raise DataError(f"{p}:{lineno}: no '{texts_in}' field (a text to embed)")
+                if not isinstance(row[texts_in], str):
+                    raise DataError(f"{p}:{lineno}: '{texts_in}' must be a string (a text to embed), got "
+                                    f"{type(row[texts_in]).__name__}")
+                row = {**row, "text": row[texts_in]}
             rows.append(row)
             if first:
                 break

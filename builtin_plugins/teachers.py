@@ -28,8 +28,10 @@ def _exists(path, what: str = "teacher file") -> Path:
     return p
 
 
-def read_texts(path, what: str = "text file", one_per_row: bool = False) -> tuple[list[str], list | None]:
-    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``), or a text file, one per line.
+def read_texts(path, what: str = "text file", one_per_row: bool = False, text_field: str = "text",
+               label_field: str = "label") -> tuple[list[str], list | None]:
+    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``: fields that may be named
+    otherwise), or a text file, one per line.
 
     Blank lines are skipped.  With ``one_per_row`` (a meta file: line i is row i) a row may have no text: a
     blank line of a text file before the last text, or ``"text": null``, is that row's empty text.
@@ -52,13 +54,17 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False) -> tupl
                 continue
             try:
                 row = json.loads(line)
-                text = row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or text_field not in row:
+                fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
+                hint = "" if one_per_row else "; text_column in [teacher] names another field"
+                raise DataError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' field{fields}{hint}")
+            text = row[text_field]
             if not isinstance(text, str) and not (one_per_row and (text is None or text != text)):  # NaN != NaN
-                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
+                raise DataError(f"{path}:{lineno}: '{text_field}' must be a string, got {type(text).__name__}")
             texts.append(text)
-            labels.append(row.get("label"))
+            labels.append(row.get(label_field))
     if not texts:
         raise DataError(f"{path}: no texts found")
     return texts, (labels if any(lab is not None for lab in labels) else None)

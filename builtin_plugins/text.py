@@ -173,10 +173,11 @@ def shared_cache_dir() -> Path | None:
 
 def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
                           device: str = "cpu", cache_dir: str | None = None, shared_cache: bool = True,
-                          progress: bool = True):
-    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``)."""
+                          progress: bool = True, text_column: str = "text", label_column: str = "label"):
+    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``: ``text`` and optional ``label``, or the
+    fields ``text_column`` and ``label_column`` name)."""
     path = Path(path)
-    texts, labels = read_texts(path)
+    texts, labels = read_texts(path, text_field=text_column, label_field=label_column)
     location = _model_location(model)
     recorded = {"model": _portable_name(model), "normalize": normalize}
     key = hashlib.sha256(json.dumps([_model_fingerprint(location), normalize, texts]).encode()).hexdigest()[:20]

@@ -363,7 +363,8 @@ def test_jsonl_vectors_are_told_from_jsonl_texts_by_their_first_row(run, tmp_pat
     (tmp_path / "bad.jsonl").write_text('{"vector": [1, 2]}\n')
     one_error_line(run_cli(run, tmp_path / "bad.jsonl", "-o", tmp_path / "b.csv", program="atlas-encode"),
                    "bad.jsonl:1: expected a JSON object with a 'text' field (texts to embed) or an 'embedding' "
-                   "field (vectors; a field of another name: --key NAME)")
+                   "field (vectors), or a list of numbers (a vector); --key NAME names a field of another name (its "
+                   "fields are: vector)")
     assert not (tmp_path / "b.csv").exists()
 
 

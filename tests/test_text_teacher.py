@@ -191,3 +191,32 @@ def test_texts_longer_than_the_model_reads_are_named(tmp_path):
                                          "embedded from its first 256 tokens only$"):
         got = embed(["parse a CSV file", long])
     assert np.allclose(got[1], embed([" ".join(["word"] * 254)])[0], atol=1e-6)  # what the model read of it
+
+
+def test_texts_in_a_field_of_another_name(tmp_path):
+    """Datasets name the text field 'sentence', 'content', 'body': text_column (training) and --key
+    (atlas-encode) read it; the loader said only "expected a JSON object with a 'text' field"."""
+    rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"content": r["text"], "topic": r["label"]}) + "\n"
+                                              for r in rows))
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "d.jsonl"\n[student]\nhidden = [16]\n[schedule]\nstages = 1\n'
+                                     '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
+    env = {"HF_HUB_OFFLINE": "1"}
+    one_error_line(run_cli(tmp_path / "p.toml", "--quiet", env=env),
+                   "d.jsonl:1: expected a JSON object with a 'text' field (its fields are: content, topic); "
+                   "text_column in [teacher] names another field")
+    done = run_cli(tmp_path / "p.toml", "--quiet", "--set", 'teacher.text_column="content"',
+                   "--set", 'teacher.label_column="topic"', env=env)
+    assert done.returncode == 0, done.stderr
+    import pyarrow.parquet as pq
+    table = pq.read_table(tmp_path / "runs" / "p" / "map.parquet")
+    assert table.column("text").to_pylist() == [r["text"] for r in rows]
+    assert table.column("label").to_pylist() == [r["label"] for r in rows]
+
+    from atlas_plugins import load_student
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "d.jsonl", "--key", "content", "-o", tmp_path / "z.npy",
+                      "--quiet", program="atlas-encode", env=env)
+    assert encoded.returncode == 0, encoded.stderr
+    with pytest.warns(UserWarning, match="texts are longer than"):  # two of the example's docstrings
+        expected = load_student(tmp_path / "runs" / "p").encode([r["text"] for r in rows])
+    assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-5)
