@@ -149,7 +149,8 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("student", help="a run folder, or its student.pt")
     p.add_argument("input", nargs="?",
                    help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .jsonl with 'embedding' or a list per "
-                        "line), texts (.txt, .jsonl with 'text') or - for texts on stdin, one per line")
+                        "line), texts (.txt, .jsonl with 'text', .csv or .tsv with a 'text' column) or - for texts on "
+                        "stdin, one per line")
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
                                           "stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")

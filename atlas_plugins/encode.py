@@ -36,7 +36,8 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import RowScan, TeacherData, in_memory_if_small, loader_for_suffix, validate_teacher, vector_field
+from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, in_memory_if_small, loader_for_suffix, read_table,
+                      validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -93,6 +94,9 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     _must_exist(p)
     if texts:
         return _texts(_lines(p.open("rb"), str(p)), student)
+    if loader is None and p.suffix.lower() in TABLE_SUFFIXES:
+        rows, extras = _table_rows(p, key or "text")
+        return _texts(rows, student, extras, len(rows))
     if loader is None and p.suffix.lower() == ".jsonl":
         if key is None and vector_field(p) == "":
             loader = "jsonl"  # a vector alone per line
@@ -156,11 +160,32 @@ def _lines(fh, name: str) -> Iterator[dict]:
             between += pending
             pending, kept = [], kept + 1
             yield {"text": line}
-    if between:
-        where = ", ".join(map(str, between[:3])) + (", ..." if len(between) > 3 else "")
-        warnings.warn(f"atlas: {name}: {len(between):,} blank line{'s' * (len(between) > 1)} skipped (line"
-                      f"{'s' * (len(between) > 1)} {where}); the output has a row for each of the other "
-                      f"{kept:,} lines, in order")
+    _warn_skipped(name, between, kept, "blank line")
+
+
+def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
+    """The texts of a ``.csv``/``.tsv`` table's ``column`` (with its ``label`` and ``id`` columns, when there),
+    and those extras; rows with an empty text are left out, and named when any text follows them."""
+    rows, between, pending, extras = [], [], [], ("text",)
+    for lineno, row in read_table(p, [column], "table of texts", "; --key names another column"):
+        extras = ("text", *(k for k in ("label", "id") if k in row))
+        if not (row[column] or "").strip():
+            pending.append(lineno)
+            continue
+        between, pending = between + pending, []
+        rows.append({"text": row[column], **{k: row[k] or None for k in extras[1:]}})
+    _warn_skipped(str(p), between, len(rows), "row without a text")
+    if not rows:
+        raise DataError(f"{p}: no texts found in column '{column}'")
+    return rows, extras
+
+
+def _warn_skipped(name: str, lines: list[int], kept: int, what: str) -> None:
+    if lines:
+        where = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
+        several = len(lines) > 1
+        warnings.warn(f"atlas: {name}: {len(lines):,} {what}{'s' * several} skipped (line{'s' * several} {where}); "
+                      f"the output has a row for each of the other {kept:,} texts, in order")
 
 
 def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: str | None = None) -> list[dict]:

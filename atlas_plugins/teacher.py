@@ -7,6 +7,7 @@ A teacher plugin returns one :class:`TeacherData`.  ``embeddings`` is a
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -229,6 +230,35 @@ def loader_for_suffix(path, registry) -> str | None:
     """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None."""
     suffix = os.path.splitext(str(path))[1].lower()
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
+
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # text tables: suffix -> delimiter
+
+
+def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iterator[tuple[int, dict]]:
+    """The rows of a ``.csv`` (or ``.tsv``) file whose first line names the columns: ``(line number, {column:
+    value})``, a short row's missing cells None.  UTF-8, with or without the byte-order mark spreadsheets write
+    ("CSV UTF-8"); the ``required`` columns must be in the header (else an error ending in ``hint``)."""
+    csv.field_size_limit(2**31 - 1)  # a document's text may be longer than the csv module's default 128 KB
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=TABLE_SUFFIXES.get(os.path.splitext(str(path))[1].lower(), ","),
+                                strict=True)  # strict: an unclosed quote is an error, not a text that runs to the end
+        try:
+            header = reader.fieldnames
+            if header is None:
+                raise DataError(f"{path}: empty; a {what} starts with a line naming its columns")
+            missing = [c for c in required if c not in header]
+            if missing:
+                shown = ", ".join(header[:10]) + (f", ... ({len(header):,} in all)" if len(header) > 10 else "")
+                raise DataError(f"{path}: no column '{missing[0]}'; its columns are: {shown}{hint}")
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError:  # no line number: the file is decoded ahead of the rows, a block at a time
+            raise DataError(f"{path}: not UTF-8 text; save the {what} as UTF-8 (\"CSV UTF-8\" in a "
+                            "spreadsheet)") from None
+        except csv.Error as exc:
+            raise DataError(f"{path}: not a valid {what} after line {reader.line_num} ({exc}; an unclosed "
+                            "quote?)") from None
 
 
 def vector_field(path) -> str | None:

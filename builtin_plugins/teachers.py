@@ -11,7 +11,7 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import TeacherData
+from atlas_plugins.teacher import TABLE_SUFFIXES, TeacherData, read_table
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -30,13 +30,24 @@ def _exists(path, what: str = "teacher file") -> Path:
 
 def read_texts(path, what: str = "text file", one_per_row: bool = False, text_field: str = "text",
                label_field: str = "label") -> tuple[list[str], list | None]:
-    """Texts (and labels) from a ``.jsonl`` file (``text``, optional ``label``: fields that may be named
-    otherwise), or a text file, one per line.
+    """Texts (and labels) from a ``.jsonl`` file or a ``.csv``/``.tsv`` table (``text``, optional ``label``:
+    fields or columns that may be named otherwise), or a text file, one per line.
 
-    Blank lines are skipped.  With ``one_per_row`` (a meta file: line i is row i) a row may have no text: a
-    blank line of a text file before the last text, or ``"text": null``, is that row's empty text.
+    Blank lines and empty texts are skipped.  With ``one_per_row`` (a meta file: line i is row i) a row may
+    have no text: a blank line of a text file before the last text, ``"text": null`` or an empty cell is
+    that row's empty text.
     """
     path = _exists(path, what)
+    where = "field" if path.suffix.lower() == ".jsonl" else "column"
+    hint = "" if one_per_row else f"; text_column in [teacher] names another {where}"
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        rows = [(row[text_field] or "", row.get(label_field) or None)
+                for _, row in read_table(path, [text_field], what, hint)]
+        rows = rows if one_per_row else [r for r in rows if r[0].strip()]
+        if not rows:
+            raise DataError(f"{path}: no texts found")
+        texts, labels = [list(col) for col in zip(*rows)]
+        return texts, (labels if any(lab is not None for lab in labels) else None)
     texts, labels, blank = [], [], 0
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -58,7 +69,6 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
                 row = None
             if not isinstance(row, dict) or text_field not in row:
                 fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
-                hint = "" if one_per_row else "; text_column in [teacher] names another field"
                 raise DataError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' field{fields}{hint}")
             text = row[text_field]
             if not isinstance(text, str) and not (one_per_row and (text is None or text != text)):  # NaN != NaN

@@ -232,7 +232,7 @@ def test_blank_lines_before_a_text_are_named_as_rows_then_follow_lines_no_more(r
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
         f"atlas-encode: warning: {tmp_path / 'texts.txt'}: 2 blank lines skipped (lines 1, 3); the output has a row "
-        "for each of the other 3 lines, in order", f"atlas-encode: 3 rows written to {tmp_path / 'xy.npy'}"]
+        "for each of the other 3 texts, in order", f"atlas-encode: 3 rows written to {tmp_path / 'xy.npy'}"]
     expected = load_student(run).encode(["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest"])
     assert np.allclose(np.load(tmp_path / "xy.npy"), expected, atol=1e-5)
     (tmp_path / "texts.txt").write_text("parse a CSV file\nopen a TCP socket\n\n")  # at the end: nothing moves

@@ -267,3 +267,28 @@ def test_a_blank_line_of_a_text_meta_file_is_its_row_s_empty_text(tmp_path):
     (tmp_path / "m.txt").write_text("\nopen a file\n\nclose it\nread it\n")
     with pytest.raises(DataError, match=r"m\.txt: 5 texts for the 6 rows of .*t\.npy; a meta file holds one line per"):
         npy(tmp_path / "t.npy", meta=str(tmp_path / "m.txt"))
+
+
+def test_texts_and_labels_from_a_spreadsheet_table(tmp_path):
+    """A .csv (or .tsv) of texts as a spreadsheet saves it: a header line, quoted cells that hold commas and
+    newlines, a byte-order mark; rows without a text are skipped, but keep their place in a meta file."""
+    from builtin_plugins.teachers import npy, read_texts
+
+    (tmp_path / "t.csv").write_text('id,text,label\n1,"parse a file, fast",io\n2,,x\n3,"open a\nsocket",net\n',
+                                    encoding="utf-8-sig")
+    assert read_texts(tmp_path / "t.csv") == (["parse a file, fast", "open a\nsocket"], ["io", "net"])
+    np.save(tmp_path / "e.npy", np.load(EXAMPLE_NPY)[:3])
+    assert validate_teacher(npy(tmp_path / "e.npy", meta=str(tmp_path / "t.csv"))).texts == [
+        "parse a file, fast", "", "open a\nsocket"]
+    (tmp_path / "t.tsv").write_text("content\ttopic\nparse a file\tio\n")
+    assert read_texts(tmp_path / "t.tsv", text_field="content", label_field="topic") == (["parse a file"], ["io"])
+    for body, message in [
+        ("content\tlabel\nx\ty\n", r"t.tsv: no column 'text'; its columns are: content, label; text_column in "
+                                   r"\[teacher\] names another column"),
+        (b"text\ncaf\xe9\n", r't.tsv: not UTF-8 text; save the text file as UTF-8 \("CSV UTF-8" in a spreadsheet\)'),
+        ('text\n"open a socket\n', r"t.tsv: not a valid text file after line \d+ \(.*; an unclosed quote\?\)"),
+        ("", "t.tsv: empty; a text file starts with a line naming its columns"),
+    ]:
+        (tmp_path / "t.tsv").write_bytes(body if isinstance(body, bytes) else body.encode())
+        with pytest.raises(DataError, match=message):
+            read_texts(tmp_path / "t.tsv")

@@ -220,3 +220,37 @@ def test_texts_in_a_field_of_another_name(tmp_path):
     with pytest.warns(UserWarning, match="texts are longer than"):  # two of the example's docstrings
         expected = load_student(tmp_path / "runs" / "p").encode([r["text"] for r in rows])
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-5)
+
+
+def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
+    """A .csv of texts was refused ("no teacher plugin reads '.csv' files"): now it is the text teacher's, by
+    its suffix, and atlas-encode reads one too, its rows in order (an empty text named as skipped)."""
+    import csv
+
+    rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
+    with open(tmp_path / "feedback.csv", "w", newline="", encoding="utf-8-sig") as fh:  # as Excel's "CSV UTF-8"
+        out = csv.writer(fh)
+        out.writerow(["id", "comment", "label"])
+        out.writerows([i, r["text"], r["label"]] for i, r in enumerate(rows))
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "feedback.csv"\ntext_column = "comment"\n[student]\n'
+                                     'hidden = [16]\n[schedule]\nstages = 1\n[train]\nepochs_per_stage = 1\n'
+                                     'batch_size = 64\n[output]\nplots = false\n')
+    done = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    import pyarrow.parquet as pq
+    table = pq.read_table(tmp_path / "runs" / "p" / "map.parquet")
+    assert table.column("text").to_pylist() == [r["text"] for r in rows]
+    assert table.column("label").to_pylist() == [r["label"] for r in rows]
+
+    (tmp_path / "new.csv").write_text('comment,label\nparse a CSV file,io\n,none\n"open a TCP socket, then",net\n')
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "new.csv", "--key", "comment", "-o", tmp_path / "z.csv",
+                      "--quiet", program="atlas-encode", env={"HF_HUB_OFFLINE": "1"})
+    assert encoded.returncode == 0, encoded.stderr
+    assert "new.csv: 1 row without a text skipped (line 3); the output has a row for each of the other 2" in \
+        encoded.stderr
+    with open(tmp_path / "z.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [(r["text"], r["label"]) for r in got] == [("parse a CSV file", "io"), ("open a TCP socket, then", "net")]
+    from atlas_plugins import load_student
+    expected = load_student(tmp_path / "runs" / "p").encode(["parse a CSV file", "open a TCP socket, then"])
+    assert np.allclose([[float(r[f"dim_{i}"]) for i in range(5)] for r in got], expected, atol=1e-6)
