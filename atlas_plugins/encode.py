@@ -81,7 +81,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
 
     ``workdir()`` gives a folder for a teacher that converts its file first (``cache_dir``: the
     ``parquet`` teacher); without it such a teacher reads into memory.  ``key`` names the array,
-    tensor or column that holds the vectors: the teacher's ``key`` (or ``column``) parameter.
+    tensor or column that holds the vectors: the teacher's ``key`` (or ``column``) parameter; in a
+    ``.jsonl`` file or a ``.csv``/``.tsv`` table of texts, the field or column of the texts.
     """
     registry = registry or get_registry()
     p = Path(path)

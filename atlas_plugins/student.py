@@ -78,9 +78,9 @@ class TrainedStudent:
         a pandas column of vectors), or a list (or column) of texts (embedded with
         the recorded teacher model, :meth:`embed_texts`); all but a tensor return
         a float32 NumPy array.  A multi-level student returns a tuple of them,
-        coarse first.  New vectors
-        whose mean norm is far from the training rows' get a warning (say,
-        unnormalised vectors for a student trained on normalised ones).
+        coarse first.  New vectors whose mean norm is far from the training
+        rows' get a warning (say, unnormalised vectors for a student trained on
+        normalised ones).
         ``precision="bfloat16"`` runs the student in bfloat16 (about twice as
         fast on CPUs with bf16 matrix units; coordinates differ by ~1e-2).
         ``refine=N`` then moves each point N epochs against the frozen training
