@@ -149,15 +149,15 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("student", help="a run folder, or its student.pt")
     p.add_argument("input", nargs="?",
                    help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .jsonl with 'embedding' or a list per "
-                        "line), texts (.txt, .jsonl with 'text', .csv or .tsv with a 'text' column) or - for texts on "
-                        "stdin, one per line")
+                        "line), texts (.txt, .jsonl with 'text', .csv, .tsv or .parquet with a 'text' column) or - "
+                        "for texts on stdin, one per line")
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
                                           "stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     p.add_argument("--loader", help="the teacher plugin that reads INPUT (default: chosen by its suffix)")
     p.add_argument("--key", help="the array (.npz), tensor (.pt, .safetensors) or column (.parquet, .jsonl) that "
                                  "holds the vectors (default: the loader's, e.g. 'embeddings' or 'embedding'); in "
-                                 ".jsonl, a field of strings holds texts")
+                                 "a table of texts, their column")
     p.add_argument("--batch-size", type=_whole(1), default=65536, help="rows per forward pass (default 65536)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--refine", type=_whole(0, REFINE_MAX_EPOCHS), default=0,

@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import loader_for_suffix, vector_field
+from .teacher import PARQUET_SUFFIXES, loader_for_suffix, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -722,14 +722,19 @@ def _check_embedder(origin: Origin, table: dict, registry) -> dict:
 
 
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
+    """The teacher for ``teacher_path`` when [teacher] names none: by its suffix; a ``.jsonl`` or Parquet table
+    by what it holds, vectors (the ``jsonl`` or ``parquet`` teacher) or texts (the teacher of ``.txt`` files)."""
     name = loader_for_suffix(teacher_path, registry)
-    field = vector_field(teacher_path) if Path(teacher_path).suffix.lower() == ".jsonl" else None
-    if field in ("embedding", "") and "jsonl" in registry.names("teacher"):  # vectors, as atlas-encode tells them
-        return "jsonl"
-    if field is not None:  # never embed the texts again in silence when the file brings its own vectors
-        raise ConfigError(f"{origin('teacher.path')}: {teacher_path} holds vectors in '{field}': set "
-                          f"loader = \"jsonl\" and column = \"{field}\" in [teacher] to train on them, or "
-                          "loader = \"sentence-transformers\" to embed its texts instead")
+    suffix = Path(teacher_path).suffix.lower()
+    if suffix == ".jsonl" or suffix in PARQUET_SUFFIXES:
+        field, tables = vector_field(teacher_path), ("jsonl" if suffix == ".jsonl" else name)
+        if field in ("embedding", "") and tables in registry.names("teacher"):  # vectors, as atlas-encode tells them
+            return tables
+        if field is not None:  # never embed the texts again in silence when the file brings its own vectors
+            raise ConfigError(f"{origin('teacher.path')}: {teacher_path} holds vectors in '{field}': set "
+                              f"loader = \"{tables}\" and column = \"{field}\" in [teacher] to train on them, "
+                              "or loader = \"sentence-transformers\" to embed its texts instead")
+        name = loader_for_suffix("texts.txt", registry)  # a table of texts, without vectors
     if name is not None:
         return name
     suffix = Path(teacher_path).suffix.lower()

@@ -36,8 +36,8 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, in_memory_if_small, loader_for_suffix, read_table,
-                      validate_teacher, vector_field)
+from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, in_memory_if_small, loader_for_suffix,
+                      parquet_schema, read_parquet_columns, read_table, validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -95,7 +95,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     _must_exist(p)
     if texts:
         return _texts(_lines(p.open("rb"), str(p)), student)
-    if loader is None and p.suffix.lower() in TABLE_SUFFIXES:
+    if loader is None and (p.suffix.lower() in TABLE_SUFFIXES or (p.suffix.lower() in PARQUET_SUFFIXES and (
+            vector_field(p) is None if key is None else _is_text_column(p, key)))):
         rows, extras = _table_rows(p, key or "text")
         return _texts(rows, student, extras, len(rows))
     if loader is None and p.suffix.lower() == ".jsonl":
@@ -165,27 +166,42 @@ def _lines(fh, name: str) -> Iterator[dict]:
 
 
 def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
-    """The texts of a ``.csv``/``.tsv`` table's ``column`` (with its ``label`` and ``id`` columns, when there),
-    and those extras; rows with an empty text are left out, and named when any text follows them."""
+    """The texts of a ``.csv``/``.tsv`` or Parquet table's ``column`` (with its ``label`` and ``id`` columns,
+    when there), and those extras; rows with an empty text are left out, and named when any text follows."""
+    hint = "; --key names another column"
+    if p.suffix.lower() in PARQUET_SUFFIXES:
+        cols = read_parquet_columns(p, [column], ["label", "id"], "table of texts", hint)
+        numbered, unit = enumerate({k: cols[k][i] for k in cols} for i in range(len(cols[column]))), "row"
+    else:
+        numbered, unit = read_table(p, [column], "table of texts", hint), "line"
     rows, between, pending, extras = [], [], [], ("text",)
-    for lineno, row in read_table(p, [column], "table of texts", "; --key names another column"):
+    for number, row in numbered:
         extras = ("text", *(k for k in ("label", "id") if k in row))
-        if not (row[column] or "").strip():
-            pending.append(lineno)
+        text = row[column]
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{p}: column '{column}' holds {type(text).__name__} values, not texts")
+        if not (text or "").strip():
+            pending.append(number)
             continue
         between, pending = between + pending, []
-        rows.append({"text": row[column], **{k: row[k] or None for k in extras[1:]}})
-    _warn_skipped(str(p), between, len(rows), "row without a text")
+        rows.append({"text": text, **{k: row[k] if row[k] != "" else None for k in extras[1:]}})
+    _warn_skipped(str(p), between, len(rows), "row without a text", unit)
     if not rows:
         raise DataError(f"{p}: no texts found in column '{column}'")
     return rows, extras
 
 
-def _warn_skipped(name: str, lines: list[int], kept: int, what: str) -> None:
+def _is_text_column(p: Path, column: str) -> bool:
+    schema = parquet_schema(p)
+    return schema is not None and column in schema.names and str(schema.field(column).type) in ("string",
+                                                                                                  "large_string")
+
+
+def _warn_skipped(name: str, lines: list[int], kept: int, what: str, unit: str = "line") -> None:
     if lines:
         where = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
         several = len(lines) > 1
-        warnings.warn(f"atlas: {name}: {len(lines):,} {what}{'s' * several} skipped (line{'s' * several} {where}); "
+        warnings.warn(f"atlas: {name}: {len(lines):,} {what}{'s' * several} skipped ({unit}{'s' * several} {where}); "
                       f"the output has a row for each of the other {kept:,} texts, in order")
 
 

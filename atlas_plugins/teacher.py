@@ -247,10 +247,7 @@ def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iter
             header = reader.fieldnames
             if header is None:
                 raise DataError(f"{path}: empty; a {what} starts with a line naming its columns")
-            missing = [c for c in required if c not in header]
-            if missing:
-                shown = ", ".join(header[:10]) + (f", ... ({len(header):,} in all)" if len(header) > 10 else "")
-                raise DataError(f"{path}: no column '{missing[0]}'; its columns are: {shown}{hint}")
+            _check_columns(path, required, header, hint)
             for row in reader:
                 yield reader.line_num, row
         except UnicodeDecodeError:  # no line number: the file is decoded ahead of the rows, a block at a time
@@ -261,11 +258,59 @@ def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iter
                             "quote?)") from None
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def parquet_schema(path):
+    """The Arrow schema of the Parquet file ``path``, or None without pyarrow or when it cannot be read (its
+    loader then says why)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path)
+    except Exception:  # ImportError, or pyarrow's own for a damaged file
+        return None
+
+
+def _check_columns(path, required: Sequence[str], names: Sequence[str], hint: str) -> None:
+    missing = [c for c in required if c not in names]
+    if missing:
+        shown = ", ".join(names[:10]) + (f", ... ({len(names):,} in all)" if len(names) > 10 else "")
+        raise DataError(f"{path}: no column '{missing[0]}'; its columns are: {shown}{hint}")
+
+
+def read_parquet_columns(path, required: Sequence[str], optional: Sequence[str], what: str,
+                         hint: str = "") -> dict[str, list]:
+    """The ``required`` columns of a Parquet table, and those of ``optional`` it has, as lists: a table of
+    texts (a dataset's export) read whole, as a ``.jsonl`` one is."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading a Parquet {what} needs the optional extra: pip install "
+                        "'atlas-distill[parquet]'") from None
+    schema = parquet_schema(path)
+    if schema is None:
+        raise DataError(f"{path}: not a readable Parquet file")
+    _check_columns(path, required, schema.names, hint)
+
+    columns = [*required, *(c for c in optional if c in schema.names and c not in required)]
+    table = pq.read_table(path, columns=columns)
+    return {c: table.column(c).to_pylist() for c in columns}
+
+
 def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
     when there is one, else the first field that is a list of numbers, and "" when the line is itself one
     (``jq -c '.data[].embedding'`` of an API's answer); None for a file of texts to embed, or one that cannot
-    be read (its loader then says why).  Embedding APIs return vectors with the text beside."""
+    be read (its loader then says why).  Embedding APIs return vectors with the text beside.  For a Parquet
+    file, the same from its schema: ``embedding``, else the first column of float lists, else None (a table
+    of texts); ``embedding`` when it cannot be read here."""
+    if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
+        schema = parquet_schema(path)
+        if schema is None or "embedding" in schema.names:
+            return "embedding"
+        return next((f.name for f in schema if hasattr(f.type, "value_type") and str(f.type.value_type) in
+                     ("float", "double", "halffloat")), None)
     try:
         with open(path, "rb") as fh:
             first = next((line for line in fh if line.strip()), b"")

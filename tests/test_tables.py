@@ -173,3 +173,30 @@ def test_jsonl_vectors_are_held_as_float32_while_they_are_read(tmp_path):
     tracemalloc.stop()
     assert np.array_equal(data.embeddings, x) and data.embeddings.dtype == np.float32
     assert peak < 2.5 * x.nbytes, peak / x.nbytes  # the old reader: 9.1x
+
+
+def test_a_parquet_table_of_texts_goes_to_the_text_teacher(tmp_path):
+    """A dataset's texts exported as Parquet (no vector column) went to the parquet teacher: "no column
+    'embedding'"; now, as with .jsonl, what the table holds chooses the teacher."""
+    from atlas_plugins import ConfigError, Registry
+    from atlas_plugins.config import load_config
+    from builtin_plugins.teachers import read_texts
+
+    registry = Registry(load_entrypoints=False)  # the built-ins alone, whatever else is installed
+
+    pq.write_table(pa.table({"text": ["parse a file", None, "open a socket"], "label": ["io", "x", "net"]}),
+                   tmp_path / "t.parquet")
+    assert read_texts(tmp_path / "t.parquet") == (["parse a file", "open a socket"], ["io", "net"])
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "t.parquet"\n')
+    assert load_config(tmp_path / "p.toml", registry=registry).teacher.loader == "sentence-transformers"
+    _, _, table = example_table(rows=20)
+    pq.write_table(table.rename_columns(["id", "vec", "text", "label"]), tmp_path / "v.parquet")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "v.parquet"\n')
+    with pytest.raises(ConfigError, match=r"v.parquet holds vectors in 'vec': set loader = \"parquet\" and column = "
+                                          r"\"vec\" in \[teacher\] to train on them"):
+        load_config(tmp_path / "p.toml", registry=registry)
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n.parquet: column 'text' holds int values; expected texts"):
+        read_texts(tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"t.parquet: no column 'body'; its columns are: text, label; text_column"):
+        read_texts(tmp_path / "t.parquet", text_field="body")

@@ -224,7 +224,8 @@ def test_texts_in_a_field_of_another_name(tmp_path):
 
 def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     """A .csv of texts was refused ("no teacher plugin reads '.csv' files"): now it is the text teacher's, by
-    its suffix, and atlas-encode reads one too, its rows in order (an empty text named as skipped)."""
+    its suffix, and atlas-encode reads one too, its rows in order (an empty text named as skipped), and a
+    Parquet table of texts."""
     import csv
 
     rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
@@ -254,3 +255,12 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     from atlas_plugins import load_student
     expected = load_student(tmp_path / "runs" / "p").encode(["parse a CSV file", "open a TCP socket, then"])
     assert np.allclose([[float(r[f"dim_{i}"]) for i in range(5)] for r in got], expected, atol=1e-6)
+
+    import pyarrow as pa  # the same texts as a dataset's Parquet export: a text column, no vectors
+    pq.write_table(pa.table({"text": ["parse a CSV file", None, "open a TCP socket, then"], "id": [7, 8, 9]}),
+                   tmp_path / "new.parquet")
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "new.parquet", "-o", tmp_path / "z.npy", "--quiet",
+                      program="atlas-encode", env={"HF_HUB_OFFLINE": "1"})
+    assert encoded.returncode == 0, encoded.stderr
+    assert "new.parquet: 1 row without a text skipped (row 1)" in encoded.stderr
+    assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-6)
