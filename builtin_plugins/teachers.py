@@ -68,7 +68,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
             if not line.strip():
                 blank += 1
                 continue
-            if path.suffix != ".jsonl":
+            if path.suffix.lower() != ".jsonl":
                 texts += [""] * blank if one_per_row else []
                 texts.append(line.rstrip("\r\n"))
                 blank = 0
@@ -137,7 +137,7 @@ def npy(path, key: str | None = None, meta: str | None = None):
     """
     p = _exists(path)
     try:
-        if p.suffix == ".npz":
+        if p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as archive:
                 names = archive.files
                 if key is None:

@@ -292,3 +292,16 @@ def test_texts_and_labels_from_a_spreadsheet_table(tmp_path):
         (tmp_path / "t.tsv").write_bytes(body if isinstance(body, bytes) else body.encode())
         with pytest.raises(DataError, match=message):
             read_texts(tmp_path / "t.tsv")
+
+
+def test_suffixes_are_read_whatever_their_case(tmp_path):
+    """Windows and camera-style names (``META.JSONL``, ``X.NPZ``): a .JSONL meta file was read as lines of text
+    (each row's text its whole JSON object) and an .NPZ as a .npy."""
+    from builtin_plugins.teachers import npy
+
+    x = np.load(EXAMPLE_NPY)[:3]
+    np.savez(tmp_path / "x.npz", embeddings=x)
+    (tmp_path / "x.npz").rename(tmp_path / "X.NPZ")
+    (tmp_path / "META.JSONL").write_text("".join(json.dumps({"text": t, "label": "a"}) + "\n" for t in "pqr"))
+    data = validate_teacher(npy(tmp_path / "X.NPZ", meta=str(tmp_path / "META.JSONL")))
+    assert np.array_equal(data.embeddings, x) and data.texts == ["p", "q", "r"] and data.labels == ["a"] * 3
