@@ -29,9 +29,9 @@ def register_teachers(register):
     register("npy", teachers.npy, "NumPy .npy (memory-mapped) or .npz")
     register("safetensors", teachers.safetensors, "safetensors file (optional extra)")
     register("parquet", tables.parquet, "Parquet embedding column, with text/label/id columns (optional extra)")
-    register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row")
+    register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, or a vector per line")
     register("sentence-transformers", text.sentence_transformers,
-             "embed a .txt/.jsonl file with a local SentenceTransformer model (optional extra 'text')")
+             "embed texts (.txt, .jsonl, .csv, .tsv, .parquet) with a local SentenceTransformer model (extra 'text')")
 
 
 @hookimpl
