@@ -276,7 +276,20 @@ def _check_columns(path, required: Sequence[str], names: Sequence[str], hint: st
     missing = [c for c in required if c not in names]
     if missing:
         shown = ", ".join(names[:10]) + (f", ... ({len(names):,} in all)" if len(names) > 10 else "")
+        if all(_is_float(n) for n in names):  # no header, or column numbers for one: vectors, not texts
+            sep = TABLE_SUFFIXES.get(os.path.splitext(str(path))[1].lower(), ",")
+            skip = ", skiprows=1" if all(n.strip().isdigit() for n in names) else ""
+            hint = (f"; it looks like a table of vectors, which a teacher reads from .npy: numpy.save('vectors.npy', "
+                    f"numpy.loadtxt('{os.path.basename(str(path))}', delimiter={sep!r}{skip}, ndmin=2))")
         raise DataError(f"{path}: no column '{missing[0]}'; its columns are: {shown}{hint}")
+
+
+def _is_float(text) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def read_parquet_columns(path, required: Sequence[str], optional: Sequence[str], what: str,

@@ -305,3 +305,20 @@ def test_suffixes_are_read_whatever_their_case(tmp_path):
     (tmp_path / "META.JSONL").write_text("".join(json.dumps({"text": t, "label": "a"}) + "\n" for t in "pqr"))
     data = validate_teacher(npy(tmp_path / "X.NPZ", meta=str(tmp_path / "META.JSONL")))
     assert np.array_equal(data.embeddings, x) and data.texts == ["p", "q", "r"] and data.labels == ["a"] * 3
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_a_csv_of_vectors_is_told_how_to_make_the_npy_a_teacher_reads(tmp_path, header, monkeypatch):
+    """A .csv is a table of texts; one of numbers got only "no column 'text'". The command the message gives
+    is run here, and makes the rows."""
+    from builtin_plugins.teachers import read_texts
+
+    x = np.load(EXAMPLE_NPY)[:4]
+    np.savetxt(tmp_path / "vectors.csv", x, delimiter=",", header=",".join(map(str, range(384))) if header else "",
+               comments="")
+    with pytest.raises(DataError, match="it looks like a table of vectors, which a teacher reads from .npy") as err:
+        read_texts(tmp_path / "vectors.csv")
+    command = str(err.value).split("reads from .npy: ")[1]
+    monkeypatch.chdir(tmp_path)
+    exec(command, {"numpy": np})  # the message's own command, on the file it names
+    assert np.allclose(np.load(tmp_path / "vectors.npy"), x, atol=1e-6)
