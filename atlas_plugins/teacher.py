@@ -249,12 +249,16 @@ def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iter
                 raise DataError(f"{path}: empty; a {what} starts with a line naming its columns")
             _check_columns(path, required, header, hint)
             for row in reader:
+                if None in row:  # DictReader's key for cells beyond the header's: a text's unquoted comma
+                    sep = "comma" if reader.reader.dialect.delimiter == "," else "tab"
+                    raise DataError(f"{path}:{reader.line_num}: {len(header) + len(row[None])} cells, the header "
+                                    f"names {len(header)}; quote a text that holds a {sep} (\"like, this\")")
                 yield reader.line_num, row
         except UnicodeDecodeError:  # no line number: the file is decoded ahead of the rows, a block at a time
             raise DataError(f"{path}: not UTF-8 text; save the {what} as UTF-8 (\"CSV UTF-8\" in a "
                             "spreadsheet)") from None
         except csv.Error as exc:
-            raise DataError(f"{path}: not a valid {what} after line {reader.line_num} ({exc}; an unclosed "
+            raise DataError(f"{path}: not a valid {what} after line {reader.line_num} ({exc}; a stray or unclosed "
                             "quote?)") from None
 
 

@@ -286,8 +286,10 @@ def test_texts_and_labels_from_a_spreadsheet_table(tmp_path):
         ("content\tlabel\nx\ty\n", r"t.tsv: no column 'text'; its columns are: content, label; text_column in "
                                    r"\[teacher\] names another column"),
         (b"text\ncaf\xe9\n", r't.tsv: not UTF-8 text; save the text file as UTF-8 \("CSV UTF-8" in a spreadsheet\)'),
-        ('text\n"open a socket\n', r"t.tsv: not a valid text file after line \d+ \(.*; an unclosed quote\?\)"),
+        ('text\n"open a socket\n', r"t.tsv: not a valid text file after line \d+ \(.*; a stray or unclosed quote\?\)"),
         ("", "t.tsv: empty; a text file starts with a line naming its columns"),
+        ("text\tlabel\nhello\tworld\tgreeting\n",  # an unquoted tab in a text: its end became the label
+         r't.tsv:2: 3 cells, the header names 2; quote a text that holds a tab \("like, this"\)'),
     ]:
         (tmp_path / "t.tsv").write_bytes(body if isinstance(body, bytes) else body.encode())
         with pytest.raises(DataError, match=message):
