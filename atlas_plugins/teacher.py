@@ -367,7 +367,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     who reads the rows anyway (:class:`RowScan` on each chunk); a :class:`RowScan` of ``data`` scans with it
     (one made with ``digest=True`` then holds :func:`teacher_digest` of the rows).  Labels must be
     strings, numbers or booleans (they are counted and compared), or None for a row without one; a NaN
-    label (what ``json.dumps`` writes for pandas' missing value) is returned as None.  Texts must be strings;
+    label (what ``json.dumps`` writes for pandas' missing value) is returned as None, and labels of more than
+    one type as their text (3 and "3" are one label).  Texts must be strings;
     a row without one (None, or NaN: a parquet or pandas column's missing value) is returned as "", and
     texts that are all missing as None.
     """
@@ -426,6 +427,9 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
                         "(did the embedding step repeat one result?)")
     if data.labels is not None and any(map(_missing, data.labels)):
         data = attrs.evolve(data, labels=[None if _missing(v) else v for v in data.labels])
+    if data.labels is not None and len({type(v) for v in data.labels if v is not None}) > 1:
+        # 3 and "3" in one file are one label, as map.parquet (a column of one type) and map.html show them
+        data = attrs.evolve(data, labels=[None if v is None else str(v) for v in data.labels])
     if data.texts is not None and any(map(_missing, data.texts)):
         texts = ["" if _missing(v) else v for v in data.texts]
         data = attrs.evolve(data, texts=texts if any(texts) else None)  # a column of missing values: no texts

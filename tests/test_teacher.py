@@ -255,6 +255,25 @@ def test_a_nan_label_is_no_label(tmp_path):
     assert validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.jsonl"))).labels == ["x", None, None, None]
 
 
+def test_labels_of_mixed_types_are_one_label_per_text(tmp_path):
+    """A meta file written by hand or by two tools holds 3 and "3": map.parquet and map.html showed them as one
+    label, while scatter.png drew two legend entries and the k-NN accuracy counted a vote for 3 against "3"."""
+    from atlas_plugins.evaluation import knn_accuracy
+    from builtin_plugins.teachers import npy
+
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:4])
+    labels = [3, "3", None, "x"]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
+                                              for t, lab in zip("abcd", labels)))
+    data = validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.jsonl")))
+    assert data.labels == ["3", "3", None, "x"]
+    z = torch.tensor([[0.0], [0.1], [5.0], [9.0]])
+    assert knn_accuracy(z, data.labels, k=1) == 2 / 3 and knn_accuracy(z, labels, k=1) == 0  # each other's nearest
+    np.save(tmp_path / "u.npy", np.load(EXAMPLE_NPY)[:2])
+    (tmp_path / "n.jsonl").write_text('{"text": "a", "label": 3}\n{"text": "b", "label": 4}\n')
+    assert validate_teacher(npy(tmp_path / "u.npy", meta=str(tmp_path / "n.jsonl"))).labels == [3, 4]  # one type
+
+
 def test_a_blank_line_of_a_text_meta_file_is_its_row_s_empty_text(tmp_path):
     """Line i of a .txt meta file is row i: a row without a text is a blank line there. Blank lines were
     skipped, so such a file was refused ("4 texts for the 6 rows") though it held a line per row."""
