@@ -737,7 +737,6 @@ def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
         name = loader_for_suffix("texts.txt", registry)  # a table of texts, without vectors
     if name is not None:
         return name
-    suffix = Path(teacher_path).suffix.lower()
     raise ConfigError(f"{origin('teacher.path')}: teacher.loader is not set and no teacher plugin reads "
                       f"'{suffix or teacher_path}' files; set loader to one of: {', '.join(registry.names('teacher'))}")
 

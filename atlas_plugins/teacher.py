@@ -309,7 +309,6 @@ def read_parquet_columns(path, required: Sequence[str], optional: Sequence[str],
     if schema is None:
         raise DataError(f"{path}: not a readable Parquet file")
     _check_columns(path, required, schema.names, hint)
-
     columns = [*required, *(c for c in optional if c in schema.names and c not in required)]
     table = pq.read_table(path, columns=columns)
     return {c: table.column(c).to_pylist() for c in columns}
