@@ -37,7 +37,7 @@ from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
 from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, in_memory_if_small, loader_for_suffix,
-                      parquet_schema, read_parquet_columns, read_table, validate_teacher, vector_field)
+                      parquet_schema, read_parquet_texts, read_table, validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -170,16 +170,14 @@ def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
     when there), and those extras; rows with an empty text are left out, and named when any text follows."""
     hint = "; --key names another column"
     if p.suffix.lower() in PARQUET_SUFFIXES:
-        cols = read_parquet_columns(p, [column], ["label", "id"], "table of texts", hint)
-        numbered, unit = enumerate({k: cols[k][i] for k in cols} for i in range(len(cols[column]))), "row"
+        cols = read_parquet_texts(p, column, ["label", "id"], "table of texts", hint)
+        numbered, unit = list(enumerate({k: cols[k][i] for k in cols} for i in range(len(cols[column])))), "row"
     else:
-        numbered, unit = read_table(p, [column], "table of texts", hint), "line"
-    rows, between, pending, extras = [], [], [], ("text",)
+        numbered, unit = list(read_table(p, [column], "table of texts", hint)), "line"
+    extras = ("text", *(k for k in ("label", "id") if numbered and k in numbered[0][1]))  # the same in every row
+    rows, between, pending = [], [], []
     for number, row in numbered:
-        extras = ("text", *(k for k in ("label", "id") if k in row))
         text = row[column]
-        if text is not None and not isinstance(text, str):
-            raise DataError(f"{p}: column '{column}' holds {type(text).__name__} values, not texts")
         if not (text or "").strip():
             pending.append(number)
             continue

@@ -296,10 +296,9 @@ def _is_float(text) -> bool:
         return False
 
 
-def read_parquet_columns(path, required: Sequence[str], optional: Sequence[str], what: str,
-                         hint: str = "") -> dict[str, list]:
-    """The ``required`` columns of a Parquet table, and those of ``optional`` it has, as lists: a table of
-    texts (a dataset's export) read whole, as a ``.jsonl`` one is."""
+def read_parquet_texts(path, column: str, optional: Sequence[str], what: str, hint: str = "") -> dict[str, list]:
+    """A Parquet table of texts (a dataset's export), read whole as a ``.jsonl`` one is: its ``column`` of
+    texts (strings, or None for a row without one) and those of the ``optional`` columns it has, as lists."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -308,10 +307,14 @@ def read_parquet_columns(path, required: Sequence[str], optional: Sequence[str],
     schema = parquet_schema(path)
     if schema is None:
         raise DataError(f"{path}: not a readable Parquet file")
-    _check_columns(path, required, schema.names, hint)
-    columns = [*required, *(c for c in optional if c in schema.names and c not in required)]
+    _check_columns(path, [column], schema.names, hint)
+    columns = [column, *(c for c in optional if c in schema.names and c != column)]
     table = pq.read_table(path, columns=columns)
-    return {c: table.column(c).to_pylist() for c in columns}
+    out = {c: table.column(c).to_pylist() for c in columns}
+    bad = next((t for t in out[column] if not isinstance(t, (str, type(None)))), None)
+    if bad is not None:
+        raise DataError(f"{path}: column '{column}' holds {type(bad).__name__} values; expected texts")
+    return out
 
 
 def vector_field(path) -> str | None:

@@ -11,8 +11,7 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, TeacherData, read_parquet_columns,
-                                   read_table)
+from atlas_plugins.teacher import PARQUET_SUFFIXES, TABLE_SUFFIXES, TeacherData, read_parquet_texts, read_table
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -46,10 +45,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
         rows = [(row[text_field] or "", row.get(label_field) or None)
                 for _, row in read_table(path, [text_field], what, hint)]
     elif path.suffix.lower() in PARQUET_SUFFIXES:
-        cols = read_parquet_columns(path, [text_field], [label_field], what, hint)
-        bad = next((t for t in cols[text_field] if not isinstance(t, (str, type(None)))), None)
-        if bad is not None:
-            raise DataError(f"{path}: column '{text_field}' holds {type(bad).__name__} values; expected texts")
+        cols = read_parquet_texts(path, text_field, [label_field], what, hint)
         texts = [t or "" for t in cols[text_field]]
         rows = list(zip(texts, cols.get(label_field) or [None] * len(texts)))
     if rows is not None:  # a table
