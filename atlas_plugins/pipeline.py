@@ -247,11 +247,13 @@ def _smoke_test(pipe: Pipeline) -> None:
                 loss = pipe.loss(out, x, pipe.taus[0], xhat)
             except ConfigError as exc:
                 levelled = "hierarchical" in (loss_name, pipe.config.loss.params.get("base"))
-                hint = f"; student '{name}' returns {len(levels)} level{'s' * (len(levels) > 1)}"
+                hint = ""
+                if len(levels) > 1 or levelled:  # a count of levels is the likely cause
+                    hint = f"; student '{name}' returns {len(levels)} level{'s' * (len(levels) > 1)}"
                 if len(levels) > 1 and not levelled:
                     hint += (": use loss 'hierarchical' (or 'combined' with base = \"hierarchical\"), or leave "
                              "[loss] name out to get the student's own")
-                raise ConfigError(f"{exc}{hint if len(levels) > 1 or levelled else ''}") from None
+                raise ConfigError(f"{exc}{hint}") from None
             who = f"loss '{loss_name}' ({pipe.providers['loss']})"
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
