@@ -404,3 +404,29 @@ def test_key_names_the_vectors_in_any_vector_file(run, tmp_path):
     one_error_line(run_cli(run, tmp_path / "t.txt", "--key", "vecs", *bad, program="atlas-encode"),
                    "--key vecs:", "holds texts, one per line; --key names the array or column of vectors")
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
+    """The new inputs (a .csv or .tsv of texts, a Parquet export of texts, --key naming their column), each
+    wrong in the way such files are: one line, exit 2, no output, and no model loaded to find out."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    (tmp_path / "comma.csv").write_text("text,label\nhello, world,greeting\n")
+    (tmp_path / "quote.tsv").write_text('text\n"open a socket\n')
+    (tmp_path / "cp1252.csv").write_bytes(b"text\ncaf\xe9\n")
+    (tmp_path / "other.csv").write_text("comment\nparse a file\n")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    pq.write_table(pa.table({"body": ["parse a file"]}), tmp_path / "body.parquet")
+    for name, args, message in [
+        ("comma.csv", (), "comma.csv:2: 3 cells, the header names 2; quote a text that holds a comma"),
+        ("quote.tsv", (), "quote.tsv: not a valid table of texts after line"),
+        ("cp1252.csv", (), 'cp1252.csv: not UTF-8 text; save the table of texts as UTF-8 ("CSV UTF-8"'),
+        ("other.csv", (), "other.csv: no column 'text'; its columns are: comment; --key names another column"),
+        ("other.csv", ("--key", "topic"), "other.csv: no column 'topic'; its columns are: comment"),
+        ("ints.parquet", (), "ints.parquet: column 'text' holds int values; expected texts"),
+        ("body.parquet", ("--key", "title"), "body.parquet: no column 'title'; columns are: body"),
+    ]:
+        out = tmp_path / f"{name}.out.csv"
+        one_error_line(run_cli(run, tmp_path / name, *args, "-o", out, program="atlas-encode"), message)
+        assert not out.exists() and not list(tmp_path.glob(".*tmp*"))

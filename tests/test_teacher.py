@@ -343,3 +343,23 @@ def test_a_csv_of_vectors_is_told_how_to_make_the_npy_a_teacher_reads(tmp_path, 
     monkeypatch.chdir(tmp_path)
     exec(command, {"numpy": np})  # the message's own command, on the file it names
     assert np.allclose(np.load(tmp_path / "vectors.npy"), x, atol=1e-6)
+
+
+def test_a_bad_table_of_texts_stops_atlas_run_in_one_line_before_anything_is_written(tmp_path):
+    """The text teacher's new inputs through the real command: exit 2, one line, no run folder."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    (tmp_path / "comma.csv").write_text("text,label\nhello, world,greeting\n")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    (tmp_path / "d.jsonl").write_text('{"content": "parse a file"}\n')
+    for teacher, message in [
+        ('path = "comma.csv"', "comma.csv:2: 3 cells, the header names 2; quote a text that holds a comma"),
+        ('path = "ints.parquet"', "ints.parquet: column 'text' holds int values; expected texts"),
+        ('path = "comma.csv"\ntext_column = "body"',
+         "comma.csv: no column 'body'; its columns are: text, label; text_column in [teacher] names another column"),
+        ('path = "d.jsonl"\ntext_column = 3', "teacher.text_column must be"),
+    ]:
+        (tmp_path / "p.toml").write_text(f"[teacher]\n{teacher}\n[output]\ndir = \"run\"\n")
+        one_error_line(run_cli(tmp_path / "p.toml", "--quiet"), message)
+        assert not (tmp_path / "run").exists()
