@@ -23,6 +23,7 @@ Prints a table last and writes every figure to ``DIR/device_check.json``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -175,6 +176,99 @@ def memory(tmp: Path) -> dict:
     return out
 
 
+def step_profile(tmp: Path, n: int = 200_000) -> dict:
+    """Where a training step's time goes on the GPU: the trainer's steps (neighbour batches on ``n`` rows)
+    against the same student, loss and optimizer stepping on one batch already on the GPU (the bare compute),
+    the host's part of a step (the batch's gather, its copy), the synchronising calls in a step (their places in
+    the code) and the profiler's busiest operations, host and GPU."""
+    import cProfile
+    import pstats
+    import warnings
+
+    from atlas_plugins.config import config_from_dict
+    from atlas_plugins.pipeline import assemble
+    from atlas_plugins.trainer import Trainer
+
+    path = tmp / f"profile-{n}.npy"
+    np.save(path, noised_rows(n, seed=3))
+
+    def trainer(steps: int, stages: int = 2) -> Trainer:
+        config = config_from_dict({"teacher": {"loader": "npy", "path": str(path)},
+                                   "schedule": {"stages": stages},
+                                   "train": {"steps_per_stage": steps, "device": GPU, "batches": "neighbors"},
+                                   "output": {"dir": str(tmp / "profile"), "plots": False}})
+        return Trainer(assemble(config, device=CUDA, progress=False), None, echo=lambda m: None)
+
+    out = {}
+    t = trainer(500)
+    t0 = time.perf_counter()
+    t.fit()
+    torch.cuda.synchronize()
+    out["trainer_ms_per_step"] = round((time.perf_counter() - t0) * 1000 / t.global_step, 3)
+    out["trainer_steps"] = t.global_step
+
+    pipe, batch = t.pipe, t.batches(0)[0]
+    x = pipe.teacher.rows(batch).to(CUDA)
+    for _ in range(2):  # a warm-up pass, then the timed one
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(300):
+            t._step(x, 1.0)
+            t._optimizer_step()
+        torch.cuda.synchronize()
+    out["bare_ms_per_step"] = round((time.perf_counter() - t0) * 1000 / 300, 3)
+    out["trainer_over_bare"] = round(out["trainer_ms_per_step"] / out["bare_ms_per_step"], 2)
+    batches = t.batches(1)[:300]
+    t0 = time.perf_counter()
+    xs = [pipe.teacher.rows(b) for b in batches]
+    out["gather_ms_per_batch"] = round((time.perf_counter() - t0) * 1000 / len(batches), 3)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for xb in xs:
+        xb.to(CUDA, non_blocking=True)
+    torch.cuda.synchronize()
+    out["copy_ms_per_batch"] = round((time.perf_counter() - t0) * 1000 / len(xs), 3)
+    t0 = time.perf_counter()
+    t.batches(2)
+    out["batches_ms_per_epoch"] = round((time.perf_counter() - t0) * 1000, 1)
+
+    t = trainer(100)
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit()
+    torch.cuda.set_sync_debug_mode(0)
+    places: dict = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            places[key] = places.get(key, 0) + 1
+    out["syncs_per_step"] = {k: round(v / t.global_step, 3) for k, v in sorted(places.items(), key=lambda kv: -kv[1])}
+
+    t = trainer(100)
+    prof = cProfile.Profile()
+    prof.enable()
+    t.fit()
+    torch.cuda.synchronize()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+    out["cprofile_tottime"] = text.getvalue()[-6000:]
+
+    t = trainer(100)
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as p:
+        t.fit()
+        torch.cuda.synchronize()
+    table = p.key_averages()
+    for key in ("self_cpu_time_total", "self_cuda_time_total"):
+        try:
+            out[f"top by {key}"] = table.table(sort_by=key, row_limit=18, max_name_column_width=60)
+        except Exception as exc:  # the sort keys' names change between torch versions
+            out[f"top by {key}"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("."), help="folder for device_check.json (default: here)")
@@ -188,7 +282,8 @@ def main() -> None:
         for name, check in [("agreement", agreement),
                             ("graph_speed", lambda: graph_speed([int(r) for r in args.rows.split(",")])),
                             ("example", lambda: example(Path(tmp))), ("large", lambda: large(Path(tmp))),
-                            ("ddp", lambda: ddp(Path(tmp))), ("memory", lambda: memory(Path(tmp)))]:
+                            ("ddp", lambda: ddp(Path(tmp))), ("memory", lambda: memory(Path(tmp))),
+                            ("step_profile", lambda: step_profile(Path(tmp)))]:
             if args.only and name not in args.only.split(","):
                 continue
             t0 = time.perf_counter()

@@ -33,7 +33,7 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     would otherwise be 0 · (−inf + inf) = NaN.  A NaN in ``log_p`` stays NaN: the trainer stops on it.
     """
     terms = log_p.exp() * (log_p - log_q)
-    return torch.where(log_p == -math.inf, torch.zeros((), dtype=terms.dtype), terms).sum(dim=1)
+    return torch.where(log_p == -math.inf, 0.0, terms).sum(dim=1)  # a Python 0: no tensor from the host
 
 
 def mse(student, teacher, *, tau=1.0, reduction="mean"):

@@ -6,6 +6,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from atlas_plugins import ConfigError, get_loss
 
@@ -188,6 +190,33 @@ def test_gradients_reach_the_student_only(name):
     assert student.grad is not None and student.grad.abs().sum() > 0
     assert teacher.grad is None
 
+
+
+class _HostTensors(TorchDispatchMode):
+    """Records each operation that mixes tensors of two devices (on a GPU: a host-to-device copy, which waits
+    for every queued kernel before the CPU may go on)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixed = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        devices = {str(a.device) for a in tree_flatten((args, kwargs or {}))[0] if isinstance(a, torch.Tensor)}
+        if len(devices) > 1:
+            self.mixed.append((str(func), sorted(devices)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["mse", "cosine", "relational", "kl", "neighbors", "combined", "hierarchical"])
+def test_losses_keep_every_tensor_on_the_inputs_device(name):
+    """Run on the meta device (shapes only), every operation of the loss and its gradient sees tensors of one
+    device: none is made on the host, which on a GPU would stall every training step."""
+    student = torch.randn(10, 5, device="meta", requires_grad=True)
+    teacher = torch.randn(10, 5 if name == "kl" else 32, device="meta")
+    kwargs = {"reconstruction_loss": torch.zeros((), device="meta")} if name == "combined" else {}
+    with _HostTensors() as seen:
+        get_loss(name)(student, teacher, tau=2.0, **kwargs).backward()
+    assert seen.mixed == []
 
 @pytest.mark.parametrize("call, message", [
     (lambda f: f(torch.randn(4), torch.randn(4, 8)), "student must be 2-D"),
