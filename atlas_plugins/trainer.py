@@ -154,6 +154,7 @@ class Trainer:
         self.metrics: list[dict] = []
         self.stop_signal: int | None = None
         self.graph_info: dict | None = None
+        self._drawn: tuple[int, list[np.ndarray]] | None = None  # the last epoch's batches (stages may share one)
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
         self.batches_per_epoch = self._count_batches()
         self.steps_per_epoch, self.steps_per_stage, self.total_steps = step_budget(
@@ -329,7 +330,9 @@ class Trainer:
                bar) -> None:
         """Batches ``first_batch … end − 1`` of epoch ``epoch`` (piece ``piece`` of the stage's plan); the next
         batch's rows are read in a background thread while the current one trains."""
-        batches = self.batches(epoch)
+        if self._drawn is None or self._drawn[0] != epoch:  # with steps_per_stage, a stage may end mid-epoch
+            self._drawn = (epoch, self.batches(epoch))
+        batches = self._drawn[1]
         # an epoch's own count rules its end (with train.neighbors = 1, merged batches can make it differ)
         end = len(batches) if end >= self.batches_per_epoch else min(end, len(batches))
         self.objective.train()

@@ -15,6 +15,11 @@
 6. Memory: what ``neighbor_index = "auto"`` / ``"exact"`` make of this GPU's free memory for 10⁶ and 10⁸
    rows, and atlas-run with a tiny GPU memory allowance (a real out-of-memory): exit code and stderr.
 
+7. Where a training step's time goes (``step_profile``, 200,000 such rows, neighbour batches): the trainer's
+   milliseconds a step against the same steps on one batch already on the GPU, the host's share (a batch's
+   read and copy, an epoch's batches drawn), then (unless ``--no-profile``) the synchronising calls per step
+   with their places in the code, and cProfile's and torch.profiler's busiest calls.
+
 ``--only memory,graph_speed`` runs some of them.
 
 Prints a table last and writes every figure to ``DIR/device_check.json``.
@@ -110,13 +115,14 @@ def atlas_run(pipeline: Path, *sets: str, torchrun: int = 0, extra=()) -> tuple[
     return proc.returncode, time.perf_counter() - t0, proc.stdout + proc.stderr
 
 
-def run_summary(folder: Path, rc: int, wall: float, log: str) -> dict:
+def run_summary(folder: Path, rc: int, wall: float, log: str, report: bool = True) -> dict:
     res = {"rc": rc, "wall_s": round(wall, 1), "samples_per_s": [float(s.replace(",", "")) for s in
                                                                     re.findall(r"([\d,]+) samples/s", log)]}
     graph = re.search(r"neighbour graph: .* in ([\d.]+)s", log)
     res["graph_s"] = float(graph.group(1)) if graph else None
     if rc != 0:
         res["log_tail"] = log[-2000:]
+    if rc != 0 or not report:
         return res
     report = json.loads((folder / "report.json").read_text())
     student = report["methods"]["student"]
@@ -135,13 +141,27 @@ def example(tmp: Path) -> dict:
     return out
 
 
-def large(tmp: Path, n: int = 200_000) -> dict:
-    path = tmp / f"noised-{n}.npy"
-    np.save(path, noised_rows(n, seed=2))
+def large(tmp: Path, n: int = 200_000, dim: int = 384, quick: bool = False) -> dict:
+    """``atlas-run`` with neighbour batches on ``n`` rows of ``dim`` (wider than the example's 384: its rows
+    through a fixed random projection, which keeps their neighbours); ``quick``: 250 steps a stage, no report."""
+    x = noised_rows(n, seed=2)
+    if dim != x.shape[1]:
+        x = x @ np.random.default_rng(5).standard_normal((x.shape[1], dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    path = tmp / f"noised-{n}x{dim}.npy"
+    np.save(path, x)
+    del x
     pipe = tmp / "large.toml"
     pipe.write_text(f'[teacher]\nloader = "npy"\npath = "{path}"\n[output]\ndir = "{tmp / "large"}"\nplots = false\n'
-                    f'[train]\nsteps_per_stage = 500\ndevice = "{GPU}"\nbatches = "neighbors"\n')
-    return run_summary(tmp / "large", *atlas_run(pipe))
+                    f'report = {str(not quick).lower()}\n[train]\nsteps_per_stage = {250 if quick else 500}\n'
+                    f'device = "{GPU}"\nbatches = "neighbors"\n')
+    rc, wall, log = atlas_run(pipe)
+    if quick:
+        stages = re.findall(r"^stage \d+/\d+ .*  ([\d.]+)s  [\d,]+ samples/s$", log, re.M)
+        res = run_summary(tmp / "large", rc, wall, log, report=False)
+        res.update(dim=dim, stage_s=[float(v) for v in stages], train_s=round(sum(map(float, stages)), 2))
+        return res
+    return run_summary(tmp / "large", rc, wall, log)
 
 
 def ddp(tmp: Path) -> dict:
@@ -176,11 +196,11 @@ def memory(tmp: Path) -> dict:
     return out
 
 
-def step_profile(tmp: Path, n: int = 200_000) -> dict:
+def step_profile(tmp: Path, n: int = 200_000, profile: bool = True) -> dict:
     """Where a training step's time goes on the GPU: the trainer's steps (neighbour batches on ``n`` rows)
     against the same student, loss and optimizer stepping on one batch already on the GPU (the bare compute),
     the host's part of a step (the batch's gather, its copy), the synchronising calls in a step (their places in
-    the code) and the profiler's busiest operations, host and GPU."""
+    the code) and the profiler's busiest operations, host and GPU (those three with ``profile``)."""
     import cProfile
     import pstats
     import warnings
@@ -200,6 +220,7 @@ def step_profile(tmp: Path, n: int = 200_000) -> dict:
         return Trainer(assemble(config, device=CUDA, progress=False), None, echo=lambda m: None)
 
     out = {}
+    trainer(20, 1).fit()  # the GPU's first kernels, cuBLAS's set-up: not a step's cost
     t = trainer(500)
     t0 = time.perf_counter()
     t.fit()
@@ -231,6 +252,8 @@ def step_profile(tmp: Path, n: int = 200_000) -> dict:
     t0 = time.perf_counter()
     t.batches(2)
     out["batches_ms_per_epoch"] = round((time.perf_counter() - t0) * 1000, 1)
+    if not profile:
+        return out
 
     t = trainer(100)
     torch.cuda.set_sync_debug_mode("warn")
@@ -274,6 +297,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("."), help="folder for device_check.json (default: here)")
     ap.add_argument("--rows", default="200000,1000000", help="graph sizes on the GPU, comma-separated")
     ap.add_argument("--only", help="run only these checks, comma-separated (default: all)")
+    ap.add_argument("--dim", type=int, default=384, help="large: the rows' width (default: 384, the example's)")
+    ap.add_argument("--quick", action="store_true", help="large: 250 steps a stage and no report")
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="step_profile: the timings only, not the synchronising calls and profiler tables")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("device_check.py needs a CUDA GPU; this machine has none")
@@ -281,9 +308,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, check in [("agreement", agreement),
                             ("graph_speed", lambda: graph_speed([int(r) for r in args.rows.split(",")])),
-                            ("example", lambda: example(Path(tmp))), ("large", lambda: large(Path(tmp))),
+                            ("example", lambda: example(Path(tmp))), ("large", lambda: large(Path(tmp), dim=args.dim, quick=args.quick)),
                             ("ddp", lambda: ddp(Path(tmp))), ("memory", lambda: memory(Path(tmp))),
-                            ("step_profile", lambda: step_profile(Path(tmp)))]:
+                            ("step_profile", lambda: step_profile(Path(tmp), profile=args.profile))]:
             if args.only and name not in args.only.split(","):
                 continue
             t0 = time.perf_counter()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from atlas_plugins.config import build_config
-from atlas_plugins.batches import neighbor_batches
+from atlas_plugins import batches as batches_module
+from atlas_plugins.batches import chunks, neighbor_batches
 from atlas_plugins.neighbors import normalized_rows, topk_cosine
 from atlas_plugins.pipeline import assemble
 from atlas_plugins.trainer import Trainer
@@ -72,6 +73,35 @@ def test_neighbor_batches_hold_anchors_and_their_neighbours():
         others = set(batch) - set(anchors)
         assert all(any((o - a) % 100 in range(1, 11) for a in anchors) for o in others)
 
+
+def batch_by_batch(order, graph, batch_size, neighbors, generator):
+    """The one-hop neighbour batches drawn one batch at a time: the plain reading of neighbor_batches' rule."""
+    batches = []
+    for anchors in chunks(order, max(1, batch_size // (1 + neighbors))):
+        anchors = torch.as_tensor(anchors, dtype=torch.long)
+        pick = torch.rand(len(anchors), graph.shape[1], generator=generator).argsort(dim=1)[:, :neighbors]
+        rows = torch.cat([anchors, graph[anchors].gather(1, pick).long().flatten()]).tolist()
+        batch = np.array(list(dict.fromkeys(rows)), dtype=np.int64)  # each row once, where it first appears
+        if len(batch) < 3 and batches:
+            batch = np.array(list(dict.fromkeys(batches.pop().tolist() + batch.tolist())), dtype=np.int64)
+        batches.append(batch)
+    return [b for b in batches if len(b) >= 3]
+
+
+@pytest.mark.parametrize("block", [10, 48, 65_536], ids=["blocks-of-one-batch", "blocks-of-three", "one-block"])
+@pytest.mark.parametrize("batch_size, neighbors", [(64, 3), (2, 1), (32, 15)])
+def test_neighbor_batches_drawn_at_once_are_those_drawn_batch_by_batch(real_embeddings, monkeypatch, block,
+                                                                      batch_size, neighbors):
+    """Drawn in blocks of many batches, the batches are the ones drawn one at a time, to the row, and
+    blocks of any size give the same batches (with batches of one anchor and one partner, pairs that are
+    each other's neighbour leave a batch of two rows, which joins the one before it)."""
+    monkeypatch.setattr(batches_module, "BLOCK_ANCHORS", block)
+    x = torch.nn.functional.normalize(torch.from_numpy(real_embeddings[:500]), dim=1)
+    graph = topk_cosine(x, 20).int()
+    order = np.random.default_rng(3).permutation(500)
+    got = neighbor_batches(order, graph, batch_size, neighbors, torch.Generator().manual_seed(4))
+    want = batch_by_batch(order, graph, batch_size, neighbors, torch.Generator().manual_seed(4))
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
 
 def test_two_hop_batches_reach_the_neighbours_neighbours():
     graph = torch.arange(100).view(100, 1).add(torch.arange(1, 11)).remainder(100)  # i's pool: i+1 .. i+10
@@ -189,6 +219,28 @@ def test_resume_on_cuda_restores_the_cuda_generator(tmp_path):
     resumed.fit(blob)
     a, b = full.student.state_dict(), resumed.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stages_inside_one_epoch_draw_its_batches_once(tmp_path, monkeypatch):
+    """With steps_per_stage, stages that share an epoch share its batches: drawn once, not once a stage."""
+    drawn = []
+    draw = Trainer.batches
+    monkeypatch.setattr(Trainer, "batches", lambda self, epoch: drawn.append(epoch) or draw(self, epoch))
+
+    def fit(**train):
+        doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+               "schedule": {"name": "linear", "start": 1.0, "end": 0.5, "stages": 3},
+               "train": {"epochs_per_stage": None, "steps_per_stage": 3, **train},
+               "output": {"dir": str(tmp_path / "unused"), "report": False}}
+        t = Trainer(assemble(build_config(doc, tmp_path / "p.toml")), None, echo=lambda m: None)
+        t.fit()
+        return t
+
+    t = fit(batches="neighbors", batch_size=256)
+    assert t.batches_per_epoch > 9 and drawn == [0]
+    drawn.clear()
+    t = fit(batches="random", batch_size=512)  # 5 batches an epoch: stage 2 ends in epoch 1, stage 3 in epoch 1
+    assert t.batches_per_epoch == 5 and drawn == [0, 1]
 
 
 def test_steps_per_stage_cuts_stages_inside_epochs(tmp_path):
