@@ -411,8 +411,11 @@ def read_toml(path: Path, registry=None) -> dict:
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML for a pipeline: values are nested too deeply") from None
     except UnicodeDecodeError:
+        if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Windows PowerShell's `"..." > file.toml`
+            raise ConfigError(f"{path}: not valid TOML: the file is UTF-16 text (what Windows PowerShell's > "
+                              "writes); save it as UTF-8 (Out-File -Encoding utf8)") from None
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text"
-                          f"{_data_file_hint(path, registry)}") from None
+                          f"{_data_file_hint(path, registry) or '; save it as UTF-8'}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
 

@@ -213,8 +213,12 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: 
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw)  # bytes: json reads a byte-order mark itself
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # sig: a byte-order mark
+            except UnicodeDecodeError:
+                raise DataError(f"{p}:{lineno}: not UTF-8 text; save the file as UTF-8") from None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
                 raise DataError(f"{p}:{lineno}: not a JSON object") from None
             if key is not None and not (isinstance(row, dict) and key in row):
                 fields = f"; its fields are: {', '.join(row)}" if isinstance(row, dict) else ""

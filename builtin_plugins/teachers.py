@@ -154,6 +154,10 @@ def npy(path, key: str | None = None, meta: str | None = None):
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, ValueError) and "object" in str(exc).lower():  # numpy's words for a dtype=object array
+            raise DataError(f"{p}: holds Python objects (an array of lists, as df['embedding'].values is), which "
+                            "only unpickling could read, and data files are never unpickled; save the vectors as "
+                            "one float array: np.save(path, np.stack(vectors).astype(np.float32))") from None
         raise DataError(f"{p}: not a readable NumPy file ({str(exc).splitlines()[0][:160]})") from None
     texts = None
     if meta is not None:

@@ -291,6 +291,12 @@ def test_a_data_file_given_as_the_pipeline_is_told_the_pipeline_to_write_and_tha
     np.save(data, np.load(EXAMPLE_NPY)[:100])
     one_error_line(run_cli(data, "--dry-run"), "vectors.npy: not valid TOML: the file is not UTF-8 text" + hint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.npy"]  # nothing written
+    (tmp_path / "vectors.toml").write_text('[teacher]\npath = "vectors.npy"\n', encoding="utf-16")
+    one_error_line(run_cli(tmp_path / "vectors.toml", "--dry-run"), "vectors.toml: not valid TOML: the file is "
+                   "UTF-16 text (what Windows PowerShell's > writes); save it as UTF-8 (Out-File -Encoding utf8)")
+    (tmp_path / "vectors.toml").write_bytes(b'[teacher]\npath = "caf\xe9.npy"\n')  # a Windows (cp1252) editor
+    one_error_line(run_cli(tmp_path / "vectors.toml", "--dry-run"),
+                   "vectors.toml: not valid TOML: the file is not UTF-8 text; save it as UTF-8")
     (tmp_path / "vectors.toml").write_text('[teacher]\npath = "vectors.npy"\n')
     proc = run_cli(tmp_path / "vectors.toml", "--dry-run")
     assert proc.returncode == 0 and "schedule   cosine: tau 2, " in proc.stdout, proc.stderr

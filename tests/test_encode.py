@@ -415,6 +415,7 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
     (tmp_path / "comma.csv").write_text("text,label\nhello, world,greeting\n")
     (tmp_path / "quote.tsv").write_text('text\n"open a socket\n')
     (tmp_path / "cp1252.csv").write_bytes(b"text\ncaf\xe9\n")
+    (tmp_path / "utf16.jsonl").write_text('{"text": "parse a file"}\n', encoding="utf-16")  # PowerShell's >
     (tmp_path / "other.csv").write_text("comment\nparse a file\n")
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     pq.write_table(pa.table({"body": ["parse a file"]}), tmp_path / "body.parquet")
@@ -422,6 +423,7 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
         ("comma.csv", (), "comma.csv:2: 3 cells, the header names 2; quote a text that holds a comma"),
         ("quote.tsv", (), "quote.tsv: not a valid table of texts after line"),
         ("cp1252.csv", (), 'cp1252.csv: not UTF-8 text; save the table of texts as UTF-8 ("CSV UTF-8"'),
+        ("utf16.jsonl", (), "utf16.jsonl:1: not UTF-8 text; save the file as UTF-8"),
         ("other.csv", (), "other.csv: no column 'text'; its columns are: comment; --key names another column"),
         ("other.csv", ("--key", "topic"), "other.csv: no column 'topic'; its columns are: comment"),
         ("ints.parquet", (), "ints.parquet: column 'text' holds int values; expected texts"),

@@ -65,6 +65,13 @@ def _npy(arr):
     return lambda p: np.save(p / "t.npy", arr) or 'path = "t.npy"'
 
 
+def _lists(n):
+    """What ``df["embedding"].values`` is: a dtype=object array of Python lists."""
+    out = np.empty(n, dtype=object)
+    out[:] = [[1.0, float(i)] for i in range(n)]
+    return out
+
+
 CASES = {
     "nan-row": (_npy(np.where(np.arange(600)[:, None] == 412, np.nan, np.ones((600, 384), np.float32))),
                 ["t.npy: row 412 contains NaN or Inf"]),
@@ -80,6 +87,11 @@ CASES = {
     "empty-file": (lambda p: (p / "t.npy").write_bytes(b"") or 'path = "t.npy"', ["t.npy: not a readable NumPy file"]),
     "text-named-npy": (_text("t.npy", "1,2,3\n", 'path = "t.npy"'),
                        ["t.npy: not a readable NumPy file"]),
+    "object-npy": (lambda p: np.save(p / "t.npy", _lists(600), allow_pickle=True) or 'path = "t.npy"',
+                   ["t.npy: holds Python objects (an array of lists, as df['embedding'].values is), which only "
+                    "unpickling could read", "np.save(path, np.stack(vectors).astype(np.float32))"]),
+    "object-npz": (lambda p: np.savez(p / "t.npz", embeddings=_lists(600)) or 'path = "t.npz"',
+                   ["t.npz: holds Python objects (an array of lists"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
                      or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"', ["t.pt: not a readable teacher file"]),
     "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
