@@ -154,7 +154,8 @@ def npy(path, key: str | None = None, meta: str | None = None):
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, ValueError) and "object" in str(exc).lower():  # numpy's words for a dtype=object array
+        if isinstance(exc, ValueError) and ("Python objects" in str(exc) or "Object arrays" in str(exc)):
+            # numpy's words for a dtype=object array (a file that is no .npy at all is "pickled (object) data")
             raise DataError(f"{p}: holds Python objects (an array of lists, as df['embedding'].values is), which "
                             "only unpickling could read, and data files are never unpickled; save the vectors as "
                             "one float array: np.save(path, np.stack(vectors).astype(np.float32))") from None
