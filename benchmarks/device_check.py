@@ -308,7 +308,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, check in [("agreement", agreement),
                             ("graph_speed", lambda: graph_speed([int(r) for r in args.rows.split(",")])),
-                            ("example", lambda: example(Path(tmp))), ("large", lambda: large(Path(tmp), dim=args.dim, quick=args.quick)),
+                            ("example", lambda: example(Path(tmp))),
+                            ("large", lambda: large(Path(tmp), dim=args.dim, quick=args.quick)),
                             ("ddp", lambda: ddp(Path(tmp))), ("memory", lambda: memory(Path(tmp))),
                             ("step_profile", lambda: step_profile(Path(tmp), profile=args.profile))]:
             if args.only and name not in args.only.split(","):

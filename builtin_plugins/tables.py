@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
 from atlas_plugins.teacher import TeacherData
 
@@ -114,9 +115,7 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
     lists: dict[str, list] = {kind: [] for kind in extras}
     cache = out = None
     if cache_dir:
-        st = path.stat()
-        key = hashlib.sha256(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, column]).encode())
-        cache = Path(cache_dir) / f"parquet-{key.hexdigest()[:20]}.npy"
+        cache = _cache_file(path, cache_dir, "parquet", [column])
         if cache.is_file():
             for batch in batches:  # only the small columns are read again
                 for kind, name in extras.items():
@@ -145,18 +144,82 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
     return np.load(cache, mmap_mode="r"), lists
 
 
+def _cache_file(path: Path, cache_dir: str, kind: str, params: list) -> Path:
+    """The ``.npy`` in ``cache_dir`` that holds ``path``'s vectors read with ``params``: named by the file (its
+    resolved path, size and modification time) and the parameters, so a changed file is converted again."""
+    st = path.stat()
+    key = hashlib.sha256(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, *params]).encode())
+    return Path(cache_dir) / f"{kind}-{key.hexdigest()[:20]}.npy"
+
+
 def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
-          id_column: str = "id"):
+          id_column: str = "id", cache_dir: str | None = None):
     """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``), or a
     vector alone per line (``[0.1, ...]``).
 
     A ``.jsonl`` file whose first line has an ``embedding`` field, or is a list of numbers, is read with it
     when no loader is named; name it (``loader = "jsonl"``, ``column = ...``) for vectors in a field of another
-    name.
+    name.  With ``cache_dir`` (a run's ``cache/``), the vectors are written to a float32 ``.npy`` there as they
+    are parsed and memory-mapped, and the texts, labels and ids beside it as JSON: memory stays flat, and a
+    second run reads those instead of parsing the file again (about 1,500 rows/s of 1536-D JSON).
     """
     p = _exists(path)
-    vectors, lists = [], {"text": [], "label": [], "id": []}  # a float32 array per row: Python floats take 8x
     names = {"text": text_column, "label": label_column, "id": id_column}
+    cache = _cache_file(p, cache_dir, "jsonl", [column, text_column, label_column, id_column]) if cache_dir else None
+    if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
+        extra = _present(json.loads(cache.with_suffix(".json").read_text(encoding="utf-8")))
+        return TeacherData(np.load(cache, mmap_mode="r"), labels=extra["label"], texts=extra["text"],
+                           ids=extra["id"], source=str(p))
+    rows = _jsonl_rows(p, column, names)
+    lists: dict[str, list] = {"text": [], "label": [], "id": []}
+    if cache is None:
+        vectors = []  # a float32 array per row: Python floats take 8x
+        for values, extras in rows:
+            vectors.append(values)
+            for kind in lists:
+                lists[kind].append(extras[kind])
+        if not vectors:
+            raise DataError(f"{p}: no rows found")
+        emb = np.stack(vectors)
+    else:
+        with p.open("rb") as fh:
+            n = sum(1 for raw in fh if raw.strip())  # the rows _jsonl_rows yields: the .npy is sized up front
+        out, tmp, i = None, cache.with_name(f".{cache.name}.tmp-{os.getpid()}"), -1
+        try:
+            for i, (values, extras) in enumerate(rows):
+                if i >= n:
+                    break
+                if out is None:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, len(values)))
+                out[i] = values
+                for kind in lists:
+                    lists[kind].append(extras[kind])
+            if out is None:
+                raise DataError(f"{p}: no rows found")
+            if i + 1 != n or next(rows, None) is not None:
+                raise DataError(f"{p}: changed while it was read ({n:,} rows counted, then {i + 1:,} read); "
+                                "run again once it is written")
+            out.flush()
+            del out
+            atomic_write_bytes(cache.with_suffix(".json"), json.dumps(lists).encode())
+            os.replace(tmp, cache)  # last: the .npy's presence says both files are whole
+        finally:
+            tmp.unlink(missing_ok=True)
+        emb = np.load(cache, mmap_mode="r")
+    extra = _present(lists)
+    return TeacherData(emb, labels=extra["label"], texts=extra["text"], ids=extra["id"], source=str(p))
+
+
+def _present(lists: dict) -> dict:
+    """Each list of texts, labels or ids, or None where no row has one."""
+    return {k: (v if any(x is not None for x in v) else None) for k, v in lists.items()}
+
+
+def _jsonl_rows(p: Path, column: str, names: dict):
+    """Each non-blank line of ``p`` as ``(float32 vector, {kind: value of field names[kind] or None})``, every
+    vector as long as the first; a line that is not one is a :class:`DataError` naming it."""
+    dim = None
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
@@ -174,17 +237,10 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
             if np.isinf(values).any() and np.isfinite(np.array(vec, dtype=np.float64)).all():
                 raise DataError(f"{p}:{lineno}: '{column}' has values too large for float32 (|x| > 3.4e38; largest "
                                 f"{max(abs(float(v)) for v in vec):.3g}); rescale the embeddings")
-            if vectors and len(values) != len(vectors[0]):
-                raise DataError(f"{p}:{lineno}: '{column}' has {len(values)} values, the rows before it "
-                                f"{len(vectors[0])}")
-            vectors.append(values)
-            for kind, name in names.items():
-                lists[kind].append(row.get(name) if isinstance(row, dict) else None)
-    if not vectors:
-        raise DataError(f"{p}: no rows found")
-    extra = {k: (v if any(x is not None for x in v) else None) for k, v in lists.items()}
-    return TeacherData(np.stack(vectors), labels=extra["label"], texts=extra["text"], ids=extra["id"],
-                       source=str(p))
+            if dim is not None and len(values) != dim:
+                raise DataError(f"{p}:{lineno}: '{column}' has {len(values)} values, the rows before it {dim}")
+            dim = len(values)
+            yield values, {kind: row.get(name) if isinstance(row, dict) else None for kind, name in names.items()}
 
 
 def _numbers(vec, maybe_bool: bool = True) -> np.ndarray | None:

@@ -7,6 +7,7 @@ import pytest
 
 from atlas_plugins import DataError
 from atlas_plugins.teacher import validate_teacher
+from builtin_plugins import tables
 from builtin_plugins.tables import jsonl, parquet
 from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
 
@@ -133,9 +134,57 @@ def test_a_vector_alone_per_line_is_read_as_vectors(tmp_path):
         assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
                        program="atlas-encode").returncode == 0
     assert np.array_equal(np.load(tmp_path / "v.jsonl.out.npy"), np.load(tmp_path / "v.npy.out.npy"))
+    converted = sorted(f.name for f in (tmp_path / "run" / "cache").glob("jsonl-*"))  # parsed once, kept
+    assert [f.rsplit(".", 1)[1] for f in converted] == ["json", "npy"]
+    assert set(json.loads((tmp_path / "run" / ".atlas-manifest.json").read_text())) >= {f"cache/{f}" for f in converted}
     (tmp_path / "v.jsonl").write_text("[0.5, 1.0]\n[1, true]\n")
     with pytest.raises(DataError, match=r"v.jsonl:2: the line must be a list of numbers"):
         jsonl(tmp_path / "v.jsonl")
+
+
+def test_jsonl_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
+    """With cache_dir (a run's cache/), a .jsonl of vectors is parsed once: its vectors go to a memory-mapped
+    .npy as they are read and its texts, labels and ids to a JSON file beside it; the next read parses
+    nothing, and a changed file is parsed again."""
+    emb = np.load(EXAMPLE_NPY)[:300]
+    meta = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:300]]
+    rows = [{"id": i, "embedding": r.tolist(), "text": m["text"], "label": m["label"]} for i, (r, m) in
+            enumerate(zip(emb, meta))]
+    (tmp_path / "e.jsonl").write_text("\n\n".join(map(json.dumps, rows)) + "\n")  # blank lines: no rows
+    cache = tmp_path / "cache"
+    plain, first = jsonl(tmp_path / "e.jsonl"), jsonl(tmp_path / "e.jsonl", cache_dir=str(cache))
+    assert isinstance(first.embeddings, np.memmap) and np.array_equal(first.embeddings, emb)
+    assert (first.texts, first.labels, first.ids) == (plain.texts, plain.labels, plain.ids)
+    assert first.ids[:2] == [0, 1] and first.texts == [m["text"] for m in meta]
+    assert sorted(f.suffix for f in cache.iterdir()) == [".json", ".npy"]  # nothing temporary left
+
+    def parse(*args):
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr("builtin_plugins.tables._jsonl_rows", parse)
+        second = jsonl(tmp_path / "e.jsonl", cache_dir=str(cache))
+    assert np.array_equal(second.embeddings, emb) and (second.texts, second.labels, second.ids) == (
+        first.texts, first.labels, first.ids)
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r["embedding"]) + "\n" for r in rows[:100]))
+    third = jsonl(tmp_path / "e.jsonl", cache_dir=str(cache))  # bare vectors now: no texts, labels or ids
+    assert third.num_rows == 100 and third.texts is third.labels is third.ids is None
+    assert jsonl(tmp_path / "e.jsonl", cache_dir=str(cache)).texts is None  # the same from its cache
+
+
+def test_a_bad_or_growing_jsonl_leaves_no_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    (tmp_path / "bad.jsonl").write_text('{"embedding": [1, 2]}\n{"embedding": [1, 2]}\n{"embedding": [1]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:3: 'embedding' has 1 values, the rows before it 2"):
+        jsonl(tmp_path / "bad.jsonl", cache_dir=str(cache))
+    assert not list(cache.iterdir())
+    (tmp_path / "v.jsonl").write_text("[1, 2]\n[3, 4]\n")
+    rows = tables._jsonl_rows
+    monkeypatch.setattr(tables, "_jsonl_rows", lambda *a: iter([*rows(*a), (np.ones(2, np.float32), {
+        "text": None, "label": None, "id": None})]))  # a row appended after the rows were counted
+    with pytest.raises(DataError, match=r"v.jsonl: changed while it was read \(2 rows counted, then 3 read\)"):
+        jsonl(tmp_path / "v.jsonl", cache_dir=str(cache))
+    assert not list(cache.iterdir())
 
 
 def test_jsonl_vectors(tmp_path):

@@ -1,0 +1,64 @@
+"""The ``jsonl`` vector teacher: parsed into memory against converted into the run's cache, and the cache read.
+
+    python benchmarks/jsonl_teacher.py [--rows 20000] [--dim 1536] [--data /tmp/atlas-jsonl]
+
+Writes ``rows`` random ``dim``-D vectors with a text each as JSON lines (what an embeddings API's answers
+make; kept in ``--data``, outside the repository), then reads them in three fresh processes, one after the
+other: without ``cache_dir`` (the reference: every row in memory), with an empty ``cache_dir`` (parsed and
+written to a memory-mapped ``.npy``), and with that cache in place.  Prints seconds and peak resident memory
+for each and the ratios to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+READ = """
+import resource, sys, time
+from builtin_plugins.tables import jsonl
+from atlas_plugins.teacher import validate_teacher
+t0 = time.perf_counter()
+data = validate_teacher(jsonl(sys.argv[1], cache_dir=sys.argv[2] or None))
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, data.num_rows)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--data", type=Path, default=Path("/tmp/atlas-jsonl"))
+    args = ap.parse_args()
+    path = args.data / f"vectors-{args.rows}x{args.dim}.jsonl"
+    if not path.exists():
+        args.data.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        with open(path.with_suffix(".tmp"), "w") as fh:
+            for i in range(args.rows):
+                vec = rng.standard_normal(args.dim).astype(np.float32).tolist()
+                fh.write(json.dumps({"id": i, "embedding": vec, "text": f"text {i}"}) + "\n")
+        path.with_suffix(".tmp").rename(path)
+    cache = args.data / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    results = {}
+    reads = (("in memory (reference)", ""), ("into the cache", str(cache)), ("from the cache", str(cache)))
+    for name, cache_dir in reads:
+        out = subprocess.run([sys.executable, "-c", READ, str(path), cache_dir], capture_output=True, text=True,
+                             check=True).stdout.split()
+        results[name] = (float(out[0]), float(out[1]))
+    ref_s, ref_mb = results["in memory (reference)"]
+    print(f"{args.rows:,} x {args.dim} vectors, {path.stat().st_size / 2**20:,.0f} MiB of JSON lines")
+    print(f"{'read':<24}{'seconds':>9}{'peak MB':>9}{'÷ ref s':>9}{'÷ ref MB':>9}")
+    for name, (s, mb) in results.items():
+        print(f"{name:<24}{s:>9.2f}{mb:>9.0f}{s / ref_s:>9.3f}{mb / ref_mb:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
