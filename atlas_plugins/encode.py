@@ -36,8 +36,8 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, in_memory_if_small, loader_for_suffix,
-                      parquet_schema, read_parquet_texts, read_table, validate_teacher, vector_field)
+from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, convert_first, in_memory_if_small,
+                      loader_for_suffix, parquet_schema, read_parquet_texts, read_table, validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -110,6 +110,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
                 rows = _jsonl_rows(p, key=key, texts_in=key or "text")
                 return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
     name = loader or loader_for_suffix(p, registry)
+    if name is None and convert_first(p):
+        raise DataError(convert_first(p))
     if name is None:
         raise ConfigError(f"{p}: no teacher plugin reads '{p.suffix.lower() or p.name}' files; name one with "
                           f"--loader ({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
@@ -142,6 +144,8 @@ def _vectors(data: TeacherData, dim: int) -> Source:
 
 
 def _must_exist(p: Path) -> None:
+    if p.is_dir() and convert_first(p):
+        raise DataError(convert_first(p))
     if p.is_dir() or not p.exists():
         raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
 

@@ -11,7 +11,8 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import PARQUET_SUFFIXES, TABLE_SUFFIXES, TeacherData, read_parquet_texts, read_table
+from atlas_plugins.teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, TeacherData, convert_first, read_parquet_texts,
+                                   read_table)
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -19,6 +20,8 @@ NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 def _exists(path, what: str = "teacher file") -> Path:
     """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end)."""
     p = Path(path)
+    if convert_first(p):
+        raise DataError(convert_first(p))
     if p.is_dir():
         raise DataError(f"{p}: is a folder; expected a {what}")
     if not p.exists():

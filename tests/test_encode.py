@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import gzip
 import json
 import re
 import subprocess
@@ -416,6 +417,9 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
     (tmp_path / "quote.tsv").write_text('text\n"open a socket\n')
     (tmp_path / "cp1252.csv").write_bytes(b"text\ncaf\xe9\n")
     (tmp_path / "utf16.jsonl").write_text('{"text": "parse a file"}\n', encoding="utf-16")  # PowerShell's >
+    (tmp_path / "texts.txt.gz").write_bytes(gzip.compress(b"parse a file\n"))
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset_info.json").write_text("{}")  # what a Hugging Face save_to_disk writes
     (tmp_path / "other.csv").write_text("comment\nparse a file\n")
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     pq.write_table(pa.table({"body": ["parse a file"]}), tmp_path / "body.parquet")
@@ -424,6 +428,9 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
         ("quote.tsv", (), "quote.tsv: not a valid table of texts after line"),
         ("cp1252.csv", (), 'cp1252.csv: not UTF-8 text; save the table of texts as UTF-8 ("CSV UTF-8"'),
         ("utf16.jsonl", (), "utf16.jsonl:1: not UTF-8 text; save the file as UTF-8"),
+        ("texts.txt.gz", (), "texts.txt.gz: is compressed (gzip); decompress it first (gunzip -k texts.txt.gz) "
+                             "and give texts.txt"),
+        ("ds", (), 'ds: is a Hugging Face dataset folder (save_to_disk); export it as Parquet'),
         ("other.csv", (), "other.csv: no column 'text'; its columns are: comment; --key names another column"),
         ("other.csv", ("--key", "topic"), "other.csv: no column 'topic'; its columns are: comment"),
         ("ints.parquet", (), "ints.parquet: column 'text' holds int values; expected texts"),

@@ -1,6 +1,8 @@
 """Bad teacher data is caught before training, with one line naming the file and the problem."""
 
+import gzip
 import json
+import lzma
 import os
 
 import numpy as np
@@ -92,6 +94,24 @@ CASES = {
                     "unpickling could read", "np.save(path, np.stack(vectors).astype(np.float32))"]),
     "object-npz": (lambda p: np.savez(p / "t.npz", embeddings=_lists(600)) or 'path = "t.npz"',
                    ["t.npz: holds Python objects (an array of lists"]),
+    "gzip-npy": (lambda p: (p / "t.npy.gz").write_bytes(gzip.compress(b"x")) and 'path = "t.npy.gz"',
+                 ["t.npy.gz: is compressed (gzip); decompress it first (gunzip -k t.npy.gz) and give t.npy"]),
+    "xz-jsonl-named": (lambda p: (p / "v.jsonl.xz").write_bytes(lzma.compress(b"[1, 2]\n"))
+                       and 'path = "v.jsonl.xz"\nloader = "jsonl"',  # a loader named: the file still is compressed
+                       ["v.jsonl.xz: is compressed (xz); decompress it first (unxz -k v.jsonl.xz) and give v.jsonl"]),
+    "gzip-meta": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                  or (p / "m.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
+                  and 'path = "t.npy"\nmeta = "m.jsonl.gz"', ["m.jsonl.gz: is compressed (gzip)"]),
+    "feather": (lambda p: (p / "e.feather").write_bytes(b"ARROW1") and 'path = "e.feather"',
+                ['e.feather: is an Arrow IPC (Feather) file, which no teacher reads; write it as Parquet instead '
+                 '(df.to_parquet("e.parquet") in pandas']),
+    "feather-as-parquet": (lambda p: (p / "e.feather").write_bytes(b"ARROW1") and 'path = "e.feather"\n'
+                           'loader = "parquet"', ["e.feather: is an Arrow IPC (Feather) file"]),
+    "huggingface-folder": (lambda p: (p / "ds").mkdir() or (p / "ds" / "dataset_info.json").write_text("{}")
+                           and 'path = "ds"', ['ds: is a Hugging Face dataset folder (save_to_disk); export it as '
+                                               'Parquet (ds.to_parquet("ds.parquet")) and give that file']),
+    "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
+                         ["vectors: is a folder; expected a teacher file"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
                      or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"', ["t.pt: not a readable teacher file"]),
     "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
