@@ -234,28 +234,26 @@ def loader_for_suffix(path, registry) -> str | None:
 
 COMPRESSED = {".gz": ("gzip", "gunzip -k"), ".bz2": ("bzip2", "bunzip2 -k"), ".xz": ("xz", "unxz -k"),
               ".zst": ("zstd", "unzstd")}  # suffix -> (format, the command that keeps the file and writes it whole)
-ARROW_SUFFIXES = (".feather", ".arrow", ".ipc")
 
 
 def convert_first(path) -> str | None:
     """For data no teacher reads but one step makes readable, that step, as the one line to show; else None.
 
     A compressed file (``vectors.jsonl.gz``, by its suffix) is decompressed once, beside it: no reader
-    streams through a decompressor (a memory map or a scattered read cannot).  Arrow IPC (Feather) files
-    and a Hugging Face dataset folder (``save_to_disk``) are written as Parquet, which the ``parquet``
-    teacher reads a batch at a time.
+    streams through a decompressor (a memory map or a scattered read cannot).  A Hugging Face dataset folder
+    (``save_to_disk``) holds its rows in ``.arrow`` shards, which the ``arrow`` teacher reads one at a time.
     """
     name = os.path.basename(os.path.normpath(str(path)))
     stem, suffix = os.path.splitext(name)
     if suffix.lower() in COMPRESSED:
         kind, command = COMPRESSED[suffix.lower()]
         return f"{path}: is compressed ({kind}); decompress it first ({command} {name}) and give {stem}"
-    if suffix.lower() in ARROW_SUFFIXES:
-        return (f"{path}: is an Arrow IPC (Feather) file, which no teacher reads; write it as Parquet instead "
-                f"(df.to_parquet(\"{stem}.parquet\") in pandas, df.write_parquet(...) in polars)")
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset_info.json")):
-        return (f"{path}: is a Hugging Face dataset folder (save_to_disk); export it as Parquet "
-                f"(ds.to_parquet(\"{name}.parquet\")) and give that file")
+        shards = sorted(f for f in os.listdir(path) if f.endswith(".arrow"))
+        head = f"{path}: is a Hugging Face dataset folder (save_to_disk)"
+        if len(shards) == 1:
+            return f"{head}; give its one shard, {os.path.join(str(path), shards[0])}, which the arrow teacher reads"
+        return f"{head}; export it as one Parquet file (ds.to_parquet(\"{name}.parquet\")) and give that file"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Teachers that read vectors from tables: ``parquet`` (optional extra, pyarrow) and ``jsonl``.
+"""Teachers that read vectors from tables: ``parquet`` and ``arrow`` (optional extra, pyarrow) and ``jsonl``.
 
 This is how embeddings are usually stored (dataset exports, pandas/polars/DuckDB,
 vector databases): one row per item, an embedding column of float lists, and
@@ -27,12 +27,13 @@ BATCH_ROWS = 65536
 EXTRA_COLUMNS = ("text", "label", "id")  # the columns read when present (or named by text_column, ...)
 
 
-def _pyarrow():
+def _pyarrow(teacher: str = "parquet"):
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError("the parquet teacher needs the optional extra: pip install 'atlas-distill[parquet]'") from None
+        raise DataError(f"the {teacher} teacher needs pyarrow, the optional extra: pip install 'atlas-distill[parquet]'"
+                        ) from None
     return pa, pq
 
 
@@ -81,24 +82,63 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
         pf = pq.ParquetFile(p)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
         raise DataError(f"{p}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
-    schema = pf.schema_arrow
+    return _table(pa, p, pf.schema_arrow, pf.metadata.num_rows,
+                  lambda columns: pf.iter_batches(batch_size=BATCH_ROWS, columns=columns),
+                  column, (text_column, label_column, id_column), cache_dir, "parquet")
+
+
+parquet.suffixes = (".parquet", ".pq")
+
+
+def arrow(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
+          id_column: str | None = None, cache_dir: str | None = None):
+    """An Arrow IPC file (``df.to_feather`` in pandas, ``write_ipc`` in polars; the file or the stream format,
+    as in a Hugging Face dataset's ``.arrow`` shards), read like a Parquet file: an embedding column (list of
+    floats) and, when present, text, label and id columns.  The file is memory-mapped, a batch read at a time.
+    """
+    pa, _ = _pyarrow("arrow")
+    p = _exists(path)
+
+    def open_batches():
+        source = pa.memory_map(str(p))
+        try:
+            reader = pa.ipc.open_file(source)
+            return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+        except pa.ArrowInvalid:  # not the file format: the stream format
+            source.seek(0)
+            reader = pa.ipc.open_stream(source)
+            return reader.schema, iter(reader)
+
+    try:
+        schema, batches = open_batches()
+        n = sum(b.num_rows for b in batches)  # no copy: the batches point into the map
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
+        raise DataError(f"{p}: not a readable Arrow IPC (Feather) file ({str(exc).splitlines()[0][:160]})") from None
+    return _table(pa, p, schema, n, lambda columns: (b.select(columns) for b in open_batches()[1]),
+                  column, (text_column, label_column, id_column), cache_dir, "arrow")
+
+
+arrow.suffixes = (".feather", ".arrow", ".ipc")
+
+
+def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cache_dir, kind: str) -> TeacherData:
+    """The teacher of a table with ``schema`` and ``n`` rows whose ``batches(columns)`` yields record batches:
+    the vectors of ``column`` and the ``given`` (text, label, id) columns, or those named so."""
     if column not in schema.names:
         raise DataError(f"{p}: no column '{column}'; columns are: {', '.join(schema.names)}; name the one with "
                         "the vectors: teacher.column in a pipeline file, --key for atlas-encode")
     dim = _list_dim(pa, schema.field(column), p, column)
     extras = {}
-    for kind, given in zip(EXTRA_COLUMNS, (text_column, label_column, id_column)):
-        if given is not None and given not in schema.names:
-            raise DataError(f"{p}: no column '{given}' ({kind}_column); columns are: {', '.join(schema.names)}")
-        name = given or (kind if kind in schema.names and kind != column else None)
+    for kind_, name_given in zip(EXTRA_COLUMNS, given):
+        if name_given is not None and name_given not in schema.names:
+            raise DataError(f"{p}: no column '{name_given}' ({kind_}_column); columns are: {', '.join(schema.names)}")
+        name = name_given or (kind_ if kind_ in schema.names and kind_ != column else None)
         if name is not None:
-            extras[kind] = name
-    n = pf.metadata.num_rows
+            extras[kind_] = name
     if n == 0:
         raise DataError(f"{p}: has no rows")
     try:
-        batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=[column, *extras.values()])
-        emb, lists = _convert(pa, batches, p, column, dim, n, extras, cache_dir)
+        emb, lists = _convert(pa, batches([column, *extras.values()]), p, column, dim, n, extras, cache_dir, kind)
     except DataError:
         raise
     except Exception as exc:
@@ -107,15 +147,12 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
     return TeacherData(emb, labels=lists.get("label"), texts=lists.get("text"), ids=lists.get("id"), source=str(p))
 
 
-parquet.suffixes = (".parquet", ".pq")
-
-
-def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir):
+def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir, kind: str = "parquet"):
     """Read the batches into an array (memory, or a memory-mapped ``.npy`` in ``cache_dir``) and lists."""
     lists: dict[str, list] = {kind: [] for kind in extras}
     cache = out = None
     if cache_dir:
-        cache = _cache_file(path, cache_dir, "parquet", [column])
+        cache = _cache_file(path, cache_dir, kind, [column])
         if cache.is_file():
             for batch in batches:  # only the small columns are read again
                 for kind, name in extras.items():

@@ -1,6 +1,7 @@
-"""Vectors from tables: the ``parquet`` teacher (pyarrow) and the ``jsonl`` vector teacher."""
+"""Vectors from tables: the ``parquet`` and ``arrow`` teachers (pyarrow) and the ``jsonl`` vector teacher."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_p
 
 pa = pytest.importorskip("pyarrow", reason="needs the 'parquet' extra")
 pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("pyarrow.feather")
 
 
 def example_table(rows=600, fixed=False):
@@ -49,6 +51,51 @@ def test_parquet_converts_once_into_a_memory_mapped_cache(tmp_path):
     pq.write_table(table.slice(0, 300), tmp_path / "e.parquet")  # the file changed: converted again
     assert parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache")).num_rows == 300
 
+
+@pytest.mark.parametrize("fmt", ["feather", "stream"], ids=["feather-file", "huggingface-stream-shard"])
+@pytest.mark.parametrize("fixed", [False, True], ids=["list", "fixed-size-list"])
+def test_arrow_ipc_reads_vectors_texts_labels_and_ids_across_batches(tmp_path, fmt, fixed):
+    """pandas' to_feather writes the IPC file format, a Hugging Face dataset's .arrow shards the stream
+    format: both are read like Parquet, a batch at a time, into the run's cache."""
+    emb, meta, table = example_table(fixed=fixed)
+    path = tmp_path / ("e.feather" if fmt == "feather" else "data-00000-of-00001.arrow")
+    if fmt == "feather":
+        pa.feather.write_feather(table, path, chunksize=128)
+    else:
+        with pa.ipc.new_stream(str(path), table.schema) as out:
+            for batch in table.to_batches(max_chunksize=128):
+                out.write_batch(batch)
+    for data in (tables.arrow(path), tables.arrow(path, cache_dir=str(tmp_path / "cache"))):
+        data = validate_teacher(data)
+        assert np.array_equal(np.asarray(data.embeddings), emb)
+        assert data.texts == [m["text"] for m in meta] and data.labels == [m["label"] for m in meta]
+        assert data.ids[:2] == ["row-0", "row-1"]
+    assert [f.suffix for f in (tmp_path / "cache").iterdir()] == [".npy"]
+    with pytest.raises(DataError, match=f"{path.name}: no column 'vec'; columns are: id, embedding, text, label"):
+        tables.arrow(path, column="vec")
+    (tmp_path / "bad.arrow").write_bytes(b"not arrow at all")
+    with pytest.raises(DataError, match=r"bad.arrow: not a readable Arrow IPC \(Feather\) file"):
+        tables.arrow(tmp_path / "bad.arrow")
+
+
+def test_atlas_run_and_atlas_encode_read_a_feather_file_by_its_suffix(tmp_path):
+    emb, _, table = example_table()
+    pa.feather.write_feather(table, tmp_path / "e.feather")
+    done = run_cli(write_pipeline(tmp_path, teacher=f'path = "{tmp_path / "e.feather"}"', stages=1, epochs=1),
+                   "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "run" / "cache").glob("arrow-*.npy"))
+    np.save(tmp_path / "e.npy", emb)
+    for name in ("e.feather", "e.npy"):
+        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
+                       program="atlas-encode").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "e.feather.out.npy"), np.load(tmp_path / "e.npy.out.npy"))
+    (tmp_path / "ds").mkdir()  # a Hugging Face dataset saved with save_to_disk: its one shard is named
+    (tmp_path / "ds" / "dataset_info.json").write_text("{}")
+    (tmp_path / "e.feather").rename(tmp_path / "ds" / "data-00000-of-00001.arrow")
+    one_error_line(run_cli(tmp_path / "run", tmp_path / "ds", program="atlas-encode"),
+                   f"ds: is a Hugging Face dataset folder (save_to_disk); give its one shard, "
+                   f"{tmp_path / 'ds' / 'data-00000-of-00001.arrow'}, which the arrow teacher reads")
 
 def test_parquet_errors_name_the_file_and_the_column(tmp_path):
     _, _, table = example_table(rows=50)
@@ -249,3 +296,13 @@ def test_a_parquet_table_of_texts_goes_to_the_text_teacher(tmp_path):
         read_texts(tmp_path / "n.parquet")
     with pytest.raises(DataError, match=r"t.parquet: no column 'body'; its columns are: text, label; text_column"):
         read_texts(tmp_path / "t.parquet", text_field="body")
+
+
+@pytest.mark.parametrize("teacher", ["parquet", "arrow"])
+def test_without_pyarrow_the_table_teachers_name_the_extra(tmp_path, monkeypatch, teacher):
+    (tmp_path / "e.data").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match=rf"^the {teacher} teacher needs pyarrow, the optional extra: "
+                                        r"pip install 'atlas-distill\[parquet\]'$"):
+        getattr(tables, teacher)(tmp_path / "e.data")

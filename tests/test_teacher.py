@@ -102,14 +102,9 @@ CASES = {
     "gzip-meta": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                   or (p / "m.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
                   and 'path = "t.npy"\nmeta = "m.jsonl.gz"', ["m.jsonl.gz: is compressed (gzip)"]),
-    "feather": (lambda p: (p / "e.feather").write_bytes(b"ARROW1") and 'path = "e.feather"',
-                ['e.feather: is an Arrow IPC (Feather) file, which no teacher reads; write it as Parquet instead '
-                 '(df.to_parquet("e.parquet") in pandas']),
-    "feather-as-parquet": (lambda p: (p / "e.feather").write_bytes(b"ARROW1") and 'path = "e.feather"\n'
-                           'loader = "parquet"', ["e.feather: is an Arrow IPC (Feather) file"]),
     "huggingface-folder": (lambda p: (p / "ds").mkdir() or (p / "ds" / "dataset_info.json").write_text("{}")
                            and 'path = "ds"', ['ds: is a Hugging Face dataset folder (save_to_disk); export it as '
-                                               'Parquet (ds.to_parquet("ds.parquet")) and give that file']),
+                                               'one Parquet file (ds.to_parquet("ds.parquet")) and give that file']),
     "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
                          ["vectors: is a folder; expected a teacher file"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
