@@ -36,8 +36,9 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, convert_first, in_memory_if_small,
-                      loader_for_suffix, parquet_schema, read_parquet_texts, read_table, validate_teacher, vector_field)
+from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, convert_first, hf_shards,
+                      in_memory_if_small, loader_for_suffix, parquet_schema, read_parquet_texts, read_table,
+                      validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -144,7 +145,9 @@ def _vectors(data: TeacherData, dim: int) -> Source:
 
 
 def _must_exist(p: Path) -> None:
-    if p.is_dir() and convert_first(p):
+    if hf_shards(p) is not None:  # a Hugging Face dataset folder: the arrow teacher reads its shards
+        return
+    if convert_first(p):
         raise DataError(convert_first(p))
     if p.is_dir() or not p.exists():
         raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")

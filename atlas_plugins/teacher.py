@@ -226,9 +226,26 @@ def _new_digest(teacher: TeacherData):
     return hashlib.sha256(f"{teacher.num_rows}x{teacher.dim}:{dtype_name(teacher.embeddings)}".encode())
 
 
+def hf_shards(path) -> list[str] | None:
+    """The ``.arrow`` shards of a Hugging Face dataset folder (``ds.save_to_disk(path)``: a
+    ``dataset_info.json`` beside them), in the dataset's row order (its ``state.json``, else by name); None
+    for anything else."""
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset_info.json"))):
+        return None
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as fh:
+            names = [f["filename"] for f in json.load(fh)["_data_files"]]
+        if not all(isinstance(n, str) and os.path.basename(n) == n for n in names):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):  # no state.json, or not one save_to_disk wrote
+        names = sorted(f for f in os.listdir(path) if f.endswith(".arrow"))
+    return [os.path.join(str(path), n) for n in names]
+
+
 def loader_for_suffix(path, registry) -> str | None:
-    """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None."""
-    suffix = os.path.splitext(str(path))[1].lower()
+    """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None.  A Hugging
+    Face dataset folder reads as its shards do (``.arrow``)."""
+    suffix = ".arrow" if hf_shards(path) is not None else os.path.splitext(str(path))[1].lower()
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
 
 
@@ -240,20 +257,18 @@ def convert_first(path) -> str | None:
     """For data no teacher reads but one step makes readable, that step, as the one line to show; else None.
 
     A compressed file (``vectors.jsonl.gz``, by its suffix) is decompressed once, beside it: no reader
-    streams through a decompressor (a memory map or a scattered read cannot).  A Hugging Face dataset folder
-    (``save_to_disk``) holds its rows in ``.arrow`` shards, which the ``arrow`` teacher reads one at a time.
+    streams through a decompressor (a memory map or a scattered read cannot).  Of a Hugging Face
+    ``DatasetDict`` saved to disk, one split's folder is a dataset (:func:`hf_shards`).
     """
     name = os.path.basename(os.path.normpath(str(path)))
     stem, suffix = os.path.splitext(name)
     if suffix.lower() in COMPRESSED:
         kind, command = COMPRESSED[suffix.lower()]
         return f"{path}: is compressed ({kind}); decompress it first ({command} {name}) and give {stem}"
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset_info.json")):
-        shards = sorted(f for f in os.listdir(path) if f.endswith(".arrow"))
-        head = f"{path}: is a Hugging Face dataset folder (save_to_disk)"
-        if len(shards) == 1:
-            return f"{head}; give its one shard, {os.path.join(str(path), shards[0])}, which the arrow teacher reads"
-        return f"{head}; export it as one Parquet file (ds.to_parquet(\"{name}.parquet\")) and give that file"
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset_dict.json")):
+        splits = sorted(f for f in os.listdir(path) if hf_shards(os.path.join(path, f)) is not None)
+        return (f"{path}: is a Hugging Face DatasetDict folder; give one split's folder"
+                f"{': ' + ', '.join(os.path.join(str(path), f) for f in splits) if splits else ''}")
     return None
 
 

@@ -29,8 +29,8 @@ def register_teachers(register):
     register("npy", teachers.npy, "NumPy .npy (memory-mapped) or .npz")
     register("safetensors", teachers.safetensors, "safetensors file (optional extra)")
     register("parquet", tables.parquet, "Parquet embedding column, with text/label/id columns (optional extra)")
-    register("arrow", tables.arrow, "Arrow IPC (Feather, a Hugging Face .arrow shard) embedding column, with "
-             "text/label/id columns (the parquet extra)")
+    register("arrow", tables.arrow, "Arrow IPC (Feather) file or Hugging Face dataset folder: embedding column, "
+             "with text/label/id columns (the parquet extra)")
     register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, or a vector per line")
     register("sentence-transformers", text.sentence_transformers,
              "embed texts (.txt, .jsonl, .csv, .tsv, .parquet) with a local SentenceTransformer model (extra 'text')")

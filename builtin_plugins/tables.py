@@ -19,7 +19,7 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import TeacherData
+from atlas_plugins.teacher import TeacherData, hf_shards
 
 from .teachers import _exists
 
@@ -92,15 +92,20 @@ parquet.suffixes = (".parquet", ".pq")
 
 def arrow(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
           id_column: str | None = None, cache_dir: str | None = None):
-    """An Arrow IPC file (``df.to_feather`` in pandas, ``write_ipc`` in polars; the file or the stream format,
-    as in a Hugging Face dataset's ``.arrow`` shards), read like a Parquet file: an embedding column (list of
-    floats) and, when present, text, label and id columns.  The file is memory-mapped, a batch read at a time.
+    """An Arrow IPC file (``df.to_feather`` in pandas, ``write_ipc`` in polars; the file or the stream format)
+    or a Hugging Face dataset folder (``ds.save_to_disk``: its ``.arrow`` shards in order), read like a
+    Parquet file: an embedding column (list of floats) and, when present, text, label and id columns.  Each
+    file is memory-mapped and read a batch at a time.
     """
     pa, _ = _pyarrow("arrow")
-    p = _exists(path)
+    shards = hf_shards(path)
+    p = Path(path) if shards is not None else _exists(path)
+    files = [_exists(f, "dataset shard") for f in shards] if shards is not None else [p]
+    if not files:
+        raise DataError(f"{p}: is a Hugging Face dataset folder without .arrow shards; save the dataset again")
 
-    def open_batches():
-        source = pa.memory_map(str(p))
+    def open_batches(f: Path):
+        source = pa.memory_map(str(f))
         try:
             reader = pa.ipc.open_file(source)
             return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
@@ -109,21 +114,35 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
             reader = pa.ipc.open_stream(source)
             return reader.schema, iter(reader)
 
-    try:
-        schema, batches = open_batches()
-        n = sum(b.num_rows for b in batches)  # no copy: the batches point into the map
-    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
-        raise DataError(f"{p}: not a readable Arrow IPC (Feather) file ({str(exc).splitlines()[0][:160]})") from None
-    return _table(pa, p, schema, n, lambda columns: (b.select(columns) for b in open_batches()[1]),
-                  column, (text_column, label_column, id_column), cache_dir, "arrow")
+    n, schema = 0, None
+    for f in files:
+        try:
+            found, batches = open_batches(f)
+            n += sum(b.num_rows for b in batches)  # no copy: the batches point into the map
+        except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
+            raise DataError(f"{f}: not a readable Arrow IPC (Feather) file ({str(exc).splitlines()[0][:160]})"
+                            ) from None
+        if schema is not None and not found.equals(schema):
+            raise DataError(f"{f}: its columns differ from those of {files[0].name}; save the dataset again")
+        schema = found
+
+    def batches(columns):
+        for f in files:
+            yield from (b.select(columns) for b in open_batches(f)[1])
+
+    stamps = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files] if shards is not None else []
+    return _table(pa, p, schema, n, batches, column, (text_column, label_column, id_column), cache_dir, "arrow",
+                  stamps)
 
 
 arrow.suffixes = (".feather", ".arrow", ".ipc")
 
 
-def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cache_dir, kind: str) -> TeacherData:
+def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cache_dir, kind: str,
+           stamps: list = ()) -> TeacherData:
     """The teacher of a table with ``schema`` and ``n`` rows whose ``batches(columns)`` yields record batches:
-    the vectors of ``column`` and the ``given`` (text, label, id) columns, or those named so."""
+    the vectors of ``column`` and the ``given`` (text, label, id) columns, or those named so.  ``stamps``:
+    what else names the cache (a folder's files)."""
     if column not in schema.names:
         raise DataError(f"{p}: no column '{column}'; columns are: {', '.join(schema.names)}; name the one with "
                         "the vectors: teacher.column in a pipeline file, --key for atlas-encode")
@@ -138,7 +157,8 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
     if n == 0:
         raise DataError(f"{p}: has no rows")
     try:
-        emb, lists = _convert(pa, batches([column, *extras.values()]), p, column, dim, n, extras, cache_dir, kind)
+        emb, lists = _convert(pa, batches([column, *extras.values()]), p, column, dim, n, extras, cache_dir, kind,
+                              stamps)
     except DataError:
         raise
     except Exception as exc:
@@ -147,12 +167,13 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
     return TeacherData(emb, labels=lists.get("label"), texts=lists.get("text"), ids=lists.get("id"), source=str(p))
 
 
-def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir, kind: str = "parquet"):
+def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir, kind: str = "parquet",
+             stamps: list = ()):
     """Read the batches into an array (memory, or a memory-mapped ``.npy`` in ``cache_dir``) and lists."""
     lists: dict[str, list] = {kind: [] for kind in extras}
     cache = out = None
     if cache_dir:
-        cache = _cache_file(path, cache_dir, kind, [column])
+        cache = _cache_file(path, cache_dir, kind, [column, *stamps])
         if cache.is_file():
             for batch in batches:  # only the small columns are read again
                 for kind, name in extras.items():

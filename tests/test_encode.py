@@ -430,7 +430,7 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
         ("utf16.jsonl", (), "utf16.jsonl:1: not UTF-8 text; save the file as UTF-8"),
         ("texts.txt.gz", (), "texts.txt.gz: is compressed (gzip); decompress it first (gunzip -k texts.txt.gz) "
                              "and give texts.txt"),
-        ("ds", (), 'ds: is a Hugging Face dataset folder (save_to_disk); export it as one Parquet file'),
+        ("ds", (), "ds: is a Hugging Face dataset folder without .arrow shards; save the dataset again"),
         ("other.csv", (), "other.csv: no column 'text'; its columns are: comment; --key names another column"),
         ("other.csv", ("--key", "topic"), "other.csv: no column 'topic'; its columns are: comment"),
         ("ints.parquet", (), "ints.parquet: column 'text' holds int values; expected texts"),

@@ -90,12 +90,43 @@ def test_atlas_run_and_atlas_encode_read_a_feather_file_by_its_suffix(tmp_path):
         assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
                        program="atlas-encode").returncode == 0
     assert np.array_equal(np.load(tmp_path / "e.feather.out.npy"), np.load(tmp_path / "e.npy.out.npy"))
-    (tmp_path / "ds").mkdir()  # a Hugging Face dataset saved with save_to_disk: its one shard is named
-    (tmp_path / "ds" / "dataset_info.json").write_text("{}")
-    (tmp_path / "e.feather").rename(tmp_path / "ds" / "data-00000-of-00001.arrow")
-    one_error_line(run_cli(tmp_path / "run", tmp_path / "ds", program="atlas-encode"),
-                   f"ds: is a Hugging Face dataset folder (save_to_disk); give its one shard, "
-                   f"{tmp_path / 'ds' / 'data-00000-of-00001.arrow'}, which the arrow teacher reads")
+
+
+def test_a_hugging_face_dataset_folder_is_read_shard_by_shard_in_its_order(tmp_path):
+    """``ds.save_to_disk(folder)`` writes .arrow shards (the stream format), dataset_info.json and state.json,
+    which lists the shards in row order; atlas-run and atlas-encode take the folder as the teacher."""
+    emb, meta, table = example_table()
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-b.arrow"},
+                                                                   {"filename": "data-a.arrow"}]}))
+    for name, part in (("data-b.arrow", table.slice(0, 400)), ("data-a.arrow", table.slice(400))):
+        with pa.ipc.new_stream(str(folder / name), table.schema) as out:  # not in the names' order
+            for batch in part.to_batches(max_chunksize=150):
+                out.write_batch(batch)
+    data = validate_teacher(tables.arrow(folder, cache_dir=str(tmp_path / "cache")))
+    assert np.array_equal(np.asarray(data.embeddings), emb) and data.texts == [m["text"] for m in meta]
+    done = run_cli(write_pipeline(tmp_path, teacher=f'path = "{folder}"', stages=1, epochs=1), "--quiet")
+    assert done.returncode == 0, done.stderr
+    np.save(tmp_path / "e.npy", emb)
+    for name in ("ds", "e.npy"):
+        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
+                       program="atlas-encode").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "ds.out.npy"), np.load(tmp_path / "e.npy.out.npy"))
+    with pa.ipc.new_stream(str(folder / "data-a.arrow"), table.schema) as out:  # a shard rewritten: read again
+        out.write_batch(table.slice(0, 10).to_batches()[0])
+    assert tables.arrow(folder, cache_dir=str(tmp_path / "cache")).num_rows == 410
+    other = table.drop_columns(["label"])
+    with pa.ipc.new_stream(str(folder / "data-a.arrow"), other.schema) as out:
+        out.write_batch(other.slice(0, 10).to_batches()[0])
+    with pytest.raises(DataError, match="data-a.arrow: its columns differ from those of data-b.arrow"):
+        tables.arrow(folder)
+    (tmp_path / "dd").mkdir()  # a DatasetDict saved to disk: a folder per split
+    (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    folder.rename(tmp_path / "dd" / "train")
+    one_error_line(run_cli(tmp_path / "run", tmp_path / "dd", program="atlas-encode"),
+                   f"dd: is a Hugging Face DatasetDict folder; give one split's folder: {tmp_path / 'dd' / 'train'}")
 
 def test_parquet_errors_name_the_file_and_the_column(tmp_path):
     _, _, table = example_table(rows=50)

@@ -102,9 +102,9 @@ CASES = {
     "gzip-meta": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
                   or (p / "m.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
                   and 'path = "t.npy"\nmeta = "m.jsonl.gz"', ["m.jsonl.gz: is compressed (gzip)"]),
-    "huggingface-folder": (lambda p: (p / "ds").mkdir() or (p / "ds" / "dataset_info.json").write_text("{}")
-                           and 'path = "ds"', ['ds: is a Hugging Face dataset folder (save_to_disk); export it as '
-                                               'one Parquet file (ds.to_parquet("ds.parquet")) and give that file']),
+    "huggingface-folder-without-shards": (
+        lambda p: (p / "ds").mkdir() or (p / "ds" / "dataset_info.json").write_text("{}") and 'path = "ds"',
+        ["ds: is a Hugging Face dataset folder without .arrow shards; save the dataset again"]),
     "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
                          ["vectors: is a folder; expected a teacher file"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
