@@ -138,26 +138,26 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
 arrow.suffixes = (".feather", ".arrow", ".ipc")
 
 
-def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cache_dir, kind: str,
+def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cache_dir, prefix: str,
            stamps: list = ()) -> TeacherData:
     """The teacher of a table with ``schema`` and ``n`` rows whose ``batches(columns)`` yields record batches:
-    the vectors of ``column`` and the ``given`` (text, label, id) columns, or those named so.  ``stamps``:
-    what else names the cache (a folder's files)."""
+    the vectors of ``column`` and the ``given`` (text, label, id) columns, or those named so.  The cache file
+    is named ``prefix-...`` after the file, the columns and ``stamps`` (a folder's files)."""
     if column not in schema.names:
         raise DataError(f"{p}: no column '{column}'; columns are: {', '.join(schema.names)}; name the one with "
                         "the vectors: teacher.column in a pipeline file, --key for atlas-encode")
     dim = _list_dim(pa, schema.field(column), p, column)
     extras = {}
-    for kind_, name_given in zip(EXTRA_COLUMNS, given):
+    for kind, name_given in zip(EXTRA_COLUMNS, given):
         if name_given is not None and name_given not in schema.names:
-            raise DataError(f"{p}: no column '{name_given}' ({kind_}_column); columns are: {', '.join(schema.names)}")
-        name = name_given or (kind_ if kind_ in schema.names and kind_ != column else None)
+            raise DataError(f"{p}: no column '{name_given}' ({kind}_column); columns are: {', '.join(schema.names)}")
+        name = name_given or (kind if kind in schema.names and kind != column else None)
         if name is not None:
-            extras[kind_] = name
+            extras[kind] = name
     if n == 0:
         raise DataError(f"{p}: has no rows")
     try:
-        emb, lists = _convert(pa, batches([column, *extras.values()]), p, column, dim, n, extras, cache_dir, kind,
+        emb, lists = _convert(pa, batches([column, *extras.values()]), p, column, dim, n, extras, cache_dir, prefix,
                               stamps)
     except DataError:
         raise
@@ -167,13 +167,13 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
     return TeacherData(emb, labels=lists.get("label"), texts=lists.get("text"), ids=lists.get("id"), source=str(p))
 
 
-def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir, kind: str = "parquet",
+def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir, prefix: str,
              stamps: list = ()):
     """Read the batches into an array (memory, or a memory-mapped ``.npy`` in ``cache_dir``) and lists."""
     lists: dict[str, list] = {kind: [] for kind in extras}
     cache = out = None
     if cache_dir:
-        cache = _cache_file(path, cache_dir, kind, [column, *stamps])
+        cache = _cache_file(path, cache_dir, prefix, [column, *stamps])
         if cache.is_file():
             for batch in batches:  # only the small columns are read again
                 for kind, name in extras.items():
@@ -202,12 +202,12 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
     return np.load(cache, mmap_mode="r"), lists
 
 
-def _cache_file(path: Path, cache_dir: str, kind: str, params: list) -> Path:
+def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
     """The ``.npy`` in ``cache_dir`` that holds ``path``'s vectors read with ``params``: named by the file (its
     resolved path, size and modification time) and the parameters, so a changed file is converted again."""
     st = path.stat()
     key = hashlib.sha256(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, *params]).encode())
-    return Path(cache_dir) / f"{kind}-{key.hexdigest()[:20]}.npy"
+    return Path(cache_dir) / f"{prefix}-{key.hexdigest()[:20]}.npy"
 
 
 def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
