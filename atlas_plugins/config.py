@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import PARQUET_SUFFIXES, convert_first, loader_for_suffix, vector_field
+from .teacher import columnar, convert_first, loader_for_suffix, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -729,7 +729,7 @@ def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
     by what it holds, vectors (the ``jsonl`` or ``parquet`` teacher) or texts (the teacher of ``.txt`` files)."""
     name = loader_for_suffix(teacher_path, registry)
     suffix = Path(teacher_path).suffix.lower()
-    if suffix == ".jsonl" or suffix in PARQUET_SUFFIXES:
+    if suffix == ".jsonl" or columnar(teacher_path):
         field, tables = vector_field(teacher_path), ("jsonl" if suffix == ".jsonl" else name)
         if field in ("embedding", "") and tables in registry.names("teacher"):  # vectors, as atlas-encode tells them
             return tables

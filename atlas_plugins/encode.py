@@ -36,9 +36,9 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, RowScan, TeacherData, convert_first, hf_shards,
-                      in_memory_if_small, loader_for_suffix, parquet_schema, read_parquet_texts, read_table,
-                      validate_teacher, vector_field)
+from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, columnar, convert_first, hf_shards, in_memory_if_small,
+                      loader_for_suffix, read_columnar_texts, read_table, table_schema, validate_teacher,
+                      vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -96,7 +96,7 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     _must_exist(p)
     if texts:
         return _texts(_lines(p.open("rb"), str(p)), student)
-    if loader is None and (p.suffix.lower() in TABLE_SUFFIXES or (p.suffix.lower() in PARQUET_SUFFIXES and (
+    if loader is None and (p.suffix.lower() in TABLE_SUFFIXES or (columnar(p) and (
             vector_field(p) is None if key is None else _is_text_column(p, key)))):
         rows, extras = _table_rows(p, key or "text")
         return _texts(rows, student, extras, len(rows))
@@ -176,8 +176,8 @@ def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
     """The texts of a ``.csv``/``.tsv`` or Parquet table's ``column`` (with its ``label`` and ``id`` columns,
     when there), and those extras; rows with an empty text are left out, and named when any text follows."""
     hint = "; --key names another column"
-    if p.suffix.lower() in PARQUET_SUFFIXES:
-        cols = read_parquet_texts(p, column, ["label", "id"], "table of texts", hint)
+    if columnar(p):
+        cols = read_columnar_texts(p, column, ["label", "id"], "table of texts", hint)
         numbered, unit = list(enumerate({k: cols[k][i] for k in cols} for i in range(len(cols[column])))), "row"
     else:
         numbered, unit = list(read_table(p, [column], "table of texts", hint)), "line"
@@ -197,7 +197,7 @@ def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
 
 
 def _is_text_column(p: Path, column: str) -> bool:
-    schema = parquet_schema(p)
+    schema = table_schema(p)
     return schema is not None and column in schema.names and str(schema.field(column).type) in ("string",
                                                                                                   "large_string")
 

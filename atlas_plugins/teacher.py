@@ -303,15 +303,40 @@ def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iter
 
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIXES = (".feather", ".arrow", ".ipc")  # Arrow IPC: pandas' to_feather, polars' write_ipc, datasets' shards
 
 
-def parquet_schema(path):
-    """The Arrow schema of the Parquet file ``path``, or None without pyarrow or when it cannot be read (its
-    loader then says why)."""
+def columnar(path) -> bool:
+    """Whether ``path`` is a table pyarrow reads by columns: a Parquet or Arrow IPC file (by its suffix), or a
+    Hugging Face dataset folder (:func:`hf_shards`)."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    return suffix in PARQUET_SUFFIXES + ARROW_SUFFIXES or hf_shards(path) is not None
+
+
+def ipc_batches(path):
+    """The schema and the record batches of the Arrow IPC file ``path`` (the file or the stream format),
+    memory-mapped: a batch's columns point into the map until they are copied."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path))
     try:
-        import pyarrow.parquet as pq
+        reader = pa.ipc.open_file(source)
+        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:  # not the file format: the stream format
+        source.seek(0)
+        reader = pa.ipc.open_stream(source)
+        return reader.schema, iter(reader)
 
-        return pq.read_schema(path)
+
+def table_schema(path):
+    """The Arrow schema of the :func:`columnar` table ``path`` (a dataset folder's: its first shard's), or None
+    without pyarrow or when it cannot be read (its loader then says why)."""
+    try:
+        if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            return pq.read_schema(path)
+        return ipc_batches((hf_shards(path) or [path])[0])[0]
     except Exception:  # ImportError, or pyarrow's own for a damaged file
         return None
 
@@ -336,20 +361,26 @@ def _is_float(text) -> bool:
         return False
 
 
-def read_parquet_texts(path, column: str, optional: Sequence[str], what: str, hint: str = "") -> dict[str, list]:
-    """A Parquet table of texts (a dataset's export), read whole as a ``.jsonl`` one is: its ``column`` of
-    texts (strings, or None for a row without one) and those of the ``optional`` columns it has, as lists."""
+def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, hint: str = "") -> dict[str, list]:
+    """A :func:`columnar` table of texts (a dataset's export, or the dataset itself), read whole as a
+    ``.jsonl`` one is: its ``column`` of texts (strings, or None for a row without one) and those of the
+    ``optional`` columns it has, as lists."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading a Parquet {what} needs the optional extra: pip install "
-                        "'atlas-distill[parquet]'") from None
-    schema = parquet_schema(path)
+        raise DataError(f"{path}: reading a {what} from a Parquet or Arrow table needs the optional extra: "
+                        "pip install 'atlas-distill[parquet]'") from None
+    schema = table_schema(path)
     if schema is None:
-        raise DataError(f"{path}: not a readable Parquet file")
+        raise DataError(f"{path}: not a readable Parquet or Arrow table")
     _check_columns(path, [column], schema.names, hint)
     columns = [column, *(c for c in optional if c in schema.names and c != column)]
-    table = pq.read_table(path, columns=columns)
+    if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
+        table = pq.read_table(path, columns=columns)
+    else:
+        batches = [b.select(columns) for f in (hf_shards(path) or [path]) for b in ipc_batches(f)[1]]
+        table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
     out = {c: table.column(c).to_pylist() for c in columns}
     bad = next((t for t in out[column] if not isinstance(t, (str, type(None)))), None)
     if bad is not None:
@@ -361,11 +392,11 @@ def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
     when there is one, else the first field that is a list of numbers, and "" when the line is itself one
     (``jq -c '.data[].embedding'`` of an API's answer); None for a file of texts to embed, or one that cannot
-    be read (its loader then says why).  Embedding APIs return vectors with the text beside.  For a Parquet
-    file, the same from its schema: ``embedding``, else the first column of float lists, else None (a table
-    of texts); ``embedding`` when it cannot be read here."""
-    if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
-        schema = parquet_schema(path)
+    be read (its loader then says why).  Embedding APIs return vectors with the text beside.  For a
+    :func:`columnar` table, the same from its schema: ``embedding``, else the first column of float lists,
+    else None (a table of texts); ``embedding`` when it cannot be read here."""
+    if columnar(path):
+        schema = table_schema(path)
         if schema is None or "embedding" in schema.names:
             return "embedding"
         return next((f.name for f in schema if hasattr(f.type, "value_type") and str(f.type.value_type) in

@@ -33,7 +33,8 @@ def register_teachers(register):
              "with text/label/id columns (the parquet extra)")
     register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, or a vector per line")
     register("sentence-transformers", text.sentence_transformers,
-             "embed texts (.txt, .jsonl, .csv, .tsv, .parquet) with a local SentenceTransformer model (extra 'text')")
+             "embed texts (.txt, .jsonl, .csv, .tsv, .parquet, .feather, a Hugging Face dataset) with a local "
+             "SentenceTransformer model (extra 'text')")
 
 
 @hookimpl

@@ -19,7 +19,7 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import TeacherData, hf_shards
+from atlas_plugins.teacher import TeacherData, hf_shards, ipc_batches
 
 from .teachers import _exists
 
@@ -104,20 +104,10 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
     if not files:
         raise DataError(f"{p}: is a Hugging Face dataset folder without .arrow shards; save the dataset again")
 
-    def open_batches(f: Path):
-        source = pa.memory_map(str(f))
-        try:
-            reader = pa.ipc.open_file(source)
-            return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:  # not the file format: the stream format
-            source.seek(0)
-            reader = pa.ipc.open_stream(source)
-            return reader.schema, iter(reader)
-
     n, schema = 0, None
     for f in files:
         try:
-            found, batches = open_batches(f)
+            found, batches = ipc_batches(f)
             n += sum(b.num_rows for b in batches)  # no copy: the batches point into the map
         except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
             raise DataError(f"{f}: not a readable Arrow IPC (Feather) file ({str(exc).splitlines()[0][:160]})"
@@ -128,7 +118,7 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
 
     def batches(columns):
         for f in files:
-            yield from (b.select(columns) for b in open_batches(f)[1])
+            yield from (b.select(columns) for b in ipc_batches(f)[1])
 
     stamps = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files] if shards is not None else []
     return _table(pa, p, schema, n, batches, column, (text_column, label_column, id_column), cache_dir, "arrow",

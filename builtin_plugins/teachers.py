@@ -11,7 +11,7 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (PARQUET_SUFFIXES, TABLE_SUFFIXES, TeacherData, convert_first, read_parquet_texts,
+from atlas_plugins.teacher import (TABLE_SUFFIXES, TeacherData, columnar, convert_first, hf_shards, read_columnar_texts,
                                    read_table)
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
@@ -33,22 +33,22 @@ def _exists(path, what: str = "teacher file") -> Path:
 
 def read_texts(path, what: str = "text file", one_per_row: bool = False, text_field: str = "text",
                label_field: str = "label") -> tuple[list[str], list | None]:
-    """Texts (and labels) from a ``.jsonl`` file, a ``.csv``/``.tsv`` table or a Parquet one (``text``,
+    """Texts (and labels) from a ``.jsonl`` file, a ``.csv``/``.tsv`` table or a columnar one (``text``,
     optional ``label``: fields or columns that may be named otherwise), or a text file, one per line.
 
     Blank lines and empty texts are skipped.  With ``one_per_row`` (a meta file: line i is row i) a row may
     have no text: a blank line of a text file before the last text, ``"text": null`` or an empty cell is
     that row's empty text.
     """
-    path = _exists(path, what)
+    path = Path(path) if hf_shards(path) else _exists(path, what)  # a dataset folder is read as a table
     where = "field" if path.suffix.lower() == ".jsonl" else "column"
     hint = "" if one_per_row else f"; text_column in [teacher] names another {where}"
     rows = None
     if path.suffix.lower() in TABLE_SUFFIXES:
         rows = [(row[text_field] or "", row.get(label_field) or None)
                 for _, row in read_table(path, [text_field], what, hint)]
-    elif path.suffix.lower() in PARQUET_SUFFIXES:
-        cols = read_parquet_texts(path, text_field, [label_field], what, hint)
+    elif columnar(path):
+        cols = read_columnar_texts(path, text_field, [label_field], what, hint)
         texts = [t or "" for t in cols[text_field]]
         rows = list(zip(texts, cols.get(label_field) or [None] * len(texts)))
     if rows is not None:  # a table

@@ -174,8 +174,9 @@ def shared_cache_dir() -> Path | None:
 def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, normalize: bool = True,
                           device: str = "cpu", cache_dir: str | None = None, shared_cache: bool = True,
                           progress: bool = True, text_column: str = "text", label_column: str = "label"):
-    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``, ``.csv``, ``.tsv``, Parquet: ``text``
-    and optional ``label``, or the fields or columns ``text_column`` and ``label_column`` name)."""
+    """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``, ``.csv``, ``.tsv``, Parquet, Arrow or a
+    Hugging Face dataset folder: ``text`` and optional ``label``, or the fields or columns ``text_column`` and
+    ``label_column`` name)."""
     path = Path(path)
     texts, labels = read_texts(path, text_field=text_column, label_field=label_column)
     location = _model_location(model)

@@ -264,3 +264,39 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     assert encoded.returncode == 0, encoded.stderr
     assert "new.parquet: 1 row without a text skipped (row 1)" in encoded.stderr
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-6)
+
+
+def test_a_hugging_face_dataset_of_texts_trains_and_encodes(tmp_path):
+    """A dataset saved with save_to_disk (.arrow shards, no vector column) is the text teacher's, as a
+    Parquet table of texts is; atlas-encode reads texts from a Feather file, and refuses a column of numbers."""
+    import pyarrow as pa
+    import pyarrow.feather
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
+    table = pa.table({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset_info.json").write_text("{}")
+    for name, part in (("data-00000-of-00002.arrow", table.slice(0, 70)), ("data-00001-of-00002.arrow",
+                                                                            table.slice(70))):
+        with pa.ipc.new_stream(str(tmp_path / "ds" / name), table.schema) as out:  # no state.json: by name
+            out.write_table(part)
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "ds"\n[student]\nhidden = [16]\n[schedule]\nstages = 1\n'
+                                     '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
+    done = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    mapped = pq.read_table(tmp_path / "runs" / "p" / "map.parquet")
+    assert mapped.column("text").to_pylist() == [r["text"] for r in rows]
+    assert mapped.column("label").to_pylist() == [r["label"] for r in rows]
+
+    pyarrow.feather.write_feather(pa.table({"text": ["parse a CSV file", "open a TCP socket, then"]}),
+                                  tmp_path / "new.feather")
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "new.feather", "-o", tmp_path / "z.npy", "--quiet",
+                      program="atlas-encode", env={"HF_HUB_OFFLINE": "1"})
+    assert encoded.returncode == 0, encoded.stderr
+    from atlas_plugins import load_student
+    expected = load_student(tmp_path / "runs" / "p").encode(["parse a CSV file", "open a TCP socket, then"])
+    assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-6)
+    pyarrow.feather.write_feather(pa.table({"text": [1, 2]}), tmp_path / "ints.feather")
+    one_error_line(run_cli(tmp_path / "runs" / "p", tmp_path / "ints.feather", program="atlas-encode"),
+                   "ints.feather: column 'text' holds int values; expected texts")
