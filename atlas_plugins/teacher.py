@@ -376,11 +376,15 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
         raise DataError(f"{path}: not a readable Parquet or Arrow table")
     _check_columns(path, [column], schema.names, hint)
     columns = [column, *(c for c in optional if c in schema.names and c != column)]
-    if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
-        table = pq.read_table(path, columns=columns)
-    else:
-        batches = [b.select(columns) for f in (hf_shards(path) or [path]) for b in ipc_batches(f)[1]]
-        table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
+    try:
+        if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
+            table = pq.read_table(path, columns=columns)
+        else:
+            batches = [b.select(columns) for f in (hf_shards(path) or [path]) for b in ipc_batches(f)[1]]
+            table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
+    except Exception as exc:  # pyarrow's own: a damaged file, or shards whose columns differ
+        raise DataError(f"{path}: cannot read column '{column}' ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]})") from None
     out = {c: table.column(c).to_pylist() for c in columns}
     bad = next((t for t in out[column] if not isinstance(t, (str, type(None)))), None)
     if bad is not None:

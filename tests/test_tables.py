@@ -337,3 +337,18 @@ def test_without_pyarrow_the_table_teachers_name_the_extra(tmp_path, monkeypatch
     with pytest.raises(DataError, match=rf"^the {teacher} teacher needs pyarrow, the optional extra: "
                                         r"pip install 'atlas-distill\[parquet\]'$"):
         getattr(tables, teacher)(tmp_path / "e.data")
+
+
+def test_a_dataset_of_texts_whose_shards_differ_is_one_line(tmp_path):
+    from builtin_plugins.teachers import read_texts
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset_info.json").write_text("{}")
+    for name, texts in (("data-0.arrow", ["parse a file", "open a socket"]), ("data-1.arrow", [1, 2])):
+        table = pa.table({"text": texts})
+        with pa.ipc.new_stream(str(tmp_path / "ds" / name), table.schema) as out:
+            out.write_table(table)
+    with pytest.raises(DataError, match=r"ds: cannot read column 'text' \(ArrowInvalid: "):
+        read_texts(tmp_path / "ds")
+    (tmp_path / "ds" / "data-1.arrow").unlink()
+    assert read_texts(tmp_path / "ds") == (["parse a file", "open a socket"], None)
