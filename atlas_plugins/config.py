@@ -725,8 +725,9 @@ def _check_embedder(origin: Origin, table: dict, registry) -> dict:
 
 
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
-    """The teacher for ``teacher_path`` when [teacher] names none: by its suffix; a ``.jsonl`` or Parquet table
-    by what it holds, vectors (the ``jsonl`` or ``parquet`` teacher) or texts (the teacher of ``.txt`` files)."""
+    """The teacher for ``teacher_path`` when [teacher] names none: by its suffix; a ``.jsonl`` or columnar
+    table (Parquet, Arrow, a Hugging Face dataset folder) by what it holds, vectors (the ``jsonl``, ``parquet``
+    or ``arrow`` teacher) or texts (the teacher of ``.txt`` files)."""
     name = loader_for_suffix(teacher_path, registry)
     suffix = Path(teacher_path).suffix.lower()
     if suffix == ".jsonl" or columnar(teacher_path):

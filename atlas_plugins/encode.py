@@ -173,7 +173,7 @@ def _lines(fh, name: str) -> Iterator[dict]:
 
 
 def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
-    """The texts of a ``.csv``/``.tsv`` or Parquet table's ``column`` (with its ``label`` and ``id`` columns,
+    """The texts of a ``.csv``/``.tsv`` or columnar (Parquet, Arrow) table's ``column`` (with its ``label`` and ``id`` columns,
     when there), and those extras; rows with an empty text are left out, and named when any text follows."""
     hint = "; --key names another column"
     if columnar(p):
