@@ -37,7 +37,7 @@ from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
 from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, columnar, convert_first, hf_shards, in_memory_if_small,
-                      loader_for_suffix, read_columnar_texts, read_table, table_schema, validate_teacher,
+                      loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema, validate_teacher,
                       vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
@@ -113,6 +113,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     name = loader or loader_for_suffix(p, registry)
     if name is None and convert_first(p):
         raise DataError(convert_first(p))
+    if name is None and no_reader(p):
+        raise DataError(f"{p}: is {no_reader(p)}")
     if name is None:
         raise ConfigError(f"{p}: no teacher plugin reads '{p.suffix.lower() or p.name}' files; name one with "
                           f"--loader ({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")

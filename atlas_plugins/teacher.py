@@ -272,6 +272,20 @@ def convert_first(path) -> str | None:
     return None
 
 
+NO_READER = {  # suffix -> what to do with a file no teacher reads, by design or for now
+    ".pkl": "a pickle, which is never loaded here (unpickling can run code); save the vectors with "
+            "numpy.save('vectors.npy', vectors) or df.to_parquet('vectors.parquet')",
+    ".h5": "HDF5, which no teacher reads; save the array as .npy: numpy.save('vectors.npy', h5py.File(path)[name][:])",
+}
+NO_READER.update({".pickle": NO_READER[".pkl"], ".joblib": NO_READER[".pkl"], ".hdf5": NO_READER[".h5"]})
+
+
+def no_reader(path) -> str | None:
+    """What to do with ``path`` when no teacher reads its suffix and it is one users often have (a pickle,
+    HDF5), as the end of the message that says so; None for other suffixes."""
+    return NO_READER.get(os.path.splitext(str(path))[1].lower())
+
+
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # text tables: suffix -> delimiter
 
 

@@ -420,6 +420,7 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
     (tmp_path / "texts.txt.gz").write_bytes(gzip.compress(b"parse a file\n"))
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "dataset_info.json").write_text("{}")  # what a Hugging Face save_to_disk writes
+    (tmp_path / "df.pkl").write_bytes(b"\x80\x04N.")  # what pandas' to_pickle makes: never loaded
     (tmp_path / "other.csv").write_text("comment\nparse a file\n")
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     pq.write_table(pa.table({"body": ["parse a file"]}), tmp_path / "body.parquet")
@@ -431,6 +432,7 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
         ("texts.txt.gz", (), "texts.txt.gz: is compressed (gzip); decompress it first (gunzip -k texts.txt.gz) "
                              "and give texts.txt"),
         ("ds", (), "ds: is a Hugging Face dataset folder without .arrow shards; save the dataset again"),
+        ("df.pkl", (), "df.pkl: is a pickle, which is never loaded here (unpickling can run code)"),
         ("other.csv", (), "other.csv: no column 'text'; its columns are: comment; --key names another column"),
         ("other.csv", ("--key", "topic"), "other.csv: no column 'topic'; its columns are: comment"),
         ("ints.parquet", (), "ints.parquet: column 'text' holds int values; expected texts"),

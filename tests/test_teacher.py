@@ -105,6 +105,12 @@ CASES = {
     "huggingface-folder-without-shards": (
         lambda p: (p / "ds").mkdir() or (p / "ds" / "dataset_info.json").write_text("{}") and 'path = "ds"',
         ["ds: is a Hugging Face dataset folder without .arrow shards; save the dataset again"]),
+    "pickle": (lambda p: (p / "e.pkl").write_bytes(b"\x80\x04N.") and 'path = "e.pkl"',  # pickle.dumps(None)
+               ["e.pkl: is a pickle, which is never loaded here (unpickling can run code); save the vectors with "
+                "numpy.save('vectors.npy', vectors) or df.to_parquet('vectors.parquet')"]),
+    "hdf5": (lambda p: (p / "e.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n") and 'path = "e.hdf5"',
+             ["e.hdf5: is HDF5, which no teacher reads; save the array as .npy: numpy.save('vectors.npy', "
+              "h5py.File(path)[name][:])"]),
     "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
                          ["vectors: is a folder; expected a teacher file"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
