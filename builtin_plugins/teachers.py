@@ -18,7 +18,8 @@ NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
 
 def _exists(path, what: str = "teacher file") -> Path:
-    """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end)."""
+    """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end); a file one
+    step from readable (compressed, say) is told that step (:func:`~atlas_plugins.teacher.convert_first`)."""
     p = Path(path)
     if convert_first(p):
         raise DataError(convert_first(p))
