@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import columnar, convert_first, loader_for_suffix, no_reader, vector_field
+from .teacher import columnar, loader_for_suffix, no_reader, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -741,12 +741,8 @@ def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
         name = loader_for_suffix("texts.txt", registry)  # a table of texts, without vectors
     if name is not None:
         return name
-    if convert_first(teacher_path):
-        raise ConfigError(f"{origin('teacher.path')}: {convert_first(teacher_path)}")
-    if os.path.isdir(teacher_path):
-        raise ConfigError(f"{origin('teacher.path')}: {teacher_path}: is a folder; expected a teacher file")
-    if no_reader(teacher_path):
-        raise ConfigError(f"{origin('teacher.path')}: {teacher_path}: is {no_reader(teacher_path)}")
+    if why := no_reader(teacher_path):
+        raise ConfigError(f"{origin('teacher.path')}: {why}")
     raise ConfigError(f"{origin('teacher.path')}: teacher.loader is not set and no teacher plugin reads "
                       f"'{suffix or teacher_path}' files; set loader to one of: {', '.join(registry.names('teacher'))}")
 

@@ -111,10 +111,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
                 rows = _jsonl_rows(p, key=key, texts_in=key or "text")
                 return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
     name = loader or loader_for_suffix(p, registry)
-    if name is None and convert_first(p):
-        raise DataError(convert_first(p))
-    if name is None and no_reader(p):
-        raise DataError(f"{p}: is {no_reader(p)}")
+    if name is None and (why := no_reader(p)):  # a compressed file, a pickle, ...: what to do with it
+        raise DataError(why)
     if name is None:
         raise ConfigError(f"{p}: no teacher plugin reads '{p.suffix.lower() or p.name}' files; name one with "
                           f"--loader ({', '.join(registry.names('teacher'))}), or give .txt/.jsonl texts")
@@ -149,8 +147,8 @@ def _vectors(data: TeacherData, dim: int) -> Source:
 def _must_exist(p: Path) -> None:
     if hf_shards(p) is not None:  # a Hugging Face dataset folder: the arrow teacher reads its shards
         return
-    if convert_first(p):
-        raise DataError(convert_first(p))
+    if why := convert_first(p):
+        raise DataError(why)
     if p.is_dir() or not p.exists():
         raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
 
@@ -175,8 +173,9 @@ def _lines(fh, name: str) -> Iterator[dict]:
 
 
 def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
-    """The texts of a ``.csv``/``.tsv`` or columnar (Parquet, Arrow) table's ``column`` (with its ``label`` and ``id`` columns,
-    when there), and those extras; rows with an empty text are left out, and named when any text follows."""
+    """The texts of a ``.csv``/``.tsv`` or columnar (Parquet, Arrow) table's ``column`` (with its ``label``
+    and ``id`` columns, when there), and those extras; rows with an empty text are left out, and named when
+    any text follows."""
     hint = "; --key names another column"
     if columnar(p):
         cols = read_columnar_texts(p, column, ["label", "id"], "table of texts", hint)

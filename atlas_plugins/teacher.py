@@ -226,6 +226,10 @@ def _new_digest(teacher: TeacherData):
     return hashlib.sha256(f"{teacher.num_rows}x{teacher.dim}:{dtype_name(teacher.embeddings)}".encode())
 
 
+def _suffix(path) -> str:
+    return os.path.splitext(str(path))[1].lower()
+
+
 def hf_shards(path) -> list[str] | None:
     """The ``.arrow`` shards of a Hugging Face dataset folder (``ds.save_to_disk(path)``: a
     ``dataset_info.json`` beside them), in the dataset's row order (its ``state.json``, else by name); None
@@ -245,7 +249,7 @@ def hf_shards(path) -> list[str] | None:
 def loader_for_suffix(path, registry) -> str | None:
     """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None.  A Hugging
     Face dataset folder reads as its shards do (``.arrow``)."""
-    suffix = ".arrow" if hf_shards(path) is not None else os.path.splitext(str(path))[1].lower()
+    suffix = ".arrow" if hf_shards(path) is not None else _suffix(path)
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
 
 
@@ -281,9 +285,14 @@ NO_READER.update({".pickle": NO_READER[".pkl"], ".joblib": NO_READER[".pkl"], ".
 
 
 def no_reader(path) -> str | None:
-    """What to do with ``path`` when no teacher reads its suffix and it is one users often have (a pickle,
-    HDF5), as the end of the message that says so; None for other suffixes."""
-    return NO_READER.get(os.path.splitext(str(path))[1].lower())
+    """Why no teacher reads ``path``, whose suffix names none, and what to do, as the one line to show, for
+    what users often have: a file one step from readable (:func:`convert_first`), a folder, a pickle or HDF5
+    (:data:`NO_READER`); None otherwise (the caller then names the teachers there are)."""
+    if why := convert_first(path):
+        return why
+    if os.path.isdir(path):
+        return f"{path}: is a folder; expected a teacher file"
+    return f"{path}: is {NO_READER[_suffix(path)]}" if _suffix(path) in NO_READER else None
 
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # text tables: suffix -> delimiter
@@ -295,7 +304,7 @@ def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iter
     ("CSV UTF-8"); the ``required`` columns must be in the header (else an error ending in ``hint``)."""
     csv.field_size_limit(2**31 - 1)  # a document's text may be longer than the csv module's default 128 KB
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=TABLE_SUFFIXES.get(os.path.splitext(str(path))[1].lower(), ","),
+        reader = csv.DictReader(fh, delimiter=TABLE_SUFFIXES.get(_suffix(path), ","),
                                 strict=True)  # strict: an unclosed quote is an error, not a text that runs to the end
         try:
             header = reader.fieldnames
@@ -323,8 +332,7 @@ ARROW_SUFFIXES = (".feather", ".arrow", ".ipc")  # Arrow IPC: pandas' to_feather
 def columnar(path) -> bool:
     """Whether ``path`` is a table pyarrow reads by columns: a Parquet or Arrow IPC file (by its suffix), or a
     Hugging Face dataset folder (:func:`hf_shards`)."""
-    suffix = os.path.splitext(str(path))[1].lower()
-    return suffix in PARQUET_SUFFIXES + ARROW_SUFFIXES or hf_shards(path) is not None
+    return _suffix(path) in PARQUET_SUFFIXES + ARROW_SUFFIXES or hf_shards(path) is not None
 
 
 def ipc_batches(path):
@@ -342,15 +350,20 @@ def ipc_batches(path):
         return reader.schema, iter(reader)
 
 
+def _ipc_files(path) -> list:
+    """The Arrow IPC files of ``path``: a dataset folder's shards, else ``path`` itself."""
+    return hf_shards(path) or [path]
+
+
 def table_schema(path):
     """The Arrow schema of the :func:`columnar` table ``path`` (a dataset folder's: its first shard's), or None
     without pyarrow or when it cannot be read (its loader then says why)."""
     try:
-        if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
+        if _suffix(path) in PARQUET_SUFFIXES:
             import pyarrow.parquet as pq
 
             return pq.read_schema(path)
-        return ipc_batches((hf_shards(path) or [path])[0])[0]
+        return ipc_batches(_ipc_files(path)[0])[0]
     except Exception:  # ImportError, or pyarrow's own for a damaged file
         return None
 
@@ -360,7 +373,7 @@ def _check_columns(path, required: Sequence[str], names: Sequence[str], hint: st
     if missing:
         shown = ", ".join(names[:10]) + (f", ... ({len(names):,} in all)" if len(names) > 10 else "")
         if all(_is_float(n) for n in names):  # no header, or column numbers for one: vectors, not texts
-            sep = TABLE_SUFFIXES.get(os.path.splitext(str(path))[1].lower(), ",")
+            sep = TABLE_SUFFIXES.get(_suffix(path), ",")
             skip = ", skiprows=1" if all(n.strip().isdigit() for n in names) else ""
             hint = (f"; it looks like a table of vectors, which a teacher reads from .npy: numpy.save('vectors.npy', "
                     f"numpy.loadtxt('{os.path.basename(str(path))}', delimiter={sep!r}{skip}, ndmin=2))")
@@ -391,10 +404,10 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
     _check_columns(path, [column], schema.names, hint)
     columns = [column, *(c for c in optional if c in schema.names and c != column)]
     try:
-        if os.path.splitext(str(path))[1].lower() in PARQUET_SUFFIXES:
+        if _suffix(path) in PARQUET_SUFFIXES:
             table = pq.read_table(path, columns=columns)
         else:
-            batches = [b.select(columns) for f in (hf_shards(path) or [path]) for b in ipc_batches(f)[1]]
+            batches = [b.select(columns) for f in _ipc_files(path) for b in ipc_batches(f)[1]]
             table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
     except Exception as exc:  # pyarrow's own: a damaged file, or shards whose columns differ
         raise DataError(f"{path}: cannot read column '{column}' ({type(exc).__name__}: "

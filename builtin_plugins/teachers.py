@@ -21,8 +21,8 @@ def _exists(path, what: str = "teacher file") -> Path:
     """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end); a file one
     step from readable (compressed, say) is told that step (:func:`~atlas_plugins.teacher.convert_first`)."""
     p = Path(path)
-    if convert_first(p):
-        raise DataError(convert_first(p))
+    if why := convert_first(p):
+        raise DataError(why)
     if p.is_dir():
         raise DataError(f"{p}: is a folder; expected a {what}")
     if not p.exists():
