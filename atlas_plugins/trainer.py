@@ -154,7 +154,7 @@ class Trainer:
         self.metrics: list[dict] = []
         self.stop_signal: int | None = None
         self.graph_info: dict | None = None
-        self._drawn: tuple[int, list[np.ndarray]] | None = None  # the last epoch's batches (stages may share one)
+        self._drawn: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches): _drawn_batches
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
         self.batches_per_epoch = self._count_batches()
         self.steps_per_epoch, self.steps_per_stage, self.total_steps = step_budget(
@@ -219,7 +219,14 @@ class Trainer:
         """Batches per epoch, the same every epoch (only the order changes)."""
         n = len(self.pipe.train_rows) // self.dist.world  # what each rank's sampler yields (drop_last)
         count = count_batches(self.cfg, n, None if self.graph is None else self.graph.shape[1])
-        return count if count is not None else len(self.batches(0))
+        return count if count is not None else len(self._drawn_batches(0))
+
+    def _drawn_batches(self, epoch: int) -> list[np.ndarray]:
+        """:meth:`batches` of ``epoch``, kept until another epoch's are drawn: with ``steps_per_stage`` stages
+        may share an epoch, and counting batches may have drawn epoch 0 already."""
+        if self._drawn is None or self._drawn[0] != epoch:
+            self._drawn = (epoch, self.batches(epoch))
+        return self._drawn[1]
 
     def lr_at(self, step: int) -> float:
         lr, warm = self.cfg.learning_rate, self.cfg.warmup_steps
@@ -330,9 +337,7 @@ class Trainer:
                bar) -> None:
         """Batches ``first_batch … end − 1`` of epoch ``epoch`` (piece ``piece`` of the stage's plan); the next
         batch's rows are read in a background thread while the current one trains."""
-        if self._drawn is None or self._drawn[0] != epoch:  # with steps_per_stage, a stage may end mid-epoch
-            self._drawn = (epoch, self.batches(epoch))
-        batches = self._drawn[1]
+        batches = self._drawn_batches(epoch)
         # an epoch's own count rules its end (with train.neighbors = 1, merged batches can make it differ)
         end = len(batches) if end >= self.batches_per_epoch else min(end, len(batches))
         self.objective.train()

@@ -222,7 +222,8 @@ def test_resume_on_cuda_restores_the_cuda_generator(tmp_path):
 
 
 def test_stages_inside_one_epoch_draw_its_batches_once(tmp_path, monkeypatch):
-    """With steps_per_stage, stages that share an epoch share its batches: drawn once, not once a stage."""
+    """With steps_per_stage, stages that share an epoch share its batches: drawn once, not once a stage (nor
+    again after counting them, which with one neighbour per anchor draws epoch 0)."""
     drawn = []
     draw = Trainer.batches
     monkeypatch.setattr(Trainer, "batches", lambda self, epoch: drawn.append(epoch) or draw(self, epoch))
@@ -237,6 +238,9 @@ def test_stages_inside_one_epoch_draw_its_batches_once(tmp_path, monkeypatch):
         return t
 
     t = fit(batches="neighbors", batch_size=256)
+    assert t.batches_per_epoch > 9 and drawn == [0]
+    drawn.clear()
+    t = fit(batches="neighbors", batch_size=256, neighbors=1)  # counted by drawing epoch 0: drawn once all the same
     assert t.batches_per_epoch > 9 and drawn == [0]
     drawn.clear()
     t = fit(batches="random", batch_size=512)  # 5 batches an epoch: stage 2 ends in epoch 1, stage 3 in epoch 1
