@@ -222,6 +222,18 @@ def test_texts_in_a_field_of_another_name(tmp_path):
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-5)
 
 
+def small_map(tmp_path, teacher: str):
+    """Train a small map of the text teacher's ``teacher`` table with atlas-run into ``runs/p``; its
+    ``map.parquet``."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p.toml").write_text(f'[teacher]\n{teacher}\n[student]\nhidden = [16]\n[schedule]\nstages = 1\n'
+                                     '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
+    done = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    return pq.read_table(tmp_path / "runs" / "p" / "map.parquet")
+
+
 def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     """A .csv of texts was refused ("no teacher plugin reads '.csv' files"): now it is the text teacher's, by
     its suffix, and atlas-encode reads one too, its rows in order (an empty text named as skipped), and a
@@ -233,13 +245,7 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
         out = csv.writer(fh)
         out.writerow(["id", "comment", "label"])
         out.writerows([i, r["text"], r["label"]] for i, r in enumerate(rows))
-    (tmp_path / "p.toml").write_text('[teacher]\npath = "feedback.csv"\ntext_column = "comment"\n[student]\n'
-                                     'hidden = [16]\n[schedule]\nstages = 1\n[train]\nepochs_per_stage = 1\n'
-                                     'batch_size = 64\n[output]\nplots = false\n')
-    done = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr
-    import pyarrow.parquet as pq
-    table = pq.read_table(tmp_path / "runs" / "p" / "map.parquet")
+    table = small_map(tmp_path, 'path = "feedback.csv"\ntext_column = "comment"')
     assert table.column("text").to_pylist() == [r["text"] for r in rows]
     assert table.column("label").to_pylist() == [r["label"] for r in rows]
 
@@ -257,6 +263,7 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     assert np.allclose([[float(r[f"dim_{i}"]) for i in range(5)] for r in got], expected, atol=1e-6)
 
     import pyarrow as pa  # the same texts as a dataset's Parquet export: a text column, no vectors
+    import pyarrow.parquet as pq
     pq.write_table(pa.table({"text": ["parse a CSV file", None, "open a TCP socket, then"], "id": [7, 8, 9]}),
                    tmp_path / "new.parquet")
     encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "new.parquet", "-o", tmp_path / "z.npy", "--quiet",
@@ -271,7 +278,6 @@ def test_a_hugging_face_dataset_of_texts_trains_and_encodes(tmp_path):
     Parquet table of texts is; atlas-encode reads texts from a Feather file, and refuses a column of numbers."""
     import pyarrow as pa
     import pyarrow.feather
-    import pyarrow.parquet as pq
 
     rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
     table = pa.table({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
@@ -281,11 +287,7 @@ def test_a_hugging_face_dataset_of_texts_trains_and_encodes(tmp_path):
                                                                             table.slice(70))):
         with pa.ipc.new_stream(str(tmp_path / "ds" / name), table.schema) as out:  # no state.json: by name
             out.write_table(part)
-    (tmp_path / "p.toml").write_text('[teacher]\npath = "ds"\n[student]\nhidden = [16]\n[schedule]\nstages = 1\n'
-                                     '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
-    done = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr
-    mapped = pq.read_table(tmp_path / "runs" / "p" / "map.parquet")
+    mapped = small_map(tmp_path, 'path = "ds"')
     assert mapped.column("text").to_pylist() == [r["text"] for r in rows]
     assert mapped.column("label").to_pylist() == [r["label"] for r in rows]
 
