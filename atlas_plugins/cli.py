@@ -148,9 +148,10 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("student", help="a run folder, or its student.pt")
     p.add_argument("input", nargs="?",
-                   help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .jsonl with 'embedding' or a list per "
-                        "line), texts (.txt, .jsonl with 'text', .csv, .tsv or .parquet with a 'text' column) or - "
-                        "for texts on stdin, one per line")
+                   help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .feather/.arrow, a Hugging Face dataset "
+                        "folder, .csv/.tsv with an 'embedding' column, .jsonl with 'embedding' or a list per line), "
+                        "texts (.txt, .jsonl with 'text', .csv, .tsv, .parquet or .feather/.arrow with a 'text' "
+                        "column) or - for texts on stdin, one per line")
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "
                                           "stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")

@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import columnar, loader_for_suffix, no_reader, vector_field
+from .teacher import TABLE_SUFFIXES, columnar, loader_for_suffix, no_reader, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -725,13 +725,14 @@ def _check_embedder(origin: Origin, table: dict, registry) -> dict:
 
 
 def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
-    """The teacher for ``teacher_path`` when [teacher] names none: by its suffix; a ``.jsonl`` or columnar
-    table (Parquet, Arrow, a Hugging Face dataset folder) by what it holds, vectors (the ``jsonl``, ``parquet``
-    or ``arrow`` teacher) or texts (the teacher of ``.txt`` files)."""
+    """The teacher for ``teacher_path`` when [teacher] names none: by its suffix; a ``.jsonl``, ``.csv``/``.tsv``
+    or columnar table (Parquet, Arrow, a Hugging Face dataset folder) by what it holds, vectors (the ``jsonl``,
+    ``csv``, ``parquet`` or ``arrow`` teacher) or texts (the teacher of ``.txt`` files)."""
     name = loader_for_suffix(teacher_path, registry)
     suffix = Path(teacher_path).suffix.lower()
-    if suffix == ".jsonl" or columnar(teacher_path):
-        field, tables = vector_field(teacher_path), ("jsonl" if suffix == ".jsonl" else name)
+    if suffix in (".jsonl", *TABLE_SUFFIXES) or columnar(teacher_path):
+        field = vector_field(teacher_path)
+        tables = "jsonl" if suffix == ".jsonl" else "csv" if suffix in TABLE_SUFFIXES else name
         if field in ("embedding", "") and tables in registry.names("teacher"):  # vectors, as atlas-encode tells them
             return tables
         if field is not None:  # never embed the texts again in silence when the file brings its own vectors

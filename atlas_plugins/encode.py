@@ -36,9 +36,9 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, columnar, convert_first, hf_shards, in_memory_if_small,
-                      loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema, validate_teacher,
-                      vector_field)
+from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, columnar, convert_first, first_row, hf_shards, holds_vector,
+                      in_memory_if_small, loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema,
+                      validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -96,10 +96,12 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
     _must_exist(p)
     if texts:
         return _texts(_lines(p.open("rb"), str(p)), student)
-    if loader is None and (p.suffix.lower() in TABLE_SUFFIXES or (columnar(p) and (
-            vector_field(p) is None if key is None else _is_text_column(p, key)))):
-        rows, extras = _table_rows(p, key or "text")
-        return _texts(rows, student, extras, len(rows))
+    table = p.suffix.lower() in TABLE_SUFFIXES
+    if loader is None and (table or columnar(p)):
+        if vector_field(p) is None if key is None else _is_text_column(p, key):
+            rows, extras = _table_rows(p, key or "text")
+            return _texts(rows, student, extras, len(rows))
+        loader = "csv" if table else None  # vectors: the teacher of the suffix reads a Parquet or Arrow table
     if loader is None and p.suffix.lower() == ".jsonl":
         if key is None and vector_field(p) == "":
             loader = "jsonl"  # a vector alone per line
@@ -198,6 +200,9 @@ def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
 
 
 def _is_text_column(p: Path, column: str) -> bool:
+    if p.suffix.lower() in TABLE_SUFFIXES:  # judged by its first row; a column it lacks is named by _table_rows
+        row = first_row(p)
+        return row is None or not holds_vector(row.get(column))
     schema = table_schema(p)
     return schema is not None and column in schema.names and str(schema.field(column).type) in ("string",
                                                                                                   "large_string")

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
@@ -419,13 +420,57 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
     return out
 
 
+def first_row(path) -> dict | None:
+    """The first row of the ``.csv``/``.tsv`` table ``path`` as ``{column: cell}``; None when it has none or
+    cannot be read (its loader then says why)."""
+    try:
+        return next(read_table(path, [], "table"), (0, None))[1]
+    except (DataError, OSError):
+        return None
+
+
+_NUMPY_SCALAR = re.compile(r"np\.float(?:16|32|64)\(([^()]*)\)")
+
+
+def cell_numbers(cell) -> list[float] | None:
+    """A table cell's vector: a list of numbers as pandas writes a column of lists (``[0.1, -0.2]``, as in
+    the OpenAI cookbook's ``embedding`` column; ``[np.float32(0.1), ...]`` for lists of NumPy 2 scalars) or of
+    arrays (NumPy's print, ``[ 0.1 -0.2]``); None for anything else, a cut print (``[0.1 ... 0.9]``) included."""
+    text = (cell or "").strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        values = json.loads(_NUMPY_SCALAR.sub(r"\1", text) if "np.float" in text else text)
+    except ValueError:
+        try:
+            values = [float(v) for v in text[1:-1].split()]
+        except ValueError:  # '...': NumPy cut a long array short; the values are not there
+            return None
+    return values if _numbers_list(values) else None
+
+
+def holds_vector(cell) -> bool:
+    """Whether a table cell holds a vector (:func:`cell_numbers`), or NumPy's cut print of one."""
+    if cell_numbers(cell) is not None:
+        return True
+    words = (cell or "").strip()[1:-1].split()
+    return "..." in words and all(w == "..." or _is_float(w) for w in words)
+
+
 def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
     when there is one, else the first field that is a list of numbers, and "" when the line is itself one
     (``jq -c '.data[].embedding'`` of an API's answer); None for a file of texts to embed, or one that cannot
     be read (its loader then says why).  Embedding APIs return vectors with the text beside.  For a
-    :func:`columnar` table, the same from its schema: ``embedding``, else the first column of float lists,
-    else None (a table of texts); ``embedding`` when it cannot be read here."""
+    ``.csv``/``.tsv`` table, the same from its header and first row (:func:`holds_vector`; a ``text`` column
+    holds texts, whatever they look like); for a
+    :func:`columnar` one, from its schema: ``embedding``, else the first column of float lists, else None (a
+    table of texts); ``embedding`` when it cannot be read here."""
+    if _suffix(path) in TABLE_SUFFIXES:
+        row = first_row(path)
+        if row is None or "embedding" in row:
+            return None if row is None else "embedding"
+        return next((k for k, v in row.items() if k != "text" and holds_vector(v)), None)
     if columnar(path):
         schema = table_schema(path)
         if schema is None or "embedding" in schema.names:

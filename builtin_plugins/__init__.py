@@ -32,6 +32,7 @@ def register_teachers(register):
     register("arrow", tables.arrow, "Arrow IPC (Feather) file or Hugging Face dataset folder: embedding column, "
              "with text/label/id columns (the parquet extra)")
     register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, or a vector per line")
+    register("csv", tables.csv, "CSV/TSV table with an embedding column of lists (and text/label/id columns)")
     register("sentence-transformers", text.sentence_transformers,
              "embed texts (.txt, .jsonl, .csv, .tsv, .parquet, .feather, a Hugging Face dataset) with a local "
              "SentenceTransformer model (extra 'text')")

@@ -1,4 +1,5 @@
-"""Teachers that read vectors from tables: ``parquet`` and ``arrow`` (optional extra, pyarrow) and ``jsonl``.
+"""Teachers that read vectors from tables: ``parquet`` and ``arrow`` (optional extra, pyarrow), ``jsonl`` and
+``csv``.
 
 This is how embeddings are usually stored (dataset exports, pandas/polars/DuckDB,
 vector databases): one row per item, an embedding column of float lists, and
@@ -19,7 +20,7 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import TeacherData, hf_shards, ipc_batches
+from atlas_plugins.teacher import TeacherData, cell_numbers, hf_shards, ipc_batches, read_table
 
 from .teachers import _exists
 
@@ -213,16 +214,48 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
     """
     p = _exists(path)
     names = {"text": text_column, "label": label_column, "id": id_column}
-    cache = _cache_file(p, cache_dir, "jsonl", [column, text_column, label_column, id_column]) if cache_dir else None
+
+    def count():
+        with p.open("rb") as fh:
+            return sum(1 for raw in fh if raw.strip())  # the rows _jsonl_rows yields
+
+    return _parsed(p, "jsonl", [column, *names.values()], cache_dir, lambda: _jsonl_rows(p, column, names), count)
+
+
+def csv(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
+        id_column: str | None = None, cache_dir: str | None = None):
+    """A ``.csv`` (or ``.tsv``) table with a vector per row in ``column``, each cell a JSON list of numbers
+    (``"[0.1, -0.2, ...]"``: what pandas' ``to_csv`` writes for a column of lists, as in the OpenAI cookbook's
+    embedding files) or NumPy's full print of an array (``"[ 0.1 -0.2 ...]"``), and, when present, text,
+    label and id columns (``text_column``, ... default to columns named ``text``, ``label`` and ``id`` if the
+    table has them).
+
+    A ``.csv`` or ``.tsv`` file with an ``embedding`` column is read with it when no loader is named.  With
+    ``cache_dir``, converted once to a memory-mapped ``.npy`` as the ``jsonl`` teacher does.
+    """
+    p = _exists(path)
+    given = {"text": text_column, "label": label_column, "id": id_column}
+    return _parsed(p, "csv", [column, *given.values()], cache_dir, lambda: _csv_rows(p, column, given),
+                   lambda: sum(1 for _ in read_table(p, [column], "table of vectors", _COLUMN_HINT)))
+
+
+_COLUMN_HINT = "; name the one with the vectors: teacher.column in a pipeline file, --key for atlas-encode"
+
+
+def _parsed(p: Path, prefix: str, params: list, cache_dir, rows, count) -> TeacherData:
+    """The teacher of a file parsed row by row, ``rows()`` yielding ``(float32 vector, {kind: text, label or id
+    or None})``: read into memory, or with ``cache_dir`` written as parsed to a float32 ``.npy`` there (sized
+    by ``count()``, the rows ``rows()`` yields) and memory-mapped, the texts, labels and ids beside it as JSON;
+    a second run reads those while the file is unchanged."""
+    cache = _cache_file(p, cache_dir, prefix, params) if cache_dir else None
     if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
         extra = _present(json.loads(cache.with_suffix(".json").read_text(encoding="utf-8")))
         return TeacherData(np.load(cache, mmap_mode="r"), labels=extra["label"], texts=extra["text"],
                            ids=extra["id"], source=str(p))
-    rows = _jsonl_rows(p, column, names)
     lists: dict[str, list] = {"text": [], "label": [], "id": []}
     if cache is None:
         vectors = []  # a float32 array per row: Python floats take 8x
-        for values, extras in rows:
+        for values, extras in rows():
             vectors.append(values)
             for kind in lists:
                 lists[kind].append(extras[kind])
@@ -230,11 +263,10 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
             raise DataError(f"{p}: no rows found")
         emb = np.stack(vectors)
     else:
-        with p.open("rb") as fh:
-            n = sum(1 for raw in fh if raw.strip())  # the rows _jsonl_rows yields: the .npy is sized up front
+        n, parsed = count(), rows()
         out, tmp, i = None, cache.with_name(f".{cache.name}.tmp-{os.getpid()}"), -1
         try:
-            for i, (values, extras) in enumerate(rows):
+            for i, (values, extras) in enumerate(parsed):
                 if i >= n:
                     break
                 if out is None:
@@ -245,7 +277,7 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
                     lists[kind].append(extras[kind])
             if out is None:
                 raise DataError(f"{p}: no rows found")
-            if i + 1 != n or next(rows, None) is not None:
+            if i + 1 != n or next(parsed, None) is not None:
                 raise DataError(f"{p}: changed while it was read ({n:,} rows counted, then {i + 1:,} read); "
                                 "run again once it is written")
             out.flush()
@@ -278,17 +310,45 @@ def _jsonl_rows(p: Path, column: str, names: dict):
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
                                 "numbers), or a list of numbers") from None
-            values = _numbers(vec, maybe_bool=b"true" in raw or b"false" in raw)
-            if values is None:
-                what = "the line" if vec is row else f"'{column}'"
-                raise DataError(f"{p}:{lineno}: {what} must be a list of numbers")
-            if np.isinf(values).any() and np.isfinite(np.array(vec, dtype=np.float64)).all():
-                raise DataError(f"{p}:{lineno}: '{column}' has values too large for float32 (|x| > 3.4e38; largest "
-                                f"{max(abs(float(v)) for v in vec):.3g}); rescale the embeddings")
-            if dim is not None and len(values) != dim:
-                raise DataError(f"{p}:{lineno}: '{column}' has {len(values)} values, the rows before it {dim}")
+            where = f"{p}:{lineno}: " + ("the line" if vec is row else f"'{column}'")
+            values = _vector(vec, where, dim, maybe_bool=b"true" in raw or b"false" in raw)
             dim = len(values)
             yield values, {kind: row.get(name) if isinstance(row, dict) else None for kind, name in names.items()}
+
+
+def _csv_rows(p: Path, column: str, given: dict):
+    """Each row of the table ``p`` as ``(float32 vector, {kind: its cell, or None})``, the cells of the columns
+    ``given`` names, or else of those named as the kind; a cell that is not a vector of the first one's length,
+    or a column given that the table lacks, is a :class:`DataError`."""
+    dim, names = None, {kind: name or kind for kind, name in given.items()}
+    for lineno, row in read_table(p, [column], "table of vectors", _COLUMN_HINT):
+        if dim is None and (missing := next((k for k, name in given.items() if name and name not in row), None)):
+            raise DataError(f"{p}: no column '{given[missing]}' ({missing}_column); its columns are: {', '.join(row)}")
+        cell = row[column] or ""
+        vec = cell_numbers(cell)
+        if vec is None:
+            why = ("is cut short with '...' (NumPy's print of a long array: the values are not in the file); "
+                   "write them as lists (df[col] = df[col].map(lambda v: v.tolist())) or save the table as Parquet"
+                   if "..." in cell else "must be a list of numbers, like [0.1, -0.2]" if cell.strip()
+                   else "is empty; drop the row or fill it")
+            raise DataError(f"{p}:{lineno}: '{column}' {why}")
+        values = _vector(vec, f"{p}:{lineno}: '{column}'", dim)
+        dim = len(values)
+        yield values, {kind: row.get(name) or None for kind, name in names.items()}
+
+
+def _vector(vec, where: str, dim: int | None, maybe_bool: bool = True) -> np.ndarray:
+    """``vec`` as float32 values (:func:`_numbers`), ``dim`` of them when given; else a :class:`DataError`
+    that starts with ``where`` (the file, line and field)."""
+    values = _numbers(vec, maybe_bool)
+    if values is None:
+        raise DataError(f"{where} must be a list of numbers")
+    if np.isinf(values).any() and np.isfinite(np.array(vec, dtype=np.float64)).all():
+        raise DataError(f"{where} has values too large for float32 (|x| > 3.4e38; largest "
+                        f"{max(abs(float(v)) for v in vec):.3g}); rescale the embeddings")
+    if dim is not None and len(values) != dim:
+        raise DataError(f"{where} has {len(values)} values, the rows before it {dim}")
+    return values
 
 
 def _numbers(vec, maybe_bool: bool = True) -> np.ndarray | None:

@@ -441,3 +441,22 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
         out = tmp_path / f"{name}.out.csv"
         one_error_line(run_cli(run, tmp_path / name, *args, "-o", out, program="atlas-encode"), message)
         assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_csv_of_vectors_or_of_texts_is_told_by_its_cells(tmp_path, run):
+    """A column of 1,536-D arrays saved to CSV by pandas holds NumPy's cut print, ``[0.1 0.2 ... 0.9]``: the
+    values are lost, and the table is refused. Read as texts, those prints would have been embedded. A text
+    in brackets is still a text."""
+    def table(name, header, *rows):
+        with open(tmp_path / name, "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *rows])
+        return tmp_path / name
+
+    cut = table("cut.csv", ["text", "embedding"], ["a", str(np.zeros(1536, np.float32))])
+    one_error_line(run_cli(run, cut, program="atlas-encode"), f"{cut}:2: 'embedding' is cut short with '...'")
+    key = table("k.csv", ["title", "vec"], ["a", str(np.zeros(1536, np.float32))])
+    one_error_line(run_cli(run, key, "--key", "vec", program="atlas-encode"), f"{key}:2: 'vec' is cut short")
+    texts = table("t.csv", ["text"], ["[1, 2]"], ["[WIP] parse a CSV file"])
+    done = run_cli(run, texts, program="atlas-encode")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["text"] for line in done.stdout.splitlines()] == ["[1, 2]", "[WIP] parse a CSV file"]

@@ -1,5 +1,7 @@
-"""Vectors from tables: the ``parquet`` and ``arrow`` teachers (pyarrow) and the ``jsonl`` vector teacher."""
+"""Vectors from tables: the ``parquet`` and ``arrow`` teachers (pyarrow) and the ``jsonl`` and ``csv`` vector
+teachers."""
 
+import csv
 import json
 import sys
 
@@ -218,6 +220,81 @@ def test_a_vector_alone_per_line_is_read_as_vectors(tmp_path):
     (tmp_path / "v.jsonl").write_text("[0.5, 1.0]\n[1, true]\n")
     with pytest.raises(DataError, match=r"v.jsonl:2: the line must be a list of numbers"):
         jsonl(tmp_path / "v.jsonl")
+
+
+def write_csv(path, header, rows, delimiter=","):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, delimiter=delimiter).writerows([header, *rows])
+
+
+def test_csv_vectors_as_pandas_writes_them(tmp_path):
+    """``df.to_csv`` writes a column of vectors as str() of each: a list of floats (JSON, as in the OpenAI
+    cookbook's embedding files), a list of NumPy scalars (``[np.float32(0.1), ...]`` with NumPy 2), or an
+    array (NumPy's print, over several lines). Each is read as the vectors, with the other columns."""
+    x = np.load(EXAMPLE_NPY)[:40]
+    meta = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:40]]
+    cells = {"json": lambda v: json.dumps(v.tolist()), "scalars": lambda v: str(list(v)), "print": str}
+    for kind, cell in cells.items():
+        write_csv(tmp_path / f"{kind}.csv", ["id", "text", "embedding", "label"],
+                  [[f"r{i}", m["text"], cell(v), m["label"]] for i, (v, m) in enumerate(zip(x, meta))])
+    assert "\n" in cells["print"](x[0]) and "np.float32(" in cells["scalars"](x[0])  # what the cases are
+    for kind in cells:
+        data = validate_teacher(tables.csv(tmp_path / f"{kind}.csv"))
+        assert data.embeddings.dtype == np.float32
+        if kind == "print":  # NumPy prints 8 digits
+            np.testing.assert_allclose(data.embeddings, x, rtol=1e-6, atol=1e-9)
+        else:
+            assert np.array_equal(data.embeddings, x), kind
+        assert data.texts == [m["text"] for m in meta] and data.labels == [m["label"] for m in meta]
+        assert data.ids[:2] == ["r0", "r1"]
+    write_csv(tmp_path / "v.tsv", ["vec", "title", "text"], [["[1, 2.5]", "a", ""], ["[3, 4]", "b", "x"]], "\t")
+    data = tables.csv(tmp_path / "v.tsv", column="vec", text_column="title")
+    assert data.embeddings.tolist() == [[1, 2.5], [3, 4]] and data.texts == ["a", "b"] and data.ids is None
+
+
+def test_a_csv_of_vectors_is_trained_on_and_encoded_as_vectors(tmp_path):
+    """A .csv whose rows bring their vectors went to the text teacher by its suffix: \"no column 'text'\", and
+    with text_column set it embedded the texts with MiniLM instead of using the file's vectors."""
+    x = np.load(EXAMPLE_NPY)[:300]
+    np.save(tmp_path / "v.npy", x)
+    write_csv(tmp_path / "v.csv", ["Text", "embedding"], [[f"text {i}", json.dumps(r.tolist())]
+                                                          for i, r in enumerate(x)])
+    pipeline = write_pipeline(tmp_path, teacher='path = "v.csv"\ntext_column = "Text"', stages=1, epochs=1)
+    found = run_cli(pipeline, "--dry-run")
+    assert found.returncode == 0 and "teacher    csv: " in found.stdout and "(300 x 384 float32, with texts)" \
+        in found.stdout, found.stderr
+    trained = run_cli(pipeline, "--quiet")
+    assert trained.returncode == 0 and "embedding 300 texts" not in trained.stderr, trained.stderr
+    for name in ("v.csv", "v.npy"):
+        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
+                       program="atlas-encode").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "v.csv.out.npy"), np.load(tmp_path / "v.npy.out.npy"))
+    assert sorted(f.suffix for f in (tmp_path / "run" / "cache").glob("csv-*")) == [".json", ".npy"]
+
+    write_csv(tmp_path / "o.csv", ["text", "vector"], [["a", "[0.5, 1.0]"], ["b", "[1.0, 0.5]"]])
+    other = write_pipeline(tmp_path, teacher='path = "o.csv"', stages=1, epochs=1, name="other.toml")
+    one_error_line(run_cli(other, "--dry-run"), f"{tmp_path / 'o.csv'} holds vectors in 'vector': set "
+                   'loader = "csv" and column = "vector" in [teacher] to train on them')
+    with pytest.raises(DataError, match=r"o.csv: no column 'title' \(text_column\); its columns are: text, vector"):
+        tables.csv(tmp_path / "o.csv", column="vector", text_column="title")
+
+
+@pytest.mark.parametrize("cell, message", [
+    (str(np.arange(1200, dtype=np.float32)), "is cut short with '...' (NumPy's print of a long array: the values are "
+     "not in the file); write them as lists (df[col] = df[col].map(lambda v: v.tolist())) or save the table as "
+     "Parquet"),
+    ("", "is empty; drop the row or fill it"),
+    ("0.1 0.2", "must be a list of numbers, like [0.1, -0.2]"),
+    ("[1, true]", "must be a list of numbers"),
+    ("[1, 2, 3]", "has 3 values, the rows before it 2"),
+    ("[1, 1e39]", "has values too large for float32"),
+], ids=["cut-print", "empty", "no-brackets", "boolean", "length", "overflow"])
+def test_a_bad_vector_cell_names_its_line(tmp_path, cell, message):
+    write_csv(tmp_path / "v.csv", ["text", "embedding"], [["a", "[0.5, 1.0]"], ["b", cell]])
+    with pytest.raises(DataError) as err:
+        tables.csv(tmp_path / "v.csv", cache_dir=str(tmp_path / "cache"))
+    assert str(err.value).startswith(f"{tmp_path / 'v.csv'}:3: 'embedding' {message}"), str(err.value)
+    assert not list((tmp_path / "cache").iterdir())
 
 
 def test_jsonl_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
