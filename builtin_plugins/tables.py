@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -215,11 +216,7 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
     p = _exists(path)
     names = {"text": text_column, "label": label_column, "id": id_column}
 
-    def count():
-        with p.open("rb") as fh:
-            return sum(1 for raw in fh if raw.strip())  # the rows _jsonl_rows yields
-
-    return _parsed(p, "jsonl", [column, *names.values()], cache_dir, lambda: _jsonl_rows(p, column, names), count)
+    return _parsed(p, "jsonl", [column, *names.values()], cache_dir, lambda: _jsonl_rows(p, column, names))
 
 
 def csv(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
@@ -235,18 +232,17 @@ def csv(path, column: str = "embedding", text_column: str | None = None, label_c
     """
     p = _exists(path)
     given = {"text": text_column, "label": label_column, "id": id_column}
-    return _parsed(p, "csv", [column, *given.values()], cache_dir, lambda: _csv_rows(p, column, given),
-                   lambda: sum(1 for _ in read_table(p, [column], "table of vectors", _COLUMN_HINT)))
+    return _parsed(p, "csv", [column, *given.values()], cache_dir, lambda: _csv_rows(p, column, given))
 
 
 _COLUMN_HINT = "; name the one with the vectors: teacher.column in a pipeline file, --key for atlas-encode"
 
 
-def _parsed(p: Path, prefix: str, params: list, cache_dir, rows, count) -> TeacherData:
+def _parsed(p: Path, prefix: str, params: list, cache_dir, rows) -> TeacherData:
     """The teacher of a file parsed row by row, ``rows()`` yielding ``(float32 vector, {kind: text, label or id
-    or None})``: read into memory, or with ``cache_dir`` written as parsed to a float32 ``.npy`` there (sized
-    by ``count()``, the rows ``rows()`` yields) and memory-mapped, the texts, labels and ids beside it as JSON;
-    a second run reads those while the file is unchanged."""
+    or None})``: read into memory, or with ``cache_dir`` written as parsed to a float32 ``.npy`` there and
+    memory-mapped, the texts, labels and ids beside it as JSON; a second run reads those while the file is
+    unchanged."""
     cache = _cache_file(p, cache_dir, prefix, params) if cache_dir else None
     if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
         extra = _present(json.loads(cache.with_suffix(".json").read_text(encoding="utf-8")))
@@ -263,25 +259,25 @@ def _parsed(p: Path, prefix: str, params: list, cache_dir, rows, count) -> Teach
             raise DataError(f"{p}: no rows found")
         emb = np.stack(vectors)
     else:
-        n, parsed = count(), rows()
-        out, tmp, i = None, cache.with_name(f".{cache.name}.tmp-{os.getpid()}"), -1
+        before, n, dim = _stamp(p), 0, 0
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
         try:
-            for i, (values, extras) in enumerate(parsed):
-                if i >= n:
-                    break
-                if out is None:
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, len(values)))
-                out[i] = values
-                for kind in lists:
-                    lists[kind].append(extras[kind])
-            if out is None:
-                raise DataError(f"{p}: no rows found")
-            if i + 1 != n or next(parsed, None) is not None:
-                raise DataError(f"{p}: changed while it was read ({n:,} rows counted, then {i + 1:,} read); "
-                                "run again once it is written")
-            out.flush()
-            del out
+            with open(tmp, "wb") as out:
+                out.write(_npy_header((0, 0)))  # room for the header, written once the rows are counted
+                for values, extras in rows():
+                    out.write(values.astype("<f4", copy=False).tobytes())
+                    n, dim = n + 1, len(values)
+                    for kind in lists:
+                        lists[kind].append(extras[kind])
+                if n == 0:
+                    raise DataError(f"{p}: no rows found")
+                if _stamp(p) != before:
+                    raise DataError(f"{p}: changed while it was read; run again once it is written")
+                out.seek(0)
+                out.write(_npy_header((n, dim)))
+                out.flush()
+                os.fsync(out.fileno())
             atomic_write_bytes(cache.with_suffix(".json"), json.dumps(lists).encode())
             os.replace(tmp, cache)  # last: the .npy's presence says both files are whole
         finally:
@@ -289,6 +285,21 @@ def _parsed(p: Path, prefix: str, params: list, cache_dir, rows, count) -> Teach
         emb = np.load(cache, mmap_mode="r")
     extra = _present(lists)
     return TeacherData(emb, labels=extra["label"], texts=extra["text"], ids=extra["id"], source=str(p))
+
+
+NPY_HEADER = 128  # bytes: a version 1.0 header with room for any 2-D float32 shape
+
+
+def _npy_header(shape: tuple) -> bytes:
+    """The ``.npy`` header of a little-endian float32 array of ``shape``, :data:`NPY_HEADER` bytes long (a
+    header padded with spaces, as the format allows), so that rows can be written before their count is known."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", NPY_HEADER - 10) + text.ljust(NPY_HEADER - 11).encode() + b"\n"
+
+
+def _stamp(p: Path) -> tuple:
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _present(lists: dict) -> dict:

@@ -335,9 +335,14 @@ def test_a_bad_or_growing_jsonl_leaves_no_cache(tmp_path, monkeypatch):
     assert not list(cache.iterdir())
     (tmp_path / "v.jsonl").write_text("[1, 2]\n[3, 4]\n")
     rows = tables._jsonl_rows
-    monkeypatch.setattr(tables, "_jsonl_rows", lambda *a: iter([*rows(*a), (np.ones(2, np.float32), {
-        "text": None, "label": None, "id": None})]))  # a row appended after the rows were counted
-    with pytest.raises(DataError, match=r"v.jsonl: changed while it was read \(2 rows counted, then 3 read\)"):
+
+    def growing(*args):
+        yield from rows(*args)
+        with open(tmp_path / "v.jsonl", "a") as fh:  # a row appended while the file is read
+            fh.write("[5, 6]\n")
+
+    monkeypatch.setattr(tables, "_jsonl_rows", growing)
+    with pytest.raises(DataError, match=r"v.jsonl: changed while it was read; run again once it is written"):
         jsonl(tmp_path / "v.jsonl", cache_dir=str(cache))
     assert not list(cache.iterdir())
 
