@@ -460,7 +460,7 @@ def holds_vector(cell) -> bool:
 def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
     when there is one, else the first field that is a list of numbers, and "" when the line is itself one
-    (``jq -c '.data[].embedding'`` of an API's answer); None for a file of texts to embed, or one that cannot
+    (``jq -c '.data[].embedding'`` of an API's answer) or an OpenAI Batch answer (:func:`batch_answer`); None for a file of texts to embed, or one that cannot
     be read (its loader then says why).  Embedding APIs return vectors with the text beside.  For a
     ``.csv``/``.tsv`` table, the same from its header and first row (:func:`holds_vector`; a ``text`` column
     holds texts, whatever they look like); for a
@@ -483,13 +483,18 @@ def vector_field(path) -> str | None:
         row = json.loads(first)
     except (OSError, ValueError):
         return None
-    if _numbers_list(row):
+    if _numbers_list(row) or batch_answer(row):
         return ""
     if not isinstance(row, dict):
         return None
     if "embedding" in row:
         return "embedding"
     return next((k for k, v in row.items() if _numbers_list(v)), None)
+
+
+def batch_answer(row) -> bool:
+    """Whether a JSON line is a request's answer in OpenAI Batch API output (``custom_id`` and ``response``)."""
+    return isinstance(row, dict) and "custom_id" in row and "response" in row
 
 
 def _numbers_list(v) -> bool:

@@ -32,6 +32,8 @@ def register_teachers(register):
     register("arrow", tables.arrow, "Arrow IPC (Feather) file or Hugging Face dataset folder: embedding column, "
              "with text/label/id columns (the parquet extra)")
     register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, or a vector per line")
+    register("json", tables.json_file, "a .json of vectors: an embedding API's answer ({\"data\": [...]}), or a "
+             "list of vectors or rows")
     register("csv", tables.csv, "CSV/TSV table with an embedding column of lists (and text/label/id columns)")
     register("sentence-transformers", text.sentence_transformers,
              "embed texts (.txt, .jsonl, .csv, .tsv, .parquet, .feather, a Hugging Face dataset) with a local "

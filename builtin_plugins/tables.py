@@ -11,17 +11,19 @@ a second run reuses the conversion; without ``cache_dir`` the vectors are read i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import TeacherData, cell_numbers, hf_shards, ipc_batches, read_table
+from atlas_plugins.teacher import TeacherData, batch_answer, cell_numbers, hf_shards, ipc_batches, read_table
 
 from .teachers import _exists
 
@@ -203,20 +205,79 @@ def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
 
 
 def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
-          id_column: str = "id", cache_dir: str | None = None):
-    """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``), or a
-    vector alone per line (``[0.1, ...]``).
+          id_column: str = "id", requests: str | None = None, cache_dir: str | None = None):
+    """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``), a
+    vector alone per line (``[0.1, ...]``), or OpenAI Batch API output (a line per request, its vectors in
+    ``response.body.data``; ids are the requests' ``custom_id``, ``custom_id#i`` for the i-th of several inputs).
 
-    A ``.jsonl`` file whose first line has an ``embedding`` field, or is a list of numbers, is read with it
-    when no loader is named; name it (``loader = "jsonl"``, ``column = ...``) for vectors in a field of another
-    name.  With ``cache_dir`` (a run's ``cache/``), the vectors are written to a float32 ``.npy`` there as they
-    are parsed and memory-mapped, and the texts, labels and ids beside it as JSON: memory stays flat, and a
-    second run reads those instead of parsing the file again (about 1,500 rows/s of 1536-D JSON).
+    A ``.jsonl`` file whose first line has an ``embedding`` field, is a list of numbers or a Batch answer is
+    read with it when no loader is named; name it (``loader = "jsonl"``, ``column = ...``) for vectors in a
+    field of another name.  ``requests``: the Batch's input file, whose ``body.input`` gives each row its text.
+    With ``cache_dir`` (a run's ``cache/``), the vectors are written to a float32 ``.npy`` there as they are
+    parsed and memory-mapped, and the texts, labels and ids beside it as JSON: memory stays flat, and a second
+    run reads those instead of parsing the file again (about 1,500 rows/s of 1536-D JSON).
     """
     p = _exists(path)
     names = {"text": text_column, "label": label_column, "id": id_column}
+    asked = _requests(_exists(requests, "Batch input file (requests)")) if requests is not None else None
+    stamp = [str(Path(requests).resolve()), *_stamp(Path(requests))] if requests is not None else []
+    return _parsed(p, "jsonl", [column, *names.values(), *stamp], cache_dir,
+                   lambda: _jsonl_rows(p, column, names, asked))
 
-    return _parsed(p, "jsonl", [column, *names.values()], cache_dir, lambda: _jsonl_rows(p, column, names))
+
+jsonl.path_params = ("requests",)  # a file beside the pipeline file
+
+
+def json_file(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
+              id_column: str = "id"):
+    """A ``.json`` file of vectors, read whole: an embedding API's answer as saved (``{"data": [{"index": 0,
+    "embedding": [...]}, ...]}``: OpenAI and the servers that answer like it; ``{"embeddings": [[...], ...]}``,
+    with ``"texts"`` beside them: Ollama, Cohere), a list of vectors, or a list of rows as the ``jsonl``
+    teacher reads them (``json.dump(records)``).  JSON lines stream instead; a large file says so."""
+    p = _exists(path)
+    if p.stat().st_size > JSON_WARN_BYTES:
+        warnings.warn(f"atlas: {p}: {p.stat().st_size / 1e9:.1f} GB of JSON is read whole, at about twice that in "
+                      f"memory; JSON lines are read a line at a time (jq -c '.data[]' {p.name} > {p.stem}.jsonl)")
+    try:
+        doc = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: not valid JSON ({exc})") from None
+    names = {"text": text_column, "label": label_column, "id": id_column}
+    return _parsed(p, "json", [], None, lambda: _json_rows(p, doc, column, names))
+
+
+json_file.suffixes = (".json",)
+JSON_WARN_BYTES = 2**30
+
+
+def _json_rows(p: Path, doc, column: str, names: dict):
+    """The rows of a ``.json`` document (:func:`json_file`), as :func:`_jsonl_rows` yields them."""
+    texts = None
+    if isinstance(doc, dict) and isinstance(doc.get("data"), list):  # OpenAI's answer, in input order
+        items = sorted(doc["data"], key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
+    elif isinstance(doc, dict) and isinstance(doc.get("embeddings"), (list, dict)):
+        items = doc["embeddings"]
+        items = items.get("float", items) if isinstance(items, dict) else items  # Cohere v2: by type
+        texts = doc.get("texts") if isinstance(doc.get("texts"), list) else None
+    elif isinstance(doc, list):
+        items = doc
+    else:
+        fields = f"; its fields are: {', '.join(doc)}" if isinstance(doc, dict) else ""
+        raise DataError(f"{p}: expected an embedding API's answer ({{\"data\": [...]}} or {{\"embeddings\": [...]}}), "
+                        f"a list of vectors or a list of rows with a '{column}' field{fields}")
+    dim = None
+    for i, item in enumerate(items):
+        vec = item.get(column) if isinstance(item, dict) else item
+        if isinstance(item, str):
+            raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
+                            "lines with a 'text' field")
+        values = _vector(vec, f"{p}: item {i}" + (f" '{column}'" if isinstance(item, dict) else ""), dim)
+        dim = len(values)
+        extras = {kind: item.get(name) for kind, name in names.items()} if isinstance(item, dict) else {
+            "text": None, "label": None, "id": None}
+        if texts is not None and i < len(texts):
+            extras["text"] = texts[i]
+        yield values, extras
 
 
 def csv(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
@@ -307,9 +368,10 @@ def _present(lists: dict) -> dict:
     return {k: (v if any(x is not None for x in v) else None) for k, v in lists.items()}
 
 
-def _jsonl_rows(p: Path, column: str, names: dict):
-    """Each non-blank line of ``p`` as ``(float32 vector, {kind: value of field names[kind] or None})``, every
-    vector as long as the first; a line that is not one is a :class:`DataError` naming it."""
+def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
+    """Each row of ``p`` as ``(float32 vector, {kind: value of field names[kind] or None})``: a non-blank line's,
+    or each of a Batch answer's (:func:`_answered`), every vector as long as the first; a line that is not
+    one is a :class:`DataError` naming it."""
     dim = None
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -317,14 +379,71 @@ def _jsonl_rows(p: Path, column: str, names: dict):
                 continue
             try:
                 row = json.loads(raw)
-                vec = row if isinstance(row, list) else row[column]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if batch_answer(row) and column not in row:
+                for vec, extras in _answered(row, f"{p}:{lineno}", asked):
+                    values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
+                    dim = len(values)
+                    yield values, extras
+                continue
+            if not (isinstance(row, list) or (isinstance(row, dict) and column in row)):
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
-                                "numbers), or a list of numbers") from None
+                                "numbers), or a list of numbers")
+            vec = row if isinstance(row, list) else row[column]
             where = f"{p}:{lineno}: " + ("the line" if vec is row else f"'{column}'")
             values = _vector(vec, where, dim, maybe_bool=b"true" in raw or b"false" in raw)
             dim = len(values)
             yield values, {kind: row.get(name) if isinstance(row, dict) else None for kind, name in names.items()}
+
+
+def _answered(row: dict, where: str, asked: dict | None):
+    """The vectors of one line of OpenAI Batch API output, ``{"custom_id": ..., "response": {"status_code": 200,
+    "body": {"data": [{"index": 0, "embedding": [...]}, ...]}}, "error": null}``, in input order: ``(vector,
+    {"id": custom_id, "text": its input from ``asked`` (custom_id -> body.input), "label": None})``.  A failed
+    request is a :class:`DataError` that names it: its vectors are not in the file."""
+    cid = row["custom_id"]
+    response = row["response"] if isinstance(row["response"], dict) else {}
+    body = response.get("body") if isinstance(response.get("body"), dict) else {}
+    data = body.get("data")
+    if row.get("error") or response.get("status_code", 200) != 200 or not isinstance(data, list) or not data:
+        error = row.get("error") or body.get("error")
+        why = error.get("message") if isinstance(error, dict) else error
+        why = why or f"status {response.get('status_code')}, no embeddings in its answer"
+        raise DataError(f"{where}: request '{cid}' failed ({why}); send it again in a new batch and add its "
+                        "answer, or drop the line")
+    if asked is not None and cid not in asked:
+        raise DataError(f"{where}: request '{cid}' is not in the Batch input file (requests); name the file the "
+                        "batch was made from")
+    inputs = asked.get(cid) if asked is not None else None
+    items = sorted(data, key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
+    for i, item in enumerate(items):
+        vec = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vec, str):  # encoding_format = "base64": little-endian float32 bytes
+            try:
+                vec = np.frombuffer(base64.b64decode(vec, validate=True), "<f4").tolist()
+            except ValueError:
+                vec = None
+        text = inputs[i] if isinstance(inputs, list) and i < len(inputs) else inputs
+        yield vec, {"text": text if isinstance(text, str) else None, "label": None,
+                    "id": cid if len(items) == 1 else f"{cid}#{i}"}
+
+
+def _requests(p: Path) -> dict:
+    """The inputs of an OpenAI Batch input file (a line per request: ``{"custom_id": ..., "body": {"input":
+    text or [texts]}}``) by ``custom_id``."""
+    asked = {}
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+                asked[row["custom_id"]] = row["body"]["input"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{p}:{lineno}: expected a Batch request, {{\"custom_id\": ..., \"body\": {{\"input\": "
+                                "...}}") from None
+    return asked
 
 
 def _csv_rows(p: Path, column: str, given: dict):

@@ -460,3 +460,21 @@ def test_a_csv_of_vectors_or_of_texts_is_told_by_its_cells(tmp_path, run):
     done = run_cli(run, texts, program="atlas-encode")
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["text"] for line in done.stdout.splitlines()] == ["[1, 2]", "[WIP] parse a CSV file"]
+
+
+def test_embedding_api_answers_are_read_as_vectors(tmp_path, run):
+    """OpenAI Batch output (``.jsonl``, a line per request, the ids its ``custom_id``) and a saved answer
+    (``.json``) are vectors, in the order of the inputs."""
+    x = np.load(EXAMPLE_NPY)[:4]
+    answer = {"object": "list", "data": [{"index": i, "embedding": x[i].tolist()} for i in (1, 0, 3, 2)]}
+    (tmp_path / "answer.json").write_text(json.dumps(answer))
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps({"custom_id": f"q{i}", "error": None, "response": {
+        "status_code": 200, "body": {"data": [{"index": 0, "embedding": x[i].tolist()}]}}}) + "\n" for i in range(4)))
+    np.save(tmp_path / "x.npy", x)
+    outputs = {}
+    for name in ("answer.json", "batch.jsonl", "x.npy"):
+        done = run_cli(run, tmp_path / name, program="atlas-encode")
+        assert done.returncode == 0, done.stderr
+        outputs[name] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r.pop("id") for r in outputs["batch.jsonl"]] == ["q0", "q1", "q2", "q3"]
+    assert outputs["answer.json"] == outputs["batch.jsonl"] == outputs["x.npy"]

@@ -297,6 +297,87 @@ def test_a_bad_vector_cell_names_its_line(tmp_path, cell, message):
     assert not list((tmp_path / "cache").iterdir())
 
 
+def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_path):
+    """OpenAI Batch API output holds a line per request, in any order, each with its inputs' vectors in
+    ``response.body.data`` (by ``index``; base64 when the request asked for it); the texts are in the batch's
+    input file. It went to the text teacher: \"expected a JSON object with a 'text' field\"."""
+    import base64
+
+    x = np.load(EXAMPLE_NPY)[:30]
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:30]]
+    groups = [[i] for i in range(5)] + [list(range(5 + 5 * g, 10 + 5 * g)) for g in range(5)]  # single and lists
+    requests = [{"custom_id": f"r{g}", "method": "POST", "url": "/v1/embeddings", "body": {
+        "model": "text-embedding-3-small", "input": texts[rows[0]] if len(rows) == 1 else [texts[i] for i in rows]}}
+        for g, rows in enumerate(groups)]
+    (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    order = [3, 7, 0, 9, 1, 5, 2, 8, 4, 6]  # answers come back in any order
+    lines = []
+    for g in order:
+        rows = groups[g]
+        data = [{"object": "embedding", "index": k, "embedding": base64.b64encode(x[i].astype("<f4").tobytes()).decode()
+                 if g == 7 else x[i].tolist()} for k, i in enumerate(rows)][::-1]  # items in any order too
+        lines.append({"id": f"batch_req_{g}", "custom_id": f"r{g}", "error": None, "response": {
+            "status_code": 200, "request_id": "req", "body": {"object": "list", "data": data}}})
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    expected = [i for g in order for i in groups[g]]
+    ids = [f"r{g}" if len(groups[g]) == 1 else f"r{g}#{k}" for g in order for k in range(len(groups[g]))]
+
+    data = validate_teacher(jsonl(tmp_path / "out.jsonl", requests=str(tmp_path / "requests.jsonl")))
+    assert np.array_equal(data.embeddings, x[expected]) and data.ids == ids
+    assert data.texts == [texts[i] for i in expected]
+    assert jsonl(tmp_path / "out.jsonl").texts is None  # without the requests: the vectors and ids alone
+    pipeline = write_pipeline(tmp_path, teacher='path = "out.jsonl"\nrequests = "requests.jsonl"', stages=1, epochs=1)
+    found = run_cli(pipeline, "--dry-run")
+    assert found.returncode == 0 and "teacher    jsonl: " in found.stdout and "(30 x 384 float32, with texts)" \
+        in found.stdout, found.stderr
+
+    failed = {**lines[0], "response": {"status_code": 400, "body": {"error": {"message": "input too long"}}}}
+    (tmp_path / "failed.jsonl").write_text(json.dumps(lines[1]) + "\n" + json.dumps(failed) + "\n")
+    with pytest.raises(DataError, match=r"failed.jsonl:2: request 'r3' failed \(input too long\); send it again in a "
+                                        r"new batch and add its answer, or drop the line"):
+        jsonl(tmp_path / "failed.jsonl")
+    (tmp_path / "few.jsonl").write_text(json.dumps(requests[7]) + "\n")
+    with pytest.raises(DataError, match=r"out.jsonl:1: request 'r3' is not in the Batch input file"):
+        jsonl(tmp_path / "out.jsonl", requests=str(tmp_path / "few.jsonl"))
+
+
+def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path, monkeypatch):
+    """An embedding API's answer saved as .json (OpenAI's ``data``, by index; Cohere's and Ollama's
+    ``embeddings``, with ``texts``), ``json.dump`` of a list of vectors or of rows: each read whole, as
+    vectors. A ``.json`` was \"no teacher plugin reads '.json' files\"."""
+    x = np.load(EXAMPLE_NPY)[:20]
+    docs = {
+        "openai": {"object": "list", "model": "m", "data": [{"object": "embedding", "index": i, "embedding": x[i].tolist()}
+                                                           for i in reversed(range(20))]},
+        "cohere": {"id": "c", "embeddings": {"float": x.tolist()}, "texts": [f"t{i}" for i in range(20)]},
+        "ollama": {"model": "m", "embeddings": x.tolist()},
+        "vectors": x.tolist(),
+        "rows": [{"embedding": v.tolist(), "text": f"t{i}", "label": i % 2} for i, v in enumerate(x)],
+    }
+    for name, doc in docs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        data = validate_teacher(tables.json_file(tmp_path / f"{name}.json"))
+        assert np.array_equal(data.embeddings, x), name
+        assert data.texts == ([f"t{i}" for i in range(20)] if name in ("cohere", "rows") else None)
+    assert tables.json_file(tmp_path / "rows.json").labels == [i % 2 for i in range(20)]
+    found = run_cli(write_pipeline(tmp_path, teacher='path = "openai.json"', stages=1, epochs=1), "--dry-run")
+    assert found.returncode == 0 and "teacher    json: " in found.stdout, found.stderr
+
+    for doc, message in [(["a text", "another"], "item 0 is a text; texts to embed go in a .txt file"),
+                         ({"vectors": []}, "expected an embedding API's answer"),
+                         ([[1, 2], [1, 2, 3]], r"item 1 has 3 values, the rows before it 2")]:
+        (tmp_path / "bad.json").write_text(json.dumps(doc))
+        with pytest.raises(DataError, match=message):
+            tables.json_file(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text('{"data": [')
+    with pytest.raises(DataError, match=r"bad.json: not valid JSON"):
+        tables.json_file(tmp_path / "bad.json")
+    monkeypatch.setattr(tables, "JSON_WARN_BYTES", 1000)
+    with pytest.warns(UserWarning, match=r"vectors.json: 0.0 GB of JSON is read whole, at about twice that in memory; "
+                                         r"JSON lines are read a line at a time \(jq -c '.data\[\]' vectors.json > "):
+        tables.json_file(tmp_path / "vectors.json")
+
+
 def test_jsonl_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
     """With cache_dir (a run's cache/), a .jsonl of vectors is parsed once: its vectors go to a memory-mapped
     .npy as they are read and its texts, labels and ids to a JSON file beside it; the next read parses
