@@ -1,9 +1,11 @@
-"""The ``jsonl`` vector teacher: parsed into memory against converted into the run's cache, and the cache read.
+"""The ``jsonl`` and ``csv`` vector teachers: parsed into memory against converted into the run's cache, and the
+cache read.
 
-    python benchmarks/jsonl_teacher.py [--rows 20000] [--dim 1536] [--data /tmp/atlas-jsonl]
+    python benchmarks/jsonl_teacher.py [--rows 20000] [--dim 1536] [--format jsonl|csv] [--data /tmp/atlas-jsonl]
 
 Writes ``rows`` random ``dim``-D vectors with a text each as JSON lines (what an embeddings API's answers
-make; kept in ``--data``, outside the repository), then reads them in three fresh processes, one after the
+make), or as a CSV table with an ``embedding`` column of JSON lists (what pandas' ``to_csv`` writes; kept in
+``--data``, outside the repository), then reads them in three fresh processes, one after the
 other: without ``cache_dir`` (the reference: every row in memory), with an empty ``cache_dir`` (parsed and
 written to a memory-mapped ``.npy``), and with that cache in place.  Prints seconds and peak resident memory
 for each and the ratios to the reference.
@@ -12,6 +14,7 @@ for each and the ratios to the reference.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -22,10 +25,10 @@ import numpy as np
 
 READ = """
 import resource, sys, time
-from builtin_plugins.tables import jsonl
+from builtin_plugins import tables
 from atlas_plugins.teacher import validate_teacher
 t0 = time.perf_counter()
-data = validate_teacher(jsonl(sys.argv[1], cache_dir=sys.argv[2] or None))
+data = validate_teacher(getattr(tables, sys.argv[3])(sys.argv[1], cache_dir=sys.argv[2] or None))
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, data.num_rows)
 """
 
@@ -34,27 +37,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     ap.add_argument("--data", type=Path, default=Path("/tmp/atlas-jsonl"))
     args = ap.parse_args()
-    path = args.data / f"vectors-{args.rows}x{args.dim}.jsonl"
+    path = args.data / f"vectors-{args.rows}x{args.dim}.{args.format}"
     if not path.exists():
         args.data.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
-        with open(path.with_suffix(".tmp"), "w") as fh:
+        with open(path.with_suffix(".tmp"), "w", newline="") as fh:
+            table = csv.writer(fh)
+            if args.format == "csv":
+                table.writerow(["id", "text", "embedding"])
             for i in range(args.rows):
                 vec = rng.standard_normal(args.dim).astype(np.float32).tolist()
-                fh.write(json.dumps({"id": i, "embedding": vec, "text": f"text {i}"}) + "\n")
+                if args.format == "csv":
+                    table.writerow([i, f"text {i}", json.dumps(vec)])
+                else:
+                    fh.write(json.dumps({"id": i, "embedding": vec, "text": f"text {i}"}) + "\n")
         path.with_suffix(".tmp").rename(path)
     cache = args.data / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     results = {}
     reads = (("in memory (reference)", ""), ("into the cache", str(cache)), ("from the cache", str(cache)))
     for name, cache_dir in reads:
-        out = subprocess.run([sys.executable, "-c", READ, str(path), cache_dir], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run([sys.executable, "-c", READ, str(path), cache_dir, args.format], capture_output=True,
+                             text=True, check=True).stdout.split()
         results[name] = (float(out[0]), float(out[1]))
     ref_s, ref_mb = results["in memory (reference)"]
-    print(f"{args.rows:,} x {args.dim} vectors, {path.stat().st_size / 2**20:,.0f} MiB of JSON lines")
+    print(f"{args.rows:,} x {args.dim} vectors, {path.stat().st_size / 2**20:,.0f} MiB of {args.format}")
     print(f"{'read':<24}{'seconds':>9}{'peak MB':>9}{'÷ ref s':>9}{'÷ ref MB':>9}")
     for name, (s, mb) in results.items():
         print(f"{name:<24}{s:>9.2f}{mb:>9.0f}{s / ref_s:>9.3f}{mb / ref_mb:>9.2f}")
