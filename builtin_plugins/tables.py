@@ -267,14 +267,13 @@ def _json_rows(p: Path, doc, column: str, names: dict):
                         f"a list of vectors or a list of rows with a '{column}' field{fields}")
     dim = None
     for i, item in enumerate(items):
-        vec = item.get(column) if isinstance(item, dict) else item
+        vec = _field(item, column) if isinstance(item, dict) else item
         if isinstance(item, str):
             raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
                             "lines with a 'text' field")
         values = _vector(vec, f"{p}: item {i}" + (f" '{column}'" if isinstance(item, dict) else ""), dim)
         dim = len(values)
-        extras = {kind: item.get(name) for kind, name in names.items()} if isinstance(item, dict) else {
-            "text": None, "label": None, "id": None}
+        extras = {kind: _field(item, name) for kind, name in names.items()}
         if texts is not None and i < len(texts):
             extras["text"] = texts[i]
         yield values, extras
@@ -381,20 +380,35 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
                 row = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 row = None
-            if batch_answer(row) and column not in row:
+            vec = row if isinstance(row, list) else _field(row, column, _ABSENT)
+            if vec is _ABSENT and batch_answer(row):
                 for vec, extras in _answered(row, f"{p}:{lineno}", asked):
                     values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
                     dim = len(values)
                     yield values, extras
                 continue
-            if not (isinstance(row, list) or (isinstance(row, dict) and column in row)):
+            if vec is _ABSENT:
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
                                 "numbers), or a list of numbers")
-            vec = row if isinstance(row, list) else row[column]
             where = f"{p}:{lineno}: " + ("the line" if vec is row else f"'{column}'")
             values = _vector(vec, where, dim, maybe_bool=b"true" in raw or b"false" in raw)
             dim = len(values)
-            yield values, {kind: row.get(name) if isinstance(row, dict) else None for kind, name in names.items()}
+            yield values, {kind: _field(row, name) for kind, name in names.items()}
+
+
+_ABSENT = object()
+
+
+def _field(row, name: str, absent=None):
+    """``row[name]``, or the nested field a dotted name names (``metadata.text``: vector databases' exports keep
+    a row's text in an object beside its vector); ``absent`` when there is none."""
+    if isinstance(row, dict) and name in row:
+        return row[name]
+    for part in name.split("."):
+        if not isinstance(row, dict) or part not in row:
+            return absent
+        row = row[part]
+    return row
 
 
 def _answered(row: dict, where: str, asked: dict | None):

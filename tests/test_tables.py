@@ -378,6 +378,28 @@ def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path,
         tables.json_file(tmp_path / "vectors.json")
 
 
+def test_fields_nested_as_vector_databases_export_them(tmp_path):
+    """A vector database's export keeps a row's text in an object beside its vector (Pinecone: ``values`` and
+    ``metadata``; Qdrant: ``vector`` and ``payload``): a dotted name reaches it. Before, a text there could
+    not be named, and the map had no texts."""
+    x = np.load(EXAMPLE_NPY)[:20]
+    rows = [{"id": f"doc-{i}", "values": v.tolist(), "metadata": {"text": f"text {i}", "source": {"kind": i % 3}}}
+            for i, v in enumerate(x)]
+    (tmp_path / "pinecone.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "pinecone.json").write_text(json.dumps(rows))
+    for name, read in (("pinecone.jsonl", jsonl), ("pinecone.json", tables.json_file)):
+        data = validate_teacher(read(tmp_path / name, column="values", text_column="metadata.text",
+                                     label_column="metadata.source.kind"))
+        assert np.array_equal(data.embeddings, x) and data.texts == [f"text {i}" for i in range(20)]
+        assert data.labels == [i % 3 for i in range(20)] and data.ids[:2] == ["doc-0", "doc-1"]
+    pipeline = write_pipeline(tmp_path, teacher='path = "pinecone.jsonl"', stages=1, epochs=1)
+    one_error_line(run_cli(pipeline, "--dry-run"), "holds vectors in 'values': set loader = \"jsonl\" and column = "
+                   "\"values\" in [teacher]")
+    chosen = run_cli(pipeline, "--dry-run", "--set", 'teacher.loader="jsonl"', "--set", 'teacher.column="values"',
+                     "--set", 'teacher.text_column="metadata.text"')
+    assert chosen.returncode == 0 and "(20 x 384 float32, with texts)" in chosen.stdout, chosen.stderr
+
+
 def test_jsonl_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
     """With cache_dir (a run's cache/), a .jsonl of vectors is parsed once: its vectors go to a memory-mapped
     .npy as they are read and its texts, labels and ids to a JSON file beside it; the next read parses
