@@ -7,6 +7,7 @@ A teacher plugin returns one :class:`TeacherData`.  ``embeddings`` is a
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -296,6 +297,26 @@ def no_reader(path) -> str | None:
     return f"{path}: is {NO_READER[_suffix(path)]}" if _suffix(path) in NO_READER else None
 
 
+def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: str = "") -> str:
+    """The one line for text in ``name`` (at line ``lineno``, when known) that does not decode as UTF-8, the
+    file's first bytes being ``head``: UTF-16 starts with a byte-order mark (what Windows PowerShell's ``>``
+    and Notepad's "Unicode" write) and is named so, for the whole file; anything else (a cp1252 export, say)
+    is not UTF-8 text."""
+    if utf16(head):
+        return f"{name}: is UTF-16 text (what Windows PowerShell's > writes); save the {what} as UTF-8{hint}"
+    return f"{name}{f':{lineno}' if lineno else ''}: not UTF-8 text; save the {what} as UTF-8{hint}"
+
+
+def utf16(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` is UTF-16 text (by its byte-order mark)."""
+    return head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def first_bytes(path, n: int = 4) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # text tables: suffix -> delimiter
 
 
@@ -319,8 +340,7 @@ def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iter
                                     f"names {len(header)}; quote a text that holds a {sep} (\"like, this\")")
                 yield reader.line_num, row
         except UnicodeDecodeError:  # no line number: the file is decoded ahead of the rows, a block at a time
-            raise DataError(f"{path}: not UTF-8 text; save the {what} as UTF-8 (\"CSV UTF-8\" in a "
-                            "spreadsheet)") from None
+            raise DataError(not_utf8(path, None, first_bytes(path), what, ' ("CSV UTF-8" in a spreadsheet)')) from None
         except csv.Error as exc:
             raise DataError(f"{path}: not a valid {what} after line {reader.line_num} ({exc}; a stray or unclosed "
                             "quote?)") from None

@@ -23,7 +23,8 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import TeacherData, batch_answer, cell_numbers, hf_shards, ipc_batches, read_table
+from atlas_plugins.teacher import (TeacherData, batch_answer, cell_numbers, hf_shards, ipc_batches, not_utf8, read_table,
+                                   utf16)
 
 from .teachers import _exists
 
@@ -379,6 +380,8 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
             try:
                 row = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
+                if lineno == 1 and utf16(raw):
+                    raise DataError(not_utf8(p, 1, raw)) from None
                 row = None
             vec = row if isinstance(row, list) else _field(row, column, _ABSENT)
             if vec is _ABSENT and batch_answer(row):

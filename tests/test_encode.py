@@ -416,7 +416,10 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
     (tmp_path / "comma.csv").write_text("text,label\nhello, world,greeting\n")
     (tmp_path / "quote.tsv").write_text('text\n"open a socket\n')
     (tmp_path / "cp1252.csv").write_bytes(b"text\ncaf\xe9\n")
-    (tmp_path / "utf16.jsonl").write_text('{"text": "parse a file"}\n', encoding="utf-16")  # PowerShell's >
+    for name in ("utf16.jsonl", "utf16.txt", "utf16.csv"):  # PowerShell's >, Notepad's "Unicode"
+        (tmp_path / name).write_text('{"text": "parse a file"}\n' if name.endswith(".jsonl") else "text\nparse a file\n",
+                                     encoding="utf-16")
+    (tmp_path / "cp1252.txt").write_bytes(b"parse a file\ncaf\xe9\n")
     (tmp_path / "texts.txt.gz").write_bytes(gzip.compress(b"parse a file\n"))
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "dataset_info.json").write_text("{}")  # what a Hugging Face save_to_disk writes
@@ -428,7 +431,10 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
         ("comma.csv", (), "comma.csv:2: 3 cells, the header names 2; quote a text that holds a comma"),
         ("quote.tsv", (), "quote.tsv: not a valid table of texts after line"),
         ("cp1252.csv", (), 'cp1252.csv: not UTF-8 text; save the table of texts as UTF-8 ("CSV UTF-8"'),
-        ("utf16.jsonl", (), "utf16.jsonl:1: not UTF-8 text; save the file as UTF-8"),
+        ("utf16.jsonl", (), "utf16.jsonl: is UTF-16 text (what Windows PowerShell's > writes); save the file as UTF-8"),
+        ("utf16.txt", (), "utf16.txt: is UTF-16 text (what Windows PowerShell's > writes); save the texts as UTF-8"),
+        ("utf16.csv", (), "utf16.csv: is UTF-16 text (what Windows PowerShell's > writes); save the table of texts"),
+        ("cp1252.txt", (), "cp1252.txt:2: not UTF-8 text; save the texts as UTF-8"),
         ("texts.txt.gz", (), "texts.txt.gz: is compressed (gzip); decompress it first (gunzip -k texts.txt.gz) "
                              "and give texts.txt"),
         ("ds", (), "ds: is a Hugging Face dataset folder without .arrow shards; save the dataset again"),

@@ -470,6 +470,10 @@ def test_jsonl_vectors(tmp_path):
     with pytest.raises(DataError, match=r"t.jsonl:1: 'embedding' has values too large for float32 \(\|x\| > 3.4e38; "
                                          r"largest 1e\+40\); rescale the embeddings"):
         jsonl(tmp_path / "t.jsonl")
+    (tmp_path / "t.jsonl").write_text('{"embedding": [1, 2]}\n', encoding="utf-16")  # Windows PowerShell's >
+    with pytest.raises(DataError, match=r"t.jsonl: is UTF-16 text \(what Windows PowerShell's > writes\); save the "
+                                        r"file as UTF-8"):
+        jsonl(tmp_path / "t.jsonl")
 
 
 def test_jsonl_vectors_are_held_as_float32_while_they_are_read(tmp_path):
