@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import TABLE_SUFFIXES, columnar, loader_for_suffix, no_reader, vector_field
+from .teacher import TABLE_SUFFIXES, batch_input, columnar, loader_for_suffix, no_reader, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -739,6 +739,9 @@ def _loader_for_suffix(origin: Origin, teacher_path: str, registry) -> str:
             raise ConfigError(f"{origin('teacher.path')}: {teacher_path} holds vectors in '{field}': set "
                               f"loader = \"{tables}\" and column = \"{field}\" in [teacher] to train on them, "
                               "or loader = \"sentence-transformers\" to embed its texts instead")
+        if suffix == ".jsonl" and (why := batch_input(teacher_path)):
+            raise ConfigError(f"{origin('teacher.path')}: {why}, with requests = \"{Path(teacher_path).name}\" in "
+                              "[teacher] for the texts")
         name = loader_for_suffix("texts.txt", registry)  # a table of texts, without vectors
     if name is not None:
         return name

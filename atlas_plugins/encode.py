@@ -36,9 +36,9 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, columnar, convert_first, first_bytes, first_row, hf_shards,
-                      holds_vector, in_memory_if_small, loader_for_suffix, no_reader, not_utf8, read_columnar_texts,
-                      read_table, table_schema, validate_teacher, vector_field)
+from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_bytes,
+                      first_row, hf_shards, holds_vector, in_memory_if_small, loader_for_suffix, no_reader, not_utf8,
+                      read_columnar_texts, read_table, table_schema, validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -103,6 +103,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
             return _texts(rows, student, extras, len(rows))
         loader = "csv" if table else None  # vectors: the teacher of the suffix reads a Parquet or Arrow table
     if loader is None and p.suffix.lower() == ".jsonl":
+        if why := batch_input(p):
+            raise DataError(why)
         if key is None and vector_field(p) == "":
             loader = "jsonl"  # a vector alone per line
         else:

@@ -517,6 +517,19 @@ def batch_answer(row) -> bool:
     return isinstance(row, dict) and "custom_id" in row and "response" in row
 
 
+def batch_input(path) -> str | None:
+    """What to do when ``path``, given as vectors or texts, is an OpenAI Batch input file (its first line a
+    request, ``custom_id`` and ``body``): the vectors are in the batch's output file; None otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            row = json.loads(next((line for line in fh if line.strip()), b"null"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(row, dict) and "custom_id" in row and isinstance(row.get("body"), dict) and "response" not in row:
+        return f"{path}: is an OpenAI Batch input file (requests); its embeddings are in the batch's output file: give that"
+    return None
+
+
 def _numbers_list(v) -> bool:
     return isinstance(v, list) and len(v) > 1 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                        for x in v)

@@ -484,3 +484,7 @@ def test_embedding_api_answers_are_read_as_vectors(tmp_path, run):
         outputs[name] = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r.pop("id") for r in outputs["batch.jsonl"]] == ["q0", "q1", "q2", "q3"]
     assert outputs["answer.json"] == outputs["batch.jsonl"] == outputs["x.npy"]
+    (tmp_path / "requests.jsonl").write_text(json.dumps({"custom_id": "q0", "method": "POST", "url": "/v1/embeddings",
+                                                          "body": {"model": "m", "input": "parse a file"}}) + "\n")
+    one_error_line(run_cli(run, tmp_path / "requests.jsonl", program="atlas-encode"), "requests.jsonl: is an OpenAI "
+                   "Batch input file (requests); its embeddings are in the batch's output file: give that")

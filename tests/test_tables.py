@@ -336,6 +336,10 @@ def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_
     with pytest.raises(DataError, match=r"failed.jsonl:2: request 'r3' failed \(input too long\); send it again in a "
                                         r"new batch and add its answer, or drop the line"):
         jsonl(tmp_path / "failed.jsonl")
+    given = write_pipeline(tmp_path, teacher='path = "requests.jsonl"', stages=1, epochs=1, name="given.toml")
+    one_error_line(run_cli(given, "--dry-run"), f"{tmp_path / 'requests.jsonl'}: is an OpenAI Batch input file "
+                   "(requests); its embeddings are in the batch's output file: give that, with requests = "
+                   '"requests.jsonl" in [teacher] for the texts')  # it was: "expected a JSON object with a 'text' field"
     (tmp_path / "few.jsonl").write_text(json.dumps(requests[7]) + "\n")
     with pytest.raises(DataError, match=r"out.jsonl:1: request 'r3' is not in the Batch input file"):
         jsonl(tmp_path / "out.jsonl", requests=str(tmp_path / "few.jsonl"))
