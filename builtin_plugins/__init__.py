@@ -31,7 +31,8 @@ def register_teachers(register):
     register("parquet", tables.parquet, "Parquet embedding column, with text/label/id columns (optional extra)")
     register("arrow", tables.arrow, "Arrow IPC (Feather) file or Hugging Face dataset folder: embedding column, "
              "with text/label/id columns (the parquet extra)")
-    register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, or a vector per line")
+    register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, a vector per line, "
+             "or OpenAI Batch output")
     register("json", tables.json_file, "a .json of vectors: an embedding API's answer ({\"data\": [...]}), or a "
              "list of vectors or rows")
     register("csv", tables.csv, "CSV/TSV table with an embedding column of lists (and text/label/id columns)")
