@@ -215,7 +215,7 @@ class OutputSection:
     loggers: list = _field(("jsonl",), _check(lambda v: isinstance(v, (list, tuple)) and all(
                                logger_name(x) for x in v), 'a list of logger names or tables { name = "...", ... }'),
                            "logger plugins that receive each epoch's metrics (jsonl: metrics.jsonl; tensorboard); "
-                           'a table { name = "...", key = value } passes the logger its parameters',
+                           'a table { name = "...", key = value } passes the logger its parameters; each logger once',
                            resumable=True)
 
     def __attrs_post_init__(self):
@@ -675,6 +675,8 @@ def _resolve_plugins(sections: dict, origin: Origin, registry, base: Path) -> di
         if isinstance(item, dict):
             params = _check_params(origin, f"output.loggers.{name}", "logger", name, fn, params, registry)
             item = {"name": name, **params}
+        if name in (logger_spec(x)[0] for x in loggers):  # two would write the same file: each line twice
+            raise ConfigError(f"{origin('output.loggers')}: output.loggers names '{name}' twice; name each logger once")
         loggers.append(item)
     sections["output"] = attrs.evolve(sections["output"], loggers=loggers)
     return sections

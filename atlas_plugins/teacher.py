@@ -480,12 +480,12 @@ def holds_vector(cell) -> bool:
 def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
     when there is one, else the first field that is a list of numbers, and "" when the line is itself one
-    (``jq -c '.data[].embedding'`` of an API's answer) or an OpenAI Batch answer (:func:`batch_answer`); None for a file of texts to embed, or one that cannot
-    be read (its loader then says why).  Embedding APIs return vectors with the text beside.  For a
-    ``.csv``/``.tsv`` table, the same from its header and first row (:func:`holds_vector`; a ``text`` column
-    holds texts, whatever they look like); for a
-    :func:`columnar` one, from its schema: ``embedding``, else the first column of float lists, else None (a
-    table of texts); ``embedding`` when it cannot be read here."""
+    (``jq -c '.data[].embedding'`` of an API's answer) or an OpenAI Batch answer (:func:`batch_answer`); None
+    for a file of texts to embed, or one that cannot be read (its loader then says why).  Embedding APIs
+    return vectors with the text beside.  For a ``.csv``/``.tsv`` table, the same from its header and first
+    row (:func:`holds_vector`; a ``text`` column holds texts, whatever they look like); for a :func:`columnar`
+    one, from its schema: ``embedding``, else the first column of float lists, else None (a table of texts);
+    ``embedding`` when it cannot be read here."""
     if _suffix(path) in TABLE_SUFFIXES:
         row = first_row(path)
         if row is None or "embedding" in row:
@@ -526,7 +526,8 @@ def batch_input(path) -> str | None:
     except (OSError, ValueError):
         return None
     if isinstance(row, dict) and "custom_id" in row and isinstance(row.get("body"), dict) and "response" not in row:
-        return f"{path}: is an OpenAI Batch input file (requests); its embeddings are in the batch's output file: give that"
+        return (f"{path}: is an OpenAI Batch input file (requests); its embeddings are in the batch's output file: "
+                "give that")
     return None
 
 

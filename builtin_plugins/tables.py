@@ -23,8 +23,8 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (TeacherData, batch_answer, cell_numbers, hf_shards, ipc_batches, not_utf8, read_table,
-                                   utf16)
+from atlas_plugins.teacher import (TeacherData, batch_answer, cell_numbers, hf_shards, ipc_batches, not_utf8,
+                                   read_table, utf16)
 
 from .teachers import _exists
 

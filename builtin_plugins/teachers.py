@@ -11,8 +11,8 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (TABLE_SUFFIXES, TeacherData, columnar, convert_first, first_bytes, hf_shards, not_utf8,
-                                   read_columnar_texts, read_table)
+from atlas_plugins.teacher import (TABLE_SUFFIXES, TeacherData, columnar, convert_first, first_bytes, hf_shards,
+                                   not_utf8, read_columnar_texts, read_table)
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 

@@ -221,7 +221,8 @@ EVERY_FIELD = {
         "neighbors": st.integers(1, 60), "neighbor_pool": st.integers(60, 500),
         "neighbor_hops": st.integers(1, 3), "eval_rows": st.integers(2, 10**6)}),
     "output": st.fixed_dictionaries({"dir": paths, "report": st.booleans(), "plots": st.booleans(),
-                                    "loggers": st.lists(st.sampled_from(["jsonl", "tensorboard"]), max_size=2)}),
+                                    "loggers": st.lists(st.sampled_from(["jsonl", "tensorboard"]), max_size=2,
+                                                        unique=True)}),
 }
 
 

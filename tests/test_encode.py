@@ -417,8 +417,8 @@ def test_bad_tables_of_texts_are_one_line_and_write_nothing(run, tmp_path):
     (tmp_path / "quote.tsv").write_text('text\n"open a socket\n')
     (tmp_path / "cp1252.csv").write_bytes(b"text\ncaf\xe9\n")
     for name in ("utf16.jsonl", "utf16.txt", "utf16.csv"):  # PowerShell's >, Notepad's "Unicode"
-        (tmp_path / name).write_text('{"text": "parse a file"}\n' if name.endswith(".jsonl") else "text\nparse a file\n",
-                                     encoding="utf-16")
+        text = '{"text": "parse a file"}\n' if name.endswith(".jsonl") else "text\nparse a file\n"
+        (tmp_path / name).write_text(text, encoding="utf-16")
     (tmp_path / "cp1252.txt").write_bytes(b"parse a file\ncaf\xe9\n")
     (tmp_path / "texts.txt.gz").write_bytes(gzip.compress(b"parse a file\n"))
     (tmp_path / "ds").mkdir()

@@ -65,6 +65,9 @@ def test_unknown_logger_is_a_config_error(tmp_path):
                    "did you mean 'tensorboard'?")
     path.write_text(path.read_text().replace('["tensorbord"]', '"jsonl"'))
     one_error_line(run_cli(path, "--dry-run"), "output.loggers must be a list of logger names or tables", "got 'jsonl'")
+    for twice in ('["jsonl", "jsonl"]', '["jsonl", { name = "jsonl" }]'):  # metrics.jsonl had each line twice
+        one_error_line(run_cli(path, "--dry-run", "--set", f"output.loggers={twice}"),
+                       "output.loggers names 'jsonl' twice; name each logger once")
 
 
 def test_a_table_passes_the_logger_its_parameters(tmp_path):

@@ -339,7 +339,7 @@ def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_
     given = write_pipeline(tmp_path, teacher='path = "requests.jsonl"', stages=1, epochs=1, name="given.toml")
     one_error_line(run_cli(given, "--dry-run"), f"{tmp_path / 'requests.jsonl'}: is an OpenAI Batch input file "
                    "(requests); its embeddings are in the batch's output file: give that, with requests = "
-                   '"requests.jsonl" in [teacher] for the texts')  # it was: "expected a JSON object with a 'text' field"
+                   '"requests.jsonl" in [teacher] for the texts')  # was: "expected a JSON object with a 'text' field"
     (tmp_path / "few.jsonl").write_text(json.dumps(requests[7]) + "\n")
     with pytest.raises(DataError, match=r"out.jsonl:1: request 'r3' is not in the Batch input file"):
         jsonl(tmp_path / "out.jsonl", requests=str(tmp_path / "few.jsonl"))
@@ -351,8 +351,8 @@ def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path,
     vectors. A ``.json`` was \"no teacher plugin reads '.json' files\"."""
     x = np.load(EXAMPLE_NPY)[:20]
     docs = {
-        "openai": {"object": "list", "model": "m", "data": [{"object": "embedding", "index": i, "embedding": x[i].tolist()}
-                                                           for i in reversed(range(20))]},
+        "openai": {"object": "list", "model": "m", "data": [
+            {"object": "embedding", "index": i, "embedding": x[i].tolist()} for i in reversed(range(20))]},
         "cohere": {"id": "c", "embeddings": {"float": x.tolist()}, "texts": [f"t{i}" for i in range(20)]},
         "ollama": {"model": "m", "embeddings": x.tolist()},
         "vectors": x.tolist(),
