@@ -1,12 +1,13 @@
 """Assembly: plugins resolved through the registry the pipeline is assembled with; students declare what they can do."""
 
+import numpy as np
 import pytest
 import torch
 
 from atlas_plugins import Registry
 from atlas_plugins.config import build_config
 from atlas_plugins.pipeline import assemble
-from conftest import EXAMPLE_NPY
+from conftest import EXAMPLE_NPY, run_cli, write_pipeline
 
 
 def doc(tmp_path, **loss):
@@ -163,3 +164,15 @@ def test_the_pipeline_takes_the_teacher_digest_from_validation_s_one_read(tmp_pa
     pipe = assemble(build_config(doc(tmp_path, name="relational"), tmp_path / "p.toml"))
     assert len(reads) == 1  # the validation scan: no second pass for the digest
     assert pipe.teacher_digest == teacher_digest(pipe.teacher)  # the same value a pass of its own gives
+
+
+def test_a_student_as_wide_as_its_teacher_is_told_it_maps_nothing_away(tmp_path):
+    """4-D vectors mapped to 5-D: the map cannot keep anything the vectors do not; it trained in silence."""
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32))
+    proc = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert ("atlas-run: warning: the teacher's vectors are 4-D and student.dim is 5: a map no smaller than its vectors "
+            "keeps nothing they do not; plot them as they are, or set student.dim below 4") in proc.stderr
+    quiet = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1, name="p3.toml",
+                                   student='name = "mlp"\ndim = 3\nhidden = [32]'), "--dry-run")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
