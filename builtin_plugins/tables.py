@@ -233,8 +233,10 @@ def json_file(path, column: str = "embedding", text_column: str = "text", label_
               id_column: str = "id"):
     """A ``.json`` file of vectors, read whole: an embedding API's answer as saved (``{"data": [{"index": 0,
     "embedding": [...]}, ...]}``: OpenAI and the servers that answer like it; ``{"embeddings": [[...], ...]}``,
-    with ``"texts"`` beside them: Ollama, Cohere), a list of vectors, or a list of rows as the ``jsonl``
-    teacher reads them (``json.dump(records)``).  JSON lines stream instead; a large file says so."""
+    with ``"texts"`` beside them: Ollama, Cohere; ``{"embeddings": [{"values": [...]}, ...]}``: Gemini;
+    ``{"predictions": [{"embeddings": {"values": [...]}}, ...]}``: Vertex AI), a list of vectors, or a list
+    of rows as the ``jsonl`` teacher reads them (``json.dump(records)``).  JSON lines stream instead; a large
+    file says so."""
     p = _exists(path)
     if p.stat().st_size > JSON_WARN_BYTES:
         warnings.warn(f"atlas: {p}: {p.stat().st_size / 1e9:.1f} GB of JSON is read whole, at about twice that in "
@@ -260,6 +262,8 @@ def _json_rows(p: Path, doc, column: str, names: dict):
         items = doc["embeddings"]
         items = items.get("float", items) if isinstance(items, dict) else items  # Cohere v2: by type
         texts = doc.get("texts") if isinstance(doc.get("texts"), list) else None
+    elif isinstance(doc, dict) and isinstance(doc.get("predictions"), list):  # Vertex AI's answer
+        items = [_field(d, "embeddings") for d in doc["predictions"]]
     elif isinstance(doc, list):
         items = doc
     else:
@@ -268,7 +272,7 @@ def _json_rows(p: Path, doc, column: str, names: dict):
                         f"a list of vectors or a list of rows with a '{column}' field{fields}")
     dim = None
     for i, item in enumerate(items):
-        vec = _field(item, column) if isinstance(item, dict) else item
+        vec = _field(item, column, _field(item, "values")) if isinstance(item, dict) else item  # values: Google's
         if isinstance(item, str):
             raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
                             "lines with a 'text' field")

@@ -347,7 +347,8 @@ def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_
 
 def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path, monkeypatch):
     """An embedding API's answer saved as .json (OpenAI's ``data``, by index; Cohere's and Ollama's
-    ``embeddings``, with ``texts``), ``json.dump`` of a list of vectors or of rows: each read whole, as
+    ``embeddings``, with ``texts``; Gemini's and Vertex AI's ``values``), ``json.dump`` of a list of vectors or
+    of rows: each read whole, as
     vectors. A ``.json`` was \"no teacher plugin reads '.json' files\"."""
     x = np.load(EXAMPLE_NPY)[:20]
     docs = {
@@ -355,6 +356,8 @@ def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path,
             {"object": "embedding", "index": i, "embedding": x[i].tolist()} for i in reversed(range(20))]},
         "cohere": {"id": "c", "embeddings": {"float": x.tolist()}, "texts": [f"t{i}" for i in range(20)]},
         "ollama": {"model": "m", "embeddings": x.tolist()},
+        "gemini": {"embeddings": [{"values": v.tolist()} for v in x]},
+        "vertex": {"predictions": [{"embeddings": {"values": v.tolist(), "statistics": {"token_count": 3}}} for v in x]},
         "vectors": x.tolist(),
         "rows": [{"embedding": v.tolist(), "text": f"t{i}", "label": i % 2} for i, v in enumerate(x)],
     }
