@@ -357,7 +357,8 @@ def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path,
         "cohere": {"id": "c", "embeddings": {"float": x.tolist()}, "texts": [f"t{i}" for i in range(20)]},
         "ollama": {"model": "m", "embeddings": x.tolist()},
         "gemini": {"embeddings": [{"values": v.tolist()} for v in x]},
-        "vertex": {"predictions": [{"embeddings": {"values": v.tolist(), "statistics": {"token_count": 3}}} for v in x]},
+        "vertex": {"predictions": [{"embeddings": {"values": v.tolist(), "statistics": {"token_count": 3}}}
+                                   for v in x]},
         "vectors": x.tolist(),
         "rows": [{"embedding": v.tolist(), "text": f"t{i}", "label": i % 2} for i, v in enumerate(x)],
     }
