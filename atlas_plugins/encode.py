@@ -234,7 +234,7 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: 
                 raise DataError(not_utf8(p, lineno, first_bytes(p))) from None
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: brackets nested thousands deep
                 raise DataError(f"{p}:{lineno}: not a JSON object") from None
             if key is not None and not (isinstance(row, dict) and key in row):
                 fields = f"; its fields are: {', '.join(row)}" if isinstance(row, dict) else ""

@@ -461,7 +461,7 @@ def cell_numbers(cell) -> list[float] | None:
         return None
     try:
         values = json.loads(_NUMPY_SCALAR.sub(r"\1", text) if "np.float" in text else text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
         try:
             values = [float(v) for v in text[1:-1].split()]
         except ValueError:  # '...': NumPy cut a long array short; the values are not there
@@ -501,7 +501,7 @@ def vector_field(path) -> str | None:
         with open(path, "rb") as fh:
             first = next((line for line in fh if line.strip()), b"")
         row = json.loads(first)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # its reader says why
         return None
     if _numbers_list(row) or batch_answer(row):
         return ""
@@ -523,7 +523,7 @@ def batch_input(path) -> str | None:
     try:
         with open(path, "rb") as fh:
             row = json.loads(next((line for line in fh if line.strip()), b"null"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # its reader says why
         return None
     if isinstance(row, dict) and "custom_id" in row and isinstance(row.get("body"), dict) and "response" not in row:
         return (f"{path}: is an OpenAI Batch input file (requests); its embeddings are in the batch's output file: "

@@ -245,6 +245,8 @@ def json_file(path, column: str = "embedding", text_column: str = "text", label_
         doc = json.loads(p.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{p}: lists nested too deeply to be vectors or rows") from None
     names = {"text": text_column, "label": label_column, "id": id_column}
     return _parsed(p, "json", [], None, lambda: _json_rows(p, doc, column, names))
 
@@ -383,7 +385,7 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
                 continue
             try:
                 row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 if lineno == 1 and utf16(raw):
                     raise DataError(not_utf8(p, 1, raw)) from None
                 row = None
@@ -461,7 +463,7 @@ def _requests(p: Path) -> dict:
             try:
                 row = json.loads(raw)
                 asked[row["custom_id"]] = row["body"]["input"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise DataError(f"{p}:{lineno}: expected a Batch request, {{\"custom_id\": ..., \"body\": {{\"input\": "
                                 "...}}") from None
     return asked

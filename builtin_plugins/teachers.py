@@ -75,7 +75,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 row = None
             if not isinstance(row, dict) or text_field not in row:
                 fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""

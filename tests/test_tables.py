@@ -549,3 +549,22 @@ def test_a_dataset_of_texts_whose_shards_differ_is_one_line(tmp_path):
         read_texts(tmp_path / "ds")
     (tmp_path / "ds" / "data-1.arrow").unlink()
     assert read_texts(tmp_path / "ds") == (["parse a file", "open a socket"], None)
+
+
+def test_brackets_nested_thousands_deep_are_a_bad_row_not_a_crash(tmp_path):
+    """Python's JSON parser raises RecursionError on lists nested ~1,000 deep: each reader names the file and
+    row instead (the json teacher failed with "RecursionError: maximum recursion depth exceeded", and
+    atlas-run with "the input is nested too deeply to process", naming no file)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep)
+    (tmp_path / "deep.jsonl").write_text('{"embedding": [1, 2]}\n' + deep + "\n")
+    write_csv(tmp_path / "deep.csv", ["text", "embedding"], [["a", deep]])
+    for read, name, message in [(tables.json_file, "deep.json", "lists nested too deeply to be vectors or rows"),
+                                (jsonl, "deep.jsonl", "2: expected a JSON object with a 'embedding' field"),
+                                (tables.csv, "deep.csv", "2: 'embedding' must be a list of numbers")]:
+        with pytest.raises(DataError) as err:
+            read(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}:") and message in str(err.value), str(err.value)
+    (tmp_path / "texts.jsonl").write_text(deep + "\n")  # where a first line tells vectors from texts
+    proc = run_cli(write_pipeline(tmp_path, teacher='path = "texts.jsonl"', stages=1, epochs=1), "--dry-run")
+    one_error_line(proc, f"{tmp_path / 'texts.jsonl'}:1: expected a JSON object with a 'text' field")
