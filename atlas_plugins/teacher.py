@@ -313,6 +313,7 @@ def utf16(head: bytes) -> bool:
 
 
 def first_bytes(path, n: int = 4) -> bytes:
+    """The first ``n`` bytes of the file ``path`` (what :func:`not_utf8` reads the encoding from)."""
     with open(path, "rb") as fh:
         return fh.read(n)
 
@@ -488,8 +489,10 @@ def vector_field(path) -> str | None:
     ``embedding`` when it cannot be read here."""
     if _suffix(path) in TABLE_SUFFIXES:
         row = first_row(path)
-        if row is None or "embedding" in row:
-            return None if row is None else "embedding"
+        if row is None:
+            return None
+        if "embedding" in row:
+            return "embedding"
         return next((k for k, v in row.items() if k != "text" and holds_vector(v)), None)
     if columnar(path):
         schema = table_schema(path)
