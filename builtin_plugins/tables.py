@@ -379,30 +379,35 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
     or each of a Batch answer's (:func:`_answered`), every vector as long as the first; a line that is not
     one is a :class:`DataError` naming it."""
     dim = None
+    for lineno, raw in _lines(p):
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            if lineno == 1 and utf16(raw):
+                raise DataError(not_utf8(p, 1, raw)) from None
+            row = None
+        vec = row if isinstance(row, list) else _field(row, column, _ABSENT)
+        if vec is _ABSENT and batch_answer(row):
+            for vec, extras in _answered(row, f"{p}:{lineno}", asked):
+                values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
+                dim = len(values)
+                yield values, extras
+            continue
+        if vec is _ABSENT:
+            raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
+                            "numbers), or a list of numbers")
+        where = f"{p}:{lineno}: " + ("the line" if vec is row else f"'{column}'")
+        values = _vector(vec, where, dim, maybe_bool=b"true" in raw or b"false" in raw)
+        dim = len(values)
+        yield values, {kind: _field(row, name) for kind, name in names.items()}
+
+
+def _lines(p: Path):
+    """``(line number, bytes)`` for each non-blank line of the file ``p``."""
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                if lineno == 1 and utf16(raw):
-                    raise DataError(not_utf8(p, 1, raw)) from None
-                row = None
-            vec = row if isinstance(row, list) else _field(row, column, _ABSENT)
-            if vec is _ABSENT and batch_answer(row):
-                for vec, extras in _answered(row, f"{p}:{lineno}", asked):
-                    values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
-                    dim = len(values)
-                    yield values, extras
-                continue
-            if vec is _ABSENT:
-                raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
-                                "numbers), or a list of numbers")
-            where = f"{p}:{lineno}: " + ("the line" if vec is row else f"'{column}'")
-            values = _vector(vec, where, dim, maybe_bool=b"true" in raw or b"false" in raw)
-            dim = len(values)
-            yield values, {kind: _field(row, name) for kind, name in names.items()}
+            if raw.strip():
+                yield lineno, raw
 
 
 _ABSENT = object()
@@ -456,16 +461,13 @@ def _requests(p: Path) -> dict:
     """The inputs of an OpenAI Batch input file (a line per request: ``{"custom_id": ..., "body": {"input":
     text or [texts]}}``) by ``custom_id``."""
     asked = {}
-    with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-                asked[row["custom_id"]] = row["body"]["input"]
-            except (ValueError, KeyError, TypeError, RecursionError):
-                raise DataError(f"{p}:{lineno}: expected a Batch request, {{\"custom_id\": ..., \"body\": {{\"input\": "
-                                "...}}") from None
+    for lineno, raw in _lines(p):
+        try:
+            row = json.loads(raw)
+            asked[row["custom_id"]] = row["body"]["input"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise DataError(f"{p}:{lineno}: expected a Batch request, {{\"custom_id\": ..., \"body\": {{\"input\": "
+                            "...}}") from None
     return asked
 
 
