@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import TABLE_SUFFIXES, batch_input, columnar, loader_for_suffix, no_reader, vector_field
+from .teacher import TABLE_SUFFIXES, batch_input, columnar, loader_for_suffix, no_reader, utf16, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------
@@ -411,7 +411,7 @@ def read_toml(path: Path, registry=None) -> dict:
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML for a pipeline: values are nested too deeply") from None
     except UnicodeDecodeError:
-        if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Windows PowerShell's `"..." > file.toml`
+        if utf16(data):  # Windows PowerShell's `"..." > file.toml`
             raise ConfigError(f"{path}: not valid TOML: the file is UTF-16 text (what Windows PowerShell's > "
                               "writes); save it as UTF-8 (Out-File -Encoding utf8)") from None
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text"

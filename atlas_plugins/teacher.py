@@ -500,12 +500,7 @@ def vector_field(path) -> str | None:
             return "embedding"
         return next((f.name for f in schema if hasattr(f.type, "value_type") and str(f.type.value_type) in
                      ("float", "double", "halffloat")), None)
-    try:
-        with open(path, "rb") as fh:
-            first = next((line for line in fh if line.strip()), b"")
-        row = json.loads(first)
-    except (OSError, ValueError, RecursionError):  # its reader says why
-        return None
+    row = _first_json_line(path)
     if _numbers_list(row) or batch_answer(row):
         return ""
     if not isinstance(row, dict):
@@ -513,6 +508,16 @@ def vector_field(path) -> str | None:
     if "embedding" in row:
         return "embedding"
     return next((k for k, v in row.items() if _numbers_list(v)), None)
+
+
+def _first_json_line(path):
+    """The first non-blank line of the file ``path``, parsed as JSON; None when there is none, or it cannot be
+    read or parsed (its reader then says why)."""
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(next((line for line in fh if line.strip()), b"null"))
+    except (OSError, ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
+        return None
 
 
 def batch_answer(row) -> bool:
@@ -523,11 +528,7 @@ def batch_answer(row) -> bool:
 def batch_input(path) -> str | None:
     """What to do when ``path``, given as vectors or texts, is an OpenAI Batch input file (its first line a
     request, ``custom_id`` and ``body``): the vectors are in the batch's output file; None otherwise."""
-    try:
-        with open(path, "rb") as fh:
-            row = json.loads(next((line for line in fh if line.strip()), b"null"))
-    except (OSError, ValueError, RecursionError):  # its reader says why
-        return None
+    row = _first_json_line(path)
     if isinstance(row, dict) and "custom_id" in row and isinstance(row.get("body"), dict) and "response" not in row:
         return (f"{path}: is an OpenAI Batch input file (requests); its embeddings are in the batch's output file: "
                 "give that")

@@ -23,8 +23,8 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (TeacherData, batch_answer, cell_numbers, hf_shards, ipc_batches, not_utf8,
-                                   read_table, utf16)
+from atlas_plugins.teacher import (ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, batch_answer, cell_numbers,
+                                   hf_shards, holds_vector, ipc_batches, not_utf8, read_table, utf16)
 
 from .teachers import _exists
 
@@ -92,7 +92,7 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
                   column, (text_column, label_column, id_column), cache_dir, "parquet")
 
 
-parquet.suffixes = (".parquet", ".pq")
+parquet.suffixes = PARQUET_SUFFIXES
 
 
 def arrow(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
@@ -125,12 +125,12 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
         for f in files:
             yield from (b.select(columns) for b in ipc_batches(f)[1])
 
-    stamps = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files] if shards is not None else []
+    stamps = [[f.name, *_stamp(f)] for f in files] if shards is not None else []
     return _table(pa, p, schema, n, batches, column, (text_column, label_column, id_column), cache_dir, "arrow",
                   stamps)
 
 
-arrow.suffixes = (".feather", ".arrow", ".ipc")
+arrow.suffixes = ARROW_SUFFIXES
 
 
 def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cache_dir, prefix: str,
@@ -200,8 +200,7 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
 def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
     """The ``.npy`` in ``cache_dir`` that holds ``path``'s vectors read with ``params``: named by the file (its
     resolved path, size and modification time) and the parameters, so a changed file is converted again."""
-    st = path.stat()
-    key = hashlib.sha256(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, *params]).encode())
+    key = hashlib.sha256(json.dumps([str(path.resolve()), *_stamp(path), *params]).encode())
     return Path(cache_dir) / f"{prefix}-{key.hexdigest()[:20]}.npy"
 
 
@@ -220,10 +219,10 @@ def jsonl(path, column: str = "embedding", text_column: str = "text", label_colu
     """
     p = _exists(path)
     names = {"text": text_column, "label": label_column, "id": id_column}
-    asked = _requests(_exists(requests, "Batch input file (requests)")) if requests is not None else None
-    stamp = [str(Path(requests).resolve()), *_stamp(Path(requests))] if requests is not None else []
-    return _parsed(p, "jsonl", [column, *names.values(), *stamp], cache_dir,
-                   lambda: _jsonl_rows(p, column, names, asked))
+    asked = _exists(requests, "Batch input file (requests)") if requests is not None else None
+    stamp = [str(asked.resolve()), *_stamp(asked)] if asked is not None else []
+    return _parsed(p, "jsonl", [column, *names.values(), *stamp], cache_dir,  # requests read only to parse p
+                   lambda: _jsonl_rows(p, column, names, _requests(asked) if asked is not None else None))
 
 
 jsonl.path_params = ("requests",)  # a file beside the pipeline file
@@ -365,6 +364,7 @@ def _npy_header(shape: tuple) -> bytes:
 
 
 def _stamp(p: Path) -> tuple:
+    """What tells a changed file from the one read before: its size and modification time."""
     st = p.stat()
     return st.st_size, st.st_mtime_ns
 
@@ -484,7 +484,7 @@ def _csv_rows(p: Path, column: str, given: dict):
         if vec is None:
             why = ("is cut short with '...' (NumPy's print of a long array: the values are not in the file); "
                    "write them as lists (df[col] = df[col].map(lambda v: v.tolist())) or save the table as Parquet"
-                   if "..." in cell else "must be a list of numbers, like [0.1, -0.2]" if cell.strip()
+                   if holds_vector(cell) else "must be a list of numbers, like [0.1, -0.2]" if cell.strip()
                    else "is empty; drop the row or fill it")
             raise DataError(f"{p}:{lineno}: '{column}' {why}")
         values = _vector(vec, f"{p}:{lineno}: '{column}'", dim)
