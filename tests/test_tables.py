@@ -341,6 +341,14 @@ def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_
     one_error_line(run_cli(given, "--dry-run"), f"{tmp_path / 'requests.jsonl'}: is an OpenAI Batch input file "
                    "(requests); its embeddings are in the batch's output file: give that, with requests = "
                    '"requests.jsonl" in [teacher] for the texts')  # was: "expected a JSON object with a 'text' field"
+    before = sorted((tmp_path / "run").rglob("*"))  # the dry run's conversion cache
+    for bad, message in [('requests = "missing.jsonl"', "missing.jsonl: Batch input file (requests) not found"),
+                         ("requests = 7", "teacher.requests must be"),
+                         ('requests = "out.jsonl"', "out.jsonl:1: expected a Batch request")]:  # the output, twice
+        pipeline.write_text(pipeline.read_text().replace('requests = "requests.jsonl"', bad))
+        one_error_line(run_cli(pipeline, "--dry-run"), message)
+        pipeline.write_text(pipeline.read_text().replace(bad, 'requests = "requests.jsonl"'))
+    assert sorted((tmp_path / "run").rglob("*")) == before  # a refused run writes nothing
     (tmp_path / "few.jsonl").write_text(json.dumps(requests[7]) + "\n")
     with pytest.raises(DataError, match=r"out.jsonl:1: request 'r3' is not in the Batch input file"):
         jsonl(tmp_path / "out.jsonl", requests=str(tmp_path / "few.jsonl"))
