@@ -38,7 +38,7 @@ from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
 from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_bytes,
                       first_row, hf_shards, holds_vector, in_memory_if_small, loader_for_suffix, no_reader, not_utf8,
-                      read_columnar_texts, read_table, table_schema, validate_teacher, vector_field)
+                      read_columnar_texts, read_table, table_schema, text_vector, validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -109,8 +109,9 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
             loader = "jsonl"  # a vector alone per line
         else:
             first = _jsonl_rows(p, first=True, key=key)[0]
-            if (key or "embedding") in first and not isinstance(first[key or "embedding"], str):
-                loader = "jsonl"  # vectors: the jsonl teacher reads the file
+            value = first.get(key or "embedding")
+            if (key or "embedding") in first and not (isinstance(value, str) and text_vector(value) is None):
+                loader = "jsonl"  # vectors (or their text, or base64): the jsonl teacher reads the file
             else:  # texts, in 'text' or in the field --key names
                 rows = _jsonl_rows(p, key=key, texts_in=key or "text")
                 return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
@@ -203,12 +204,15 @@ def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
 
 
 def _is_text_column(p: Path, column: str) -> bool:
-    if p.suffix.lower() in TABLE_SUFFIXES:  # judged by its first row; a column it lacks is named by _table_rows
-        row = first_row(p)
-        return row is None or not holds_vector(row.get(column))
-    schema = table_schema(p)
-    return schema is not None and column in schema.names and str(schema.field(column).type) in ("string",
-                                                                                                  "large_string")
+    """Whether ``column`` of the table ``p`` holds texts, judged by its first row: not a vector, nor one's text
+    (a CSV file's column of lists; in a Parquet or Arrow table too, converted as it was)."""
+    if p.suffix.lower() not in TABLE_SUFFIXES:  # columnar: a column of another type than strings is vectors
+        schema = table_schema(p)
+        if schema is None or column not in schema.names or str(schema.field(column).type) not in ("string",
+                                                                                                   "large_string"):
+            return False
+    row = first_row(p)  # a column it lacks is named by _table_rows
+    return row is None or not holds_vector(row.get(column))
 
 
 def _warn_skipped(name: str, lines: list[int], kept: int, what: str, unit: str = "line") -> None:

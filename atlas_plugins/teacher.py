@@ -7,6 +7,7 @@ A teacher plugin returns one :class:`TeacherData`.  ``embeddings`` is a
 
 from __future__ import annotations
 
+import base64
 import codecs
 import csv
 import hashlib
@@ -442,11 +443,24 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
 
 
 def first_row(path) -> dict | None:
-    """The first row of the ``.csv``/``.tsv`` table ``path`` as ``{column: cell}``; None when it has none or
+    """The first row of the ``.csv``/``.tsv`` table ``path`` as ``{column: cell}``, or of the :func:`columnar`
+    one's string columns (which may hold vectors as text: :func:`holds_vector`); None when it has none or
     cannot be read (its loader then says why)."""
     try:
-        return next(read_table(path, [], "table"), (0, None))[1]
-    except (DataError, OSError):
+        if not columnar(path):
+            return next(read_table(path, [], "table"), (0, None))[1]
+        schema = table_schema(path)
+        strings = [f.name for f in schema if str(f.type) in ("string", "large_string")] if schema else []
+        if not strings:
+            return None
+        if _suffix(path) in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=strings), None)
+        else:
+            batch = next((b for b in ipc_batches(_ipc_files(path)[0])[1] if b.num_rows), None)
+        return None if batch is None else {k: v[0] for k, v in batch.select(strings).slice(0, 1).to_pydict().items()}
+    except Exception:  # DataError, OSError, or pyarrow's own for a damaged file
         return None
 
 
@@ -468,6 +482,22 @@ def cell_numbers(cell) -> list[float] | None:
         except ValueError:  # '...': NumPy cut a long array short; the values are not there
             return None
     return values if _numbers_list(values) else None
+
+
+def text_vector(text: str) -> list[float] | None:
+    """A vector written as a string where a vector is expected, or None: a list's text (``"[0.1, -0.2]"``,
+    what a column of lists becomes through a CSV file; :func:`cell_numbers`), or base64 of little-endian
+    float32 values (an embedding API's ``encoding_format = "base64"``), at least two of them.  Base64 is
+    not looked for when telling a column of vectors from one of texts (:func:`holds_vector`): an id or a
+    hash can be valid base64."""
+    values = cell_numbers(text)
+    if values is not None:
+        return values
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return np.frombuffer(raw, "<f4").tolist() if len(raw) >= 8 and len(raw) % 4 == 0 else None
 
 
 def holds_vector(cell) -> bool:
@@ -498,8 +528,10 @@ def vector_field(path) -> str | None:
         schema = table_schema(path)
         if schema is None or "embedding" in schema.names:
             return "embedding"
-        return next((f.name for f in schema if hasattr(f.type, "value_type") and str(f.type.value_type) in
-                     ("float", "double", "halffloat")), None)
+        found = next((f.name for f in schema if hasattr(f.type, "value_type") and str(f.type.value_type) in
+                      ("float", "double", "halffloat")), None)
+        row = first_row(path) if found is None else None  # lists kept as text, through a CSV file
+        return found or next((k for k, v in (row or {}).items() if k != "text" and holds_vector(v)), None)
     row = _first_json_line(path)
     if _numbers_list(row) or batch_answer(row):
         return ""

@@ -11,7 +11,6 @@ a second run reuses the conversion; without ``cache_dir`` the vectors are read i
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -24,7 +23,8 @@ import numpy as np
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
 from atlas_plugins.teacher import (ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, batch_answer, cell_numbers,
-                                   hf_shards, holds_vector, ipc_batches, not_utf8, read_table, utf16)
+                                   hf_shards, holds_vector, ipc_batches, not_utf8, read_table, text_vector,
+                                   utf16)
 
 from .teachers import _exists
 
@@ -43,8 +43,11 @@ def _pyarrow(teacher: str = "parquet"):
 
 
 def _list_dim(pa, field, path: Path, column: str) -> int | None:
-    """The vector length for a fixed-size list column, None for a variable list; DataError otherwise."""
+    """The vector length for a fixed-size list column, None for a variable list or strings (:func:`text_vector`:
+    a CSV file's lists converted as they were); DataError otherwise."""
     t = field.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return None
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
             or not pa.types.is_floating(t.value_type):
         raise DataError(f"{path}: column '{column}' is {t}; expected a list of floats (one embedding per row)")
@@ -58,6 +61,12 @@ def _vectors(pa, chunk, path: Path, column: str, first_row: int, dim: int | None
         row = first_row + next(i for i, v in enumerate(arr.is_null().to_pylist()) if v)
         raise DataError(f"{path}: row {row} of column '{column}' is empty (null); drop it or fill it")
     n = len(arr)
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        rows = []
+        for i, cell in enumerate(arr.to_pylist()):
+            rows.append(_vector(cell, f"{path}: row {first_row + i} of column '{column}'", dim))
+            dim = len(rows[-1])
+        return np.stack(rows) if rows else np.zeros((0, dim or 0), np.float32)
     if pa.types.is_fixed_size_list(arr.type):
         dim = arr.type.list_size
     else:
@@ -232,7 +241,8 @@ def json_file(path, column: str = "embedding", text_column: str = "text", label_
               id_column: str = "id"):
     """A ``.json`` file of vectors, read whole: an embedding API's answer as saved (``{"data": [{"index": 0,
     "embedding": [...]}, ...]}``: OpenAI and the servers that answer like it; ``{"embeddings": [[...], ...]}``,
-    with ``"texts"`` beside them: Ollama, Cohere; ``{"embeddings": [{"values": [...]}, ...]}``: Gemini;
+    with ``"texts"`` beside them: Ollama, Cohere; with ``"documents"`` and ``"ids"``: Chroma's
+    ``collection.get()``; ``{"embeddings": [{"values": [...]}, ...]}``: Gemini;
     ``{"predictions": [{"embeddings": {"values": [...]}}, ...]}``: Vertex AI), a list of vectors, or a list
     of rows as the ``jsonl`` teacher reads them (``json.dump(records)``).  JSON lines stream instead; a large
     file says so."""
@@ -256,13 +266,18 @@ JSON_WARN_BYTES = 2**30
 
 def _json_rows(p: Path, doc, column: str, names: dict):
     """The rows of a ``.json`` document (:func:`json_file`), as :func:`_jsonl_rows` yields them."""
-    texts = None
+    beside = {}  # lists beside the vectors, one item per vector: {kind: list}
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):  # OpenAI's answer, in input order
         items = sorted(doc["data"], key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
     elif isinstance(doc, dict) and isinstance(doc.get("embeddings"), (list, dict)):
         items = doc["embeddings"]
         items = items.get("float", items) if isinstance(items, dict) else items  # Cohere v2: by type
-        texts = doc.get("texts") if isinstance(doc.get("texts"), list) else None
+        for kind, key in (("text", "texts"), ("text", "documents"), ("id", "ids")):  # Chroma: documents, ids
+            if isinstance(doc.get(key), list):
+                if len(doc[key]) != len(items):
+                    raise DataError(f"{p}: '{key}' holds {len(doc[key]):,} items for {len(items):,} embeddings; "
+                                    "save the answer again, whole")
+                beside[kind] = doc[key]
     elif isinstance(doc, dict) and isinstance(doc.get("predictions"), list):  # Vertex AI's answer
         items = [_field(d, "embeddings") for d in doc["predictions"]]
     elif isinstance(doc, list):
@@ -280,9 +295,7 @@ def _json_rows(p: Path, doc, column: str, names: dict):
         values = _vector(vec, f"{p}: item {i}" + (f" '{column}'" if isinstance(item, dict) else ""), dim)
         dim = len(values)
         extras = {kind: _field(item, name) for kind, name in names.items()}
-        if texts is not None and i < len(texts):
-            extras["text"] = texts[i]
-        yield values, extras
+        yield values, extras | {kind: column[i] for kind, column in beside.items()}
 
 
 def csv(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
@@ -447,11 +460,6 @@ def _answered(row: dict, where: str, asked: dict | None):
     items = sorted(data, key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
     for i, item in enumerate(items):
         vec = item.get("embedding") if isinstance(item, dict) else None
-        if isinstance(vec, str):  # encoding_format = "base64": little-endian float32 bytes
-            try:
-                vec = np.frombuffer(base64.b64decode(vec, validate=True), "<f4").tolist()
-            except ValueError:
-                vec = None
         text = inputs[i] if isinstance(inputs, list) and i < len(inputs) else inputs
         yield vec, {"text": text if isinstance(text, str) else None, "label": None,
                     "id": cid if len(items) == 1 else f"{cid}#{i}"}
@@ -493,8 +501,13 @@ def _csv_rows(p: Path, column: str, given: dict):
 
 
 def _vector(vec, where: str, dim: int | None, maybe_bool: bool = True) -> np.ndarray:
-    """``vec`` as float32 values (:func:`_numbers`), ``dim`` of them when given; else a :class:`DataError`
-    that starts with ``where`` (the file, line and field)."""
+    """``vec`` as float32 values (:func:`_numbers`; a string: core :func:`text_vector`), ``dim`` of them when given;
+    else a :class:`DataError` that starts with ``where`` (the file, line and field)."""
+    if isinstance(vec, str):
+        vec = text_vector(vec)
+        if vec is None:
+            raise DataError(f"{where} is a text, not a vector: expected a list of numbers, the same as text "
+                            "('[0.1, -0.2]') or base64 float32 (what embedding APIs send)")
     values = _numbers(vec, maybe_bool)
     if values is None:
         raise DataError(f"{where} must be a list of numbers")

@@ -468,6 +468,33 @@ def test_a_csv_of_vectors_or_of_texts_is_told_by_its_cells(tmp_path, run):
     assert [json.loads(line)["text"] for line in done.stdout.splitlines()] == ["[1, 2]", "[WIP] parse a CSV file"]
 
 
+def test_vectors_kept_as_text_or_base64_are_encoded_as_vectors(tmp_path, run):
+    """A run that records its teacher model embeds texts; a row's vector kept as a string is not one. Base64
+    vectors beside a ``text`` field (an API asked for ``encoding_format = "base64"``), and a Parquet column
+    of lists' text (the OpenAI cookbook's CSV, ``ada_embedding``, read by pandas and saved as Parquet) were
+    taken for texts and the texts embedded with MiniLM, in silence; both are the same vectors as the .npy."""
+    import base64
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    x = np.load(EXAMPLE_NPY)[:4]
+    np.save(tmp_path / "x.npy", x)
+    texts = [f"text {i}" for i in range(4)]
+    (tmp_path / "b64.jsonl").write_text("".join(json.dumps({"text": t, "embedding": base64.b64encode(
+        v.astype("<f4").tobytes()).decode()}) + "\n" for t, v in zip(texts, x)))
+    pq.write_table(pa.table({"text": texts, "ada_embedding": [json.dumps(v.tolist()) for v in x]}),
+                   tmp_path / "c.parquet")
+    outputs = {}
+    for name, *key in [("x.npy",), ("b64.jsonl",), ("c.parquet", "--key", "ada_embedding")]:
+        done = run_cli(run, tmp_path / name, *key, program="atlas-encode")
+        assert done.returncode == 0 and "embedding" not in done.stderr, done.stderr
+        outputs[name] = [[v for k, v in json.loads(line).items() if k.startswith("dim_")]
+                         for line in done.stdout.splitlines()]
+    assert outputs["b64.jsonl"] == outputs["c.parquet"] == outputs["x.npy"]
+    done = run_cli(run, tmp_path / "c.parquet", "--key", "text", program="atlas-encode")  # its texts, as asked
+    assert done.returncode == 0 and [json.loads(line)["text"] for line in done.stdout.splitlines()] == texts
+
+
 def test_embedding_api_answers_are_read_as_vectors(tmp_path, run):
     """OpenAI Batch output (``.jsonl``, a line per request, the ids its ``custom_id``) and a saved answer
     (``.json``) are vectors, in the order of the inputs."""

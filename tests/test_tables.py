@@ -135,7 +135,8 @@ def test_parquet_errors_name_the_file_and_the_column(tmp_path):
     pq.write_table(table, tmp_path / "e.parquet")
     with pytest.raises(DataError, match=r"e.parquet: no column 'vec'; columns are: id, embedding, text, label"):
         parquet(tmp_path / "e.parquet", column="vec")
-    with pytest.raises(DataError, match=r"column 'text' is string; expected a list of floats"):
+    with pytest.raises(DataError, match=r"e.parquet: row 0 of column 'text' is a text, not a vector: expected a "
+                                        r"list of numbers"):
         parquet(tmp_path / "e.parquet", column="text")
     ragged = pa.table({"embedding": [[1.0, 2.0], [1.0, 2.0], [3.0]]})
     pq.write_table(ragged, tmp_path / "r.parquet")
@@ -157,7 +158,7 @@ def test_atlas_run_trains_from_parquet_chosen_by_suffix(tmp_path):
     assert done.returncode == 0, done.stderr
     assert list((tmp_path / "run" / "cache").glob("parquet-*.npy"))
     one_error_line(run_cli(path, "--quiet", "--set", 'teacher.column="label"', "--overwrite"),
-                   "column 'label' is string; expected a list of floats")
+                   "row 0 of column 'label' is a text, not a vector")
 
 
 def test_rows_without_a_text_train_and_are_left_out_of_the_axis_cards(tmp_path):
@@ -395,6 +396,68 @@ def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path,
         tables.json_file(tmp_path / "vectors.json")
 
 
+def test_vectors_written_as_text_or_base64_are_read_as_vectors(tmp_path):
+    """A column of lists that went through a CSV file is text (``pd.read_csv(...).to_parquet(...)``, DuckDB's
+    ``COPY``); an embedding API asked for ``encoding_format = "base64"`` sends little-endian float32 bytes.
+    Both were refused ("column 'embedding' is large_string", "'embedding' must be a list of numbers") outside
+    the Batch output; now the same vectors are read from each file, and trained on and encoded by the commands."""
+    import base64
+
+    x = np.load(EXAMPLE_NPY)[:200]
+    np.save(tmp_path / "v.npy", x)
+    as_text = [json.dumps(v.tolist()) for v in x]
+    as_print = [np.array2string(v, threshold=10**6, precision=9, floatmode="unique") for v in x]
+    as_base64 = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in x]
+    texts = [f"text {i}" for i in range(200)]
+    pq.write_table(pa.table({"text": texts, "embedding": as_text}), tmp_path / "text.parquet")
+    pq.write_table(pa.table({"text": texts, "embedding": pa.array(as_print, pa.large_string())}),
+                   tmp_path / "print.parquet", row_group_size=64)
+    pa.feather.write_feather(pa.table({"text": texts, "embedding": as_base64}), tmp_path / "b64.feather")
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t, "embedding": v}) + "\n"
+                                                 for t, v in zip(texts, as_text)))
+    (tmp_path / "b64.jsonl").write_text("".join(json.dumps({"text": t, "embedding": v}) + "\n"
+                                                for t, v in zip(texts, as_base64)))
+    (tmp_path / "b64.json").write_text(json.dumps({"object": "list", "data": [
+        {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(as_base64)]}))
+    for name, read in [("text.parquet", parquet), ("print.parquet", parquet), ("b64.feather", tables.arrow),
+                       ("text.jsonl", jsonl), ("b64.jsonl", jsonl), ("b64.json", tables.json_file)]:
+        data = validate_teacher(read(tmp_path / name))
+        assert data.embeddings.dtype == np.float32 and np.array_equal(data.embeddings, x), name
+        assert data.texts == (None if name == "b64.json" else texts), name
+
+    pipeline = write_pipeline(tmp_path, teacher='path = "print.parquet"', stages=1, epochs=1)
+    trained = run_cli(pipeline, "--quiet")
+    assert trained.returncode == 0 and "embedding 200 texts" not in trained.stderr, trained.stderr
+    for name in ("b64.jsonl", "v.npy"):
+        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
+                       program="atlas-encode").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "b64.jsonl.out.npy"), np.load(tmp_path / "v.npy.out.npy"))
+
+    pq.write_table(pa.table({"embedding": [as_text[0], "[0.5, 1.0]"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: row 1 of column 'embedding' has 2 values, the rows before it "
+                                        r"384"):
+        parquet(tmp_path / "bad.parquet")
+    pq.write_table(pa.table({"embedding": [as_text[0], "a sentence"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: row 1 of column 'embedding' is a text, not a vector"):
+        parquet(tmp_path / "bad.parquet")
+
+
+def test_a_chroma_export_keeps_its_documents_and_ids(tmp_path):
+    """Chroma's ``collection.get(include=["embeddings", "documents"])`` saved as JSON holds ``documents`` and
+    ``ids`` beside ``embeddings``; they were dropped, and the map had no texts.  A list of another length than
+    the vectors is refused, not matched up."""
+    x = np.load(EXAMPLE_NPY)[:20]
+    doc = {"ids": [f"doc-{i}" for i in range(20)], "embeddings": x.tolist(),
+           "documents": [f"text {i}" for i in range(20)], "metadatas": [{"source": "a"}] * 20}
+    (tmp_path / "chroma.json").write_text(json.dumps(doc))
+    data = validate_teacher(tables.json_file(tmp_path / "chroma.json"))
+    assert np.array_equal(data.embeddings, x) and data.texts == doc["documents"] and data.ids == doc["ids"]
+    (tmp_path / "cut.json").write_text(json.dumps(doc | {"documents": doc["documents"][:19]}))
+    with pytest.raises(DataError, match=r"cut.json: 'documents' holds 19 items for 20 embeddings; save the answer "
+                                        r"again, whole"):
+        tables.json_file(tmp_path / "cut.json")
+
+
 def test_fields_nested_as_vector_databases_export_them(tmp_path):
     """A vector database's export keeps a row's text in an object beside its vector (Pinecone: ``values`` and
     ``metadata``; Qdrant: ``vector`` and ``payload``): a dotted name reaches it. Before, a text there could
@@ -476,10 +539,15 @@ def test_jsonl_vectors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"embedding": [1, 2]}\n{"embedding": [1]}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: 'embedding' has 1 values, the rows before it 2"):
         jsonl(tmp_path / "bad.jsonl")
-    for bad in ('"1, 2"', '[1, "2"]', '["1.5", "2"]', '[1, true]', '[true, false]', '[1, null]', '[[1, 2]]',
+    for bad in ('[1, "2"]', '["1.5", "2"]', '[1, true]', '[true, false]', '[1, null]', '[[1, 2]]',
                 '[1, {"x": 2}]', "null"):
         (tmp_path / "t.jsonl").write_text('{"embedding": [0.5, 1.5]}\n{"embedding": ' + bad + '}\n')
         with pytest.raises(DataError, match=r"t.jsonl:2: 'embedding' must be a list of numbers"):
+            jsonl(tmp_path / "t.jsonl")
+    for bad in ('"1, 2"', '"[1 ... 2]"', '"AAAA"', '"not base64!"', '""'):
+        (tmp_path / "t.jsonl").write_text('{"embedding": [0.5, 1.5]}\n{"embedding": ' + bad + '}\n')
+        with pytest.raises(DataError, match=r"t.jsonl:2: 'embedding' is a text, not a vector: expected a list of "
+                                            r"numbers, the same as text \('\[0.1, -0.2\]'\) or base64 float32"):
             jsonl(tmp_path / "t.jsonl")
     (tmp_path / "t.jsonl").write_text('{"embedding": [1, 2], "text": "true or false"}\n')  # not a boolean value
     assert jsonl(tmp_path / "t.jsonl").embeddings.tolist() == [[1.0, 2.0]]
@@ -527,6 +595,13 @@ def test_a_parquet_table_of_texts_goes_to_the_text_teacher(tmp_path):
     (tmp_path / "p.toml").write_text('[teacher]\npath = "v.parquet"\n')
     with pytest.raises(ConfigError, match=r"v.parquet holds vectors in 'vec': set loader = \"parquet\" and column = "
                                           r"\"vec\" in \[teacher\] to train on them"):
+        load_config(tmp_path / "p.toml", registry=registry)
+    cookbook = {"text": [f"text {i}" for i in range(20)], "ada_embedding": [json.dumps(v.tolist())
+                                                                           for v in np.load(EXAMPLE_NPY)[:20]]}
+    pq.write_table(pa.table(cookbook), tmp_path / "c.parquet")  # the cookbook's CSV, read by pandas, to Parquet
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "c.parquet"\n')
+    with pytest.raises(ConfigError, match=r"c.parquet holds vectors in 'ada_embedding': set loader = \"parquet\" and "
+                                          r"column = \"ada_embedding\""):
         load_config(tmp_path / "p.toml", registry=registry)
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
     with pytest.raises(DataError, match=r"n.parquet: column 'text' holds int values; expected texts"):
