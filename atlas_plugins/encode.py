@@ -36,9 +36,9 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_bytes,
-                      first_row, hf_shards, holds_vector, in_memory_if_small, loader_for_suffix, no_reader, not_utf8,
-                      read_columnar_texts, read_table, table_schema, text_vector, validate_teacher, vector_field)
+from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_row,
+                      hf_shards, holds_vector, in_memory_if_small, loader_for_suffix, no_reader, read_columnar_texts,
+                      read_table, table_schema, text_lines, text_vector, validate_teacher, vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -161,14 +161,10 @@ def _must_exist(p: Path) -> None:
 def _lines(fh, name: str) -> Iterator[dict]:
     """One row per non-blank line; blank lines before a text are named in a warning: output rows then follow
     the lines no more (blank lines at the end change nothing and pass quietly)."""
-    between, pending, kept, head = [], [], 0, b""
+    between, pending, kept = [], [], 0
     with fh:
-        for lineno, raw in enumerate(fh, 1):
-            head = head or raw
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")  # sig: a byte-order mark
-            except UnicodeDecodeError:
-                raise DataError(not_utf8(name, lineno, head, "texts")) from None
+        for lineno, line in text_lines(fh, name, "texts"):
+            line = line.rstrip("\r\n")
             if not line.strip():
                 pending.append(lineno)
                 continue
@@ -229,13 +225,9 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: 
     vectors = key or "embedding"
     rows = []
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
+        for lineno, line in text_lines(fh, p):
+            if not line.strip():
                 continue
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # sig: a byte-order mark
-            except UnicodeDecodeError:
-                raise DataError(not_utf8(p, lineno, first_bytes(p))) from None
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, RecursionError):  # RecursionError: brackets nested thousands deep

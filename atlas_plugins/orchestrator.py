@@ -6,7 +6,7 @@ What it saves: ``student.pt``, ``map.pt`` (the training rows in both spaces, for
 Nothing in the run folder is touched before the pipeline has been assembled and
 smoke-tested, except the lock (removed again at the end, with the folder itself
 when the run created it and left it empty) and what a teacher caches in ``cache/``
-while it loads (recorded in the manifest).
+while it loads (recorded in the manifest).  A dry run does the same and stops there.
 """
 
 from __future__ import annotations
@@ -84,8 +84,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         blob = None
         if dist.is_main:
             check_folder(run, resume, overwrite, command)
-            if not dry_run:
-                run.acquire()
+            run.acquire()  # a dry run too: a teacher may convert its file into cache/ while it loads
             if resume:
                 blob = find_resume_checkpoint(run, warn)
                 if blob is None:
@@ -93,7 +92,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                     raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); start with: {hint}")
                 for change in check_resumable(blob, config.to_dict(), config.source):
                     echo(f"note: resuming with changed {change}")
-        with run.recording_new_files("cache", enabled=dist.is_main and not dry_run):
+        with run.recording_new_files("cache", enabled=dist.is_main):
             pipe = assemble(config, registry, device=device, progress=progress)
         loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:

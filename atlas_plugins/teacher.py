@@ -308,6 +308,19 @@ def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: st
     return f"{name}{f':{lineno}' if lineno else ''}: not UTF-8 text; save the {what} as UTF-8{hint}"
 
 
+def text_lines(fh, name, what: str = "file") -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for each line of the binary file ``fh`` (``name`` in messages), decoded as UTF-8:
+    a byte-order mark at the start (Windows editors, spreadsheet exports) is not part of the first line, and a
+    line that does not decode is :func:`not_utf8`'s one line."""
+    head = b""
+    for lineno, raw in enumerate(fh, 1):
+        head = head or raw
+        try:
+            yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise DataError(not_utf8(name, lineno, head, what)) from None
+
+
 def utf16(head: bytes) -> bool:
     """Whether a file that starts with ``head`` is UTF-16 text (by its byte-order mark)."""
     return head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)

@@ -391,7 +391,7 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
     """Each row of ``p`` as ``(float32 vector, {kind: value of field names[kind] or None})``: a non-blank line's,
     or each of a Batch answer's (:func:`_answered`), every vector as long as the first; a line that is not
     one is a :class:`DataError` naming it."""
-    dim = None
+    dim, answered = None, {}  # custom_id -> the line of its answer
     for lineno, raw in _lines(p):
         try:
             row = json.loads(raw)
@@ -401,6 +401,11 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
             row = None
         vec = row if isinstance(row, list) else _field(row, column, _ABSENT)
         if vec is _ABSENT and batch_answer(row):
+            cid = row["custom_id"]
+            if isinstance(cid, str) and cid in answered:
+                raise DataError(f"{p}:{lineno}: request '{cid}' is answered twice (lines {answered[cid]} and "
+                                f"{lineno}); keep one answer per request")
+            answered[cid if isinstance(cid, str) else None] = lineno
             for vec, extras in _answered(row, f"{p}:{lineno}", asked):
                 values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
                 dim = len(values)

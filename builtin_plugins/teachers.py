@@ -11,8 +11,8 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (TABLE_SUFFIXES, TeacherData, columnar, convert_first, first_bytes, hf_shards,
-                                   not_utf8, read_columnar_texts, read_table)
+from atlas_plugins.teacher import (TABLE_SUFFIXES, TeacherData, columnar, convert_first, hf_shards,
+                                   read_columnar_texts, read_table, text_lines)
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -60,11 +60,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
         return texts, (labels if any(lab is not None for lab in labels) else None)
     texts, labels, blank = [], [], 0
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:  # utf-8-sig: a byte-order mark (Windows editors, spreadsheet exports) is not part of the text
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise DataError(not_utf8(path, lineno, first_bytes(path), what)) from None
+        for lineno, line in text_lines(fh, path, what):
             if not line.strip():
                 blank += 1
                 continue

@@ -2,6 +2,7 @@
 
 import json
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,27 @@ def test_dry_run_checks_and_writes_nothing(tmp_path):
     assert "tau 0.2, 0.05 over 2 stage(s)" in proc.stdout
     assert "steps      68 optimizer steps: 2 stage(s) x 2 epoch(s) of 17 steps" in proc.stdout  # 2,114 rows / 128
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dry_run_s_conversion_is_the_run_s_own_file_and_reused(tmp_path):
+    """A dry run reads the teacher as the run will, and a vector table is converted into ``cache/`` then. That
+    file was written without the folder's lock and left out of the manifest: atlas-run did not know it as its
+    own. Now the dry run holds the lock, records the file, and the run and ``--overwrite`` keep and reuse it."""
+    from atlas_plugins.rundir import MANIFEST
+
+    x = np.load(EXAMPLE_NPY)[:300]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps({"embedding": v.tolist()}) + "\n" for v in x))
+    pipeline = write_pipeline(tmp_path, teacher='path = "v.jsonl"', stages=1, epochs=1)
+    assert run_cli(pipeline, "--dry-run").returncode == 0
+    cached = sorted(p.name for p in (tmp_path / "run" / "cache").iterdir())
+    assert [p.suffix for p in map(Path, cached)] == [".json", ".npy"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [MANIFEST, "cache"]  # the lock is gone again
+    assert json.loads((tmp_path / "run" / MANIFEST).read_text()) == [f"cache/{name}" for name in cached]
+    stamp = (tmp_path / "run" / "cache" / cached[1]).stat().st_mtime_ns
+    for extra in ((), ("--overwrite",)):  # a fresh run (the cache is no run), then one that replaces it
+        assert run_cli(pipeline, "--quiet", *extra).returncode == 0
+        assert sorted(p.name for p in (tmp_path / "run" / "cache").iterdir()) == cached
+        assert (tmp_path / "run" / "cache" / cached[1]).stat().st_mtime_ns == stamp  # read, not written again
 
 
 def test_its_warnings_stay_warning_lines_when_python_warnings_are_errors(tmp_path):

@@ -338,6 +338,11 @@ def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_
     with pytest.raises(DataError, match=r"failed.jsonl:2: request 'r3' failed \(input too long\); send it again in a "
                                         r"new batch and add its answer, or drop the line"):
         jsonl(tmp_path / "failed.jsonl")
+    # two batches' output joined, one request in both (sent again after a failure): a row twice, before
+    (tmp_path / "twice.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[:3] + lines[1:2]))
+    with pytest.raises(DataError, match=rf"twice.jsonl:4: request '{lines[1]['custom_id']}' is answered twice "
+                                        r"\(lines 2 and 4\); keep one answer per request"):
+        jsonl(tmp_path / "twice.jsonl")
     given = write_pipeline(tmp_path, teacher='path = "requests.jsonl"', stages=1, epochs=1, name="given.toml")
     one_error_line(run_cli(given, "--dry-run"), f"{tmp_path / 'requests.jsonl'}: is an OpenAI Batch input file "
                    "(requests); its embeddings are in the batch's output file: give that, with requests = "
