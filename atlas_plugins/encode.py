@@ -36,9 +36,10 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_row,
-                      hf_shards, holds_vector, in_memory_if_small, loader_for_suffix, no_reader, read_columnar_texts,
-                      read_table, table_schema, text_lines, text_vector, validate_teacher, vector_field)
+from .teacher import (ABSENT, TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_row,
+                      hf_shards, holds_vector, in_memory_if_small, json_field, loader_for_suffix, no_reader,
+                      read_columnar_texts, read_table, table_schema, text_lines, text_vector, validate_teacher,
+                      vector_field)
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -109,8 +110,8 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
             loader = "jsonl"  # a vector alone per line
         else:
             first = _jsonl_rows(p, first=True, key=key)[0]
-            value = first.get(key or "embedding")
-            if (key or "embedding") in first and not (isinstance(value, str) and text_vector(value) is None):
+            value = json_field(first, key or "embedding", ABSENT)
+            if value is not ABSENT and not (isinstance(value, str) and text_vector(value) is None):
                 loader = "jsonl"  # vectors (or their text, or base64): the jsonl teacher reads the file
             else:  # texts, in 'text' or in the field --key names
                 rows = _jsonl_rows(p, key=key, texts_in=key or "text")
@@ -232,21 +233,22 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: 
                 row = json.loads(line)
             except (json.JSONDecodeError, RecursionError):  # RecursionError: brackets nested thousands deep
                 raise DataError(f"{p}:{lineno}: not a JSON object") from None
-            if key is not None and not (isinstance(row, dict) and key in row):
+            if key is not None and json_field(row, key, ABSENT) is ABSENT:
                 fields = f"; its fields are: {', '.join(row)}" if isinstance(row, dict) else ""
                 raise DataError(f"{p}:{lineno}: no field '{key}' (--key){fields}")
-            if not isinstance(row, dict) or not ("text" in row or vectors in row):
+            if not isinstance(row, dict) or ("text" not in row and json_field(row, vectors, ABSENT) is ABSENT):
                 fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
                 raise DataError(f"{p}:{lineno}: expected a JSON object with a 'text' field (texts to embed) "
                                 "or an 'embedding' field (vectors), or a list of numbers (a vector); --key NAME "
                                 f"names a field of another name{fields}")
             if texts_in is not None:
-                if texts_in not in row:
+                text = json_field(row, texts_in, ABSENT)
+                if text is ABSENT:
                     raise DataError(f"{p}:{lineno}: no '{texts_in}' field (a text to embed)")
-                if not isinstance(row[texts_in], str):
+                if not isinstance(text, str):
                     raise DataError(f"{p}:{lineno}: '{texts_in}' must be a string (a text to embed), got "
-                                    f"{type(row[texts_in]).__name__}")
-                row = {**row, "text": row[texts_in]}
+                                    f"{type(text).__name__}")
+                row = {**row, "text": text}
             rows.append(row)
             if first:
                 break

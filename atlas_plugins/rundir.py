@@ -133,9 +133,10 @@ class RunDir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
-            if self._created:
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()  # only succeeds when empty
+            if self._created:  # a teacher's cache/, left empty by a file it could not convert, then the folder
+                for folder in (self.path / "cache", self.path):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only succeeds when empty
 
     @contextlib.contextmanager
     def recording_new_files(self, folder: str, enabled: bool = True):

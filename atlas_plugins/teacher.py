@@ -565,6 +565,21 @@ def _first_json_line(path):
         return None
 
 
+ABSENT = object()  # json_field(row, name, ABSENT): a field the row lacks, told from one that is null
+
+
+def json_field(row, name: str, absent=None):
+    """``row[name]``, or the nested field a dotted name names (``metadata.text``: vector databases' exports keep
+    a row's text in an object beside its vector); ``absent`` when there is none."""
+    if isinstance(row, dict) and name in row:
+        return row[name]
+    for part in name.split("."):
+        if not isinstance(row, dict) or part not in row:
+            return absent
+        row = row[part]
+    return row
+
+
 def batch_answer(row) -> bool:
     """Whether a JSON line is a request's answer in OpenAI Batch API output (``custom_id`` and ``response``)."""
     return isinstance(row, dict) and "custom_id" in row and "response" in row

@@ -22,9 +22,9 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, batch_answer, cell_numbers,
-                                   hf_shards, holds_vector, ipc_batches, not_utf8, read_table, text_vector,
-                                   utf16)
+from atlas_plugins.teacher import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, batch_answer,
+                                   cell_numbers, hf_shards, holds_vector, ipc_batches, json_field, not_utf8,
+                                   read_table, text_vector, utf16)
 
 from .teachers import _exists
 
@@ -184,25 +184,29 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
                     lists[kind] += batch.column(name).to_pylist()
             return np.load(cache, mmap_mode="r"), lists
     parts, row = [], 0
-    for batch in batches:
-        block = _vectors(pa, batch.column(column), path, column, row, dim)
-        dim = block.shape[1]
-        if cache is not None and out is None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        if out is not None:
-            out[row:row + len(block)] = block
-        else:
-            parts.append(block)
-        for kind, name in extras.items():
-            lists[kind] += batch.column(name).to_pylist()
-        row += len(block)
-    if out is None:
-        return np.concatenate(parts), lists
-    out.flush()
-    del out
-    os.replace(tmp, cache)
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}") if cache is not None else None
+    try:
+        for batch in batches:
+            block = _vectors(pa, batch.column(column), path, column, row, dim)
+            dim = block.shape[1]
+            if cache is not None and out is None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+            if out is not None:
+                out[row:row + len(block)] = block
+            else:
+                parts.append(block)
+            for kind, name in extras.items():
+                lists[kind] += batch.column(name).to_pylist()
+            row += len(block)
+        if out is None:
+            return np.concatenate(parts), lists
+        out.flush()
+        del out
+        os.replace(tmp, cache)
+    finally:  # a bad row, or Ctrl-C, part way: no half-converted file is left
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return np.load(cache, mmap_mode="r"), lists
 
 
@@ -279,7 +283,7 @@ def _json_rows(p: Path, doc, column: str, names: dict):
                                     "save the answer again, whole")
                 beside[kind] = doc[key]
     elif isinstance(doc, dict) and isinstance(doc.get("predictions"), list):  # Vertex AI's answer
-        items = [_field(d, "embeddings") for d in doc["predictions"]]
+        items = [json_field(d, "embeddings") for d in doc["predictions"]]
     elif isinstance(doc, list):
         items = doc
     else:
@@ -288,13 +292,13 @@ def _json_rows(p: Path, doc, column: str, names: dict):
                         f"a list of vectors or a list of rows with a '{column}' field{fields}")
     dim = None
     for i, item in enumerate(items):
-        vec = _field(item, column, _field(item, "values")) if isinstance(item, dict) else item  # values: Google's
+        vec = json_field(item, column, item.get("values")) if isinstance(item, dict) else item  # values: Google's
         if isinstance(item, str):
             raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
                             "lines with a 'text' field")
         values = _vector(vec, f"{p}: item {i}" + (f" '{column}'" if isinstance(item, dict) else ""), dim)
         dim = len(values)
-        extras = {kind: _field(item, name) for kind, name in names.items()}
+        extras = {kind: json_field(item, name) for kind, name in names.items()}
         yield values, extras | {kind: column[i] for kind, column in beside.items()}
 
 
@@ -399,8 +403,8 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
             if lineno == 1 and utf16(raw):
                 raise DataError(not_utf8(p, 1, raw)) from None
             row = None
-        vec = row if isinstance(row, list) else _field(row, column, _ABSENT)
-        if vec is _ABSENT and batch_answer(row):
+        vec = row if isinstance(row, list) else json_field(row, column, ABSENT)
+        if vec is ABSENT and batch_answer(row):
             cid = row["custom_id"]
             if isinstance(cid, str) and cid in answered:
                 raise DataError(f"{p}:{lineno}: request '{cid}' is answered twice (lines {answered[cid]} and "
@@ -411,13 +415,13 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
                 dim = len(values)
                 yield values, extras
             continue
-        if vec is _ABSENT:
+        if vec is ABSENT:
             raise DataError(f"{p}:{lineno}: expected a JSON object with a '{column}' field (a list of "
                             "numbers), or a list of numbers")
         where = f"{p}:{lineno}: " + ("the line" if vec is row else f"'{column}'")
         values = _vector(vec, where, dim, maybe_bool=b"true" in raw or b"false" in raw)
         dim = len(values)
-        yield values, {kind: _field(row, name) for kind, name in names.items()}
+        yield values, {kind: json_field(row, name) for kind, name in names.items()}
 
 
 def _lines(p: Path):
@@ -428,19 +432,6 @@ def _lines(p: Path):
                 yield lineno, raw
 
 
-_ABSENT = object()
-
-
-def _field(row, name: str, absent=None):
-    """``row[name]``, or the nested field a dotted name names (``metadata.text``: vector databases' exports keep
-    a row's text in an object beside its vector); ``absent`` when there is none."""
-    if isinstance(row, dict) and name in row:
-        return row[name]
-    for part in name.split("."):
-        if not isinstance(row, dict) or part not in row:
-            return absent
-        row = row[part]
-    return row
 
 
 def _answered(row: dict, where: str, asked: dict | None):

@@ -11,8 +11,8 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (TABLE_SUFFIXES, TeacherData, columnar, convert_first, hf_shards,
-                                   read_columnar_texts, read_table, text_lines)
+from atlas_plugins.teacher import (ABSENT, TABLE_SUFFIXES, TeacherData, columnar, convert_first, hf_shards,
+                                   json_field, read_columnar_texts, read_table, text_lines)
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -73,14 +73,14 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
                 row = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
                 row = None
-            if not isinstance(row, dict) or text_field not in row:
+            text = json_field(row, text_field, ABSENT)  # a dotted name reaches a nested field
+            if not isinstance(row, dict) or text is ABSENT:
                 fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
                 raise DataError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' field{fields}{hint}")
-            text = row[text_field]
             if not isinstance(text, str) and not (one_per_row and (text is None or text != text)):  # NaN != NaN
                 raise DataError(f"{path}:{lineno}: '{text_field}' must be a string, got {type(text).__name__}")
             texts.append(text)
-            labels.append(row.get(label_field))
+            labels.append(json_field(row, label_field))
     if not texts:
         raise DataError(f"{path}: no texts found")
     return texts, (labels if any(lab is not None for lab in labels) else None)

@@ -447,6 +447,36 @@ def test_vectors_written_as_text_or_base64_are_read_as_vectors(tmp_path):
         parquet(tmp_path / "bad.parquet")
 
 
+@pytest.mark.parametrize("name, message", [
+    ("late.parquet", "late.parquet: row 70000 of column 'embedding' is a text, not a vector: expected a list of "
+     "numbers, the same as text ('[0.1, -0.2]') or base64 float32 (what embedding APIs send)"),
+    ("short.parquet", "short.parquet: row 70000 of column 'embedding' holds 1 values, the rows before it 3"),
+    ("b64.jsonl", "b64.jsonl:2: 'embedding' has 3 values, the rows before it 2"),
+    ("chroma.json", "chroma.json: 'documents' holds 1 items for 2 embeddings; save the answer again, whole"),
+], ids=["text-after-a-batch", "length-after-a-batch", "base64-length", "chroma-documents"])
+def test_a_bad_vector_file_is_one_line_and_leaves_nothing(tmp_path, name, message):
+    """Through atlas-run: exit 2, one line naming the file and the row, and no run folder. A bad row after the
+    first 65,536 left the half-converted ``.npy`` (as large as the whole file's vectors) in ``cache/``, and a
+    bad ``.jsonl`` an empty ``cache/``."""
+    import base64
+
+    good, later = [0.5, 1.0, 2.0], [1.0]
+    if name == "late.parquet":
+        pq.write_table(pa.table({"embedding": [json.dumps(good)] * 70000 + ["a sentence"]}), tmp_path / name)
+    elif name == "short.parquet":
+        pq.write_table(pa.table({"embedding": [good] * 70000 + [later]}), tmp_path / name)
+    elif name == "b64.jsonl":
+        rows = [np.ones(2, "<f4"), np.ones(3, "<f4")]
+        (tmp_path / name).write_text("".join(json.dumps({"embedding": base64.b64encode(v.tobytes()).decode()}) + "\n"
+                                             for v in rows))
+    else:
+        (tmp_path / name).write_text(json.dumps({"ids": ["a", "b"], "embeddings": [good, good], "documents": ["a"]}))
+    pipeline = write_pipeline(tmp_path, teacher=f'path = "{name}"', stages=1, epochs=1)
+    for extra in ((), ("--dry-run",)):
+        one_error_line(run_cli(pipeline, "--quiet", *extra), f"{tmp_path / name}", message)
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_chroma_export_keeps_its_documents_and_ids(tmp_path):
     """Chroma's ``collection.get(include=["embeddings", "documents"])`` saved as JSON holds ``documents`` and
     ``ids`` beside ``embeddings``; they were dropped, and the map had no texts.  A list of another length than

@@ -221,6 +221,21 @@ def test_texts_in_a_field_of_another_name(tmp_path):
         expected = load_student(tmp_path / "runs" / "p").encode([r["text"] for r in rows])
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-5)
 
+    # a nested field, named as the vector teachers name one (a dotted name); it was "expected ... a 'doc.body'
+    # field" from the text teacher, and "no field 'doc.body' (--key)" from atlas-encode
+    (tmp_path / "n.jsonl").write_text("".join(json.dumps({"doc": {"body": r["text"]}, "meta": {"topic": r["label"]}})
+                                              + "\n" for r in rows))
+    done = run_cli(tmp_path / "p.toml", "--quiet", "--set", 'teacher.path="n.jsonl"', "--set",
+                   'teacher.text_column="doc.body"', "--set", 'teacher.label_column="meta.topic"', "--set",
+                   'output.dir="runs/n"', env=env)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(tmp_path / "runs" / "n" / "map.parquet")
+    assert table.column("text").to_pylist() == [r["text"] for r in rows]
+    assert table.column("label").to_pylist() == [r["label"] for r in rows]
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "n.jsonl", "--key", "doc.body", "-o", tmp_path / "n.npy",
+                      "--quiet", program="atlas-encode", env=env)
+    assert encoded.returncode == 0 and np.array_equal(np.load(tmp_path / "n.npy"), np.load(tmp_path / "z.npy"))
+
 
 def small_map(tmp_path, teacher: str):
     """Train a small map of the text teacher's ``teacher`` table with atlas-run into ``runs/p``; its
