@@ -164,7 +164,7 @@ def _lines(fh, name: str) -> Iterator[dict]:
     the lines no more (blank lines at the end change nothing and pass quietly)."""
     between, pending, kept = [], [], 0
     with fh:
-        for lineno, line in text_lines(fh, name, "texts"):
+        for lineno, line in text_lines(fh, name, "texts", texts=True):
             line = line.rstrip("\r\n")
             if not line.strip():
                 pending.append(lineno)

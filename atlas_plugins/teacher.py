@@ -308,17 +308,46 @@ def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: st
     return f"{name}{f':{lineno}' if lineno else ''}: not UTF-8 text; save the {what} as UTF-8{hint}"
 
 
-def text_lines(fh, name, what: str = "file") -> Iterator[tuple[int, str]]:
+def text_lines(fh, name, what: str = "file", texts: bool = False) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` for each line of the binary file ``fh`` (``name`` in messages), decoded as UTF-8:
     a byte-order mark at the start (Windows editors, spreadsheet exports) is not part of the first line, and a
-    line that does not decode is :func:`not_utf8`'s one line."""
-    head = b""
+    line that does not decode is :func:`not_utf8`'s one line.  ``texts``: a line is a text, so the first two
+    that are not blank must not be vectors (:func:`vector_line`; two: word2vec's first line is a header)."""
+    head, checked = b"", 0
     for lineno, raw in enumerate(fh, 1):
         head = head or raw
         try:
-            yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError:
             raise DataError(not_utf8(name, lineno, head, what)) from None
+        if texts and checked < 2 and line.strip():
+            checked += 1
+            if why := vector_line(name, lineno, line):
+                raise DataError(why)
+        yield lineno, line
+
+
+VECTOR_LINE_NUMBERS = 8  # numbers on a line that make it a vector, not a text to embed
+
+
+def vector_line(name, lineno: int, line: str) -> str | None:
+    """The one line for a line of a text file that holds a vector, not a text (embedding it would map the
+    digits): :data:`VECTOR_LINE_NUMBERS` or more numbers alone (``numpy.savetxt``), or a word and then
+    numbers (word vectors' text format: GloVe, word2vec, fastText's ``.vec``); None for a text."""
+    words = line.replace(",", " ").split()
+    numbers = sum(map(_is_float, words))
+    base = os.path.basename(str(name)) if str(name) != "stdin" else "vectors.txt"
+    if numbers >= VECTOR_LINE_NUMBERS and numbers == len(words):
+        comma = ", delimiter=','" if "," in line else ""
+        return (f"{name}:{lineno}: holds {numbers} numbers, not a text: it looks like vectors (numpy.savetxt "
+                f"writes them so), which a teacher reads from .npy: numpy.save('vectors.npy', "
+                f"numpy.loadtxt('{base}', ndmin=2{comma}))")
+    if numbers >= VECTOR_LINE_NUMBERS and numbers == len(words) - 1 and not _is_float(words[0]):
+        return (f"{name}:{lineno}: is a word and {numbers} numbers, not a text: it looks like word vectors "
+                f"(GloVe's or word2vec's text format), which a teacher reads from .npy, with the words as its "
+                f"meta file: kv = gensim.models.KeyedVectors.load_word2vec_format('{base}', no_header={lineno == 1});"
+                " numpy.save('vectors.npy', kv.vectors); open('words.txt', 'w').write('\\n'.join(kv.index_to_key))")
+    return None
 
 
 def utf16(head: bytes) -> bool:

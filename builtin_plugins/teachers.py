@@ -60,7 +60,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
         return texts, (labels if any(lab is not None for lab in labels) else None)
     texts, labels, blank = [], [], 0
     with path.open("rb") as fh:
-        for lineno, line in text_lines(fh, path, what):
+        for lineno, line in text_lines(fh, path, what, texts=path.suffix.lower() != ".jsonl"):
             if not line.strip():
                 blank += 1
                 continue

@@ -495,6 +495,18 @@ def test_vectors_kept_as_text_or_base64_are_encoded_as_vectors(tmp_path, run):
     assert done.returncode == 0 and [json.loads(line)["text"] for line in done.stdout.splitlines()] == texts
 
 
+def test_vectors_given_as_texts_are_refused_not_embedded(tmp_path, run):
+    """``numpy.savetxt``'s lines on stdin or in a .txt were embedded as texts of digits; one line now, and no
+    output file."""
+    x = np.load(EXAMPLE_NPY)[:3]
+    np.savetxt(tmp_path / "v.txt", x)
+    for source, stdin in (("-", (tmp_path / "v.txt").read_bytes()), (tmp_path / "v.txt", b"")):
+        one_error_line(run_cli(run, source, "-o", tmp_path / "out.npy", program="atlas-encode", stdin=stdin),
+                       f"{'stdin' if source == '-' else source}:1: holds 384 numbers, not a text: it looks like "
+                       "vectors (numpy.savetxt writes them so)")
+        assert not (tmp_path / "out.npy").exists()
+
+
 def test_embedding_api_answers_are_read_as_vectors(tmp_path, run):
     """OpenAI Batch output (``.jsonl``, a line per request, the ids its ``custom_id``) and a saved answer
     (``.json``) are vectors, in the order of the inputs."""

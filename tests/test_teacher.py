@@ -348,6 +348,48 @@ def test_texts_and_labels_from_a_spreadsheet_table(tmp_path):
             read_texts(tmp_path / "t.tsv")
 
 
+def test_a_text_file_of_vectors_is_refused_not_embedded(tmp_path, monkeypatch):
+    """``numpy.savetxt`` writes vectors as lines of numbers, and GloVe and word2vec write a word, then its
+    numbers: given as texts, each line was embedded as a string of digits, in silence. Now one line says what
+    the file looks like and how to save it as a teacher reads it; the NumPy command it names does that."""
+    from builtin_plugins.teachers import npy, read_texts
+
+    x = np.load(EXAMPLE_NPY)[:20]
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "v.txt", x)
+    np.savetxt(tmp_path / "c.txt", x, delimiter=",")
+    words = "".join(f"w{i} " + " ".join(f"{v:.6f}" for v in row) + "\n" for i, row in enumerate(x))
+    (tmp_path / "glove.txt").write_text(words)
+    (tmp_path / "w2v.txt").write_text(f"{len(x)} {x.shape[1]}\n" + words)
+    cases = {
+        "v.txt": "v.txt:1: holds 384 numbers, not a text: it looks like vectors (numpy.savetxt writes them so), "
+                 "which a teacher reads from .npy: numpy.save('vectors.npy', numpy.loadtxt('v.txt', ndmin=2))",
+        "c.txt": "c.txt:1: holds 384 numbers, not a text: it looks like vectors (numpy.savetxt writes them so), "
+                 "which a teacher reads from .npy: numpy.save('vectors.npy', numpy.loadtxt('c.txt', ndmin=2, "
+                 "delimiter=','))",
+        "glove.txt": "glove.txt:1: is a word and 384 numbers, not a text: it looks like word vectors (GloVe's or "
+                     "word2vec's text format), which a teacher reads from .npy, with the words as its meta file: "
+                     "kv = gensim.models.KeyedVectors.load_word2vec_format('glove.txt', no_header=True); ",
+        "w2v.txt": "w2v.txt:2: is a word and 384 numbers, not a text: it looks like word vectors (GloVe's or "
+                   "word2vec's text format), which a teacher reads from .npy, with the words as its meta file: "
+                   "kv = gensim.models.KeyedVectors.load_word2vec_format('w2v.txt', no_header=False); ",
+    }
+    monkeypatch.chdir(tmp_path)
+    for name, message in cases.items():
+        pipeline = write_pipeline(tmp_path, teacher=f'path = "{name}"', stages=1, epochs=1)
+        for extra in ((), ("--dry-run",)):
+            refused = run_cli(pipeline, "--quiet", *extra)
+            one_error_line(refused, f"{tmp_path / message}")
+            assert not (tmp_path / "run").exists()
+        with pytest.raises(DataError, match="not a text"):  # as a meta file, too
+            npy(tmp_path / "x.npy", meta=str(tmp_path / name))
+        if name in ("v.txt", "c.txt"):  # the command the message gives
+            exec("import numpy\n" + refused.stderr.split(": ")[-1].strip())
+            assert np.allclose(np.load(tmp_path / "vectors.npy"), x, atol=1e-6)
+    (tmp_path / "texts.txt").write_text("2024 2025\nPython 3.12.1 was released on 2023 12 07 at 10 00\n")
+    assert read_texts(tmp_path / "texts.txt")[0][0] == "2024 2025"  # numbers among words stay texts
+
+
 def test_suffixes_are_read_whatever_their_case(tmp_path):
     """Windows and camera-style names (``META.JSONL``, ``X.NPZ``): a .JSONL meta file was read as lines of text
     (each row's text its whole JSON object) and an .NPZ as a .npy."""
