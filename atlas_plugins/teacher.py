@@ -230,7 +230,7 @@ def _new_digest(teacher: TeacherData):
 
 
 def _suffix(path) -> str:
-    return os.path.splitext(str(path))[1].lower()
+    return os.path.splitext(os.path.normpath(str(path)))[1].lower()  # normpath: "data.lance/" is a .lance folder
 
 
 def hf_shards(path) -> list[str] | None:
@@ -283,8 +283,16 @@ NO_READER = {  # suffix -> what to do with a file no teacher reads, by design or
     ".pkl": "a pickle, which is never loaded here (unpickling can run code); save the vectors with "
             "numpy.save('vectors.npy', vectors) or df.to_parquet('vectors.parquet')",
     ".h5": "HDF5, which no teacher reads; save the array as .npy: numpy.save('vectors.npy', h5py.File(path)[name][:])",
+    ".faiss": "a FAISS index, which no teacher reads; save its vectors as .npy: index = faiss.read_index(path); "
+              "numpy.save('vectors.npy', index.reconstruct_n(0, index.ntotal)) (a compressed index, PQ or SQ, "
+              "gives back approximations)",
+    ".lance": "a Lance dataset (LanceDB), which no teacher reads; save it as Parquet: pyarrow.parquet.write_table("
+              "lance.dataset(path).to_table(), 'vectors.parquet')",
+    ".xlsx": "a spreadsheet, which no teacher reads; save the sheet as a CSV file (\"CSV UTF-8\" in a spreadsheet), "
+             "or with pandas: pandas.read_excel(path).to_csv('texts.csv', index=False)",
 }
-NO_READER.update({".pickle": NO_READER[".pkl"], ".joblib": NO_READER[".pkl"], ".hdf5": NO_READER[".h5"]})
+NO_READER.update({".pickle": NO_READER[".pkl"], ".joblib": NO_READER[".pkl"], ".hdf5": NO_READER[".h5"],
+                  ".xls": NO_READER[".xlsx"], ".ods": NO_READER[".xlsx"]})
 
 
 def no_reader(path) -> str | None:
@@ -293,9 +301,9 @@ def no_reader(path) -> str | None:
     (:data:`NO_READER`); None otherwise (the caller then names the teachers there are)."""
     if why := convert_first(path):
         return why
-    if os.path.isdir(path):
-        return f"{path}: is a folder; expected a teacher file"
-    return f"{path}: is {NO_READER[_suffix(path)]}" if _suffix(path) in NO_READER else None
+    if _suffix(path) in NO_READER:  # a file, or a folder (a Lance dataset)
+        return f"{path}: is {NO_READER[_suffix(path)]}"
+    return f"{path}: is a folder; expected a teacher file" if os.path.isdir(path) else None
 
 
 def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: str = "") -> str:

@@ -111,6 +111,15 @@ CASES = {
     "hdf5": (lambda p: (p / "e.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n") and 'path = "e.hdf5"',
              ["e.hdf5: is HDF5, which no teacher reads; save the array as .npy: numpy.save('vectors.npy', "
               "h5py.File(path)[name][:])"]),
+    "faiss": (lambda p: (p / "v.faiss").write_bytes(b"IxF2") and 'path = "v.faiss"',
+              ["v.faiss: is a FAISS index, which no teacher reads; save its vectors as .npy: index = "
+               "faiss.read_index(path); numpy.save('vectors.npy', index.reconstruct_n(0, index.ntotal))"]),
+    "lance-folder": (lambda p: (p / "db.lance" / "data").mkdir(parents=True) or 'path = "db.lance/"',
+                     ["db.lance: is a Lance dataset (LanceDB), which no teacher reads; save it as Parquet: "
+                      "pyarrow.parquet.write_table(lance.dataset(path).to_table(), 'vectors.parquet')"]),
+    "spreadsheet": (lambda p: (p / "texts.xlsx").write_bytes(b"PK\x03\x04") and 'path = "texts.xlsx"',
+                    ["texts.xlsx: is a spreadsheet, which no teacher reads; save the sheet as a CSV file (\"CSV UTF-8\" "
+                     "in a spreadsheet), or with pandas: pandas.read_excel(path).to_csv('texts.csv', index=False)"]),
     "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
                          ["vectors: is a folder; expected a teacher file"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
@@ -163,6 +172,26 @@ def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
     make, fragments = CASES[case]
     teacher = make(tmp_path)
     one_error_line(run_cli(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
+
+
+def test_the_command_for_a_faiss_index_gives_its_vectors_back(tmp_path, monkeypatch):
+    """A FAISS index holds the vectors a user added to it; the command the refusal names saves them as the .npy
+    a teacher reads, in their order, for flat, HNSW and IVF indexes."""
+    faiss = pytest.importorskip("faiss")
+    x = np.load(EXAMPLE_NPY)[:300]
+    flat = faiss.IndexFlatIP(x.shape[1])
+    hnsw = faiss.IndexHNSWFlat(x.shape[1], 16)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], 4)
+    ivf.train(x)
+    monkeypatch.chdir(tmp_path)
+    for name, index in (("flat", flat), ("hnsw", hnsw), ("ivf", ivf)):
+        index.add(x)
+        faiss.write_index(index, f"{name}.faiss")
+        refused = run_cli(write_pipeline(tmp_path, teacher=f'path = "{name}.faiss"'), "--dry-run")
+        one_error_line(refused, f"{name}.faiss: is a FAISS index")
+        command = refused.stderr.split("save its vectors as .npy: ")[1].split(" (a compressed")[0]
+        exec(f"import faiss, numpy\npath = '{name}.faiss'\n" + command.replace("; ", "\n"))
+        assert np.array_equal(np.load("vectors.npy"), x), name
 
 
 def test_two_local_models_with_the_same_folder_name_do_not_share_a_cache(tmp_path):
