@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
 from .registry import get_registry
-from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_name
+from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_name, transposed
 
 STUDENT_FORMAT = "atlas-student/1"
 NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
@@ -191,6 +191,9 @@ class TrainedStudent:
         if x.ndim == 1 and x.shape[0] == self.input_dim:
             raise DataError(f"the student encodes rows of vectors (N, {self.input_dim}), got one vector of shape "
                             f"({self.input_dim},); pass it as x[None], shape (1, {self.input_dim})")
+        if x.ndim == 2 and x.shape[0] == self.input_dim:
+            raise DataError(f"the student encodes rows of {self.input_dim} values, got {x.shape[0]:,} rows of "
+                            f"{x.shape[1]:,}: {transposed(*x.shape)}, or pass x.T")
         got = f"{x.shape[1]}-D vectors" if x.ndim == 2 else f"an array of shape {tuple(x.shape)}"
         raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {got}; encode vectors made by "
                         "the same teacher model")

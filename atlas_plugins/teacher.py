@@ -643,6 +643,13 @@ def dtype_name(emb) -> str:
 
 
 LABEL_TYPES = (str, int, float, bool)
+MODEL_WIDTHS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)  # embedding models' output widths
+
+
+def transposed(n: int, d: int) -> str:
+    """What to do when an ``(n, d)`` array holds its vectors as columns (Julia, R and MATLAB keep them so)."""
+    return (f"if each of the {d:,} columns is one vector, save the rows instead: "
+            "numpy.save('vectors.npy', numpy.ascontiguousarray(numpy.load(FILE).T))")
 
 
 def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int = 1,
@@ -685,6 +692,9 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         raise DataError(f"{src}: embeddings have dimension {d}, but the configuration expects {dim}")
     if n < min_rows:
         raise DataError(f"{src}: has {n} rows, fewer than needed ({min_rows}); add data")
+    if n < d and n in MODEL_WIDTHS and d not in MODEL_WIDTHS and not (data.texts or data.labels or data.ids):
+        warnings.warn(f"atlas: {src}: {n:,} rows of {d:,} values; {n:,} is an embedding model's width and "
+                      f"{d:,} is not: {transposed(n, d)}", stacklevel=2)
     if isinstance(emb, np.memmap) and not emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES:
         warnings.warn(f"atlas: {src}: the rows are stored column-major (Fortran order), so reading one row reads "
                       f"{d:,} places in the file: slow at this size; save a row-major copy once: "
@@ -697,7 +707,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         if not isinstance(seq, (list, tuple)):
             raise DataError(f"{src}: {name} must be a list of {expected}, got {type(seq).__name__}")
         if len(seq) != n:
-            raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows")
+            hint = f"; {transposed(n, d)}" if len(seq) == d else ""
+            raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows{hint}")
         bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and not (name != "ids" and _missing(v))),
                    None)
         if bad is not None:

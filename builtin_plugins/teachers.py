@@ -12,7 +12,7 @@ import torch
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
 from atlas_plugins.teacher import (ABSENT, TABLE_SUFFIXES, TeacherData, columnar, convert_first, hf_shards,
-                                   json_field, read_columnar_texts, read_table, text_lines)
+                                   json_field, read_columnar_texts, read_table, text_lines, transposed)
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -92,8 +92,9 @@ def read_meta(meta, path, emb) -> tuple[list[str], list | None]:
     rows = emb.shape[0] if getattr(emb, "ndim", 0) >= 1 else None
     if rows is not None and len(texts) != rows:
         count = f"{len(texts):,} text{'s' * (len(texts) != 1)}"
+        hint = f"; {transposed(rows, emb.shape[1])}" if emb.ndim == 2 and len(texts) == emb.shape[1] else ""
         raise DataError(f"{meta}: {count} for the {rows:,} rows of {path}; a meta file holds one line per row, "
-                        "in the same order")
+                        f"in the same order{hint}")
     return texts, labels
 
 

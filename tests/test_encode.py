@@ -349,6 +349,19 @@ def test_one_vector_is_told_how_to_pass_it_and_an_empty_list_is_no_rows(run):
     assert load_student(run).encode([]).shape == (0, 5)  # was "got an array of shape (0,)"
 
 
+def test_vectors_stored_as_columns_are_told_to_turn(run, tmp_path):
+    """Julia, R and MATLAB keep a matrix's vectors as its columns: ``(384, N)``. It was "expects 384-D vectors,
+    got N-D vectors; encode vectors made by the same teacher model", which sent the user to the wrong cause."""
+    x = np.load(EXAMPLE_NPY)[:40]
+    with pytest.raises(DataError, match=r"^the student encodes rows of 384 values, got 384 rows of 40: if each of the "
+                                        r"40 columns is one vector, save the rows instead: numpy.save\('vectors.npy', "
+                                        r"numpy.ascontiguousarray\(numpy.load\(FILE\).T\)\), or pass x.T$"):
+        load_student(run).encode(x.T)
+    np.save(tmp_path / "t.npy", x.T)
+    one_error_line(run_cli(run, tmp_path / "t.npy", program="atlas-encode"),
+                   "got 384 rows of 40: if each of the 40 columns is one vector, save the rows instead")
+
+
 def test_a_list_must_be_texts_or_vectors(run):
     with pytest.raises(DataError, match=r"texts\[1\] is of type int; pass a list of strings"):
         load_student(run).encode(["parse a CSV file", 3])

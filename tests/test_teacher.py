@@ -118,8 +118,9 @@ CASES = {
                      ["db.lance: is a Lance dataset (LanceDB), which no teacher reads; save it as Parquet: "
                       "pyarrow.parquet.write_table(lance.dataset(path).to_table(), 'vectors.parquet')"]),
     "spreadsheet": (lambda p: (p / "texts.xlsx").write_bytes(b"PK\x03\x04") and 'path = "texts.xlsx"',
-                    ["texts.xlsx: is a spreadsheet, which no teacher reads; save the sheet as a CSV file (\"CSV UTF-8\" "
-                     "in a spreadsheet), or with pandas: pandas.read_excel(path).to_csv('texts.csv', index=False)"]),
+                    ["texts.xlsx: is a spreadsheet, which no teacher reads; save the sheet as a CSV file "
+                     "(\"CSV UTF-8\" in a spreadsheet), or with pandas: pandas.read_excel(path).to_csv('texts.csv', "
+                     "index=False)"]),
     "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
                          ["vectors: is a folder; expected a teacher file"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
@@ -417,6 +418,27 @@ def test_a_text_file_of_vectors_is_refused_not_embedded(tmp_path, monkeypatch):
             assert np.allclose(np.load(tmp_path / "vectors.npy"), x, atol=1e-6)
     (tmp_path / "texts.txt").write_text("2024 2025\nPython 3.12.1 was released on 2023 12 07 at 10 00\n")
     assert read_texts(tmp_path / "texts.txt")[0][0] == "2024 2025"  # numbers among words stay texts
+
+
+def test_vectors_stored_as_columns_are_named(tmp_path):
+    """A ``(384, N)`` array holds its vectors as columns (Julia, R and MATLAB keep them so): it trained as 384
+    rows of N values, in silence, or its meta file was "N texts for the 384 rows". A warning (an embedding
+    model's width as the row count) and the meta file's message now say how to turn it."""
+    x = np.load(EXAMPLE_NPY)[:600]
+    np.save(tmp_path / "t.npy", x.T)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(600)))
+    turn = ("if each of the 600 columns is one vector, save the rows instead: numpy.save('vectors.npy', "
+            "numpy.ascontiguousarray(numpy.load(FILE).T))")
+    found = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"'), "--dry-run")
+    assert found.returncode == 0 and found.stderr.startswith(
+        f"atlas-run: warning: {tmp_path / 't.npy'}: 384 rows of 600 values; 384 is an embedding model's width and 600 "
+        f"is not: {turn}\n"), found.stderr
+    one_error_line(run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"\nmeta = "m.jsonl"'), "--dry-run"),
+                   f"m.jsonl: 600 texts for the 384 rows of {tmp_path / 't.npy'}; a meta file holds one line per row, "
+                   f"in the same order; {turn}")
+    np.save(tmp_path / "t.npy", x[:300])  # 300 rows of 384: rows, as they should be
+    found = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"'), "--dry-run")
+    assert found.returncode == 0 and "columns" not in found.stderr, found.stderr
 
 
 def test_suffixes_are_read_whatever_their_case(tmp_path):
