@@ -288,6 +288,9 @@ NO_READER = {  # suffix -> what to do with a file no teacher reads, by design or
               "gives back approximations)",
     ".lance": "a Lance dataset (LanceDB), which no teacher reads; save it as Parquet: pyarrow.parquet.write_table("
               "lance.dataset(path).to_table(), 'vectors.parquet')",
+    ".vec": "word vectors in fastText's text format (a word, then its numbers), which no teacher reads; save them as "
+            ".npy, with the words as its meta file: kv = gensim.models.KeyedVectors.load_word2vec_format(path); "
+            "numpy.save('vectors.npy', kv.vectors); open('words.txt', 'w').write('\\n'.join(kv.index_to_key))",
     ".xlsx": "a spreadsheet, which no teacher reads; save the sheet as a CSV file (\"CSV UTF-8\" in a spreadsheet), "
              "or with pandas: pandas.read_excel(path).to_csv('texts.csv', index=False)",
 }

@@ -247,9 +247,10 @@ def json_file(path, column: str = "embedding", text_column: str = "text", label_
     "embedding": [...]}, ...]}``: OpenAI and the servers that answer like it; ``{"embeddings": [[...], ...]}``,
     with ``"texts"`` beside them: Ollama, Cohere; with ``"documents"`` and ``"ids"``: Chroma's
     ``collection.get()``; ``{"embeddings": [{"values": [...]}, ...]}``: Gemini;
-    ``{"predictions": [{"embeddings": {"values": [...]}}, ...]}``: Vertex AI), a list of vectors, or a list
-    of rows as the ``jsonl`` teacher reads them (``json.dump(records)``).  JSON lines stream instead; a large
-    file says so."""
+    ``{"predictions": [{"embeddings": {"values": [...]}}, ...]}``: Vertex AI), a list of vectors, a list
+    of rows as the ``jsonl`` teacher reads them (``json.dump(records)``), or an answer that holds one such
+    list (a vector database's: Qdrant's ``result.points``, Weaviate's ``objects``).  JSON lines stream instead;
+    a large file says so."""
     p = _exists(path)
     if p.stat().st_size > JSON_WARN_BYTES:
         warnings.warn(f"atlas: {p}: {p.stat().st_size / 1e9:.1f} GB of JSON is read whole, at about twice that in "
@@ -286,20 +287,38 @@ def _json_rows(p: Path, doc, column: str, names: dict):
         items = [json_field(d, "embeddings") for d in doc["predictions"]]
     elif isinstance(doc, list):
         items = doc
+    elif len(found := _row_lists(doc)) == 1:  # a vector database's answer: Qdrant's result.points, Weaviate's objects
+        items = found[0][1]
     else:
         fields = f"; its fields are: {', '.join(doc)}" if isinstance(doc, dict) else ""
+        lists = (f"; it holds lists of rows in {', '.join(repr(name) for name, _ in found)}: save the one with the "
+                 f"vectors alone (jq '.{found[0][0]}' {p.name} > rows.json)" if found else "")
         raise DataError(f"{p}: expected an embedding API's answer ({{\"data\": [...]}} or {{\"embeddings\": [...]}}), "
-                        f"a list of vectors or a list of rows with a '{column}' field{fields}")
+                        f"a list of vectors or a list of rows with a '{column}' field{fields}{lists}")
     dim = None
     for i, item in enumerate(items):
         vec = json_field(item, column, item.get("values")) if isinstance(item, dict) else item  # values: Google's
         if isinstance(item, str):
             raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
                             "lines with a 'text' field")
+        if vec is None and isinstance(item, dict) and json_field(item, column, ABSENT) is ABSENT:
+            raise DataError(f"{p}: item {i} has no '{column}' field (its fields are: {', '.join(item)}){_COLUMN_HINT}")
         values = _vector(vec, f"{p}: item {i}" + (f" '{column}'" if isinstance(item, dict) else ""), dim)
         dim = len(values)
         extras = {kind: json_field(item, name) for kind, name in names.items()}
         yield values, extras | {kind: column[i] for kind, column in beside.items()}
+
+
+def _row_lists(doc, at: str = "", depth: int = 3) -> list[tuple[str, list]]:
+    """The lists of rows (objects or lists) inside the object ``doc``, ``depth`` levels deep at most, by their
+    dotted names."""
+    found = []
+    for key, value in (doc.items() if isinstance(doc, dict) else ()):
+        if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+            found.append((at + key, value))
+        elif isinstance(value, dict) and depth > 1:
+            found += _row_lists(value, f"{at}{key}.", depth - 1)
+    return found
 
 
 def csv(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,

@@ -515,6 +515,34 @@ def test_fields_nested_as_vector_databases_export_them(tmp_path):
     assert chosen.returncode == 0 and "(20 x 384 float32, with texts)" in chosen.stdout, chosen.stderr
 
 
+def test_a_vector_database_s_answer_saved_as_json(tmp_path):
+    """Qdrant's scroll answer keeps its rows in ``result.points``, Weaviate's in ``objects``: "expected an
+    embedding API's answer ... its fields are: result, status, time", and no key reached them. The one list of
+    rows inside the answer is read now; a row without the vector field names its fields."""
+    x = np.load(EXAMPLE_NPY)[:20]
+    qdrant = {"result": {"points": [{"id": i, "vector": v.tolist(), "payload": {"text": f"t{i}"}}
+                                    for i, v in enumerate(x)], "next_page_offset": None}, "status": "ok"}
+    weaviate = {"objects": [{"class": "Doc", "id": f"u{i}", "properties": {"text": f"t{i}"}, "vector": v.tolist()}
+                            for i, v in enumerate(x)], "totalResults": 20}
+    (tmp_path / "qdrant.json").write_text(json.dumps(qdrant))
+    (tmp_path / "weaviate.json").write_text(json.dumps(weaviate))
+    for name, text, ids in (("qdrant", "payload.text", list(range(20))), ("weaviate", "properties.text",
+                                                                           [f"u{i}" for i in range(20)])):
+        data = validate_teacher(tables.json_file(tmp_path / f"{name}.json", column="vector", text_column=text))
+        assert np.array_equal(data.embeddings, x) and data.texts == [f"t{i}" for i in range(20)] and data.ids == ids
+    pipeline = write_pipeline(tmp_path, teacher='path = "qdrant.json"', stages=1, epochs=1)
+    one_error_line(run_cli(pipeline, "--dry-run"), f"{tmp_path / 'qdrant.json'}: item 0 has no 'embedding' field (its "
+                   "fields are: id, vector, payload); name the one with the vectors: teacher.column in a pipeline file")
+    found = run_cli(pipeline, "--dry-run", "--set", 'teacher.column="vector"', "--set",
+                    'teacher.text_column="payload.text"')
+    assert found.returncode == 0 and "(20 x 384 float32, with texts)" in found.stdout, found.stderr
+    (tmp_path / "two.json").write_text(json.dumps({"a": [{"x": 1}], "b": {"c": [[1, 2]]}}))
+    with pytest.raises(DataError, match=r"two.json: expected an embedding API's answer .*; its fields are: a, b; it "
+                                        r"holds lists of rows in 'a', 'b.c': save the one with the vectors alone "
+                                        r"\(jq '.a' two.json > rows.json\)"):
+        tables.json_file(tmp_path / "two.json")
+
+
 def test_jsonl_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
     """With cache_dir (a run's cache/), a .jsonl of vectors is parsed once: its vectors go to a memory-mapped
     .npy as they are read and its texts, labels and ids to a JSON file beside it; the next read parses
