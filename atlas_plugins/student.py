@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
 from .registry import get_registry
-from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_name, transposed
+from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_name, shape_hint, transposed
 
 STUDENT_FORMAT = "atlas-student/1"
 NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
@@ -193,10 +193,12 @@ class TrainedStudent:
                             f"({self.input_dim},); pass it as x[None], shape (1, {self.input_dim})")
         if x.ndim == 2 and x.shape[0] == self.input_dim:
             raise DataError(f"the student encodes rows of {self.input_dim} values, got {x.shape[0]:,} rows of "
-                            f"{x.shape[1]:,}: {transposed(*x.shape)}, or pass x.T")
-        got = f"{x.shape[1]}-D vectors" if x.ndim == 2 else f"an array of shape {tuple(x.shape)}"
-        raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {got}; encode vectors made by "
-                        "the same teacher model")
+                            f"{x.shape[1]:,}: {transposed(x.shape[1])}, or pass x.T")
+        if x.ndim != 2:
+            raise DataError(f"the student encodes rows of vectors (N, {self.input_dim}), got an array of shape "
+                            f"{tuple(x.shape)}{shape_hint(x.shape)}")
+        raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {x.shape[1]}-D vectors; encode "
+                        "vectors made by the same teacher model")
 
     def embed_texts(self, texts) -> np.ndarray:
         """Embed a list of texts with the teacher the student was trained on: a float32 array ``(N, input_dim)``.

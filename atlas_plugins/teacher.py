@@ -649,7 +649,17 @@ LABEL_TYPES = (str, int, float, bool)
 MODEL_WIDTHS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)  # embedding models' output widths
 
 
-def transposed(n: int, d: int) -> str:
+def shape_hint(shape) -> str:
+    """What to do with a 3-D array of vectors, ``shape``, to make it ``(N, D)``: "" for other shapes."""
+    if len(shape) != 3:
+        return ""
+    if 1 in shape[:2]:
+        return f"; drop the axis of length 1: x[{':, ' if shape[1] == 1 else ''}0]"
+    return (f"; {shape[1]:,} vectors per row, as a model's token embeddings are: pool them into one per row "
+            "(x.mean(axis=1), or the model's sentence embedding)")
+
+
+def transposed(d: int) -> str:
     """What to do when an ``(n, d)`` array holds its vectors as columns (Julia, R and MATLAB keep them so)."""
     return (f"if each of the {d:,} columns is one vector, save the rows instead: "
             "numpy.save('vectors.npy', numpy.ascontiguousarray(numpy.load(FILE).T))")
@@ -684,7 +694,7 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         raise DataError(f"{src}: embeddings are a sparse ({emb.layout}) tensor; save a dense tensor "
                         "(tensor.to_dense())")
     if emb.ndim != 2:
-        raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}")
+        raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}{shape_hint(emb.shape)}")
     if dtype_name(emb) not in FLOAT_DTYPES:
         raise DataError(f"{src}: embeddings have unsupported dtype {dtype_name(emb)}; "
                         f"expected one of {', '.join(FLOAT_DTYPES)}")
@@ -697,7 +707,7 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         raise DataError(f"{src}: has {n} rows, fewer than needed ({min_rows}); add data")
     if n < d and n in MODEL_WIDTHS and d not in MODEL_WIDTHS and not (data.texts or data.labels or data.ids):
         warnings.warn(f"atlas: {src}: {n:,} rows of {d:,} values; {n:,} is an embedding model's width and "
-                      f"{d:,} is not: {transposed(n, d)}", stacklevel=2)
+                      f"{d:,} is not: {transposed(d)}", stacklevel=2)
     if isinstance(emb, np.memmap) and not emb.flags.c_contiguous and emb.nbytes > MAP_BUDGET_BYTES:
         warnings.warn(f"atlas: {src}: the rows are stored column-major (Fortran order), so reading one row reads "
                       f"{d:,} places in the file: slow at this size; save a row-major copy once: "
@@ -710,7 +720,7 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         if not isinstance(seq, (list, tuple)):
             raise DataError(f"{src}: {name} must be a list of {expected}, got {type(seq).__name__}")
         if len(seq) != n:
-            hint = f"; {transposed(n, d)}" if len(seq) == d else ""
+            hint = f"; {transposed(d)}" if len(seq) == d else ""
             raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows{hint}")
         bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and not (name != "ids" and _missing(v))),
                    None)

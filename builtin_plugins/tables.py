@@ -297,16 +297,16 @@ def _json_rows(p: Path, doc, column: str, names: dict):
                         f"a list of vectors or a list of rows with a '{column}' field{fields}{lists}")
     dim = None
     for i, item in enumerate(items):
-        vec = json_field(item, column, item.get("values")) if isinstance(item, dict) else item  # values: Google's
         if isinstance(item, str):
             raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
                             "lines with a 'text' field")
-        if vec is None and isinstance(item, dict) and json_field(item, column, ABSENT) is ABSENT:
+        vec = json_field(item, column, item.get("values", ABSENT)) if isinstance(item, dict) else item  # Google's
+        if vec is ABSENT:
             raise DataError(f"{p}: item {i} has no '{column}' field (its fields are: {', '.join(item)}){_COLUMN_HINT}")
         values = _vector(vec, f"{p}: item {i}" + (f" '{column}'" if isinstance(item, dict) else ""), dim)
         dim = len(values)
         extras = {kind: json_field(item, name) for kind, name in names.items()}
-        yield values, extras | {kind: column[i] for kind, column in beside.items()}
+        yield values, extras | {kind: side[i] for kind, side in beside.items()}
 
 
 def _row_lists(doc, at: str = "", depth: int = 3) -> list[tuple[str, list]]:
@@ -425,10 +425,11 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
         vec = row if isinstance(row, list) else json_field(row, column, ABSENT)
         if vec is ABSENT and batch_answer(row):
             cid = row["custom_id"]
-            if isinstance(cid, str) and cid in answered:
-                raise DataError(f"{p}:{lineno}: request '{cid}' is answered twice (lines {answered[cid]} and "
-                                f"{lineno}); keep one answer per request")
-            answered[cid if isinstance(cid, str) else None] = lineno
+            if isinstance(cid, str):
+                if cid in answered:
+                    raise DataError(f"{p}:{lineno}: request '{cid}' is answered twice (lines {answered[cid]} and "
+                                    f"{lineno}); keep one answer per request")
+                answered[cid] = lineno
             for vec, extras in _answered(row, f"{p}:{lineno}", asked):
                 values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
                 dim = len(values)

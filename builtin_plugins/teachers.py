@@ -92,7 +92,7 @@ def read_meta(meta, path, emb) -> tuple[list[str], list | None]:
     rows = emb.shape[0] if getattr(emb, "ndim", 0) >= 1 else None
     if rows is not None and len(texts) != rows:
         count = f"{len(texts):,} text{'s' * (len(texts) != 1)}"
-        hint = f"; {transposed(rows, emb.shape[1])}" if emb.ndim == 2 and len(texts) == emb.shape[1] else ""
+        hint = f"; {transposed(emb.shape[1])}" if emb.ndim == 2 and len(texts) == emb.shape[1] else ""
         raise DataError(f"{meta}: {count} for the {rows:,} rows of {path}; a meta file holds one line per row, "
                         f"in the same order{hint}")
     return texts, labels

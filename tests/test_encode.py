@@ -360,6 +360,9 @@ def test_vectors_stored_as_columns_are_told_to_turn(run, tmp_path):
     np.save(tmp_path / "t.npy", x.T)
     one_error_line(run_cli(run, tmp_path / "t.npy", program="atlas-encode"),
                    "got 384 rows of 40: if each of the 40 columns is one vector, save the rows instead")
+    with pytest.raises(DataError, match=r"^the student encodes rows of vectors \(N, 384\), got an array of shape "
+                                        r"\(40, 1, 384\); drop the axis of length 1: x\[:, 0\]$"):
+        load_student(run).encode(x[:, None])
 
 
 def test_a_list_must_be_texts_or_vectors(run):

@@ -83,7 +83,13 @@ CASES = {
     "identical-rows": (_npy(np.tile(np.load(EXAMPLE_NPY)[:1], (600, 1))),
                        ["t.npy: all 600 rows are the same vector, so there are no neighbourhoods to map"]),
     "one-dimensional": (_npy(np.ones(600, np.float32)), ["t.npy: embeddings must be 2-D (N, D), got shape (600,)"]),
-    "three-dimensional": (_npy(np.ones((600, 4, 4), np.float32)), ["must be 2-D (N, D), got shape (600, 4, 4)"]),
+    "three-dimensional": (_npy(np.ones((600, 4, 4), np.float32)), [
+        "must be 2-D (N, D), got shape (600, 4, 4); 4 vectors per row, as a model's token embeddings are: pool them "
+        "into one per row (x.mean(axis=1), or the model's sentence embedding)"]),
+    "middle-axis-of-one": (_npy(np.ones((600, 1, 384), np.float32)), [
+        "must be 2-D (N, D), got shape (600, 1, 384); drop the axis of length 1: x[:, 0]"]),
+    "first-axis-of-one": (_npy(np.ones((1, 600, 384), np.float32)), [
+        "must be 2-D (N, D), got shape (1, 600, 384); drop the axis of length 1: x[0]"]),
     "integers": (_npy(np.ones((600, 384), np.int32)), ["unsupported dtype int32", "float32"]),
     "no-rows": (_npy(np.ones((0, 384), np.float32)), ["embeddings are empty (shape (0, 384))"]),
     "empty-file": (lambda p: (p / "t.npy").write_bytes(b"") or 'path = "t.npy"', ["t.npy: not a readable NumPy file"]),
