@@ -150,7 +150,8 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?",
                    help="vectors (.npy, .npz, .pt, .safetensors, .parquet, .feather/.arrow, a Hugging Face dataset "
                         "folder, .csv/.tsv with an 'embedding' column, .jsonl with 'embedding' or a list per line or "
-                        "OpenAI Batch output, an API's answer as .json), "
+                        "OpenAI Batch output, an API's or a vector database's answer as .json; a vector as a list, "
+                        "its text or base64), "
                         "texts (.txt, .jsonl with 'text', .csv, .tsv, .parquet or .feather/.arrow with a 'text' "
                         "column) or - for texts on stdin, one per line")
     p.add_argument("-o", "--output", help="output file: .parquet, .npy, .csv or .jsonl (default: JSON lines on "

@@ -1,11 +1,15 @@
-"""The ``jsonl`` and ``csv`` vector teachers: parsed into memory against converted into the run's cache, and the
-cache read.
+"""The vector teachers that convert a file (``jsonl``, ``csv``, ``parquet``): read into memory against converted
+into the run's cache, and the cache read.
 
-    python benchmarks/jsonl_teacher.py [--rows 20000] [--dim 1536] [--format jsonl|csv] [--data /tmp/atlas-jsonl]
+    python benchmarks/jsonl_teacher.py [--rows 20000] [--dim 1536] [--data /tmp/atlas-jsonl]
+        [--format jsonl|csv|jsonl-base64|parquet-text|parquet]
 
 Writes ``rows`` random ``dim``-D vectors with a text each as JSON lines (what an embeddings API's answers
-make), or as a CSV table with an ``embedding`` column of JSON lists (what pandas' ``to_csv`` writes; kept in
-``--data``, outside the repository), then reads them in three fresh processes, one after the
+make; ``jsonl-base64``: each vector as base64 float32, what ``encoding_format = "base64"`` gives), as a CSV
+table with an ``embedding`` column of JSON lists (what pandas' ``to_csv`` writes), or as a Parquet table
+whose ``embedding`` column holds those lists' text (that CSV read by pandas and saved as Parquet; ``parquet``:
+the float lists themselves, in one row group, as pandas writes up to a million rows); kept in ``--data``,
+outside the repository; then reads them in three fresh processes, one after the
 other: without ``cache_dir`` (the reference: every row in memory), with an empty ``cache_dir`` (parsed and
 written to a memory-mapped ``.npy``), and with that cache in place.  Prints seconds and peak resident memory
 for each and the ratios to the reference.
@@ -14,6 +18,7 @@ for each and the ratios to the reference.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import shutil
@@ -33,34 +38,51 @@ print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 """
 
 
+TEACHERS = {"jsonl": ("jsonl", "jsonl"), "csv": ("csv", "csv"), "jsonl-base64": ("jsonl", "jsonl"),
+            "parquet-text": ("parquet", "parquet"), "parquet": ("parquet", "parquet")}  # --format -> teacher, suffix
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=1536)
-    ap.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    ap.add_argument("--format", choices=list(TEACHERS), default="jsonl")
     ap.add_argument("--data", type=Path, default=Path("/tmp/atlas-jsonl"))
     args = ap.parse_args()
-    path = args.data / f"vectors-{args.rows}x{args.dim}.{args.format}"
+    teacher, suffix = TEACHERS[args.format]
+    path = args.data / f"vectors-{args.rows}x{args.dim}-{args.format}.{suffix}"
     if not path.exists():
         args.data.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
+        cells = []
         with open(path.with_suffix(".tmp"), "w", newline="") as fh:
             table = csv.writer(fh)
             if args.format == "csv":
                 table.writerow(["id", "text", "embedding"])
             for i in range(args.rows):
-                vec = rng.standard_normal(args.dim).astype(np.float32).tolist()
+                vec = rng.standard_normal(args.dim).astype(np.float32)
                 if args.format == "csv":
-                    table.writerow([i, f"text {i}", json.dumps(vec)])
+                    table.writerow([i, f"text {i}", json.dumps(vec.tolist())])
+                elif args.format.startswith("parquet"):
+                    cells.append(json.dumps(vec.tolist()) if args.format == "parquet-text" else vec)
                 else:
-                    fh.write(json.dumps({"id": i, "embedding": vec, "text": f"text {i}"}) + "\n")
+                    cell = base64.b64encode(vec.tobytes()).decode() if args.format == "jsonl-base64" else vec.tolist()
+                    fh.write(json.dumps({"id": i, "embedding": cell, "text": f"text {i}"}) + "\n")
+        if args.format.startswith("parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            column = cells if args.format == "parquet-text" else pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate(cells)), args.dim)
+            pq.write_table(pa.table({"id": range(args.rows), "text": [f"text {i}" for i in range(args.rows)],
+                                     "embedding": column}), path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
     cache = args.data / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     results = {}
     reads = (("in memory (reference)", ""), ("into the cache", str(cache)), ("from the cache", str(cache)))
     for name, cache_dir in reads:
-        out = subprocess.run([sys.executable, "-c", READ, str(path), cache_dir, args.format], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", READ, str(path), cache_dir, teacher], capture_output=True,
                              text=True, check=True).stdout.split()
         results[name] = (float(out[0]), float(out[1]))
     ref_s, ref_mb = results["in memory (reference)"]

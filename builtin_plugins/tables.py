@@ -29,6 +29,7 @@ from atlas_plugins.teacher import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, Tea
 from .teachers import _exists
 
 BATCH_ROWS = 65536
+TEXT_CELLS = 4096  # vectors kept as text parsed at a time: a 1536-D one is some 25 kB of it
 EXTRA_COLUMNS = ("text", "label", "id")  # the columns read when present (or named by text_column, ...)
 
 
@@ -42,11 +43,15 @@ def _pyarrow(teacher: str = "parquet"):
     return pa, pq
 
 
+def _strings(pa, t) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def _list_dim(pa, field, path: Path, column: str) -> int | None:
     """The vector length for a fixed-size list column, None for a variable list or strings (:func:`text_vector`:
     a CSV file's lists converted as they were); DataError otherwise."""
     t = field.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if _strings(pa, t):
         return None
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
             or not pa.types.is_floating(t.value_type):
@@ -61,11 +66,12 @@ def _vectors(pa, chunk, path: Path, column: str, first_row: int, dim: int | None
         row = first_row + next(i for i, v in enumerate(arr.is_null().to_pylist()) if v)
         raise DataError(f"{path}: row {row} of column '{column}' is empty (null); drop it or fill it")
     n = len(arr)
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+    if _strings(pa, arr.type):
         rows = []
-        for i, cell in enumerate(arr.to_pylist()):
-            rows.append(_vector(cell, f"{path}: row {first_row + i} of column '{column}'", dim))
-            dim = len(rows[-1])
+        for start in range(0, n, TEXT_CELLS):  # a slice at a time: Python's copies of the texts stay small
+            for i, cell in enumerate(arr.slice(start, TEXT_CELLS).to_pylist(), first_row + start):
+                rows.append(_vector(cell, f"{path}: row {i} of column '{column}'", dim))
+                dim = len(rows[-1])
         return np.stack(rows) if rows else np.zeros((0, dim or 0), np.float32)
     if pa.types.is_fixed_size_list(arr.type):
         dim = arr.type.list_size
@@ -92,13 +98,31 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
     """
     pa, pq = _pyarrow()
     p = _exists(path)
-    try:
-        pf = pq.ParquetFile(p)
+    try:  # pages read as needed, not a row group's column at once: pandas writes up to a million rows in one
+        pf = pq.ParquetFile(p, buffer_size=PAGE_BUFFER, pre_buffer=False)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
         raise DataError(f"{p}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
+    rows = _batch_rows(pf, column)
     return _table(pa, p, pf.schema_arrow, pf.metadata.num_rows,
-                  lambda columns: pf.iter_batches(batch_size=BATCH_ROWS, columns=columns),
+                  lambda columns: pf.iter_batches(batch_size=rows, columns=columns),
                   column, (text_column, label_column, id_column), cache_dir, "parquet")
+
+
+PAGE_BUFFER = 8 * 2**20
+BATCH_BYTES = 16 * 2**20  # of the vector column, uncompressed, per batch read from a Parquet file
+
+
+def _batch_rows(pf, column: str) -> int:
+    """Rows per batch read from the Parquet file ``pf``: about :data:`BATCH_BYTES` of ``column``, by the bytes a
+    row takes in the first row group (a 1536-D float32 row: 6 kB; as text, some 25 kB), so that the peak
+    memory of a conversion does not grow with the vectors' width."""
+    meta = pf.metadata
+    if meta.num_row_groups == 0 or meta.row_group(0).num_rows == 0:
+        return BATCH_ROWS
+    group = meta.row_group(0)
+    size = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
+               if group.column(i).path_in_schema.split(".")[0] == column)
+    return int(min(BATCH_ROWS, max(64, BATCH_BYTES * group.num_rows // max(size, 1))))
 
 
 parquet.suffixes = PARQUET_SUFFIXES
@@ -161,8 +185,7 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
     if n == 0:
         raise DataError(f"{p}: has no rows")
     try:
-        emb, lists = _convert(pa, batches([column, *extras.values()]), p, column, dim, n, extras, cache_dir, prefix,
-                              stamps)
+        emb, lists = _convert(pa, batches, p, column, dim, n, extras, cache_dir, prefix, stamps)
     except DataError:
         raise
     except Exception as exc:
@@ -173,38 +196,45 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
 
 def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, cache_dir, prefix: str,
              stamps: list = ()):
-    """Read the batches into an array (memory, or a memory-mapped ``.npy`` in ``cache_dir``) and lists."""
+    """Read the record batches of ``batches(columns)`` into an array (memory, or a ``.npy`` in ``cache_dir``,
+    written as the batches come and then memory-mapped) and lists."""
     lists: dict[str, list] = {kind: [] for kind in extras}
     cache = out = None
     if cache_dir:
         cache = _cache_file(path, cache_dir, prefix, [column, *stamps])
         if cache.is_file():
-            for batch in batches:  # only the small columns are read again
+            for batch in batches(list(extras.values())) if extras else ():  # the small columns alone
                 for kind, name in extras.items():
                     lists[kind] += batch.column(name).to_pylist()
             return np.load(cache, mmap_mode="r"), lists
     parts, row = [], 0
     tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}") if cache is not None else None
     try:
-        for batch in batches:
+        for batch in batches([column, *extras.values()]):
             block = _vectors(pa, batch.column(column), path, column, row, dim)
             dim = block.shape[1]
             if cache is not None and out is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+                out = open(tmp, "wb")  # written, not mapped: a map's written pages count as the process's memory
+                out.write(_npy_header((n, dim)))
             if out is not None:
-                out[row:row + len(block)] = block
+                out.write(block.astype("<f4", copy=False).tobytes())
             else:
                 parts.append(block)
             for kind, name in extras.items():
                 lists[kind] += batch.column(name).to_pylist()
             row += len(block)
+        if row != n:  # the header written first said n
+            raise DataError(f"{path}: holds {row:,} rows, its metadata {n:,}; write the file again")
         if out is None:
             return np.concatenate(parts), lists
         out.flush()
-        del out
+        os.fsync(out.fileno())
+        out.close()
         os.replace(tmp, cache)
     finally:  # a bad row, or Ctrl-C, part way: no half-converted file is left
+        if out is not None:
+            out.close()
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return np.load(cache, mmap_mode="r"), lists
@@ -249,8 +279,8 @@ def json_file(path, column: str = "embedding", text_column: str = "text", label_
     ``collection.get()``; ``{"embeddings": [{"values": [...]}, ...]}``: Gemini;
     ``{"predictions": [{"embeddings": {"values": [...]}}, ...]}``: Vertex AI), a list of vectors, a list
     of rows as the ``jsonl`` teacher reads them (``json.dump(records)``), or an answer that holds one such
-    list (a vector database's: Qdrant's ``result.points``, Weaviate's ``objects``).  JSON lines stream instead;
-    a large file says so."""
+    list (a vector database's: Qdrant's ``result.points``, Weaviate's ``objects``, Pinecone's ``vectors``).
+    JSON lines stream instead; a large file says so."""
     p = _exists(path)
     if p.stat().st_size > JSON_WARN_BYTES:
         warnings.warn(f"atlas: {p}: {p.stat().st_size / 1e9:.1f} GB of JSON is read whole, at about twice that in "
@@ -311,11 +341,13 @@ def _json_rows(p: Path, doc, column: str, names: dict):
 
 def _row_lists(doc, at: str = "", depth: int = 3) -> list[tuple[str, list]]:
     """The lists of rows (objects or lists) inside the object ``doc``, ``depth`` levels deep at most, by their
-    dotted names."""
+    dotted names; an object whose values are all objects is one too, keyed by id (Pinecone's fetch answer)."""
     found = []
     for key, value in (doc.items() if isinstance(doc, dict) else ()):
         if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
             found.append((at + key, value))
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            found.append((at + key, list(value.values())))
         elif isinstance(value, dict) and depth > 1:
             found += _row_lists(value, f"{at}{key}.", depth - 1)
     return found

@@ -41,17 +41,42 @@ def test_parquet_reads_vectors_texts_labels_and_ids_across_row_groups(tmp_path, 
     assert data.ids[:2] == ["row-0", "row-1"]
 
 
-def test_parquet_converts_once_into_a_memory_mapped_cache(tmp_path):
+def test_parquet_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
+    """A later run reads the cache, and of the file only the small columns (texts, labels, ids): it read the
+    vector column again too, the whole file's worth, only to drop it."""
     emb, _, table = example_table()
     pq.write_table(table, tmp_path / "e.parquet")
     first = parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache"))
     cached = list((tmp_path / "cache").glob("parquet-*.npy"))
     assert len(cached) == 1 and isinstance(first.embeddings, np.memmap)
     assert not list((tmp_path / "cache").glob(".*tmp*"))  # written to a temporary name, then renamed
+    asked, read = [], pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
+                        lambda self, **kw: asked.append(kw["columns"]) or read(self, **kw))
     second = parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache"))
     assert np.array_equal(np.asarray(second.embeddings), emb) and second.texts == first.texts
+    assert asked == [["text", "label", "id"]]
+    monkeypatch.undo()
     pq.write_table(table.slice(0, 300), tmp_path / "e.parquet")  # the file changed: converted again
     assert parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache")).num_rows == 300
+
+
+def test_a_parquet_file_is_read_in_batches_of_a_few_megabytes_whatever_its_row_groups(tmp_path):
+    """pandas writes up to a million rows in one row group, and pyarrow read a row group's column whole, 65,536
+    rows a batch: 100,000 × 1536 rows in one group peaked at 2.8 GB converting into the cache (README). The
+    pages are read as needed now, about 16 MiB of vectors a batch, by the bytes a row takes."""
+    from builtin_plugins.tables import BATCH_BYTES, _batch_rows
+
+    for dim, text in ((1536, False), (384, False), (1536, True)):
+        x = np.random.default_rng(0).standard_normal((3000, dim)).astype(np.float32)
+        column = ([json.dumps(v.tolist()) for v in x] if text
+                  else pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim))
+        pq.write_table(pa.table({"embedding": column}), tmp_path / "v.parquet", compression="none")
+        rows = _batch_rows(pq.ParquetFile(tmp_path / "v.parquet"), "embedding")
+        per_row = (len(column[0]) if text else dim * 4)
+        assert BATCH_BYTES / 1.5 < rows * per_row < BATCH_BYTES * 1.5, (dim, text, rows)
+        read = parquet(tmp_path / "v.parquet", cache_dir=str(tmp_path / f"cache-{dim}-{text}"))
+        assert np.array_equal(np.asarray(read.embeddings), x)
 
 
 @pytest.mark.parametrize("fmt", ["feather", "stream"], ids=["feather-file", "huggingface-stream-shard"])
@@ -516,19 +541,23 @@ def test_fields_nested_as_vector_databases_export_them(tmp_path):
 
 
 def test_a_vector_database_s_answer_saved_as_json(tmp_path):
-    """Qdrant's scroll answer keeps its rows in ``result.points``, Weaviate's in ``objects``: "expected an
-    embedding API's answer ... its fields are: result, status, time", and no key reached them. The one list of
-    rows inside the answer is read now; a row without the vector field names its fields."""
+    """Qdrant's scroll answer keeps its rows in ``result.points``, Weaviate's in ``objects``, Pinecone's fetch
+    answer in ``vectors`` by id: "expected an embedding API's answer ... its fields are: result, status, time",
+    and no key reached them. The one list of rows inside the answer is read now; a row without the vector
+    field names its fields."""
     x = np.load(EXAMPLE_NPY)[:20]
     qdrant = {"result": {"points": [{"id": i, "vector": v.tolist(), "payload": {"text": f"t{i}"}}
                                     for i, v in enumerate(x)], "next_page_offset": None}, "status": "ok"}
     weaviate = {"objects": [{"class": "Doc", "id": f"u{i}", "properties": {"text": f"t{i}"}, "vector": v.tolist()}
                             for i, v in enumerate(x)], "totalResults": 20}
-    (tmp_path / "qdrant.json").write_text(json.dumps(qdrant))
-    (tmp_path / "weaviate.json").write_text(json.dumps(weaviate))
-    for name, text, ids in (("qdrant", "payload.text", list(range(20))), ("weaviate", "properties.text",
-                                                                           [f"u{i}" for i in range(20)])):
-        data = validate_teacher(tables.json_file(tmp_path / f"{name}.json", column="vector", text_column=text))
+    pinecone = {"vectors": {f"p{i}": {"id": f"p{i}", "values": v.tolist(), "metadata": {"text": f"t{i}"}}
+                            for i, v in enumerate(x)}, "namespace": "", "usage": {"readUnits": 1}}  # fetch: by id
+    for name, doc in (("qdrant", qdrant), ("weaviate", weaviate), ("pinecone", pinecone)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    for name, column, text, ids in (("qdrant", "vector", "payload.text", list(range(20))),
+                                    ("weaviate", "vector", "properties.text", [f"u{i}" for i in range(20)]),
+                                    ("pinecone", "values", "metadata.text", [f"p{i}" for i in range(20)])):
+        data = validate_teacher(tables.json_file(tmp_path / f"{name}.json", column=column, text_column=text))
         assert np.array_equal(data.embeddings, x) and data.texts == [f"t{i}" for i in range(20)] and data.ids == ids
     pipeline = write_pipeline(tmp_path, teacher='path = "qdrant.json"', stages=1, epochs=1)
     one_error_line(run_cli(pipeline, "--dry-run"), f"{tmp_path / 'qdrant.json'}: item 0 has no 'embedding' field (its "
