@@ -564,7 +564,8 @@ def holds_vector(cell) -> bool:
 def vector_field(path) -> str | None:
     """The field of the JSON-lines file ``path`` that holds vectors, judged by its first line: ``embedding``
     when there is one, else the first field that is a list of numbers, and "" when the line is itself one
-    (``jq -c '.data[].embedding'`` of an API's answer) or an OpenAI Batch answer (:func:`batch_answer`); None
+    (``jq -c '.data[].embedding'`` of an API's answer), an API's answer (:func:`api_answer`: a line per request)
+    or an OpenAI Batch answer (:func:`batch_answer`); None
     for a file of texts to embed, or one that cannot be read (its loader then says why).  Embedding APIs
     return vectors with the text beside.  For a ``.csv``/``.tsv`` table, the same from its header and first
     row (:func:`holds_vector`; a ``text`` column holds texts, whatever they look like); for a :func:`columnar`
@@ -586,7 +587,7 @@ def vector_field(path) -> str | None:
         row = first_row(path) if found is None else None  # lists kept as text, through a CSV file
         return found or next((k for k, v in (row or {}).items() if k != "text" and holds_vector(v)), None)
     row = _first_json_line(path)
-    if _numbers_list(row) or batch_answer(row):
+    if _numbers_list(row) or batch_answer(row) or api_answer(row):
         return ""
     if not isinstance(row, dict):
         return None
@@ -618,6 +619,17 @@ def json_field(row, name: str, absent=None):
             return absent
         row = row[part]
     return row
+
+
+def api_answer(row) -> bool:
+    """Whether a JSON value is an embedding API's answer: OpenAI's (``data``, objects with an ``embedding``),
+    or Ollama's and Cohere's (``embeddings``, a list of vectors; Cohere's v2 by type, ``{"float": [...]}``)."""
+    if not isinstance(row, dict):
+        return False
+    data, found = row.get("data"), row.get("embeddings")
+    found = found.get("float") if isinstance(found, dict) else found
+    return (isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "embedding" in data[0]) or \
+        (isinstance(found, list) and bool(found) and _numbers_list(found[0]))
 
 
 def batch_answer(row) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, batch_answer,
+from atlas_plugins.teacher import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, api_answer, batch_answer,
                                    cell_numbers, hf_shards, holds_vector, ipc_batches, json_field, not_utf8,
                                    read_table, text_vector, utf16)
 
@@ -250,8 +250,10 @@ def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
 def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
           id_column: str = "id", requests: str | None = None, cache_dir: str | None = None):
     """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``), a
-    vector alone per line (``[0.1, ...]``), or OpenAI Batch API output (a line per request, its vectors in
-    ``response.body.data``; ids are the requests' ``custom_id``, ``custom_id#i`` for the i-th of several inputs).
+    vector alone per line (``[0.1, ...]``), an embedding API's answer per line (OpenAI's ``{"data": [...]}``,
+    Ollama's ``{"embeddings": [...]}``: what a loop over requests that saves each answer writes), or OpenAI
+    Batch API output (a line per request, its vectors in ``response.body.data``; ids are the requests'
+    ``custom_id``, ``custom_id#i`` for the i-th of several inputs).
 
     A ``.jsonl`` file whose first line has an ``embedding`` field, is a list of numbers or a Batch answer is
     read with it when no loader is named; name it (``loader = "jsonl"``, ``column = ...``) for vectors in a
@@ -299,8 +301,9 @@ json_file.suffixes = (".json",)
 JSON_WARN_BYTES = 2**30
 
 
-def _json_rows(p: Path, doc, column: str, names: dict):
-    """The rows of a ``.json`` document (:func:`json_file`), as :func:`_jsonl_rows` yields them."""
+def _json_rows(p, doc, column: str, names: dict, dim: int | None = None):
+    """The rows of a ``.json`` document (:func:`json_file`; ``p``: its name in messages), as :func:`_jsonl_rows`
+    yields them, each vector ``dim`` long when given, else as long as the first."""
     beside = {}  # lists beside the vectors, one item per vector: {kind: list}
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):  # OpenAI's answer, in input order
         items = sorted(doc["data"], key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
@@ -322,10 +325,9 @@ def _json_rows(p: Path, doc, column: str, names: dict):
     else:
         fields = f"; its fields are: {', '.join(doc)}" if isinstance(doc, dict) else ""
         lists = (f"; it holds lists of rows in {', '.join(repr(name) for name, _ in found)}: save the one with the "
-                 f"vectors alone (jq '.{found[0][0]}' {p.name} > rows.json)" if found else "")
+                 f"vectors alone (jq '.{found[0][0]}' {Path(p).name} > rows.json)" if found else "")
         raise DataError(f"{p}: expected an embedding API's answer ({{\"data\": [...]}} or {{\"embeddings\": [...]}}), "
                         f"a list of vectors or a list of rows with a '{column}' field{fields}{lists}")
-    dim = None
     for i, item in enumerate(items):
         if isinstance(item, str):
             raise DataError(f"{p}: item {i} is a text; texts to embed go in a .txt file, one per line, or JSON "
@@ -464,6 +466,11 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
                 answered[cid] = lineno
             for vec, extras in _answered(row, f"{p}:{lineno}", asked):
                 values = _vector(vec, f"{p}:{lineno}: the embedding of '{extras['id']}'", dim)
+                dim = len(values)
+                yield values, extras
+            continue
+        if vec is ABSENT and api_answer(row):  # a line per request, each the API's answer as it came
+            for values, extras in _json_rows(f"{p}:{lineno}", row, column, names, dim):
                 dim = len(values)
                 yield values, extras
             continue

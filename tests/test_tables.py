@@ -385,6 +385,31 @@ def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_
         jsonl(tmp_path / "out.jsonl", requests=str(tmp_path / "few.jsonl"))
 
 
+def test_an_api_s_answer_per_line_is_read_as_vectors(tmp_path):
+    """A loop over requests that saves each answer (``f.write(resp.model_dump_json() + "\\n")``) makes a line
+    per answer, each with several vectors: it went to the text teacher, "expected a JSON object with a 'text'
+    field (its fields are: object, data, model, usage)", and no key reached the vectors. Now each line's
+    vectors are rows, in order (by ``index`` within a line), in atlas-run and atlas-encode."""
+    x = np.load(EXAMPLE_NPY)[:12]
+    np.save(tmp_path / "x.npy", x)
+    openai = [{"object": "list", "model": "m", "usage": {"prompt_tokens": 3}, "data": [
+        {"object": "embedding", "index": k, "embedding": x[i + k].tolist()} for k in (2, 1, 0)]}
+        for i in range(0, 12, 3)]
+    ollama = [{"model": "m", "embeddings": x[i:i + 4].tolist()} for i in range(0, 12, 4)]
+    for name, lines in (("openai.jsonl", openai), ("ollama.jsonl", ollama)):
+        (tmp_path / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+        assert np.array_equal(validate_teacher(jsonl(tmp_path / name)).embeddings, x), name
+    pipeline = write_pipeline(tmp_path, teacher='path = "openai.jsonl"', stages=1, epochs=1, batch_size=4)
+    found = run_cli(pipeline, "--quiet")
+    assert found.returncode == 0, found.stderr
+    outputs = [run_cli(tmp_path / "run", tmp_path / name, program="atlas-encode") for name in ("ollama.jsonl", "x.npy")]
+    assert outputs[0].returncode == 0 and outputs[0].stdout == outputs[1].stdout, outputs[0].stderr
+    ollama[1]["embeddings"][2] = [0.5, 1.0]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(line) + "\n" for line in ollama))
+    with pytest.raises(DataError, match=r"bad.jsonl:2: item 2 has 2 values, the rows before it 384"):
+        jsonl(tmp_path / "bad.jsonl")
+
+
 def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path, monkeypatch):
     """An embedding API's answer saved as .json (OpenAI's ``data``, by index; Cohere's and Ollama's
     ``embeddings``, with ``texts``; Gemini's and Vertex AI's ``values``), ``json.dump`` of a list of vectors or
