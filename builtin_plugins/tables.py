@@ -109,7 +109,7 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
 
 
 PAGE_BUFFER = 8 * 2**20
-BATCH_BYTES = 16 * 2**20  # of the vector column, uncompressed, per batch read from a Parquet file
+BATCH_BYTES = 16 * 2**20  # of the vector column, uncompressed, per batch read from a Parquet or Arrow file
 
 
 def _batch_rows(pf, column: str) -> int:
@@ -154,9 +154,12 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
             raise DataError(f"{f}: its columns differ from those of {files[0].name}; save the dataset again")
         schema = found
 
-    def batches(columns):
+    def batches(columns):  # a record batch as written may hold any number of rows: slices of BATCH_BYTES
         for f in files:
-            yield from (b.select(columns) for b in ipc_batches(f)[1])
+            for b in ipc_batches(f)[1]:
+                size = b.column(column).nbytes if column in b.schema.names else 0
+                step = int(min(BATCH_ROWS, max(64, BATCH_BYTES * b.num_rows // max(size, 1))))
+                yield from (b.slice(start, step).select(columns) for start in range(0, b.num_rows, step))
 
     stamps = [[f.name, *_stamp(f)] for f in files] if shards is not None else []
     return _table(pa, p, schema, n, batches, column, (text_column, label_column, id_column), cache_dir, "arrow",

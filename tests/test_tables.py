@@ -79,6 +79,22 @@ def test_a_parquet_file_is_read_in_batches_of_a_few_megabytes_whatever_its_row_g
         assert np.array_equal(np.asarray(read.embeddings), x)
 
 
+def test_an_arrow_file_of_one_huge_record_batch_is_read_in_slices(tmp_path, monkeypatch):
+    """A record batch as written may hold every row (``pa.ipc`` with one ``write_batch``); it was converted
+    whole. It is read in slices of about ``BATCH_BYTES`` of vectors now, each row with its own text."""
+    emb, meta, table = example_table(rows=600)
+    with pa.ipc.new_file(tmp_path / "one.arrow", table.schema) as writer:
+        writer.write_batch(table.combine_chunks().to_batches()[0])
+    monkeypatch.setattr(tables, "BATCH_BYTES", 64 * 384 * 4 // 3)  # slices of 64 rows, the least
+    read = []
+    convert = tables._convert
+    monkeypatch.setattr(tables, "_convert", lambda pa_, batches, *a: convert(
+        pa_, lambda columns: (read.append(b.num_rows) or b for b in batches(columns)), *a))
+    data = validate_teacher(tables.arrow(tmp_path / "one.arrow", cache_dir=str(tmp_path / "cache")))
+    assert np.array_equal(np.asarray(data.embeddings), emb) and data.texts == [m["text"] for m in meta]
+    assert read == [64] * 9 + [24]
+
+
 @pytest.mark.parametrize("fmt", ["feather", "stream"], ids=["feather-file", "huggingface-stream-shard"])
 @pytest.mark.parametrize("fixed", [False, True], ids=["list", "fixed-size-list"])
 def test_arrow_ipc_reads_vectors_texts_labels_and_ids_across_batches(tmp_path, fmt, fixed):
