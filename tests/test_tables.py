@@ -19,6 +19,14 @@ pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("pyarrow.feather")
 
 
+def assert_encoded_alike(run, given, reference):
+    """``atlas-encode`` maps the vectors of the file ``given`` exactly as those of ``reference`` (a ``.npy``)."""
+    for path in (given, reference):
+        done = run_cli(run, path, "-o", f"{path}.out.npy", "--quiet", program="atlas-encode")
+        assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(f"{given}.out.npy"), np.load(f"{reference}.out.npy"))
+
+
 def example_table(rows=600, fixed=False):
     emb = np.load(EXAMPLE_NPY)[:rows]
     meta = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:rows]]
@@ -308,10 +316,7 @@ def test_a_csv_of_vectors_is_trained_on_and_encoded_as_vectors(tmp_path):
         in found.stdout, found.stderr
     trained = run_cli(pipeline, "--quiet")
     assert trained.returncode == 0 and "embedding 300 texts" not in trained.stderr, trained.stderr
-    for name in ("v.csv", "v.npy"):
-        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
-                       program="atlas-encode").returncode == 0
-    assert np.array_equal(np.load(tmp_path / "v.csv.out.npy"), np.load(tmp_path / "v.npy.out.npy"))
+    assert_encoded_alike(tmp_path / "run", tmp_path / "v.csv", tmp_path / "v.npy")
     assert sorted(f.suffix for f in (tmp_path / "run" / "cache").glob("csv-*")) == [".json", ".npy"]
 
     write_csv(tmp_path / "o.csv", ["text", "vector"], [["a", "[0.5, 1.0]"], ["b", "[1.0, 0.5]"]])
@@ -499,10 +504,7 @@ def test_vectors_written_as_text_or_base64_are_read_as_vectors(tmp_path):
     pipeline = write_pipeline(tmp_path, teacher='path = "print.parquet"', stages=1, epochs=1)
     trained = run_cli(pipeline, "--quiet")
     assert trained.returncode == 0 and "embedding 200 texts" not in trained.stderr, trained.stderr
-    for name in ("b64.jsonl", "v.npy"):
-        assert run_cli(tmp_path / "run", tmp_path / name, "-o", tmp_path / f"{name}.out.npy", "--quiet",
-                       program="atlas-encode").returncode == 0
-    assert np.array_equal(np.load(tmp_path / "b64.jsonl.out.npy"), np.load(tmp_path / "v.npy.out.npy"))
+    assert_encoded_alike(tmp_path / "run", tmp_path / "b64.jsonl", tmp_path / "v.npy")
 
     pq.write_table(pa.table({"embedding": [as_text[0], "[0.5, 1.0]"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad.parquet: row 1 of column 'embedding' has 2 values, the rows before it "
