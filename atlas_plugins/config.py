@@ -27,7 +27,7 @@ import attrs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
-from .teacher import TABLE_SUFFIXES, batch_input, columnar, loader_for_suffix, no_reader, utf16, vector_field
+from .formats import TABLE_SUFFIXES, batch_input, columnar, loader_for_suffix, no_reader, utf16, vector_field
 
 
 # -- field validators: each raises ConfigError("<field> must be ..., got ...") -------------

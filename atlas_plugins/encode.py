@@ -36,10 +36,10 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .teacher import (ABSENT, TABLE_SUFFIXES, RowScan, TeacherData, batch_input, columnar, convert_first, first_row,
-                      hf_shards, holds_vector, in_memory_if_small, json_field, loader_for_suffix, no_reader,
-                      read_columnar_texts, read_table, table_schema, text_lines, text_vector, validate_teacher,
-                      vector_field)
+from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, hf_shards, holds_vector,
+                      json_field, loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema,
+                      text_lines, text_vector, vector_field)
+from .teacher import RowScan, TeacherData, in_memory_if_small, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time

@@ -22,9 +22,10 @@ import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, TeacherData, api_answer, batch_answer,
-                                   cell_numbers, hf_shards, holds_vector, ipc_batches, json_field, not_utf8,
-                                   read_table, text_vector, utf16)
+from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
+                                   hf_shards, holds_vector, ipc_batches, json_field, not_utf8, read_table, text_vector,
+                                   utf16)
+from atlas_plugins.teacher import TeacherData
 
 from .teachers import _exists
 

@@ -11,15 +11,16 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.teacher import (ABSENT, TABLE_SUFFIXES, TeacherData, columnar, convert_first, hf_shards,
-                                   json_field, read_columnar_texts, read_table, text_lines, transposed)
+from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, hf_shards, json_field,
+                                   read_columnar_texts, read_table, text_lines)
+from atlas_plugins.teacher import TeacherData, transposed
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
 
 def _exists(path, what: str = "teacher file") -> Path:
     """``path`` as a Path, if it is a regular file (a FIFO or a device would block or never end); a file one
-    step from readable (compressed, say) is told that step (:func:`~atlas_plugins.teacher.convert_first`)."""
+    step from readable (compressed, say) is told that step (:func:`~atlas_plugins.formats.convert_first`)."""
     p = Path(path)
     if why := convert_first(p):
         raise DataError(why)
