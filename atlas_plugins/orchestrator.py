@@ -79,6 +79,9 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
+    if dist.is_main and device.type == "cpu" and torch.cuda.is_available():
+        echo(f"note: training on the CPU (train.device = '{config.train.device}') although this machine has a "
+             "CUDA GPU; --set train.device=auto trains on it")
     run = RunDir(config.output.dir)
     try:
         blob = None

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import atlas_plugins
 from atlas_plugins import ConfigError, RunDirError, load_student, train
@@ -107,3 +108,19 @@ def test_the_facade_and_the_command_line_hint():
 
     assert facade_train is train
     assert atlas_run_command("my pipe.toml", ["train.seed=1"]) == "atlas-run 'my pipe.toml' --set train.seed=1"
+
+
+def test_a_run_on_the_cpu_says_so_when_a_cuda_gpu_sits_idle(tmp_path, monkeypatch):
+    """train.device defaults to 'cpu'; a user with a CUDA GPU is told it sits idle and how to use it."""
+    from atlas_plugins.config import load_config
+    from atlas_plugins.orchestrator import run_pipeline
+
+    config = load_config(write_pipeline(tmp_path, stages=1, epochs=1))
+    shown = []
+    run_pipeline(config, dry_run=True, echo=shown.append)
+    assert torch.cuda.is_available() or not any("CUDA GPU" in m for m in shown)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    shown.clear()
+    run_pipeline(config, dry_run=True, echo=shown.append)
+    assert shown[0] == ("note: training on the CPU (train.device = 'cpu') although this machine has a CUDA GPU; "
+                        "--set train.device=auto trains on it")
