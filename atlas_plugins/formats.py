@@ -172,23 +172,28 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # text tables: suffix -> delimiter
 
 def read_table(path, required: Sequence[str], what: str, hint: str = "") -> Iterator[tuple[int, dict]]:
     """The rows of a ``.csv`` (or ``.tsv``) file whose first line names the columns: ``(line number, {column:
-    value})``, a short row's missing cells None.  UTF-8, with or without the byte-order mark spreadsheets write
-    ("CSV UTF-8"); the ``required`` columns must be in the header (else an error ending in ``hint``)."""
+    value})``, a short row's missing cells None, blank lines skipped.  The line number is the row's first line,
+    where an editor shows it, also when a quoted cell spans several lines.  UTF-8, with or without the
+    byte-order mark spreadsheets write ("CSV UTF-8"); the ``required`` columns must be in the header (else an
+    error ending in ``hint``)."""
     csv.field_size_limit(2**31 - 1)  # a document's text may be longer than the csv module's default 128 KB
+    sep = TABLE_SUFFIXES.get(_suffix(path), ",")
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=TABLE_SUFFIXES.get(_suffix(path), ","),
-                                strict=True)  # strict: an unclosed quote is an error, not a text that runs to the end
-        try:
-            header = reader.fieldnames
+        reader = csv.reader(fh, delimiter=sep, strict=True)  # strict: an unclosed quote is an error, not a text
+        try:                                                  # that runs to the end of the file
+            header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: empty; a {what} starts with a line naming its columns")
             _check_columns(path, required, header, hint)
-            for row in reader:
-                if None in row:  # DictReader's key for cells beyond the header's: a text's unquoted comma
-                    sep = "comma" if reader.reader.dialect.delimiter == "," else "tab"
-                    raise DataError(f"{path}:{reader.line_num}: {len(header) + len(row[None])} cells, the header "
-                                    f"names {len(header)}; quote a text that holds a {sep} (\"like, this\")")
-                yield reader.line_num, row
+            end = reader.line_num
+            for cells in reader:
+                lineno, end = end + 1, reader.line_num
+                if not cells:
+                    continue
+                if len(cells) > len(header):  # a text's unquoted comma
+                    raise DataError(f"{path}:{lineno}: {len(cells)} cells, the header names {len(header)}; quote a "
+                                    f"text that holds a {'comma' if sep == ',' else 'tab'} (\"like, this\")")
+                yield lineno, dict(zip(header, cells + [None] * (len(header) - len(cells))))
         except UnicodeDecodeError:  # no line number: the file is decoded ahead of the rows, a block at a time
             raise DataError(not_utf8(path, None, first_bytes(path), what, ' ("CSV UTF-8" in a spreadsheet)')) from None
         except csv.Error as exc:

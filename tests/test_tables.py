@@ -345,6 +345,21 @@ def test_a_bad_vector_cell_names_its_line(tmp_path, cell, message):
     assert not list((tmp_path / "cache").iterdir())
 
 
+def test_a_csv_row_is_named_by_its_first_line_when_a_text_spans_several(tmp_path):
+    """A spreadsheet's cell may hold line breaks (a quoted text over several lines) and blank lines may sit
+    between rows: a message names the line the row starts on, where an editor shows it (it named the last)."""
+    from atlas_plugins.formats import read_table
+
+    text = 'text,embedding\n"one\ntwo\nthree","[0.5, 1.0]"\n\n\n"four\nfive",{}\nsix\n'
+    (tmp_path / "v.csv").write_text(text.format('"[1.0, 0.5]"'))
+    assert [(n, row["text"], row["embedding"]) for n, row in read_table(tmp_path / "v.csv", ["text"], "table")] == [
+        (2, "one\ntwo\nthree", "[0.5, 1.0]"), (7, "four\nfive", "[1.0, 0.5]"), (9, "six", None)]
+    (tmp_path / "v.csv").write_text(text.format('"[1.0, 0.5, 2.0]"'))
+    pipeline = write_pipeline(tmp_path, teacher='path = "v.csv"\nloader = "csv"', stages=1, epochs=1)
+    one_error_line(run_cli(pipeline, "--dry-run"),
+                   f"{tmp_path / 'v.csv'}:7: 'embedding' has 3 values, the rows before it 2")
+
+
 def test_openai_batch_output_is_read_in_input_order_with_its_requests_texts(tmp_path):
     """OpenAI Batch API output holds a line per request, in any order, each with its inputs' vectors in
     ``response.body.data`` (by ``index``; base64 when the request asked for it); the texts are in the batch's
