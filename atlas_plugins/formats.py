@@ -427,7 +427,7 @@ def api_answer(row) -> bool:
     if not isinstance(row, dict):
         return False
     data, found = row.get("data"), row.get("embeddings")
-    found = found.get("float") if isinstance(found, dict) else found
+    found = found.get("float", next(iter(found.values()), None)) if isinstance(found, dict) else found
     return (isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "embedding" in data[0]) or \
         (isinstance(found, list) and bool(found) and _numbers_list(found[0]))
 

@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
 from .registry import get_registry
-from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_name, shape_hint, transposed
+from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_hint, dtype_name, shape_hint, transposed
 
 STUDENT_FORMAT = "atlas-student/1"
 NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
@@ -111,8 +111,8 @@ class TrainedStudent:
             except (ValueError, TypeError):
                 raise DataError("encode: the rows are not vectors of numbers of one length") from None
         if dtype_name(x) not in FLOAT_DTYPES:
-            raise DataError(f"encode: the vectors are {dtype_name(x)}, expected floats ({', '.join(FLOAT_DTYPES)}): "
-                            "encode vectors of the kind the student was trained on")
+            raise DataError(f"encode: the vectors are {dtype_name(x)}, expected floats ({', '.join(FLOAT_DTYPES)})"
+                            + (dtype_hint(dtype_name(x)) or ": encode vectors of the kind the student was trained on"))
         self.check_input(x)
         if precision not in ("float32", "bfloat16"):
             raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")

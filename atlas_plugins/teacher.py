@@ -245,6 +245,27 @@ def shape_hint(shape) -> str:
             "(x.mean(axis=1), or the model's sentence embedding)")
 
 
+def dtype_hint(name: str) -> str:
+    """What to do with vectors of the non-float dtype ``name``: quantized or binary embeddings (what Cohere's
+    ``embedding_types`` and vector databases' compression give) read as floats would bend their geometry
+    without a word, so each kind is told its conversion; "" for other dtypes.  Binary rows unpack to ±1
+    floats, whose cosine is ``1 - 2 * hamming / D``; the bits' order in a byte only permutes the dimensions."""
+    unpack = ("unpack binary ones into +-1 floats: "
+              "numpy.save('vectors.npy', numpy.unpackbits(x.view('uint8'), axis=1) * 2.0 - 1)")
+    if name == "int8":
+        return ("; int8 rows are quantized embeddings, or binary ones packed 8 dimensions to a byte (Cohere's "
+                "'binary'): ask the model for float embeddings, or save quantized ones as floats, "
+                f"numpy.save('vectors.npy', x.astype('float32')), and {unpack}")
+    if name == "uint8":
+        return ("; uint8 rows are binary embeddings packed 8 dimensions to a byte, or unsigned quantized ones, which "
+                f"read as floats would not keep their neighbours: ask the model for float embeddings, or {unpack}")
+    if name == "bool":
+        return "; boolean rows are binary embeddings: save them as +-1 floats: numpy.save('vectors.npy', x * 2.0 - 1)"
+    if name.startswith(("int", "uint")):
+        return "; whole numbers are token ids or labels, not embeddings: give the model's float vectors"
+    return ""
+
+
 def transposed(d: int) -> str:
     """What to do when an ``(n, d)`` array holds its vectors as columns (Julia, R and MATLAB keep them so)."""
     return (f"if each of the {d:,} columns is one vector, save the rows instead: "
@@ -283,7 +304,7 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         raise DataError(f"{src}: embeddings must be 2-D (N, D), got shape {tuple(emb.shape)}{shape_hint(emb.shape)}")
     if dtype_name(emb) not in FLOAT_DTYPES:
         raise DataError(f"{src}: embeddings have unsupported dtype {dtype_name(emb)}; "
-                        f"expected one of {', '.join(FLOAT_DTYPES)}")
+                        f"expected one of {', '.join(FLOAT_DTYPES)}{dtype_hint(dtype_name(emb))}")
     n, d = emb.shape
     if n == 0 or d == 0:
         raise DataError(f"{src}: embeddings are empty (shape {tuple(emb.shape)})")

@@ -25,7 +25,7 @@ from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
                                    hf_shards, holds_vector, ipc_batches, json_field, not_utf8, read_table, text_vector,
                                    utf16)
-from atlas_plugins.teacher import TeacherData
+from atlas_plugins.teacher import TeacherData, dtype_hint
 
 from .teachers import _exists
 
@@ -54,9 +54,10 @@ def _list_dim(pa, field, path: Path, column: str) -> int | None:
     t = field.type
     if _strings(pa, t):
         return None
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
-            or not pa.types.is_floating(t.value_type):
-        raise DataError(f"{path}: column '{column}' is {t}; expected a list of floats (one embedding per row)")
+    listed = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    if not listed or not pa.types.is_floating(t.value_type):
+        raise DataError(f"{path}: column '{column}' is {t}; expected a list of floats (one embedding per row)"
+                        + (dtype_hint(str(t.value_type)) if listed else ""))
     return t.list_size if pa.types.is_fixed_size_list(t) else None
 
 
@@ -305,15 +306,17 @@ json_file.suffixes = (".json",)
 JSON_WARN_BYTES = 2**30
 
 
-def _json_rows(p, doc, column: str, names: dict, dim: int | None = None):
-    """The rows of a ``.json`` document (:func:`json_file`; ``p``: its name in messages), as :func:`_jsonl_rows`
-    yields them, each vector ``dim`` long when given, else as long as the first."""
+def _json_rows(p, doc, column: str, names: dict, dim: int | None = None, file=None):
+    """The rows of a ``.json`` document (:func:`json_file`; ``p``: its name in messages, ``file`` the file's
+    when ``p`` is a line of it), as :func:`_jsonl_rows` yields them, each vector ``dim`` long when given, else
+    as long as the first."""
     beside = {}  # lists beside the vectors, one item per vector: {kind: list}
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):  # OpenAI's answer, in input order
         items = sorted(doc["data"], key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
     elif isinstance(doc, dict) and isinstance(doc.get("embeddings"), (list, dict)):
         items = doc["embeddings"]
-        items = items.get("float", items) if isinstance(items, dict) else items  # Cohere v2: by type
+        if isinstance(items, dict):  # Cohere's v2 answer, by type
+            items = items["float"] if "float" in items else _not_float(p, items, file or p)
         for kind, key in (("text", "texts"), ("text", "documents"), ("id", "ids")):  # Chroma: documents, ids
             if isinstance(doc.get(key), list):
                 if len(doc[key]) != len(items):
@@ -343,6 +346,15 @@ def _json_rows(p, doc, column: str, names: dict, dim: int | None = None):
         dim = len(values)
         extras = {kind: json_field(item, name) for kind, name in names.items()}
         yield values, extras | {kind: side[i] for kind, side in beside.items()}
+
+
+def _not_float(where: str, types: dict, file) -> None:
+    """Refuse an answer whose ``embeddings`` hold only quantized or binary types (Cohere's ``embedding_types``):
+    read as floats, binary and unsigned ones would not keep their neighbours."""
+    int8 = (f", or map the int8 ones as they are: jq -c '.embeddings.int8[]' {Path(file).name} > vectors.jsonl"
+            if "int8" in types else "")
+    raise DataError(f"{where}: 'embeddings' holds {', '.join(map(str, types))} embeddings, no float ones; ask the "
+                    f"API for them (embedding_types=[\"float\"]){int8}")
 
 
 def _row_lists(doc, at: str = "", depth: int = 3) -> list[tuple[str, list]]:
@@ -474,7 +486,7 @@ def _jsonl_rows(p: Path, column: str, names: dict, asked: dict | None = None):
                 yield values, extras
             continue
         if vec is ABSENT and api_answer(row):  # a line per request, each the API's answer as it came
-            for values, extras in _json_rows(f"{p}:{lineno}", row, column, names, dim):
+            for values, extras in _json_rows(f"{p}:{lineno}", row, column, names, dim, p):
                 dim = len(values)
                 yield values, extras
             continue

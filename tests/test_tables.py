@@ -446,6 +446,37 @@ def test_an_api_s_answer_per_line_is_read_as_vectors(tmp_path):
         jsonl(tmp_path / "bad.jsonl")
 
 
+def test_an_answer_of_quantized_or_binary_vectors_only_is_refused_with_what_to_ask_for(tmp_path):
+    """Cohere answers by ``embedding_types``; without ``float`` the dict of types was read as one vector
+    ("'texts' holds 20 items for 1 embeddings").  Binary ones read as floats would be bytes' values, so the
+    answer is refused, naming the types, the request that gives floats and, for int8, the command that maps
+    them as they are (what ``jq -c '.embeddings.int8[]'`` writes is read as the same vectors, as floats)."""
+    x = np.load(EXAMPLE_NPY)[:20]
+    int8 = np.round(x * 400).clip(-128, 127).astype(int)
+    answer = {"id": "c", "embeddings": {"ubinary": np.packbits(x > 0, axis=1).tolist(), "int8": int8.tolist()},
+              "texts": [f"t{i}" for i in range(20)], "response_type": "embeddings_by_type"}
+    (tmp_path / "c.json").write_text(json.dumps(answer))
+    (tmp_path / "c.jsonl").write_text(json.dumps(answer) + "\n")
+    for name, where in (("c.json", "c.json"), ("c.jsonl", "c.jsonl:1")):
+        refused = run_cli(write_pipeline(tmp_path, teacher=f'path = "{name}"'), "--dry-run")
+        one_error_line(refused, f"{tmp_path / where}: 'embeddings' holds ubinary, int8 embeddings, no float ones; ask "
+                       f'the API for them (embedding_types=["float"]), or map the int8 ones as they are: jq -c '
+                       f"'.embeddings.int8[]' {name} > vectors.jsonl")
+    answer["embeddings"].pop("int8")
+    (tmp_path / "c.json").write_text(json.dumps(answer))
+    with pytest.raises(DataError, match=r"c.json: 'embeddings' holds ubinary embeddings, no float ones; ask the API "
+                                        r"for them \(embedding_types=\[\"float\"\]\)$"):
+        tables.json_file(tmp_path / "c.json")
+    (tmp_path / "vectors.jsonl").write_text("".join(json.dumps(v, separators=(",", ":")) + "\n" for v in int8.tolist()))
+    np.testing.assert_array_equal(tables.jsonl(tmp_path / "vectors.jsonl").embeddings, int8.astype(np.float32))
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    column = pa.array(list(int8.astype(np.int8)), pa.list_(pa.int8()))
+    pq.write_table(pa.table({"embedding": column}), tmp_path / "q.pq")
+    with pytest.raises(DataError, match=r"q.pq: column 'embedding' is list<element: int8>; expected a list of floats "
+                                        r"\(one embedding per row\); int8 rows are quantized embeddings"):
+        parquet(tmp_path / "q.pq")
+
+
 def test_a_json_file_of_vectors_in_the_shapes_apis_and_json_dump_write(tmp_path, monkeypatch):
     """An embedding API's answer saved as .json (OpenAI's ``data``, by index; Cohere's and Ollama's
     ``embeddings``, with ``texts``; Gemini's and Vertex AI's ``values``), ``json.dump`` of a list of vectors or

@@ -90,7 +90,21 @@ CASES = {
         "must be 2-D (N, D), got shape (600, 1, 384); drop the axis of length 1: x[:, 0]"]),
     "first-axis-of-one": (_npy(np.ones((1, 600, 384), np.float32)), [
         "must be 2-D (N, D), got shape (1, 600, 384); drop the axis of length 1: x[0]"]),
-    "integers": (_npy(np.ones((600, 384), np.int32)), ["unsupported dtype int32", "float32"]),
+    "integers": (_npy(np.ones((600, 384), np.int32)), [
+        "unsupported dtype int32; expected one of float16, float32, float64, bfloat16; whole numbers are token ids "
+        "or labels, not embeddings: give the model's float vectors"]),
+    "int8-quantized": (_npy(np.ones((600, 384), np.int8)), [
+        "unsupported dtype int8; expected one of float16, float32, float64, bfloat16; int8 rows are quantized "
+        "embeddings, or binary ones packed 8 dimensions to a byte (Cohere's 'binary'): ask the model for float "
+        "embeddings, or save quantized ones as floats, numpy.save('vectors.npy', x.astype('float32')), and unpack "
+        "binary ones into +-1 floats: numpy.save('vectors.npy', numpy.unpackbits(x.view('uint8'), axis=1) * 2.0 - 1)"]),
+    "uint8-packed-binary": (_npy(np.ones((600, 48), np.uint8)), [
+        "unsupported dtype uint8; expected one of float16, float32, float64, bfloat16; uint8 rows are binary "
+        "embeddings packed 8 dimensions to a byte, or unsigned quantized ones, which read as floats would not keep "
+        "their neighbours: ask the model for float embeddings, or unpack binary ones into +-1 floats"]),
+    "boolean-binary": (_npy(np.ones((600, 384), bool)), [
+        "unsupported dtype bool; expected one of float16, float32, float64, bfloat16; boolean rows are binary "
+        "embeddings: save them as +-1 floats: numpy.save('vectors.npy', x * 2.0 - 1)"]),
     "no-rows": (_npy(np.ones((0, 384), np.float32)), ["embeddings are empty (shape (0, 384))"]),
     "empty-file": (lambda p: (p / "t.npy").write_bytes(b"") or 'path = "t.npy"', ["t.npy: not a readable NumPy file"]),
     "text-named-npy": (_text("t.npy", "1,2,3\n", 'path = "t.npy"'),
@@ -179,6 +193,37 @@ def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
     make, fragments = CASES[case]
     teacher = make(tmp_path)
     one_error_line(run_cli(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
+
+
+def test_the_commands_for_quantized_and_binary_vectors_keep_their_geometry(tmp_path, monkeypatch):
+    """Binary embeddings packed into bytes (uint8, or Cohere's int8 'binary') read as floats would be the bytes'
+    values, a map of nothing; the command the refusal names unpacks them into +-1 floats, whose cosine is
+    1 - 2 * hamming / D, and saves int8-quantized ones as floats.  ``encode`` answers the same."""
+    from atlas_plugins import load_student
+
+    monkeypatch.chdir(tmp_path)
+    bits = np.load(EXAMPLE_NPY)[:300] > 0
+    hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    cohere_binary = (np.packbits(bits, axis=1).astype(np.int16) - 128).astype(np.int8)  # ubinary - 128
+    for name, packed in (("uint8", np.packbits(bits, axis=1)), ("int8", cohere_binary)):
+        np.save("x.npy", packed)
+        refused = run_cli(write_pipeline(tmp_path, teacher='path = "x.npy"'), "--dry-run")
+        one_error_line(refused, f"unsupported dtype {name}")
+        command = refused.stderr.split("unpack binary ones into +-1 floats: ")[1].strip()
+        exec(command, {"numpy": np, "x": np.load("x.npy")})
+        v = validate_teacher(TeacherData(np.load("vectors.npy"), source="vectors.npy")).embeddings
+        assert v.shape == (300, 384) and v.dtype == np.float64
+        cos = (v @ v.T) / 384
+        np.testing.assert_allclose(cos, 1 - 2 * hamming / 384, atol=1e-12)
+    quantized = np.round(np.load(EXAMPLE_NPY)[:300] * 400).clip(-128, 127).astype(np.int8)
+    np.save("x.npy", quantized)
+    refused = run_cli(write_pipeline(tmp_path, teacher='path = "x.npy"'), "--dry-run")
+    command = refused.stderr.split("save quantized ones as floats, ")[1].split(", and unpack")[0]
+    exec(command, {"x": quantized, "numpy": np})
+    np.testing.assert_array_equal(np.load("vectors.npy"), quantized.astype(np.float32))
+    run_cli(write_pipeline(tmp_path, teacher=f'path = "{EXAMPLE_NPY}"', epochs=1, stages=1))
+    with pytest.raises(DataError, match=r"encode: the vectors are uint8, expected floats .*; uint8 rows are binary"):
+        load_student(tmp_path / "run").encode(np.packbits(bits, axis=1))
 
 
 def test_the_command_for_a_faiss_index_gives_its_vectors_back(tmp_path, monkeypatch):
