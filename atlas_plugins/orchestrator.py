@@ -11,6 +11,7 @@ while it loads (recorded in the manifest).  A dry run does the same and stops th
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import warnings
 from typing import Callable
@@ -70,6 +71,20 @@ def make_loggers(config: PipelineConfig, registry: Registry | None, run: RunDir)
     return out
 
 
+def idle_gpu(config: PipelineConfig, device: torch.device, registry: Registry | None = None) -> str:
+    """What would put an idle CUDA GPU to work: training (``train.device``) and a teacher's own ``device``
+    parameter (a teacher that embeds texts), each when it is the CPU; "" when neither is."""
+    registry = registry or get_registry()
+    fn = registry.get("teacher", config.teacher.loader)
+    param = inspect.signature(fn).parameters.get("device")
+    idle = []
+    if device.type == "cpu":
+        idle.append(f"train.device = '{config.train.device}': --set train.device=auto trains on it")
+    if config.teacher.params.get("device", None if param is None else param.default) == "cpu":
+        idle.append("teacher.device = 'cpu': --set teacher.device=cuda runs the teacher (its model) on it")
+    return "; ".join(idle)
+
+
 def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
                  progress: bool = False, echo: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                  registry: Registry | None = None, command: str = "atlas-run") -> RunResult:
@@ -79,9 +94,8 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    if dist.is_main and device.type == "cpu" and torch.cuda.is_available():
-        echo(f"note: training on the CPU (train.device = '{config.train.device}') although this machine has a "
-             "CUDA GPU; --set train.device=auto trains on it")
+    if dist.is_main and torch.cuda.is_available() and (idle := idle_gpu(config, device, registry)):
+        echo(f"note: this machine has a CUDA GPU, left idle: {idle}")
     run = RunDir(config.output.dir)
     try:
         blob = None

@@ -167,8 +167,10 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
                  (("teacher", config.teacher.loader), ("student", config.student.name),
                   ("loss", config.loss.name), ("schedule", config.schedule.name))}
     loaded = load_teacher(config, registry, progress)
-    scan = RowScan(loaded, digest=True)  # the rows' digest from validation's one read of them
+    scan = RowScan(loaded, digest=True, copies=True)  # the rows' digest and repeats from validation's one read
     teacher = in_memory_if_small(validate_teacher(loaded, dim=config.teacher.dim, min_rows=MIN_BATCH_ROWS, scan=scan))
+    if copies := scan.describe_copies():
+        warnings.warn(f"atlas: {copies}", stacklevel=2)
     train_rows, val_rows = split_rows(teacher.num_rows, tr.val_fraction, tr.seed)
     batch_mode = _batch_mode(config, teacher, len(train_rows))
     index = (choose_method(len(train_rows), device, tr.neighbor_index, teacher.dim)

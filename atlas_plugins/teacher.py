@@ -9,7 +9,9 @@ files themselves are read is :mod:`atlas_plugins.formats`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -375,7 +377,9 @@ class RowScan:
     zeros: int = 0
     first_zero: int | None = None
     digest: bool = attrs.field(default=False, kw_only=True)  # also hash the blocks: teacher_digest, no second read
+    copies: bool = attrs.field(default=False, kw_only=True)  # also key each row: describe_copies
     _hash: Any = attrs.field(default=None, init=False)
+    _keys: list = attrs.field(factory=list, init=False)
 
     def see(self, start: int, block: torch.Tensor) -> None:
         """Check ``block`` ``(n, D)``, rows ``start…`` of the data (blocks in order, for ``digest``)."""
@@ -383,6 +387,8 @@ class RowScan:
             if self._hash is None:  # at the first block: validation has checked the shape by then
                 self._hash = _new_digest(self.data)
             self._hash.update(block.cpu().numpy())
+        if self.copies:
+            self._keys.append(row_keys(block))
         hi, lo = block.amax(dim=1), block.amin(dim=1)
         if not bool(torch.isfinite(hi).all() and torch.isfinite(lo).all()):
             check_finite(self.data, start, block)
@@ -395,11 +401,49 @@ class RowScan:
         """:func:`teacher_digest` of the rows seen (all of them, after :func:`validate_teacher`)."""
         return (_new_digest(self.data) if self._hash is None else self._hash).hexdigest()[:20]
 
+    def describe_copies(self) -> str | None:
+        """With ``copies``: what to say when at least :data:`COPIES_SHARE` of the rows seen repeat an earlier
+        row's vector, else None.  A vector's copies are each other's nearest neighbours at distance 0, so many
+        of them fill the neighbour graph with themselves and count as found neighbours in every report metric
+        (an empty text's embedding, a failed call's default, a corpus of duplicated pages)."""
+        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, np.uint64)
+        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        repeated = len(keys) - len(first)
+        if not repeated or repeated < COPIES_SHARE * len(keys):
+            return None
+        row, most = int(first[counts.argmax()]), int(counts.max())
+        texts = self.data.texts
+        text = f", {json.dumps(texts[row][:60])}" if texts and isinstance(texts[row], str) else ""
+        fix = ("keep each text once" if self.data.embed_params is not None else "keep each vector's first row "
+               "(and its text, label): keep = numpy.sort(numpy.unique(x, axis=0, return_index=True)[1])")
+        return (f"{self.data.source or 'teacher'}: {repeated:,} of {len(keys):,} rows ({repeated / len(keys):.1%}) "
+                f"repeat an earlier row's vector (the most: row {row}{text}, in {most:,} rows); copies are each "
+                "other's nearest neighbours, so they crowd the neighbour graph and count as found neighbours in the "
+                f"report: {fix}")
+
     def describe_zeros(self) -> str:
         """``t.npy: row 41 is all zeros (3 rows in all)``."""
         src = self.data.source or "teacher"
         more = f" ({self.zeros:,} rows in all)" if self.zeros > 1 else ""
         return f"{src}: row {self.first_zero} is all zeros{more}"
+
+
+COPIES_SHARE = 0.01  # repeated rows warned about from this share of the rows (the example's: 1 of 2,642)
+
+
+def row_keys(block: torch.Tensor) -> np.ndarray:
+    """A 64-bit key per row of ``block`` ``(n, D)``: equal rows (as float32 bits) get equal keys, and two
+    different rows one key with odds of about 2⁻⁶³ — each row's bits times random odd weights, summed modulo
+    2⁶⁴, exact integer arithmetic (a float projection may round a row differently at another place in a block).
+    An even row length is read two values to a 64-bit word, with no copy: 2.6× faster."""
+    bits = block.detach().to("cpu", torch.float32).contiguous().numpy()
+    words = bits.view(np.uint64) if bits.shape[1] % 2 == 0 else bits.view(np.uint32).astype(np.uint64)
+    return (words * _key_weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
+
+
+@functools.cache
+def _key_weights(d: int) -> np.ndarray:
+    return np.random.default_rng(d).integers(0, 2**64, size=d, dtype=np.uint64, endpoint=False) | np.uint64(1)
 
 
 def check_finite(data: TeacherData, start: int, block: torch.Tensor) -> None:

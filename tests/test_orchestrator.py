@@ -122,5 +122,15 @@ def test_a_run_on_the_cpu_says_so_when_a_cuda_gpu_sits_idle(tmp_path, monkeypatc
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     shown.clear()
     run_pipeline(config, dry_run=True, echo=shown.append)
-    assert shown[0] == ("note: training on the CPU (train.device = 'cpu') although this machine has a CUDA GPU; "
-                        "--set train.device=auto trains on it")
+    assert shown[0] == "note: this machine has a CUDA GPU, left idle: train.device = 'cpu': --set train.device=auto " \
+                       "trains on it"
+    from atlas_plugins.orchestrator import idle_gpu
+
+    texts = load_config(write_pipeline(tmp_path, teacher='loader = "sentence-transformers"\npath = "t.txt"',
+                                       name="texts.toml"))
+    assert idle_gpu(texts, torch.device("cpu")) == (
+        "train.device = 'cpu': --set train.device=auto trains on it; teacher.device = 'cpu': --set "
+        "teacher.device=cuda runs the teacher (its model) on it")
+    on_gpu = load_config(write_pipeline(tmp_path, teacher='loader = "sentence-transformers"\npath = "t.txt"\n'
+                                        'device = "cuda"', name="gpu.toml"))
+    assert idle_gpu(on_gpu, torch.device("cuda")) == ""

@@ -52,6 +52,55 @@ def test_zero_rows_are_counted_across_blocks_and_a_tiny_value_is_not_zero(dtype)
             scan.see(start, rows[start:start + 30])
 
 
+def test_repeated_rows_are_counted_across_blocks_and_one_bit_apart_is_another_vector():
+    """Copies of a vector (an empty text's embedding, a failed call's default) are each other's nearest
+    neighbours; from 1 % of the rows they are named.  Rows are compared by their bits, in any block."""
+    from atlas_plugins.teacher import RowScan
+
+    x = np.load(EXAMPLE_NPY)[:1000].copy()
+    x[[100, 400, 999]] = x[7]  # row 7's vector 4 times, across blocks
+    x[[500, 600]] = x[8]
+    x[700] = np.nextafter(x[9], np.inf)  # one ulp from row 9 in every value: another vector
+    x[701] = x[9]
+    x[701, 383] = np.nextafter(x[9, 383], np.inf)  # one ulp in the last value
+    texts = [f"text {i}" for i in range(1000)]
+
+    def scan(rows, **embedded):
+        found = RowScan(TeacherData(rows, texts=texts, source="t.npy", **embedded), copies=True)
+        for start in range(0, len(rows), 300):
+            found.see(start, torch.from_numpy(rows[start:start + 300]))
+        return found.describe_copies()
+
+    assert scan(x) is None  # 5 of 1,000 rows: below 1 %
+    x[[800, 801, 802, 803, 804]] = x[7]
+    assert scan(x) == (
+        "t.npy: 10 of 1,000 rows (1.0%) repeat an earlier row's vector (the most: row 7, \"text 7\", in 9 rows); "
+        "copies are each other's nearest neighbours, so they crowd the neighbour graph and count as found "
+        "neighbours in the report: keep each vector's first row (and its text, label): "
+        "keep = numpy.sort(numpy.unique(x, axis=0, return_index=True)[1])")
+    assert scan(x, embed_params={"model": "m"}).endswith("in the report: keep each text once")  # texts embedded
+    keep = np.sort(np.unique(x, axis=0, return_index=True)[1])  # the command the message gives
+    assert len(keep) == 990 and scan(x[keep]) is None
+    assert scan(np.load(EXAMPLE_NPY)) is None  # the bundled example: 1 repeat in 2,642 rows
+    odd = np.ascontiguousarray(x[:, :383])  # an odd row length is keyed a value at a time, not two to a word
+    assert scan(odd).startswith("t.npy: 11 of 1,000 rows (1.1%) repeat")  # row 701 differed in the value dropped
+    odd[801, 382] = np.nextafter(odd[801, 382], np.inf)  # one ulp in the last value: another vector
+    assert scan(odd).startswith("t.npy: 10 of 1,000 rows (1.0%) repeat")
+
+
+def test_atlas_run_names_repeated_rows_and_trains_on(tmp_path):
+    x = np.load(EXAMPLE_NPY)[:600].copy()
+    x[300:330] = x[3]
+    np.save(tmp_path / "t.npy", x)
+    found = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"'), "--dry-run")
+    assert found.returncode == 0, found.stderr
+    assert found.stderr.splitlines() == [
+        f"atlas-run: warning: {tmp_path / 't.npy'}: 30 of 600 rows (5.0%) repeat an earlier row's vector (the most: "
+        "row 3, in 31 rows); copies are each other's nearest neighbours, so they crowd the neighbour graph and count "
+        "as found neighbours in the report: keep each vector's first row (and its text, label): "
+        "keep = numpy.sort(numpy.unique(x, axis=0, return_index=True)[1])"]
+
+
 def test_rows_reads_only_requested_rows_in_order():
     emb = np.arange(20, dtype=np.float32).reshape(10, 2)
     data = TeacherData(emb)
