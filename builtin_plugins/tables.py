@@ -587,6 +587,9 @@ def _vector(vec, where: str, dim: int | None, maybe_bool: bool = True) -> np.nda
                         f"{max(abs(float(v)) for v in vec):.3g}); rescale the embeddings")
     if dim is not None and len(values) != dim:
         raise DataError(f"{where} has {len(values)} values, the rows before it {dim}")
+    if dim is None and len(values) and 127 < values.max() <= 255 and values.min() >= 0 \
+            and (values == np.round(values)).all():  # the first row: bytes, never a model's floats
+        raise DataError(f"{where} holds whole numbers from 0 to 255, bytes{dtype_hint('uint8')}")
     return values
 
 

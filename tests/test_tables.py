@@ -469,6 +469,11 @@ def test_an_answer_of_quantized_or_binary_vectors_only_is_refused_with_what_to_a
         tables.json_file(tmp_path / "c.json")
     (tmp_path / "vectors.jsonl").write_text("".join(json.dumps(v, separators=(",", ":")) + "\n" for v in int8.tolist()))
     np.testing.assert_array_equal(tables.jsonl(tmp_path / "vectors.jsonl").embeddings, int8.astype(np.float32))
+    ubinary = answer["embeddings"]["ubinary"]  # what jq -c '.embeddings.ubinary[]' writes: bytes as numbers
+    (tmp_path / "bytes.jsonl").write_text("".join(json.dumps(v) + "\n" for v in ubinary))
+    with pytest.raises(DataError, match=r"bytes.jsonl:1: the line holds whole numbers from 0 to 255, bytes; uint8 "
+                                        r"rows are binary embeddings packed 8 dimensions to a byte"):
+        tables.jsonl(tmp_path / "bytes.jsonl")
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     column = pa.array(list(int8.astype(np.int8)), pa.list_(pa.int8()))
     pq.write_table(pa.table({"embedding": column}), tmp_path / "q.pq")
