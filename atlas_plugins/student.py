@@ -35,21 +35,30 @@ from .teacher import FLOAT_DTYPES, RowScan, TeacherData, dtype_hint, dtype_name,
 STUDENT_FORMAT = "atlas-student/1"
 NORM_TOLERANCE = 1.25  # new vectors whose mean norm is off by more than this factor get a warning
 NORM_SAMPLE = 2000
+# New vectors whose mean direction is this far from the training rows' (cosine below CENTRE_MIN_COS) were made by
+# another model.  A model's vectors share a direction (MiniLM: resultant length 0.32); 100 of its vectors of other
+# texts (PyPI summaries against docstrings) are at 0.44-0.53, 100 vectors in a random other basis at -0.05-0.13.
+# Checked from CENTRE_MIN_ROWS new rows, for a teacher whose resultant length is at least CENTRE_MIN_RESULTANT.
+CENTRE_MIN_COS, CENTRE_MIN_ROWS, CENTRE_MIN_RESULTANT = 0.2, 100, 0.2
 ZERO_ROWS_MEAN_NOTHING = "a zero vector has no direction, so its coordinates mean nothing (a failed embedding call?)"
 
 
 def teacher_record(loader: str, data, rows, embedder: dict | None = None) -> dict:
     """What ``student.pt`` records about its teacher: the plugin, the input dimension, the mean and standard
-    deviation of the training rows' norms (over up to 2,000 of them; ``encode`` compares new vectors against
-    them), and ``embed``: the teacher plugin and parameters that embed new texts the same way — the
-    teacher's own (``TeacherData.embed_params``), else ``teacher.embedder`` from the pipeline, else None."""
+    deviation of the training rows' norms and their mean direction ``centre``, with the length ``resultant``
+    of the unit rows' mean (over up to 2,000 rows: ``encode`` compares new vectors against them), and
+    ``embed``: the teacher plugin and parameters that embed new texts the same way — the teacher's own
+    (``TeacherData.embed_params``), else ``teacher.embedder`` from the pipeline, else None."""
     sample = np.asarray(rows)[np.linspace(0, len(rows) - 1, min(len(rows), NORM_SAMPLE)).astype(np.int64)]
-    norms = data.rows(sample).norm(dim=1).double()
+    picked = data.rows(sample).double()
+    norms = picked.norm(dim=1)
+    mean = (picked / norms.clamp_min(1e-30)[:, None]).mean(dim=0)
     embed = ({"loader": loader, "params": dict(data.embed_params)} if data.embed_params else
              {"loader": embedder["loader"], "params": {k: v for k, v in embedder.items() if k != "loader"}}
              if embedder else None)
     return {"loader": loader, "source": data.source, "dim": data.dim, "embed": embed,
-            "norm_mean": float(norms.mean()), "norm_std": float(norms.std()) if len(norms) > 1 else 0.0}
+            "norm_mean": float(norms.mean()), "norm_std": float(norms.std()) if len(norms) > 1 else 0.0,
+            "resultant": float(mean.norm()), "centre": (mean / mean.norm().clamp_min(1e-30)).float().tolist()}
 
 
 @attrs.define
@@ -144,7 +153,7 @@ class TrainedStudent:
             if check:
                 scan.see(start, block)
             if start == 0:
-                self._check_norms(block)
+                self._check_like_training(block)
             block = block.to(device=device, dtype=dtype)
             z = module(block)
             z = tuple(z) if isinstance(z, (tuple, list)) else (z,)
@@ -185,9 +194,7 @@ class TrainedStudent:
         """A :class:`DataError` unless ``x`` is ``(N, input_dim)``, naming both dimensions and the teacher."""
         if x.ndim == 2 and x.shape[1] == self.input_dim:
             return
-        t = self.teacher
-        model = ((t.get("embed") or {}).get("params") or {}).get("model")
-        made = (f" (teacher '{t['loader']}'" + (f", model {model}" if model else "") + ")") if t else ""
+        made = self._made()
         if x.ndim == 1 and x.shape[0] == self.input_dim:
             raise DataError(f"the student encodes rows of vectors (N, {self.input_dim}), got one vector of shape "
                             f"({self.input_dim},); pass it as x[None], shape (1, {self.input_dim})")
@@ -199,6 +206,12 @@ class TrainedStudent:
                             f"{tuple(x.shape)}{shape_hint(x.shape)}")
         raise DataError(f"the student expects {self.input_dim}-D vectors{made}, got {x.shape[1]}-D vectors; encode "
                         "vectors made by the same teacher model")
+
+    def _made(self) -> str:
+        """`` (teacher 'npy')``, `` (teacher 'sentence-transformers', model all-MiniLM-L6-v2)``, or ""."""
+        t = self.teacher
+        model = ((t.get("embed") or {}).get("params") or {}).get("model")
+        return (f" (teacher '{t['loader']}'" + (f", model {model}" if model else "") + ")") if t else ""
 
     def embed_texts(self, texts) -> np.ndarray:
         """Embed a list of texts with the teacher the student was trained on: a float32 array ``(N, input_dim)``.
@@ -239,12 +252,24 @@ class TrainedStudent:
             raise PluginError(f"teacher '{loader}' has no embed() function; it cannot embed new texts")
         return embed
 
-    def _check_norms(self, block: torch.Tensor) -> None:
-        """Warn when new vectors' mean norm is off from the training rows' by more than :data:`NORM_TOLERANCE`."""
+    def _check_like_training(self, block: torch.Tensor) -> None:
+        """Warn when new vectors' mean norm is off from the training rows' by more than :data:`NORM_TOLERANCE`,
+        or their mean direction is at a cosine below :data:`CENTRE_MIN_COS` to the training rows' (another
+        model's vectors: they have the right width and no other sign)."""
         ref = self.teacher.get("norm_mean")
         if not ref or not len(block):
             return
-        mean = float(block[:NORM_SAMPLE].float().norm(dim=1).mean())
+        block = block[:NORM_SAMPLE].float()
+        centre, resultant = self.teacher.get("centre"), self.teacher.get("resultant") or 0.0
+        if centre and resultant >= CENTRE_MIN_RESULTANT and len(block) >= CENTRE_MIN_ROWS:
+            mean = torch.nn.functional.normalize(block, dim=1).mean(dim=0)
+            cos = float(mean @ torch.tensor(centre) / mean.norm().clamp_min(1e-30))
+            if cos < CENTRE_MIN_COS:
+                warnings.warn(f"atlas: the new vectors' mean direction is at cosine {cos:.2f} to the training rows' "
+                              f"(vectors of one model share it: {CENTRE_MIN_COS} or more); were they made by another "
+                              f"model than the training rows'{self._made()}? encode vectors of that model",
+                              stacklevel=4)
+        mean = float(block.norm(dim=1).mean())
         if not (ref / NORM_TOLERANCE <= mean <= ref * NORM_TOLERANCE):
             unit = abs(ref - 1) < 0.05 or abs(mean - 1) < 0.05
             hint = " (were they normalised like the training rows?)" if unit else ""

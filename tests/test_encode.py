@@ -78,6 +78,33 @@ def test_encode_warns_when_new_vectors_look_different(run, new_vectors):
         student.encode(x * 1.1)  # within the tolerance: no warning
 
 
+def test_encode_warns_when_new_vectors_come_from_another_model(run, new_vectors):
+    """Vectors of the right width from another model pass every shape check and map to nonsense.  A model's
+    vectors share a mean direction (MiniLM's unit rows: resultant length about 0.3), which student.pt records;
+    the same vectors in another basis (what another model's are to this one) point elsewhere."""
+    from conftest import SHARED_DATA
+
+    student = load_student(run)
+    t = student.teacher
+    assert len(t["centre"]) == 384 and abs(np.linalg.norm(t["centre"]) - 1) < 1e-5 and 0.25 < t["resultant"] < 0.4
+    _, x = new_vectors
+    basis, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((384, 384)))
+    other = (x @ basis).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"^atlas: the new vectors' mean direction is at cosine -?0\.\d\d to the "
+                      r"training rows' \(vectors of one model share it: 0.2 or more\); were they made by another model "
+                      r"than the training rows' \(teacher 'npy', model all-MiniLM-L6-v2\)\? encode vectors of that "
+                      r"model$"):
+        student.encode(other)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        student.encode(other[:99])  # too few rows to tell
+        student.encode(x)  # the same model: held-out rows ...
+        if (SHARED_DATA / "stdlib.emb.npy").exists():  # ... and other texts embedded by it
+            student.encode(np.load(SHARED_DATA / "stdlib.emb.npy")[-500:])
+
+
 def test_every_output_format_holds_the_encoded_values(run, new_vectors, tmp_path):
     path, x = new_vectors
     expected = load_student(run).encode(x)
