@@ -263,7 +263,7 @@ class TrainedStudent:
         centre, resultant = self.teacher.get("centre"), self.teacher.get("resultant") or 0.0
         if centre and resultant >= CENTRE_MIN_RESULTANT and len(block) >= CENTRE_MIN_ROWS:
             mean = torch.nn.functional.normalize(block, dim=1).mean(dim=0)
-            cos = float(mean @ torch.tensor(centre) / mean.norm().clamp_min(1e-30))
+            cos = float(mean @ torch.tensor(centre, device=mean.device) / mean.norm().clamp_min(1e-30))
             if cos < CENTRE_MIN_COS:
                 warnings.warn(f"atlas: the new vectors' mean direction is at cosine {cos:.2f} to the training rows' "
                               f"(vectors of one model share it: {CENTRE_MIN_COS} or more); were they made by another "
