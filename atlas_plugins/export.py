@@ -22,6 +22,7 @@ from torch import nn
 from .errors import ConfigError, DataError
 from .params import accepts
 from .registry import get_registry
+from .student import on_this_machine
 
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.SiLU)
 
@@ -100,7 +101,7 @@ def to_sentence_transformer(student, folder, *, progress: bool = True) -> Path:
         Normalize = _st_modules().Normalize
     except ImportError:
         raise ConfigError("exporting needs the optional extra: pip install 'atlas-distill[text]'") from None
-    params = {**embed["params"], **({"progress": progress} if accepts(load_model, "progress") else {})}
+    params = {**on_this_machine(embed["params"]), **({"progress": progress} if accepts(load_model, "progress") else {})}
     teacher_model = load_model(**params)
     modules = list(teacher_model)
     if embed["params"].get("normalize") and not isinstance(modules[-1], Normalize):

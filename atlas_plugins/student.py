@@ -61,6 +61,16 @@ def teacher_record(loader: str, data, rows, embedder: dict | None = None) -> dic
             "resultant": float(mean.norm()), "centre": (mean / mean.norm().clamp_min(1e-30)).float().tolist()}
 
 
+def on_this_machine(params: dict) -> dict:
+    """The recorded embedding parameters with a ``device`` this machine lacks (a map trained beside a GPU, used
+    on a laptop) replaced by the CPU: where a model ran is not how it embeds, and the vectors are the same."""
+    device = params.get("device")
+    gone = isinstance(device, str) and (
+        (device.startswith("cuda") and not torch.cuda.is_available())
+        or (device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())))
+    return {**params, "device": "cpu"} if gone else params
+
+
 @attrs.define
 class TrainedStudent:
     """A student module with the plugin name and parameters that rebuild it.
@@ -224,7 +234,7 @@ class TrainedStudent:
             raise DataError(f"texts[{bad}] is of type {type(texts[bad]).__name__}; pass a list of strings")
         embed = self.text_embedder()
         t = self.teacher["embed"]
-        out = np.asarray(embed(list(texts), **t["params"]), dtype=np.float32)
+        out = np.asarray(embed(list(texts), **on_this_machine(t["params"])), dtype=np.float32)
         if out.shape != (len(texts), self.input_dim):
             raise PluginError(f"teacher '{t['loader']}' embedded {len(texts)} texts as shape {out.shape}; "
                               f"the student expects ({len(texts)}, {self.input_dim})")

@@ -248,6 +248,10 @@ def test_texts_on_stdin_are_embedded_with_the_recorded_model(run, tmp_path):
     assert np.allclose(np.array([[r[f"dim_{i}"] for i in range(5)] for r in rows]), expected, atol=1e-5)
     assert np.allclose(load_student(run).encode(texts), expected, atol=1e-5)
     assert np.allclose(load_student(run).encode(np.array(texts)), expected, atol=1e-5)  # as a pandas column gives them
+    for device in ("cuda", "mps"):  # a map trained beside a GPU embeds on a machine without one: on its CPU
+        moved = load_student(run)
+        moved.teacher["embed"]["params"]["device"] = device  # what student.pt records of [teacher] device = ...
+        assert np.allclose(moved.encode(texts), expected, atol=1e-5), device
 
 
 @pytest.mark.slow

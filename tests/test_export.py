@@ -78,6 +78,10 @@ def test_export_round_trip_with_the_offline_minilm(tmp_path, monkeypatch):
     assert np.allclose(exported, load_student(tmp_path / "run").encode(texts), atol=1e-5)
     again = run_cli("--export-sentence-transformers", tmp_path / "st", tmp_path / "run", program="atlas-encode")
     one_error_line(again, "exists and is not empty; choose a new folder")
+    moved = load_student(tmp_path / "run")
+    moved.teacher["embed"]["params"]["device"] = "cuda"  # trained beside a GPU: exported on a machine without one
+    moved.to_sentence_transformer(tmp_path / "st-moved", progress=False)
+    assert np.allclose(SentenceTransformer(str(tmp_path / "st-moved"), device="cpu").encode(texts), exported, atol=1e-5)
 
     def interrupted(self, path, *args, **kwargs):  # Ctrl-C halfway through writing the model
         (Path(path) / "modules.json").write_text("[]")
