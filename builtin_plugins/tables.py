@@ -124,7 +124,13 @@ def _batch_rows(pf, column: str) -> int:
     group = meta.row_group(0)
     size = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
                if group.column(i).path_in_schema.split(".")[0] == column)
-    return int(min(BATCH_ROWS, max(64, BATCH_BYTES * group.num_rows // max(size, 1))))
+    return _rows_per_batch(group.num_rows, size)
+
+
+def _rows_per_batch(rows: int, size: int) -> int:
+    """Rows to read at a time from ``rows`` whose vector column takes ``size`` bytes: about :data:`BATCH_BYTES`
+    of it, at least 64 rows and at most :data:`BATCH_ROWS`."""
+    return int(min(BATCH_ROWS, max(64, BATCH_BYTES * rows // max(size, 1))))
 
 
 parquet.suffixes = PARQUET_SUFFIXES
@@ -160,7 +166,7 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
         for f in files:
             for b in ipc_batches(f)[1]:
                 size = b.column(column).nbytes if column in b.schema.names else 0
-                step = int(min(BATCH_ROWS, max(64, BATCH_BYTES * b.num_rows // max(size, 1))))
+                step = _rows_per_batch(b.num_rows, size)
                 yield from (b.slice(start, step).select(columns) for start in range(0, b.num_rows, step))
 
     stamps = [[f.name, *_stamp(f)] for f in files] if shards is not None else []
