@@ -322,7 +322,9 @@ def _json_rows(p, doc, column: str, names: dict, dim: int | None = None, file=No
     elif isinstance(doc, dict) and isinstance(doc.get("embeddings"), (list, dict)):
         items = doc["embeddings"]
         if isinstance(items, dict):  # Cohere's v2 answer, by type
-            items = items["float"] if "float" in items else _not_float(p, items, file or p)
+            if "float" not in items:
+                raise _not_float(p, items, file or p)
+            items = items["float"]
         for kind, key in (("text", "texts"), ("text", "documents"), ("id", "ids")):  # Chroma: documents, ids
             if isinstance(doc.get(key), list):
                 if len(doc[key]) != len(items):
@@ -354,13 +356,13 @@ def _json_rows(p, doc, column: str, names: dict, dim: int | None = None, file=No
         yield values, extras | {kind: side[i] for kind, side in beside.items()}
 
 
-def _not_float(where: str, types: dict, file) -> None:
-    """Refuse an answer whose ``embeddings`` hold only quantized or binary types (Cohere's ``embedding_types``):
-    read as floats, binary and unsigned ones would not keep their neighbours."""
+def _not_float(where: str, types: dict, file) -> DataError:
+    """The refusal of an answer whose ``embeddings`` hold only quantized or binary types (Cohere's
+    ``embedding_types``): read as floats, binary and unsigned ones would not keep their neighbours."""
     int8 = (f", or map the int8 ones as they are: jq -c '.embeddings.int8[]' {Path(file).name} > vectors.jsonl"
             if "int8" in types else "")
-    raise DataError(f"{where}: 'embeddings' holds {', '.join(map(str, types))} embeddings, no float ones; ask the "
-                    f"API for them (embedding_types=[\"float\"]){int8}")
+    return DataError(f"{where}: 'embeddings' holds {', '.join(map(str, types))} embeddings, no float ones; ask the "
+                     f"API for them (embedding_types=[\"float\"]){int8}")
 
 
 def _row_lists(doc, at: str = "", depth: int = 3) -> list[tuple[str, list]]:
