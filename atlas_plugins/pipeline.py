@@ -23,6 +23,7 @@ import torch
 
 from .batches import MIN_BATCH_ROWS
 from .config import PipelineConfig
+from .distributed import missing_device
 from .errors import AtlasError, ConfigError, DataError, PluginError
 from .neighbors import choose_method
 from .params import accepts, resolve_refs
@@ -97,12 +98,8 @@ def _fmt_params(params: dict) -> str:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = '{name}' but CUDA is not available here; use 'cpu' or 'auto'")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"train.device = '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("train.device = 'mps' but Apple's MPS is not available here; use 'cpu' or 'auto'")
+    if why := missing_device(name):
+        raise ConfigError(f"train.device = '{name}' but {why}; use 'cpu' or 'auto'")
     return torch.device(name)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from .checkpoint import atomic_save, safe_load
 from .config import MAX_SEED
-from .distributed import parameter_digest
+from .distributed import missing_device, parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
@@ -65,9 +65,7 @@ def on_this_machine(params: dict) -> dict:
     """The recorded embedding parameters with a ``device`` this machine lacks (a map trained beside a GPU, used
     on a laptop) replaced by the CPU: where a model ran is not how it embeds, and the vectors are the same."""
     device = params.get("device")
-    gone = isinstance(device, str) and (
-        (device.startswith("cuda") and not torch.cuda.is_available())
-        or (device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())))
+    gone = isinstance(device, str) and missing_device(device) is not None
     return {**params, "device": "cpu"} if gone else params
 
 

@@ -175,3 +175,29 @@ def test_every_rank_reads_the_graph_of_rank_0_s_method(tmp_path):
     proc = patched_neighbour_run(tmp_path, RANK_1_WOULD_CHOOSE_FAISS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("neighbour graph: exact") == 1
+
+
+@pytest.mark.parametrize("cuda, gpus, name, why", [
+    (False, 0, "cpu", None),
+    (False, 0, "cuda", "CUDA is not available here"),
+    (False, 0, "cuda:0", "CUDA is not available here"),
+    (True, 1, "cuda", None),
+    (True, 1, "cuda:0", None),
+    (True, 1, "cuda:1", "this machine has 1 CUDA device(s)"),
+])
+def test_missing_device_says_why_a_device_is_not_here(monkeypatch, cuda, gpus, name, why):
+    """One rule for 'is this device here', read by train.device (refused) and a map's recorded teacher device
+    (replaced by the CPU, :func:`atlas_plugins.student.on_this_machine`)."""
+    from atlas_plugins.pipeline import resolve_device
+    from atlas_plugins.student import on_this_machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert distributed.missing_device(name) == why
+    assert on_this_machine({"device": name, "normalize": True}) == {"device": "cpu" if why else name, "normalize": True}
+    if why:
+        with pytest.raises(ConfigError) as err:
+            resolve_device(name)
+        assert str(err.value) == f"train.device = '{name}' but {why}; use 'cpu' or 'auto'"
+    else:
+        assert resolve_device(name) == torch.device(name)
