@@ -144,3 +144,32 @@ def test_the_sparse_map_note_needs_every_refine_setting_below_the_student(refine
                 "among their nearest; raise output.map_rows (up to 195,000; refine slows with it)"]
     assert report_module._sparse_map_note(methods, key, 50_000, 195_000) == (expected if noted else [])
     assert report_module._sparse_map_note(methods, key, 195_000, 195_000) == []  # every training row is in the map
+
+
+def test_atlas_run_names_a_student_below_pca(tmp_path):
+    """One epoch of one stage: the map keeps fewer neighbours than a PCA projection, and the run says so."""
+    proc = run_cli(write_pipeline(tmp_path, stages=1, epochs=1), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    student, pca = report["student"]["recall@10"], report["pca"]["recall@10"]
+    assert student < pca
+    note = (f"the student keeps fewer of each row's 10 nearest neighbours than PCA (recall@10 {student:.3f} against "
+            f"{pca:.3f}): train longer (train.epochs_per_stage is 1); a map that stays below PCA is not worth "
+            "training on this data")
+    assert note in report["notes"]
+    assert f"note: {note}\n" in proc.stdout and f"Note: {note}." in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("student, budget, noted", [
+    (0.062, {"epochs_per_stage": 1}, "train.epochs_per_stage is 1"),
+    (0.150, {"steps_per_stage": 2000}, "train.steps_per_stage is 2,000"),
+    (0.214, {"epochs_per_stage": 1}, None),  # as many as PCA: no note
+    (0.364, {"epochs_per_stage": 10}, None)])
+def test_a_student_below_pca_is_named_with_its_budget(student, budget, noted):
+    from atlas_plugins.config import TrainSection
+
+    methods = {"PCA": {"recall@10": 0.214}, "student": {"recall@10": student}}
+    expected = [f"the student keeps fewer of each row's 10 nearest neighbours than PCA (recall@10 {student:.3f} "
+                f"against 0.214): train longer ({noted}); a map that stays below PCA is not worth training on this "
+                "data"] if noted else []
+    assert report_module._below_pca_note(methods, 10, TrainSection(**budget)) == expected
