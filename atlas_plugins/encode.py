@@ -278,10 +278,12 @@ def _texts(rows, student: TrainedStudent, extras=("text",), count: int | None = 
 
 # -- outputs -------------------------------------------------------------------------------------------------
 class _Jsonl:
-    """JSON lines: one object per row, coordinates with 9 significant digits (exact for float32)."""
+    """JSON lines: one object per row, coordinates with 9 significant digits (exact for float32).  Text is
+    encoded here and written as bytes: a text wrapper around ``fh`` would close it (stdout, too) when an error
+    drops it."""
 
     def __init__(self, fh, names, extras):
-        self.fh, self.extras = io.TextIOWrapper(fh, encoding="utf-8", newline="\n"), extras
+        self.fh, self.extras = fh, extras
         self.fmt = "{" + ", ".join(f'"{n}": %.9g' for n in names)
 
     def write(self, z: np.ndarray, extras: dict) -> None:
@@ -289,27 +291,31 @@ class _Jsonl:
         for k in self.extras:
             key = json.dumps(k)
             lines = [f"{line}, {key}: {json.dumps(v, ensure_ascii=False)}" for line, v in zip(lines, extras[k])]
-        self.fh.write("".join(line + "}\n" for line in lines))
+        self.fh.write("".join(line + "}\n" for line in lines).encode("utf-8"))
 
     def close(self) -> None:
         self.fh.flush()
-        self.fh.detach()
 
 
 class _Csv:
+    """CSV with a header row; as bytes, like :class:`_Jsonl`."""
+
     def __init__(self, fh, names, extras):
-        self.fh, self.extras = io.TextIOWrapper(fh, encoding="utf-8", newline=""), extras
-        self.out = csv.writer(self.fh)
-        self.out.writerow([*names, *extras])
+        self.fh, self.extras = fh, extras
+        self._rows([[*names, *extras]])
+
+    def _rows(self, rows) -> None:
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        self.fh.write(text.getvalue().encode("utf-8"))
 
     def write(self, z: np.ndarray, extras: dict) -> None:
         cols = [extras[k] for k in self.extras]
-        self.out.writerows([*(f"{v:.9g}" for v in r), *(("" if c is None else c) for c in e)]
-                           for r, e in zip(z.tolist(), zip(*cols) if cols else ((),) * len(z)))
+        self._rows([*(f"{v:.9g}" for v in r), *(("" if c is None else c) for c in e)]
+                   for r, e in zip(z.tolist(), zip(*cols) if cols else ((),) * len(z)))
 
     def close(self) -> None:
         self.fh.flush()
-        self.fh.detach()
 
 
 class _Npy:

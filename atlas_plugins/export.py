@@ -11,6 +11,7 @@ and ``mlp``; the coarse level of ``hierarchical``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -33,8 +34,8 @@ def quiet_transformers(show: bool = True):
     a terminal: they draw into logs and pipes too, and ``--quiet`` passes ``show=False``.  The setting is
     restored afterwards (a user's own "off" stays off)."""
     turned_off = False
-    if not (show and sys.stderr.isatty()):
-        from transformers.utils import logging as transformers_logging
+    if not (show and sys.stderr.isatty()) and importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as transformers_logging  # without it, no bar to turn off
 
         turned_off = transformers_logging.is_progress_bar_enabled()
         if turned_off:

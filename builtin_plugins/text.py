@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from atlas_plugins.teacher import TeacherData
 from .teachers import read_texts
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+EXTRA = "embedding texts needs the optional extra: pip install 'atlas-distill[text]' (sentence-transformers)"
 
 
 def _model_location(model: str) -> str:
@@ -96,6 +98,8 @@ def _encoder(location: str, device: str):
     """The SentenceTransformer model in the folder ``location``, loaded once per process and device.  Anything
     else is refused at once, before the slow import: a name that is not on this disk would make
     sentence-transformers try the network (for minutes, with retries)."""
+    if importlib.util.find_spec("sentence_transformers") is None:  # named first: no model loads without it
+        raise DataError(EXTRA)
     if not Path(location).is_dir():
         if _looks_like_a_path(location):
             raise DataError(f"cannot load the SentenceTransformer model '{location}': no such folder; give "
@@ -107,8 +111,7 @@ def _encoder(location: str, device: str):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise DataError("the sentence-transformers teacher needs the optional extra: "
-                        "pip install 'atlas-distill[text]'") from None
+        raise DataError(EXTRA) from None
     try:
         with _offline():
             return SentenceTransformer(location, device=device)

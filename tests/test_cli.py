@@ -404,3 +404,27 @@ def test_a_gpu_out_of_memory_is_one_line_with_what_to_change(tmp_path, monkeypat
     assert proc.stderr == ("atlas-run: error: the GPU ran out of memory (CUDA out of memory. Tried to allocate "
                            '2.00 MiB); lower train.batch_size or train.eval_rows, or set train.device = '
                            '"cpu" (--resume continues a run with either of the last two changed)\n')
+
+
+def test_without_the_text_extra_texts_name_it(tmp_path, monkeypatch):
+    """Without sentence-transformers (and transformers, which it brings), a text teacher and texts given to
+    atlas-encode name the extra to install. It was 'teacher ... failed: ModuleNotFoundError: No module named
+    'transformers'' from atlas-run and a traceback from atlas-encode."""
+    import sys
+
+    from builtin_plugins import text
+
+    for module in ("sentence_transformers", "transformers"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    text._encoder.cache_clear()  # a model an earlier test loaded
+    extra = "embedding texts needs the optional extra: pip install 'atlas-distill[text]' (sentence-transformers)"
+    (tmp_path / "notes.txt").write_text("parse a CSV file\nopen a socket\nsort a list\n")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\n')
+    env = {"ATLAS_CACHE_DIR": str(tmp_path / "cache")}  # nothing cached: the texts need the model
+    assert one_error_line(run_cli(tmp_path / "p.toml", env=env)) == ("atlas-run: error: [teacher] teacher 'sentence-transformers' "
+                                                                f"(atlas-distill): {extra}")
+    embedder = '\nembedder = { loader = "sentence-transformers", model = "all-MiniLM-L6-v2" }'
+    pipe = write_pipeline(tmp_path, teacher=f'path = "{EXAMPLE_NPY}"' + embedder, stages=1, epochs=1)
+    assert run_cli(pipe, "--quiet").returncode == 0  # vectors need no model
+    encoded = run_cli(tmp_path / "run", "-", program="atlas-encode", stdin=b"parse a CSV file\n", env=env)
+    assert one_error_line(encoded) == f"atlas-encode: error: {extra}"
