@@ -161,7 +161,8 @@ def _must_exist(p: Path) -> None:
 
 def _lines(fh, name: str) -> Iterator[dict]:
     """One row per non-blank line; blank lines before a text are named in a warning: output rows then follow
-    the lines no more (blank lines at the end change nothing and pass quietly)."""
+    the lines no more (blank lines at the end change nothing and pass quietly).  No text at all is an error,
+    as an empty table of texts is: an empty output said nothing of why."""
     between, pending, kept = [], [], 0
     with fh:
         for lineno, line in text_lines(fh, name, "texts", texts=True):
@@ -172,6 +173,8 @@ def _lines(fh, name: str) -> Iterator[dict]:
             between += pending
             pending, kept = [], kept + 1
             yield {"text": line}
+    if not kept:
+        raise DataError(f"{name}: no texts found; give one text per line (blank lines are skipped)")
     _warn_skipped(name, between, kept, "blank line")
 
 

@@ -77,9 +77,12 @@ def choose_method(n_rows: int, device: torch.device, choice: str = "auto", dim: 
         why = (f"{n_rows:,} training rows is above the exact neighbour search's limit ({EXACT_MAX_ROWS:,} on a CPU"
                f"{', or what this GPU holds' if device.type == 'cuda' else ''})"
                if choice == "auto" else "train.neighbor_index = 'faiss'")
+        exact_fits = fits and (device.type != "cpu" or n_rows <= EXACT_MAX_ROWS)
+        instead = ("train.neighbor_index = \"auto\": the exact search, at this size" if exact_fits else
+                   "train.batches = \"random\": at this size they keep about a tenth fewer neighbours for the same "
+                   "steps; see docs/scaling.md")
         raise ConfigError(f"{why} and the approximate index needs faiss: pip install 'atlas-distill[scale]' "
-                          "(or set train.batches = \"random\": at this size they keep about a tenth fewer neighbours "
-                          "for the same steps; see docs/scaling.md)")
+                          f"(or set {instead})")
     return method
 
 

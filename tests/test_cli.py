@@ -421,8 +421,8 @@ def test_without_the_text_extra_texts_name_it(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("parse a CSV file\nopen a socket\nsort a list\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\n')
     env = {"ATLAS_CACHE_DIR": str(tmp_path / "cache")}  # nothing cached: the texts need the model
-    assert one_error_line(run_cli(tmp_path / "p.toml", env=env)) == ("atlas-run: error: [teacher] teacher 'sentence-transformers' "
-                                                                f"(atlas-distill): {extra}")
+    refused = one_error_line(run_cli(tmp_path / "p.toml", env=env))
+    assert refused == f"atlas-run: error: [teacher] teacher 'sentence-transformers' (atlas-distill): {extra}"
     embedder = '\nembedder = { loader = "sentence-transformers", model = "all-MiniLM-L6-v2" }'
     pipe = write_pipeline(tmp_path, teacher=f'path = "{EXAMPLE_NPY}"' + embedder, stages=1, epochs=1)
     assert run_cli(pipe, "--quiet").returncode == 0  # vectors need no model

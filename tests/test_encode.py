@@ -270,6 +270,14 @@ def test_blank_lines_before_a_text_are_named_as_rows_then_follow_lines_no_more(r
     (tmp_path / "texts.txt").write_text("parse a CSV file\nopen a TCP socket\n\n")  # at the end: nothing moves
     proc = subprocess.run([ENCODE, run, tmp_path / "texts.txt", "--quiet"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout.splitlines()) == 2, proc.stderr
+    (tmp_path / "texts.txt").write_text("\n  \n\n")  # no text at all: said, and nothing written
+    for given, stdin in ((tmp_path / "texts.txt", ""), ("-", ""), ("-", "\n\n")):
+        proc = subprocess.run([ENCODE, run, given, "-o", tmp_path / "none.npy", "--quiet"], input=stdin,
+                              capture_output=True, text=True, timeout=600)
+        name = "stdin" if given == "-" else given
+        assert proc.returncode == 2 and proc.stderr == (f"atlas-encode: error: {name}: no texts found; give one text "
+                                                        "per line (blank lines are skipped)\n"), proc.stderr
+        assert not (tmp_path / "none.npy").exists()
 
 
 @pytest.mark.slow

@@ -217,13 +217,18 @@ def test_needing_faiss_without_it_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(neighbors, "faiss_available", lambda: False)
     with pytest.raises(ConfigError, match=r"200,000 training rows is above .*atlas-distill\[scale\].*random"):
         choose_method(200_000, CPU)
-    with pytest.raises(ConfigError, match=r"neighbor_index = 'faiss' .*atlas-distill\[scale\]"):
-        choose_method(10, CPU, "faiss")
+    with pytest.raises(ConfigError) as err:
+        choose_method(10, CPU, "faiss")  # asked for by name, where the exact search would do
+    assert str(err.value) == ("train.neighbor_index = 'faiss' and the approximate index needs faiss: pip install "
+                              "'atlas-distill[scale]' (or set train.neighbor_index = \"auto\": the exact search, at "
+                              "this size)")
+    with pytest.raises(ConfigError, match=r"neighbor_index = 'faiss' .*atlas-distill\[scale\].*batches = \"random\""):
+        choose_method(200_000, CPU, "faiss")
 
 
 @pytest.mark.parametrize("line, fragments", [
     ("", ("above the exact neighbour search's limit", "pip install 'atlas-distill[scale]'", 'batches = \\"random\\"')),
-    ('neighbor_index = "faiss"', ("train.neighbor_index = 'faiss'", "atlas-distill[scale]")),
+    ('neighbor_index = "faiss"', ("train.neighbor_index = 'faiss'", "atlas-distill[scale]", 'batches = \\"random\\"')),
 ])
 def test_atlas_run_without_faiss_stops_before_writing(tmp_path, monkeypatch, line, fragments):
     real = importlib.util.find_spec
