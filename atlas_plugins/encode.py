@@ -109,12 +109,13 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
         if key is None and vector_field(p) == "":
             loader = "jsonl"  # a vector alone per line
         else:
-            first = _jsonl_rows(p, first=True, key=key)[0]
+            _, first = _jsonl_rows(p, first=True, key=key)[0]
             value = json_field(first, key or "embedding", ABSENT)
             if value is not ABSENT and not (isinstance(value, str) and text_vector(value) is None):
                 loader = "jsonl"  # vectors (or their text, or base64): the jsonl teacher reads the file
             else:  # texts, in 'text' or in the field --key names
-                rows = _jsonl_rows(p, key=key, texts_in=key or "text")
+                rows = _with_texts(_jsonl_rows(p, key=key, texts_in=key or "text"), p, f"field '{key or 'text'}'",
+                                   "line")
                 return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
     name = loader or loader_for_suffix(p, registry)
     if name is None and (why := no_reader(p)):  # a compressed file, a pickle, ...: what to do with it
@@ -189,18 +190,26 @@ def _table_rows(p: Path, column: str) -> tuple[list[dict], tuple]:
     else:
         numbered, unit = list(read_table(p, [column], "table of texts", hint)), "line"
     extras = ("text", *(k for k in ("label", "id") if numbered and k in numbered[0][1]))  # the same in every row
+    rows = [(n, {"text": row[column], **{k: row[k] if row[k] != "" else None for k in extras[1:]}})
+            for n, row in numbered]
+    return _with_texts(rows, p, f"column '{column}'", unit), extras
+
+
+def _with_texts(numbered: list[tuple[int, dict]], p: Path, where: str, unit: str) -> list[dict]:
+    """The rows of ``numbered`` (``(number, row)`` pairs) whose ``text`` is not blank.  A row without one is
+    left out, and named when a text follows it (the output's rows then follow the input's no more); a file
+    without any is an error."""
     rows, between, pending = [], [], []
     for number, row in numbered:
-        text = row[column]
-        if not (text or "").strip():
+        if not (row["text"] or "").strip():
             pending.append(number)
             continue
         between, pending = between + pending, []
-        rows.append({"text": text, **{k: row[k] if row[k] != "" else None for k in extras[1:]}})
+        rows.append(row)
     _warn_skipped(str(p), between, len(rows), "row without a text", unit)
     if not rows:
-        raise DataError(f"{p}: no texts found in column '{column}'")
-    return rows, extras
+        raise DataError(f"{p}: no texts found in {where}")
+    return rows
 
 
 def _is_text_column(p: Path, column: str) -> bool:
@@ -223,9 +232,10 @@ def _warn_skipped(name: str, lines: list[int], kept: int, what: str, unit: str =
                       f"the output has a row for each of the other {kept:,} texts, in order")
 
 
-def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: str | None = None) -> list[dict]:
-    """The JSON objects of ``p``; ``first``: only the first, to tell texts from vectors in field ``key``;
-    ``texts_in``: the field that holds each row's text, returned as its ``text``."""
+def _jsonl_rows(p: Path, first: bool = False, key: str | None = None,
+                texts_in: str | None = None) -> list[tuple[int, dict]]:
+    """The JSON objects of ``p`` with their line numbers; ``first``: only the first, to tell texts from vectors
+    in field ``key``; ``texts_in``: the field that holds each row's text, returned as its ``text``."""
     vectors = key or "embedding"
     rows = []
     with p.open("rb") as fh:
@@ -248,11 +258,11 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None, texts_in: 
                 text = json_field(row, texts_in, ABSENT)
                 if text is ABSENT:
                     raise DataError(f"{p}:{lineno}: no '{texts_in}' field (a text to embed)")
-                if not isinstance(text, str):
+                if not isinstance(text, str) and not (text is None or text != text):  # null, NaN: no text
                     raise DataError(f"{p}:{lineno}: '{texts_in}' must be a string (a text to embed), got "
                                     f"{type(text).__name__}")
-                row = {**row, "text": text}
-            rows.append(row)
+                row = {**row, "text": text if isinstance(text, str) else ""}
+            rows.append((lineno, row))
             if first:
                 break
     if not rows:

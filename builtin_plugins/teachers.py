@@ -78,10 +78,11 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
             if not isinstance(row, dict) or text is ABSENT:
                 fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
                 raise DataError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' field{fields}{hint}")
-            if not isinstance(text, str) and not (one_per_row and (text is None or text != text)):  # NaN != NaN
+            if not isinstance(text, str) and not (text is None or text != text):  # null or NaN (NaN != NaN): no text
                 raise DataError(f"{path}:{lineno}: '{text_field}' must be a string, got {type(text).__name__}")
-            texts.append(text)
-            labels.append(json_field(row, label_field))
+            if one_per_row or (isinstance(text, str) and text.strip()):
+                texts.append(text if isinstance(text, str) else "")
+                labels.append(json_field(row, label_field))
     if not texts:
         raise DataError(f"{path}: no texts found")
     return texts, (labels if any(lab is not None for lab in labels) else None)

@@ -451,6 +451,23 @@ def test_a_blank_line_of_a_text_meta_file_is_its_row_s_empty_text(tmp_path):
         npy(tmp_path / "t.npy", meta=str(tmp_path / "m.txt"))
 
 
+def test_json_lines_of_texts_leave_out_rows_without_a_text(tmp_path):
+    """An empty, blank, null or NaN text in a .jsonl of texts to embed is no text, as in a table: an empty one
+    was embedded (the vector of nothing, a row on the map) and null was refused ('text' must be a string)."""
+    from builtin_plugins.teachers import read_texts
+
+    (tmp_path / "t.jsonl").write_text('{"text": "parse a file", "label": "io"}\n{"text": ""}\n'
+                                      '{"text": null, "label": "x"}\n{"text": NaN}\n{"text": "  "}\n'
+                                      '{"text": "open a socket", "label": "net"}\n')
+    assert read_texts(tmp_path / "t.jsonl") == (["parse a file", "open a socket"], ["io", "net"])
+    (tmp_path / "t.jsonl").write_text('{"text": ""}\n{"text": null}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl: no texts found$"):
+        read_texts(tmp_path / "t.jsonl")
+    (tmp_path / "t.jsonl").write_text('{"text": 7}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:1: 'text' must be a string, got int$"):
+        read_texts(tmp_path / "t.jsonl")
+
+
 def test_texts_and_labels_from_a_spreadsheet_table(tmp_path):
     """A .csv (or .tsv) of texts as a spreadsheet saves it: a header line, quoted cells that hold commas and
     newlines, a byte-order mark; rows without a text are skipped, but keep their place in a meta file."""

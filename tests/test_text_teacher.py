@@ -287,6 +287,19 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     assert "new.parquet: 1 row without a text skipped (row 1)" in encoded.stderr
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-6)
 
+    rows = [{"text": "parse a CSV file"}, {"text": ""}, {"text": "open a TCP socket, then"}, {"text": " "}]
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # an empty text was embedded
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "new.jsonl", "-o", tmp_path / "j.npy", "--quiet",
+                      program="atlas-encode", env={"HF_HUB_OFFLINE": "1"})
+    assert encoded.returncode == 0, encoded.stderr
+    assert encoded.stderr.splitlines()[0] == (f"atlas-encode: warning: {tmp_path / 'new.jsonl'}: 1 row without a text "
+                                              "skipped (line 2); the output has a row for each of the other 2 texts, "
+                                              "in order")
+    assert np.allclose(np.load(tmp_path / "j.npy"), expected, atol=1e-6)
+    (tmp_path / "new.jsonl").write_text('{"text": ""}\n{"text": "  "}\n')
+    one_error_line(run_cli(tmp_path / "runs" / "p", tmp_path / "new.jsonl", program="atlas-encode"),
+                   f"{tmp_path / 'new.jsonl'}: no texts found in field 'text'")
+
 
 def test_a_hugging_face_dataset_of_texts_trains_and_encodes(tmp_path):
     """A dataset saved with save_to_disk (.arrow shards, no vector column) is the text teacher's, as a
