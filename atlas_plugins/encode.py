@@ -36,7 +36,7 @@ from .errors import ConfigError, DataError
 from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
-from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, hf_shards, holds_vector,
+from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, holds_vector,
                       json_field, loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema,
                       text_lines, text_vector, vector_field)
 from .teacher import RowScan, TeacherData, in_memory_if_small, validate_teacher
@@ -152,7 +152,7 @@ def _vectors(data: TeacherData, dim: int) -> Source:
 
 
 def _must_exist(p: Path) -> None:
-    if hf_shards(p) is not None:  # a Hugging Face dataset folder: the arrow teacher reads its shards
+    if p.is_dir() and columnar(p):  # a Hugging Face dataset, or Parquet parts: the teacher reads its files
         return
     if why := convert_first(p):
         raise DataError(why)

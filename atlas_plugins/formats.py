@@ -44,10 +44,29 @@ def hf_shards(path) -> list[str] | None:
     return [os.path.join(str(path), n) for n in names]
 
 
+def parquet_parts(path) -> list[str] | None:
+    """The Parquet files of a folder of them (what Spark, Dask and ``pyarrow.parquet.write_to_dataset`` write:
+    ``part-00000.parquet``, ...) in natural name order (``part.2`` before ``part.10``), the rows' order; files
+    whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are left out, as pyarrow does.  None for
+    anything else, a folder of partition subfolders (``label=x/``, whose values are in folder names, not in
+    the files) included."""
+    if not os.path.isdir(path) or hf_shards(path) is not None:
+        return None
+    names = [f for f in os.listdir(path) if not f.startswith(("_", ".")) and os.path.isfile(os.path.join(path, f))
+             and _suffix(f) in PARQUET_SUFFIXES]
+    key = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # noqa: E731
+    return [os.path.join(str(path), n) for n in sorted(names, key=key)] or None
+
+
+def _parquet_files(path) -> list:
+    """The Parquet files of ``path``: a folder's parts (:func:`parquet_parts`), else ``path`` itself."""
+    return parquet_parts(path) or [path]
+
+
 def loader_for_suffix(path, registry) -> str | None:
     """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None.  A Hugging
-    Face dataset folder reads as its shards do (``.arrow``)."""
-    suffix = ".arrow" if hf_shards(path) is not None else _suffix(path)
+    Face dataset folder reads as its shards do (``.arrow``), a folder of Parquet files as they do."""
+    suffix = ".arrow" if hf_shards(path) is not None else ".parquet" if parquet_parts(path) else _suffix(path)
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
 
 
@@ -206,9 +225,15 @@ ARROW_SUFFIXES = (".feather", ".arrow", ".ipc")  # Arrow IPC: pandas' to_feather
 
 
 def columnar(path) -> bool:
-    """Whether ``path`` is a table pyarrow reads by columns: a Parquet or Arrow IPC file (by its suffix), or a
-    Hugging Face dataset folder (:func:`hf_shards`)."""
-    return _suffix(path) in PARQUET_SUFFIXES + ARROW_SUFFIXES or hf_shards(path) is not None
+    """Whether ``path`` is a table pyarrow reads by columns: a Parquet or Arrow IPC file (by its suffix), a
+    Hugging Face dataset folder (:func:`hf_shards`) or a folder of Parquet files (:func:`parquet_parts`)."""
+    return (_suffix(path) in PARQUET_SUFFIXES + ARROW_SUFFIXES or hf_shards(path) is not None
+            or parquet_parts(path) is not None)
+
+
+def _parquet(path) -> bool:
+    """Whether the :func:`columnar` table ``path`` is Parquet (a file, or a folder of files)."""
+    return _suffix(path) in PARQUET_SUFFIXES or parquet_parts(path) is not None
 
 
 def ipc_batches(path):
@@ -232,13 +257,13 @@ def _ipc_files(path) -> list:
 
 
 def table_schema(path):
-    """The Arrow schema of the :func:`columnar` table ``path`` (a dataset folder's: its first shard's), or None
+    """The Arrow schema of the :func:`columnar` table ``path`` (a folder's: its first file's), or None
     without pyarrow or when it cannot be read (its loader then says why)."""
     try:
-        if _suffix(path) in PARQUET_SUFFIXES:
+        if _parquet(path):
             import pyarrow.parquet as pq
 
-            return pq.read_schema(path)
+            return pq.read_schema(_parquet_files(path)[0])
         return ipc_batches(_ipc_files(path)[0])[0]
     except Exception:  # ImportError, or pyarrow's own for a damaged file
         return None
@@ -280,8 +305,8 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
     _check_columns(path, [column], schema.names, hint)
     columns = [column, *(c for c in optional if c in schema.names and c != column)]
     try:
-        if _suffix(path) in PARQUET_SUFFIXES:
-            table = pq.read_table(path, columns=columns)
+        if _parquet(path):  # a folder's files must agree on their columns' types: concat_tables says otherwise
+            table = pa.concat_tables([pq.read_table(f, columns=columns) for f in _parquet_files(path)])
         else:
             batches = [b.select(columns) for f in _ipc_files(path) for b in ipc_batches(f)[1]]
             table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
@@ -306,10 +331,10 @@ def first_row(path) -> dict | None:
         strings = [f.name for f in schema if str(f.type) in ("string", "large_string")] if schema else []
         if not strings:
             return None
-        if _suffix(path) in PARQUET_SUFFIXES:
+        if _parquet(path):
             import pyarrow.parquet as pq
 
-            batch = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=strings), None)
+            batch = next(pq.ParquetFile(_parquet_files(path)[0]).iter_batches(batch_size=1, columns=strings), None)
         else:
             batch = next((b for b in ipc_batches(_ipc_files(path)[0])[1] if b.num_rows), None)
         return None if batch is None else {k: v[0] for k, v in batch.select(strings).slice(0, 1).to_pydict().items()}

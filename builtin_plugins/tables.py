@@ -23,8 +23,8 @@ import numpy as np
 from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
-                                   hf_shards, holds_vector, ipc_batches, json_field, not_utf8, read_table, text_vector,
-                                   utf16)
+                                   hf_shards, holds_vector, ipc_batches, json_field, not_utf8, parquet_parts,
+                                   read_table, text_vector, utf16)
 from atlas_plugins.teacher import TeacherData, dtype_hint
 
 from .teachers import _exists
@@ -93,32 +93,47 @@ def _vectors(pa, chunk, path: Path, column: str, first_row: int, dim: int | None
 
 def parquet(path, column: str = "embedding", text_column: str | None = None, label_column: str | None = None,
             id_column: str | None = None, cache_dir: str | None = None):
-    """A Parquet file: an embedding column (list of floats) and, when present, text, label and id columns.
+    """A Parquet file, or a folder of them (Spark's or Dask's output, in name order): an embedding column
+    (list of floats) and, when present, text, label and id columns.
 
     ``text_column`` / ``label_column`` / ``id_column`` default to columns named ``text``, ``label``
     and ``id`` if the file has them.
     """
     pa, pq = _pyarrow()
-    p = _exists(path)
-    try:  # pages read as needed, not a row group's column at once: pandas writes up to a million rows in one
-        pf = pq.ParquetFile(p, buffer_size=PAGE_BUFFER, pre_buffer=False)
-    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
-        raise DataError(f"{p}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
-    rows = _batch_rows(pf, column)
-    return _table(pa, p, pf.schema_arrow, pf.metadata.num_rows,
-                  lambda columns: pf.iter_batches(batch_size=rows, columns=columns),
-                  column, (text_column, label_column, id_column), cache_dir, "parquet")
+    parts = parquet_parts(path)
+    p = Path(path) if parts is not None else _exists(path)
+    files, schema, n = [], None, 0  # (file, rows per batch) of each part; only its footer is read here
+    for f in parts or [p]:
+        try:
+            meta = pq.read_metadata(f)
+            found = meta.schema.to_arrow_schema()
+        except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
+            raise DataError(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
+        if schema is not None and not found.equals(schema):
+            raise DataError(f"{f}: its columns differ from those of {Path(files[0][0]).name}; write the parts with "
+                            "one schema")
+        schema, n = found, n + meta.num_rows
+        files.append((f, _batch_rows(meta, column)))
+
+    def batches(columns):  # one part open at a time: a folder may hold thousands
+        for f, rows in files:
+            # pages read as needed, not a row group's column at once: pandas writes up to a million rows in one
+            with pq.ParquetFile(f, buffer_size=PAGE_BUFFER, pre_buffer=False) as pf:
+                yield from pf.iter_batches(batch_size=rows, columns=columns)
+
+    stamps = [[Path(f).name, *_stamp(Path(f))] for f, _ in files] if parts is not None else []
+    return _table(pa, p, schema, n, batches, column, (text_column, label_column, id_column), cache_dir, "parquet",
+                  stamps)
 
 
 PAGE_BUFFER = 8 * 2**20
 BATCH_BYTES = 16 * 2**20  # of the vector column, uncompressed, per batch read from a Parquet or Arrow file
 
 
-def _batch_rows(pf, column: str) -> int:
-    """Rows per batch read from the Parquet file ``pf``: about :data:`BATCH_BYTES` of ``column``, by the bytes a
-    row takes in the first row group (a 1536-D float32 row: 6 kB; as text, some 25 kB), so that the peak
-    memory of a conversion does not grow with the vectors' width."""
-    meta = pf.metadata
+def _batch_rows(meta, column: str) -> int:
+    """Rows per batch read from the Parquet file whose footer is ``meta``: about :data:`BATCH_BYTES` of
+    ``column``, by the bytes a row takes in the first row group (a 1536-D float32 row: 6 kB; as text, some
+    25 kB), so that the peak memory of a conversion does not grow with the vectors' width."""
     if meta.num_row_groups == 0 or meta.row_group(0).num_rows == 0:
         return BATCH_ROWS
     group = meta.row_group(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, hf_shards, json_field,
+from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field,
                                    read_columnar_texts, read_table, text_lines)
 from atlas_plugins.teacher import TeacherData, transposed
 
@@ -42,7 +43,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
     have no text: a blank line of a text file before the last text, ``"text": null`` or an empty cell is
     that row's empty text.
     """
-    path = Path(path) if hf_shards(path) else _exists(path, what)  # a dataset folder is read as a table
+    path = Path(path) if columnar(path) and os.path.isdir(path) else _exists(path, what)  # a folder: a table
     where = "field" if path.suffix.lower() == ".jsonl" else "column"
     hint = "" if one_per_row else f"; text_column in [teacher] names another {where}"
     rows = None

@@ -69,6 +69,48 @@ def test_parquet_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch)
     assert parquet(tmp_path / "e.parquet", cache_dir=str(tmp_path / "cache")).num_rows == 300
 
 
+def test_a_folder_of_parquet_parts_is_one_table_in_name_order(tmp_path):
+    """What Spark, Dask and pyarrow's write_to_dataset write for a large table: a folder of part files (and a
+    _SUCCESS marker). It was refused ('is a folder; expected a teacher file'); now its parts are the rows, in
+    natural name order (part.5 before part.10), as a file of them all would be, for atlas-run and atlas-encode."""
+    emb, meta, table = example_table()
+    parts = tmp_path / "emb.parquet"  # Spark names the folder as it would the file
+    parts.mkdir()
+    for name, (start, stop) in zip(("part.0", "part.5", "part.10"), ((0, 250), (250, 400), (400, 600))):
+        pq.write_table(table.slice(start, stop - start), parts / f"{name}.parquet")
+    (parts / "_SUCCESS").touch()
+    (parts / ".part.0.parquet.crc").write_bytes(b"crc")
+    data = validate_teacher(parquet(parts, cache_dir=str(tmp_path / "cache")))
+    assert np.array_equal(np.asarray(data.embeddings), emb) and data.ids == [f"row-{i}" for i in range(600)]
+    assert data.texts == [m["text"] for m in meta]
+    assert np.array_equal(np.asarray(parquet(parts, cache_dir=str(tmp_path / "cache")).embeddings), emb)  # cached
+    pq.write_table(table.slice(250, 150).set_column(0, "id", pa.array([f"new-{i}" for i in range(150)])),
+                   parts / "part.5.parquet")  # a part changed: converted again
+    assert parquet(parts, cache_dir=str(tmp_path / "cache")).ids[250] == "new-0"
+    assert len(list((tmp_path / "cache").glob("parquet-*.npy"))) == 2
+    pq.write_table(table.slice(0, 250), parts / "part.0.parquet")
+
+    plain = tmp_path / "shards"  # a folder of another name, found by its files
+    parts.rename(plain)
+    dry = run_cli(write_pipeline(tmp_path, teacher='path = "shards"', stages=1, epochs=1), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"teacher    parquet: {plain}  (600 x 384 float32, with labels and texts)" in dry.stdout
+    assert run_cli(tmp_path / "pipeline.toml", "--quiet").returncode == 0
+    np.save(tmp_path / "e.npy", emb)
+    assert_encoded_alike(tmp_path / "run", plain, tmp_path / "e.npy")
+
+    pq.write_table(pa.table({"embedding": [emb[0].astype(np.float64).tolist()]}), plain / "part.20.parquet")
+    with pytest.raises(DataError, match=r"part\.20\.parquet: its columns differ from those of part\.0\.parquet; "
+                                        "write the parts with one schema$"):
+        parquet(plain)
+    (plain / "part.20.parquet").unlink()
+    hive = tmp_path / "by-label"  # partition folders hold a column in their names, which no teacher reads
+    (hive / "label=io").mkdir(parents=True)
+    pq.write_table(table.slice(0, 10), hive / "label=io" / "part.0.parquet")
+    one_error_line(run_cli(write_pipeline(tmp_path, teacher='path = "by-label"', name="hive.toml")),
+                   f"{hive}: is a folder; expected a teacher file")
+
+
 def test_a_parquet_file_is_read_in_batches_of_a_few_megabytes_whatever_its_row_groups(tmp_path):
     """pandas writes up to a million rows in one row group, and pyarrow read a row group's column whole, 65,536
     rows a batch: 100,000 × 1536 rows in one group peaked at 2.8 GB converting into the cache (README). The
@@ -80,7 +122,7 @@ def test_a_parquet_file_is_read_in_batches_of_a_few_megabytes_whatever_its_row_g
         column = ([json.dumps(v.tolist()) for v in x] if text
                   else pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim))
         pq.write_table(pa.table({"embedding": column}), tmp_path / "v.parquet", compression="none")
-        rows = _batch_rows(pq.ParquetFile(tmp_path / "v.parquet"), "embedding")
+        rows = _batch_rows(pq.read_metadata(tmp_path / "v.parquet"), "embedding")
         per_row = (len(column[0]) if text else dim * 4)
         assert BATCH_BYTES / 1.5 < rows * per_row < BATCH_BYTES * 1.5, (dim, text, rows)
         read = parquet(tmp_path / "v.parquet", cache_dir=str(tmp_path / f"cache-{dim}-{text}"))
