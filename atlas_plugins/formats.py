@@ -120,7 +120,15 @@ def no_reader(path) -> str | None:
         return why
     if _suffix(path) in NO_READER:  # a file, or a folder (a Lance dataset)
         return f"{path}: is {NO_READER[_suffix(path)]}"
-    return f"{path}: is a folder; expected a teacher file" if os.path.isdir(path) else None
+    if not os.path.isdir(path):
+        return None
+    shards = sorted(f for f in os.listdir(path) if _suffix(f) == ".npy")
+    if shards:  # what a batched embedding script leaves: one teacher file is a join away
+        return (f"{path}: is a folder of {len(shards):,} .npy files ({', '.join(shards[:3])}"
+                f"{', ...' if len(shards) > 3 else ''}); a teacher reads one file: join them in row order, e.g. "
+                f"numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) for f in sorted(glob.glob("
+                f"'{os.path.join(os.path.normpath(str(path)), '*.npy')}'))]))")
+    return f"{path}: is a folder; expected a teacher file"
 
 
 def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: str = "") -> str:
