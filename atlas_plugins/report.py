@@ -87,7 +87,12 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     if k >= len(rows) / 2:
         notes.append(f"trustworthiness@{k} left out: it needs k < rows / 2")
     labelled = sum(lab is not None for lab in labels) if labels is not None else 0
-    if labels is not None and labelled < len(rows):
+    scored = labels  # what knn_label_acc reads: not labels that name each row, which no neighbour can share
+    if labelled >= 2 and len({lab for lab in labels if lab is not None}) == labelled:
+        notes.append(f"knn_label_acc@{k} left out: no two of the {labelled:,} rows share a label, so no neighbour "
+                     "can have a row's own; labels should name groups of rows (a topic, a source), not each row")
+        scored = None
+    elif labels is not None and labelled < len(rows):
         notes.append(f"knn_label_acc@{k} is measured among the {labelled:,} of {len(rows):,} rows that have a label"
                      if labelled >= 2 else f"knn_label_acc@{k} left out: it needs at least 2 rows with a label")
     student.module.to("cpu")
@@ -98,12 +103,12 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     t0 = time.perf_counter()
     mean, comps = pca_fit(pipe.teacher.rows(pipe.train_rows[fit_rows]), levels[0].shape[1])
     placed = {"PCA": pca_transform(x, mean, comps), "student": levels[0]}  # what corpus_recall measures
-    methods = {"PCA": {**evaluate(x, placed["PCA"], labels, k),
+    methods = {"PCA": {**evaluate(x, placed["PCA"], scored, k),
                        "fit_seconds": round(time.perf_counter() - t0, 3),
                        "vectors_per_s": _throughput(pca_projector(mean, comps), x)}}
     if cfg.output.umap:
-        methods["UMAP + transform"] = _umap(pipe, x, labels, k, levels[0].shape[1], fit_rows)
-    methods["student"] = {**evaluate(x, levels[0], labels, k),
+        methods["UMAP + transform"] = _umap(pipe, x, scored, k, levels[0].shape[1], fit_rows)
+    methods["student"] = {**evaluate(x, levels[0], scored, k),
                           "vectors_per_s": _throughput(student.encode, x, warmed_up=True)}
     training_map = student.training_map
     wide = [f"{lv.shape[1]}-D" for lv in levels if not refines(lv.shape[1])]
@@ -118,7 +123,7 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
             refined = encode(x)
             placed[f"student + refine {epochs}"] = refined[0] if isinstance(refined, tuple) else refined
             methods[f"student + refine {epochs}"] = {
-                **evaluate(x, placed[f"student + refine {epochs}"], labels, k),
+                **evaluate(x, placed[f"student + refine {epochs}"], scored, k),
                 "vectors_per_s": _throughput(encode, x, min_seconds=0.0, warmed_up=True)}
     elif student.training_map is not None:
         notes.append("refine left out: the rows measured are training rows, already in the map")
@@ -148,7 +153,7 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
         "final_val_loss": metrics[-1]["val_loss"] if metrics else None,
     }
     if len(levels) > 1:
-        report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, labels, k) for i, lv in enumerate(levels)}
+        report["levels"] = {f"level {i} ({lv.shape[1]}-D)": evaluate(x, lv, scored, k) for i, lv in enumerate(levels)}
     if pipe.teacher.texts is not None:
         report["axis_cards"] = axis_cards(torch.from_numpy(coords), pipe.teacher.texts)
         report["axis_cards_from"] = (f"all {pipe.teacher.num_rows:,} teacher rows (training and validation), "
