@@ -87,10 +87,14 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     if k >= len(rows) / 2:
         notes.append(f"trustworthiness@{k} left out: it needs k < rows / 2")
     labelled = sum(lab is not None for lab in labels) if labels is not None else 0
-    scored = labels  # what knn_label_acc reads: not labels that name each row, which no neighbour can share
-    if labelled >= 2 and len({lab for lab in labels if lab is not None}) == labelled:
-        notes.append(f"knn_label_acc@{k} left out: no two of the {labelled:,} rows share a label, so no neighbour "
-                     "can have a row's own; labels should name groups of rows (a topic, a source), not each row")
+    kinds = {lab for lab in labels if lab is not None} if labels is not None else set()
+    scored = labels  # what knn_label_acc reads: not labels every neighbour has, or none can (each row's own)
+    if labelled >= 2 and len(kinds) in (1, labelled):
+        why = (f"every one of the {labelled:,} rows has the label {next(iter(kinds))!r}, so every neighbour has a "
+               "row's own" if len(kinds) == 1 else f"no two of the {labelled:,} rows share a label, so no neighbour "
+               "can have a row's own")
+        notes.append(f"knn_label_acc@{k} left out: {why}; labels should name groups of rows (a topic, a source), "
+                     "not each row")
         scored = None
     elif labels is not None and labelled < len(rows):
         notes.append(f"knn_label_acc@{k} is measured among the {labelled:,} of {len(rows):,} rows that have a label"

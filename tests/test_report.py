@@ -113,9 +113,10 @@ def test_the_report_says_how_many_rows_the_label_accuracy_counts(tmp_path):
     assert f"among the {labelled} of 80 rows that have a label" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_labels_that_name_each_row_get_no_label_accuracy(tmp_path):
+def test_labels_that_name_each_row_or_none_get_no_label_accuracy(tmp_path):
     """A meta file whose label is each row's id: k-NN label accuracy was 0.000 for every method, a metric that
-    could not be anything else and read as a failed map; now it is left out, and the note says why."""
+    could not be anything else and read as a failed map (and 1.000 with one label for all); now it is left
+    out, and the note says why."""
     np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:400])
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": f"id-{i}" if i % 4 else None})
                                               + "\n" for i in range(400)))
@@ -127,6 +128,12 @@ def test_labels_that_name_each_row_get_no_label_accuracy(tmp_path):
            "row's own; labels should name groups of rows (a topic, a source), not each row" in report["notes"]
     assert not [name for name, m in report["methods"].items() if "knn_label_acc@10" in m]
     assert not [n for n in report["notes"] if "is measured among" in n]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": "io"}) + "\n" for i in range(400)))
+    assert run_cli(path, "--quiet", "--overwrite").returncode == 0  # one label for all: 1.000, as meaningless
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert "knn_label_acc@10 left out: every one of the 80 rows has the label 'io', so every neighbour has a row's " \
+           "own; labels should name groups of rows (a topic, a source), not each row" in report["notes"]
+    assert not [name for name, m in report["methods"].items() if "knn_label_acc@10" in m]
 
 
 def test_a_map_too_sparse_for_the_corpus_is_named_when_refine_lowers_corpus_recall(tmp_path):
