@@ -175,9 +175,9 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
 
     s = config.student
     if teacher.dim <= s.dim:
+        smaller = f", or set student.dim below {teacher.dim}" if teacher.dim > 1 else ""  # 1-D: nothing to reduce
         warnings.warn(f"atlas: the teacher's vectors are {teacher.dim}-D and student.dim is {s.dim}: a map no smaller "
-                      f"than its vectors keeps nothing they do not; plot them as they are, or set student.dim below "
-                      f"{teacher.dim}", stacklevel=2)
+                      f"than its vectors keeps nothing they do not; plot them as they are{smaller}", stacklevel=2)
     torch.manual_seed(tr.seed)
     student = _call_plugin(registry, "student", "student", s.name, teacher.dim, s.dim, **s.params)
     if not isinstance(student, torch.nn.Module):
