@@ -39,7 +39,7 @@ from .params import accepts
 from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, holds_vector,
                       json_field, loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema,
                       text_lines, text_vector, vector_field)
-from .teacher import RowScan, TeacherData, in_memory_if_small, validate_teacher
+from .teacher import RowScan, TeacherData, in_memory_if_small, mend_unicode, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -116,6 +116,10 @@ def open_source(path: str, student: TrainedStudent, loader: str | None = None,
             else:  # texts, in 'text' or in the field --key names
                 rows = _with_texts(_jsonl_rows(p, key=key, texts_in=key or "text"), p, f"field '{key or 'text'}'",
                                    "line")
+                for field in EXTRAS:  # JSON's escapes may hold half an emoji, which no model or file takes
+                    values = [r.get(field) for r in rows]
+                    if (mended := mend_unicode(values, str(p), f"{field}s")) is not values:
+                        rows = [{**r, field: v} if field in r else r for r, v in zip(rows, mended)]
                 return _texts(rows, student, tuple(k for k in EXTRAS if any(k in r for r in rows)), len(rows))
     name = loader or loader_for_suffix(p, registry)
     if name is None and (why := no_reader(p)):  # a compressed file, a pickle, ...: what to do with it

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
@@ -355,7 +356,32 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if data.texts is not None and any(map(_missing, data.texts)):
         texts = ["" if _missing(v) else v for v in data.texts]
         data = attrs.evolve(data, texts=texts if any(texts) else None)  # a column of missing values: no texts
+    for name in ("texts", "labels", "ids"):
+        seq = getattr(data, name)
+        if seq is not None and (mended := mend_unicode(seq, src, name)) is not seq:
+            data = attrs.evolve(data, **{name: mended})
     return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def mend_unicode(values: Sequence, where: str, what: str = "texts") -> Sequence:
+    """``values`` with each lone surrogate in a string replaced by U+FFFD (and a warning), else ``values``
+    itself.  JSON's ``"\\ud83d"`` alone, half of an emoji that a tool counting UTF-16 units cut in two,
+    decodes to one; it is not Unicode text, and no file, tokenizer or browser takes it (map.parquet failed
+    with a traceback after training).  One ``encode`` of all strings settles the usual case."""
+    try:
+        "".join(v for v in values if isinstance(v, str)).encode("utf-8")
+        return values
+    except UnicodeEncodeError:
+        pass
+    bad = [i for i, v in enumerate(values) if isinstance(v, str) and _SURROGATE.search(v)]
+    several = len(bad) > 1
+    warnings.warn(f"atlas: {where}: {len(bad):,} {what if several else what[:-1]} hold{'' if several else 's'} half "
+                  f"of a UTF-16 pair (an emoji cut in two?), which is not Unicode text (the first: {what}[{bad[0]}] = "
+                  f"{values[bad[0]][:40]!r}); each such half is shown as U+FFFD", stacklevel=2)
+    return [_SURROGATE.sub("\ufffd", v) if isinstance(v, str) else v for v in values]
 
 
 def _missing(v) -> bool:

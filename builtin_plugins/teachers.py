@@ -14,7 +14,7 @@ from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field,
                                    read_columnar_texts, read_table, text_lines)
-from atlas_plugins.teacher import TeacherData, transposed
+from atlas_plugins.teacher import TeacherData, mend_unicode, transposed
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -86,6 +86,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
                 labels.append(json_field(row, label_field))
     if not texts:
         raise DataError(f"{path}: no texts found")
+    texts = list(mend_unicode(texts, str(path)))  # JSON's escapes may hold half an emoji: no model embeds that
     return texts, (labels if any(lab is not None for lab in labels) else None)
 
 

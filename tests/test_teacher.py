@@ -473,6 +473,39 @@ def test_json_lines_of_texts_leave_out_rows_without_a_text(tmp_path):
         read_texts(tmp_path / "t.jsonl")
 
 
+def test_half_an_emoji_in_json_texts_labels_and_ids_is_mended_and_named(tmp_path):
+    """JSON's "\\ud83d" alone (an emoji cut in two by a tool that counts UTF-16 units) decodes to a lone
+    surrogate, which no file, tokenizer or browser takes: a run trained, then failed writing map.parquet with a
+    traceback. Each such half is now U+FFFD, with a warning naming the first."""
+    from builtin_plugins.teachers import npy, read_texts
+
+    (tmp_path / "t.jsonl").write_text('{"text": "cut \\ud83d here", "label": "a"}\n{"text": "whole \\ud83d\\ude00"}\n')
+    with pytest.warns(UserWarning, match=r"^atlas: .*t\.jsonl: 1 text holds half of a UTF-16 pair \(an emoji cut "
+                                         r"in two\?\), which is not Unicode text \(the first: texts\[0\] = "
+                                         r"'cut \\ud83d here'\); each such half is shown as U\+FFFD$"):
+        assert read_texts(tmp_path / "t.jsonl")[0] == ["cut \ufffd here", "whole \U0001f600"]  # a pair is an emoji
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:3])
+    (tmp_path / "m.jsonl").write_text('{"text": "a", "label": "x\\udfff"}\n{"text": "b", "label": "y\\udfff"}\n'
+                                      '{"text": "c", "label": 3}\n')
+    with pytest.warns(UserWarning, match=r"2 labels hold half of a UTF-16 pair .* labels\[0\] = 'x\\udfff'"):
+        data = validate_teacher(npy(tmp_path / "t.npy", meta=str(tmp_path / "m.jsonl")))
+    assert data.labels == ["x\ufffd", "y\ufffd", "3"] and data.texts == ["a", "b", "c"]
+    with pytest.warns(UserWarning, match=r"1 id holds half"):
+        mended = validate_teacher(TeacherData(np.eye(3, dtype=np.float32), ids=["\udc00", "b", 7]))
+    assert mended.ids == ["\ufffd", "b", 7]
+
+
+def test_atlas_run_maps_texts_with_half_an_emoji(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the 'parquet' extra")
+    np.save(tmp_path / "t.npy", np.load(EXAMPLE_NPY)[:300])
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" if i != 5 else
+                                              '{"text": "cut \\ud800 here"}\n' for i in range(300)))
+    done = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"\nmeta = "m.jsonl"', stages=1, epochs=1), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "1 text holds half of a UTF-16 pair" in done.stderr
+    assert pq.read_table(tmp_path / "run" / "map.parquet").column("text").to_pylist()[5] == "cut \ufffd here"
+
+
 def test_texts_and_labels_from_a_spreadsheet_table(tmp_path):
     """A .csv (or .tsv) of texts as a spreadsheet saves it: a header line, quoted cells that hold commas and
     newlines, a byte-order mark; rows without a text are skipped, but keep their place in a meta file."""

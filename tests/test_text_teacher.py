@@ -296,6 +296,13 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
                                               "skipped (line 2); the output has a row for each of the other 2 texts, "
                                               "in order")
     assert np.allclose(np.load(tmp_path / "j.npy"), expected, atol=1e-6)
+    (tmp_path / "new.jsonl").write_text('{"text": "parse a CSV file \\ud83d", "id": "a\\udc00"}\n')  # half an emoji
+    encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "new.jsonl", "--quiet", program="atlas-encode",
+                      env={"HF_HUB_OFFLINE": "1"})
+    assert encoded.returncode == 0, encoded.stderr
+    assert "1 text holds half of a UTF-16 pair" in encoded.stderr and "1 id holds half" in encoded.stderr
+    row = json.loads(encoded.stdout)
+    assert row["text"] == "parse a CSV file \ufffd" and row["id"] == "a\ufffd"
     (tmp_path / "new.jsonl").write_text('{"text": ""}\n{"text": "  "}\n')
     one_error_line(run_cli(tmp_path / "runs" / "p", tmp_path / "new.jsonl", program="atlas-encode"),
                    f"{tmp_path / 'new.jsonl'}: no texts found in field 'text'")
