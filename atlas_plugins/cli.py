@@ -29,8 +29,8 @@ from .trainer import dry_run_plan
 USAGE = ("atlas-run PIPELINE.toml [--set KEY.PATH=VALUE ...] [--resume | --overwrite] [--dry-run] [--quiet]\n"
          "       atlas-run --list-plugins [--json]")
 ENCODE_USAGE = ("atlas-encode RUN_DIR|student.pt INPUT|- [-o OUT [--overwrite]] [--loader NAME] [--key NAME] "
-                "[--batch-size N] [--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]\n"
-                "       atlas-encode --export-sentence-transformers DIR RUN_DIR|student.pt")
+                "[--model FOLDER] [--batch-size N] [--precision float32|bfloat16] [--refine N] [--seed N] [--quiet]\n"
+                "       atlas-encode --export-sentence-transformers DIR [--model FOLDER] RUN_DIR|student.pt")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,6 +161,8 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="the array (.npz), tensor (.pt, .safetensors) or column (.parquet, .jsonl) that "
                                  "holds the vectors (default: the loader's, e.g. 'embeddings' or 'embedding'); in "
                                  "a table of texts, their column")
+    p.add_argument("--model", help="embed texts (or export) with this model, a local folder, in place of the one the "
+                                   "map recorded (which moved, say)")
     p.add_argument("--batch-size", type=_whole(1), default=65536, help="rows per forward pass (default 65536)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--refine", type=_whole(0, REFINE_MAX_EPOCHS), default=0,
@@ -190,6 +192,8 @@ def encode(args: argparse.Namespace) -> int:
     if args.overwrite and not args.output:
         raise _usage("--overwrite replaces the file -o names; give -o OUT as well", ENCODE_USAGE)
     student = load_student(args.student)
+    if args.model is not None:
+        student.use_model(args.model, "--model")
     if args.export:
         if args.input:
             raise _usage("--export-sentence-transformers takes the run folder only, no INPUT", ENCODE_USAGE)

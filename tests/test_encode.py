@@ -218,6 +218,15 @@ def test_texts_need_a_recorded_text_model(tmp_path):
                    "retrain with teacher.embedder naming that model")
     with pytest.raises(DataError, match="records no text model"):
         load_student(tmp_path / "run").encode(["parse a CSV file"])
+    one_error_line(run_cli(tmp_path / "run", "-", "--model", "mine", program="atlas-encode", stdin=b"a text\n"),
+                   "records no text model")  # --model replaces a recorded model; there is none
+
+
+def test_model_replaces_the_recorded_model_of_a_teacher_that_takes_one(run):
+    student = load_student(run)
+    student.use_model("/elsewhere/minilm")
+    assert student.teacher["embed"]["params"] == {**load_student(run).teacher["embed"]["params"],
+                                                  "model": "/elsewhere/minilm"}
 
 
 def test_embedder_must_be_a_teacher_that_embeds(tmp_path):

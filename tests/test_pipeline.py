@@ -174,7 +174,8 @@ def test_a_student_as_wide_as_its_teacher_is_told_it_maps_nothing_away(tmp_path)
     assert ("atlas-run: warning: the teacher's vectors are 4-D and student.dim is 5: a map no smaller than its vectors "
             "keeps nothing they do not; plot them as they are, or set student.dim below 4") in proc.stderr
     np.save(tmp_path / "one.npy", np.random.default_rng(0).standard_normal((300, 1)).astype(np.float32))
-    proc = run_cli(write_pipeline(tmp_path, teacher='path = "one.npy"', stages=1, epochs=1, name="p1.toml"), "--dry-run")
+    one = write_pipeline(tmp_path, teacher='path = "one.npy"', stages=1, epochs=1, name="p1.toml")
+    proc = run_cli(one, "--dry-run")
     assert ("atlas-run: warning: the teacher's vectors are 1-D and student.dim is 5: a map no smaller than its vectors "
             "keeps nothing they do not; plot them as they are\n") in proc.stderr  # no 'student.dim below 1'
     quiet = run_cli(write_pipeline(tmp_path, teacher='path = "t.npy"', stages=1, epochs=1, name="p3.toml",

