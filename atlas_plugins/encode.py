@@ -37,8 +37,8 @@ from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
 from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, holds_vector,
-                      json_field, loader_for_suffix, no_reader, read_columnar_texts, read_table, table_schema,
-                      text_lines, text_vector, vector_field)
+                      json_field, loader_for_suffix, no_reader, npy_shards, read_columnar_texts, read_table,
+                      table_schema, text_lines, text_vector, vector_field)
 from .teacher import RowScan, TeacherData, in_memory_if_small, mend_unicode, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
@@ -161,7 +161,8 @@ def _must_exist(p: Path) -> None:
     if why := convert_first(p):
         raise DataError(why)
     if p.is_dir() or not p.exists():
-        raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
+        raise DataError((p.is_dir() and npy_shards(p))
+                        or f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
 
 
 def _lines(fh, name: str) -> Iterator[dict]:

@@ -122,13 +122,19 @@ def no_reader(path) -> str | None:
         return f"{path}: is {NO_READER[_suffix(path)]}"
     if not os.path.isdir(path):
         return None
+    return npy_shards(path) or f"{path}: is a folder; expected a teacher file"
+
+
+def npy_shards(path) -> str | None:
+    """For a folder of ``.npy`` files (what a batched embedding script leaves), the one line that names them
+    and joins them into one file; None for any other folder."""
     shards = sorted(f for f in os.listdir(path) if _suffix(f) == ".npy")
-    if shards:  # what a batched embedding script leaves: one teacher file is a join away
-        return (f"{path}: is a folder of {len(shards):,} .npy files ({', '.join(shards[:3])}"
-                f"{', ...' if len(shards) > 3 else ''}); a teacher reads one file: join them in row order, e.g. "
-                f"numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) for f in sorted(glob.glob("
-                f"'{os.path.join(os.path.normpath(str(path)), '*.npy')}'))]))")
-    return f"{path}: is a folder; expected a teacher file"
+    if not shards:
+        return None
+    return (f"{path}: is a folder of {len(shards):,} .npy file{'s' * (len(shards) > 1)} ({', '.join(shards[:3])}"
+            f"{', ...' if len(shards) > 3 else ''}); give one file: join them in row order, e.g. "
+            f"numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) for f in sorted(glob.glob("
+            f"'{os.path.join(os.path.normpath(str(path)), '*.npy')}'))]))")
 
 
 def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: str = "") -> str:

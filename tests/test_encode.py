@@ -170,6 +170,12 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
                    "the student expects 384-D vectors (teacher 'npy', model all-MiniLM-L6-v2), got 768-D vectors")
     one_error_line(run_cli(run, tmp_path / "missing.npy", program="atlas-encode"),
                    "missing.npy: not found; expected an input file")
+    (tmp_path / "shards").mkdir()
+    one_error_line(run_cli(run, tmp_path / "shards", program="atlas-encode"),
+                   "shards: is a folder; expected an input file")
+    np.save(tmp_path / "shards" / "part-1.npy", np.ones((3, 384), np.float32))
+    one_error_line(run_cli(run, tmp_path / "shards", program="atlas-encode"),
+                   "shards: is a folder of 1 .npy file (part-1.npy); give one file: join them in row order")
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     one_error_line(run_cli(run, tmp_path / "broken.npy", program="atlas-encode"),
                    "broken.npy: not a readable NumPy file")
@@ -191,7 +197,8 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "link.npy", program="atlas-encode"),
                    f"link.npy: is a symbolic link (to {tmp_path / 'elsewhere.npy'}); give the file's own path")
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.xlsx").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "link.npy", "ok.npy", "wide.npy", "x.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "link.npy", "ok.npy", "shards", "wide.npy",
+                                                          "x.bin"]
     assert np.load(tmp_path / "ok.npy").shape == (4, 384) and (tmp_path / "link.npy").is_symlink()
 
 

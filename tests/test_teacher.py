@@ -194,8 +194,8 @@ CASES = {
                          ["vectors: is a folder; expected a teacher file"]),
     "npy-shards": (lambda p: (p / "out").mkdir() or [np.save(p / "out" / f"batch-{i}.npy", np.ones((9, 4), np.float32))
                                                     for i in range(4)] and 'path = "out"',
-                   ["out: is a folder of 4 .npy files (batch-0.npy, batch-1.npy, batch-2.npy, ...); a teacher reads "
-                    "one file: join them in row order, e.g. numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) "
+                   ["out: is a folder of 4 .npy files (batch-0.npy, batch-1.npy, batch-2.npy, ...); give one file: "
+                    "join them in row order, e.g. numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) "
                     "for f in sorted(glob.glob('", "out/*.npy'))]))"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
                      or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"', ["t.pt: not a readable teacher file"]),
