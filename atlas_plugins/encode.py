@@ -39,7 +39,7 @@ from .params import accepts
 from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, holds_vector,
                       json_field, loader_for_suffix, no_reader, npy_shards, read_columnar_texts, read_table,
                       table_schema, text_lines, text_vector, vector_field)
-from .teacher import RowScan, TeacherData, in_memory_if_small, mend_unicode, validate_teacher
+from .teacher import RowScan, TeacherData, in_memory_if_small, mend_unicode, missing_value, validate_teacher
 
 CHUNK_BYTES = 32 * 2**20  # teacher rows read (and encoded) at a time
 TEXT_CHUNK = 1024  # texts embedded at a time
@@ -263,7 +263,7 @@ def _jsonl_rows(p: Path, first: bool = False, key: str | None = None,
                 text = json_field(row, texts_in, ABSENT)
                 if text is ABSENT:
                     raise DataError(f"{p}:{lineno}: no '{texts_in}' field (a text to embed)")
-                if not isinstance(text, str) and not (text is None or text != text):  # null, NaN: no text
+                if not isinstance(text, str) and not missing_value(text):  # null, NaN: no text
                     raise DataError(f"{p}:{lineno}: '{texts_in}' must be a string (a text to embed), got "
                                     f"{type(text).__name__}")
                 row = {**row, "text": text if isinstance(text, str) else ""}

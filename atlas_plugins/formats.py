@@ -58,9 +58,10 @@ def parquet_parts(path) -> list[str] | None:
     return [os.path.join(str(path), n) for n in sorted(names, key=key)] or None
 
 
-def _parquet_files(path) -> list:
-    """The Parquet files of ``path``: a folder's parts (:func:`parquet_parts`), else ``path`` itself."""
-    return parquet_parts(path) or [path]
+def _parquet_files(path) -> list | None:
+    """The Parquet files of ``path``: a folder's parts (:func:`parquet_parts`), ``path`` itself for a Parquet
+    file (by its suffix), else None."""
+    return parquet_parts(path) or ([path] if _suffix(path) in PARQUET_SUFFIXES else None)
 
 
 def loader_for_suffix(path, registry) -> str | None:
@@ -245,11 +246,6 @@ def columnar(path) -> bool:
             or parquet_parts(path) is not None)
 
 
-def _parquet(path) -> bool:
-    """Whether the :func:`columnar` table ``path`` is Parquet (a file, or a folder of files)."""
-    return _suffix(path) in PARQUET_SUFFIXES or parquet_parts(path) is not None
-
-
 def ipc_batches(path):
     """The schema and the record batches of the Arrow IPC file ``path`` (the file or the stream format),
     memory-mapped: a batch's columns point into the map until they are copied."""
@@ -274,10 +270,10 @@ def table_schema(path):
     """The Arrow schema of the :func:`columnar` table ``path`` (a folder's: its first file's), or None
     without pyarrow or when it cannot be read (its loader then says why)."""
     try:
-        if _parquet(path):
+        if files := _parquet_files(path):
             import pyarrow.parquet as pq
 
-            return pq.read_schema(_parquet_files(path)[0])
+            return pq.read_schema(files[0])
         return ipc_batches(_ipc_files(path)[0])[0]
     except Exception:  # ImportError, or pyarrow's own for a damaged file
         return None
@@ -319,8 +315,8 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
     _check_columns(path, [column], schema.names, hint)
     columns = [column, *(c for c in optional if c in schema.names and c != column)]
     try:
-        if _parquet(path):  # a folder's files must agree on their columns' types: concat_tables says otherwise
-            table = pa.concat_tables([pq.read_table(f, columns=columns) for f in _parquet_files(path)])
+        if files := _parquet_files(path):  # a folder's files must agree on their columns: concat_tables checks
+            table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
         else:
             batches = [b.select(columns) for f in _ipc_files(path) for b in ipc_batches(f)[1]]
             table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
@@ -345,10 +341,10 @@ def first_row(path) -> dict | None:
         strings = [f.name for f in schema if str(f.type) in ("string", "large_string")] if schema else []
         if not strings:
             return None
-        if _parquet(path):
+        if files := _parquet_files(path):
             import pyarrow.parquet as pq
 
-            batch = next(pq.ParquetFile(_parquet_files(path)[0]).iter_batches(batch_size=1, columns=strings), None)
+            batch = next(pq.ParquetFile(files[0]).iter_batches(batch_size=1, columns=strings), None)
         else:
             batch = next((b for b in ipc_batches(_ipc_files(path)[0])[1] if b.num_rows), None)
         return None if batch is None else {k: v[0] for k, v in batch.select(strings).slice(0, 1).to_pydict().items()}

@@ -332,8 +332,8 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
         if len(seq) != n:
             hint = f"; {transposed(d)}" if len(seq) == d else ""
             raise DataError(f"{src}: {len(seq)} {name} for {n} embedding rows{hint}")
-        bad = next((i for i, v in enumerate(seq) if not isinstance(v, types) and not (name != "ids" and _missing(v))),
-                   None)
+        bad = next((i for i, v in enumerate(seq)
+                    if not isinstance(v, types) and not (name != "ids" and missing_value(v))), None)
         if bad is not None:
             raise DataError(f"{src}: {name}[{bad}] is of type {type(seq[bad]).__name__}; {name} must be {expected}")
     rows, first, differ = scan if isinstance(scan, RowScan) else RowScan(data), None, False
@@ -348,13 +348,13 @@ def validate_teacher(data: TeacherData, *, dim: int | None = None, min_rows: int
     if scan and not differ and n > 1:
         raise DataError(f"{src}: all {n:,} rows are the same vector, so there are no neighbourhoods to map "
                         "(did the embedding step repeat one result?)")
-    if data.labels is not None and any(map(_missing, data.labels)):
-        data = attrs.evolve(data, labels=[None if _missing(v) else v for v in data.labels])
+    if data.labels is not None and any(map(missing_value, data.labels)):
+        data = attrs.evolve(data, labels=[None if missing_value(v) else v for v in data.labels])
     if data.labels is not None and len({type(v) for v in data.labels if v is not None}) > 1:
         # 3 and "3" in one file are one label, as map.parquet (a column of one type) and map.html show them
         data = attrs.evolve(data, labels=[None if v is None else str(v) for v in data.labels])
-    if data.texts is not None and any(map(_missing, data.texts)):
-        texts = ["" if _missing(v) else v for v in data.texts]
+    if data.texts is not None and any(map(missing_value, data.texts)):
+        texts = ["" if missing_value(v) else v for v in data.texts]
         data = attrs.evolve(data, texts=texts if any(texts) else None)  # a column of missing values: no texts
     for name in ("texts", "labels", "ids"):
         seq = getattr(data, name)
@@ -384,7 +384,7 @@ def mend_unicode(values: Sequence, where: str, what: str = "texts") -> Sequence:
     return [_SURROGATE.sub("\ufffd", v) if isinstance(v, str) else v for v in values]
 
 
-def _missing(v) -> bool:
+def missing_value(v) -> bool:
     """None, or NaN (NaN != NaN): how JSON, parquet and pandas write a missing label or text."""
     return v is None or (isinstance(v, float) and v != v)
 

@@ -14,7 +14,7 @@ from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field,
                                    read_columnar_texts, read_table, text_lines)
-from atlas_plugins.teacher import TeacherData, mend_unicode, transposed
+from atlas_plugins.teacher import TeacherData, mend_unicode, missing_value, transposed
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
 
@@ -79,7 +79,7 @@ def read_texts(path, what: str = "text file", one_per_row: bool = False, text_fi
             if not isinstance(row, dict) or text is ABSENT:
                 fields = f" (its fields are: {', '.join(row)})" if isinstance(row, dict) else ""
                 raise DataError(f"{path}:{lineno}: expected a JSON object with a '{text_field}' field{fields}{hint}")
-            if not isinstance(text, str) and not (text is None or text != text):  # null or NaN (NaN != NaN): no text
+            if not isinstance(text, str) and not missing_value(text):  # null or NaN: no text
                 raise DataError(f"{path}:{lineno}: '{text_field}' must be a string, got {type(text).__name__}")
             if one_per_row or (isinstance(text, str) and text.strip()):
                 texts.append(text if isinstance(text, str) else "")
