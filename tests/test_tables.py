@@ -103,6 +103,9 @@ def test_a_folder_of_parquet_parts_is_one_table_in_name_order(tmp_path):
     with pytest.raises(DataError, match=r"part\.20\.parquet: its columns differ from those of part\.0\.parquet; "
                                         "write the parts with one schema$"):
         parquet(plain)
+    bad = write_pipeline(tmp_path, teacher='path = "shards"', stages=1, epochs=1, output="bad-run", name="bad.toml")
+    one_error_line(run_cli(bad), "part.20.parquet: its columns differ from those of part.0.parquet")
+    assert not (tmp_path / "bad-run").exists()  # refused before anything was written
     (plain / "part.20.parquet").unlink()
     hive = tmp_path / "by-label"  # partition folders hold a column in their names, which no teacher reads
     (hive / "label=io").mkdir(parents=True)
