@@ -44,8 +44,11 @@ def check_alpha(alpha) -> float:
 
 
 def check_reduction(reduction) -> str:
+    """``reduction`` must be one of :data:`REDUCTIONS`; torch's ``"batchmean"`` (what ``F.kl_div`` needs for a
+    true KL) is named as what ``"mean"`` already is here."""
     if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        same = "; 'mean' is the per-row loss averaged over the batch, torch's 'batchmean'" * (reduction == "batchmean")
+        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}{same}")
     return reduction
 
 

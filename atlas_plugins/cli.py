@@ -209,7 +209,7 @@ def encode(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, precision=args.precision, refine=args.refine, seed=args.seed,
                        progress=not args.quiet and sys.stderr.isatty(), overwrite=args.overwrite)
     if args.output:
-        print(f"atlas-encode: {rows} rows written to {args.output}", file=sys.stderr)
+        print(f"atlas-encode: {rows:,} row{'s' * (rows != 1)} written to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -117,6 +117,13 @@ def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0) -> s
     return line
 
 
+def about(seconds: float) -> str:
+    """A duration as people say it: ``40 s``, ``12 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
 def dry_run_plan(pipe: Pipeline) -> str:
     """``--dry-run``'s :func:`plan_line`, before any graph is built (a neighbour graph's width is known ahead:
     :func:`~atlas_plugins.neighbors.graph_width`); for one process."""
@@ -313,7 +320,8 @@ class Trainer:
         done = sum(end - start for _, start, end in plan[:first_piece])
         if first_piece < len(plan):
             done += max(0, first_batch - plan[first_piece][1])
-        bar = tqdm(total=sum(end - start for _, start, end in plan), initial=done, leave=False,
+        total = sum(end - start for _, start, end in plan)
+        bar = tqdm(total=total, initial=done, leave=False,
                    desc=f"stage {stage + 1}/{n_stages}", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True)
         t_stage = time.perf_counter()
@@ -330,8 +338,16 @@ class Trainer:
             val = f"{last['val_loss']:.4f}" if last["val_loss"] is not None else "n/a"
             mine = [m for m in self.metrics if m["stage"] == stage]
             rate = sum(m["samples_per_s"] * m["seconds"] for m in mine) / max(1e-9, sum(m["seconds"] for m in mine))
+            seconds = time.perf_counter() - t_stage
             self.echo(f"stage {stage + 1}/{n_stages}  tau {tau:.3g}  train loss {last['train_loss']:.4f}  "
-                      f"val loss {val}  {time.perf_counter() - t_stage:.1f}s  {rate:,.0f} samples/s")
+                      f"val loss {val}  {seconds:.1f}s  {rate:,.0f} samples/s"
+                      f"{self._left(stage, seconds / max(1, total - done))}")
+
+    def _left(self, stage: int, per_batch: float) -> str:
+        """``; about 12 min of training left``: the later stages' batches at ``per_batch`` seconds each (this
+        stage's pace in this process, validation and checkpoints included); nothing after the last stage."""
+        later = sum(end - start for s in range(stage + 1, len(self.pipe.taus)) for _, start, end in self.stage_plan(s))
+        return f"; about {about(per_batch * later)} of training left" if later else ""
 
     def _epoch(self, stage: int, piece: int, epoch: int, tau: float, first_batch: int, end: int, acc: EpochAcc,
                bar) -> None:

@@ -115,6 +115,9 @@ def test_every_output_format_holds_the_encoded_values(run, new_vectors, tmp_path
         assert done.returncode == 0, done.stderr
         assert f"700 rows written to {tmp_path / f'out{suffix}'}" in done.stderr
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+    np.save(tmp_path / "one.npy", x[:1])
+    done = run_cli(run, tmp_path / "one.npy", "-o", tmp_path / "one-out.npy", program="atlas-encode")
+    assert done.stderr == f"atlas-encode: 1 row written to {tmp_path / 'one-out.npy'}\n"
     with open(tmp_path / "out.csv") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == column_names([5])

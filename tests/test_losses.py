@@ -236,6 +236,17 @@ def test_relational_bad_input_names_the_argument(call, message):
         call(get_loss("relational"))
 
 
+def test_torch_s_batchmean_is_named_as_what_mean_already_is():
+    """A Hinton-KD recipe ported from ``F.kl_div(..., reduction="batchmean")``: "mean" is that here."""
+    s, t = torch.randn(8, 4), torch.randn(8, 4)
+    with pytest.raises(ConfigError, match=r"got 'batchmean'; 'mean' is the per-row loss averaged over the batch, "
+                                          r"torch's 'batchmean'$"):
+        get_loss("kl")(s, t, reduction="batchmean")
+    torch_batchmean = torch.nn.functional.kl_div(torch.log_softmax(s / 2, 1), torch.log_softmax(t / 2, 1),
+                                                 reduction="batchmean", log_target=True) * 4
+    assert torch.allclose(get_loss("kl")(s, t, tau=2.0, reduction="mean"), torch_batchmean, atol=1e-6)
+
+
 def test_kl_rejects_different_class_counts():
     with pytest.raises(ConfigError, match="same number of classes.*4 and 3"):
         get_loss("kl")(torch.randn(4, 4), torch.randn(4, 3))

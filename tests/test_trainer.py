@@ -334,6 +334,31 @@ def test_a_run_stopped_inside_a_step_stage_resumes_bit_identical(tmp_path):
     assert lines[-1].startswith("stage 2/2") and lines[-1].endswith(f"{rate:,.0f} samples/s")
 
 
+def test_each_stage_line_says_how_much_training_is_left_at_that_stage_s_pace(tmp_path):
+    import re
+
+    from atlas_plugins.trainer import about
+
+    doc = {"teacher": {"path": str(EXAMPLE_NPY)}, "student": {"hidden": [16]},
+           "schedule": {"name": "linear", "start": 1.0, "end": 0.2, "stages": 3},
+           "train": {"steps_per_stage": 8, "batch_size": 128, "batches": "random", "eval_rows": 100},
+           "output": {"dir": str(tmp_path / "unused"), "report": False}}
+    lines = []
+    Trainer(assemble(build_config(doc, tmp_path / "p.toml")), None, echo=lines.append).fit()
+    stage_lines = [line for line in lines if line.startswith("stage ")]
+    unit = {"s": 1, "min": 60, "h": 3600}
+    for stage, line in enumerate(stage_lines):
+        seconds = float(re.search(r"  ([0-9.]+)s  ", line).group(1))
+        left = re.search(r"; about ([0-9.]+) (s|min|h) of training left$", line)
+        if stage == 2:
+            assert left is None and line.endswith("samples/s")  # the last stage: nothing is left
+            continue
+        # stages of equal steps: what is left is this stage's seconds once per later stage
+        shown, per = float(left.group(1)), unit[left.group(2)]
+        assert abs(shown * per - seconds * (2 - stage)) <= per / 2 + 0.1 * (2 - stage)
+    assert [about(s) for s in (0.4, 40, 89, 600, 5399, 9000)] == ["0 s", "40 s", "89 s", "10 min", "90 min", "2.5 h"]
+
+
 def test_the_run_says_how_many_steps_it_will_train_and_names_a_step_budget_when_that_is_long(tmp_path, monkeypatch):
     import atlas_plugins.trainer
 
