@@ -196,8 +196,6 @@ def test_every_bundled_example_pipeline_trains(tmp_path, example):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["student"]["recall@10"] > report["pca"]["recall@10"]  # 3 epochs a stage: 0.298 against 0.214
     assert not [note for note in report["notes"] if "than PCA" in note]
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["student"]["recall@10"] > report["pca"]["recall@10"]  # three epochs a stage already beat PCA
     if example == "hierarchical.toml":
         assert list(report["levels"]) == ["level 0 (5-D)", "level 1 (25-D)"]
 
