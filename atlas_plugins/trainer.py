@@ -222,6 +222,10 @@ class Trainer:
             step += take
         return plan
 
+    def stage_batches(self, stage: int) -> int:
+        """How many batches stage ``stage`` trains on (the pieces of :meth:`stage_plan` together)."""
+        return sum(end - start for _, start, end in self.stage_plan(stage))
+
     def _count_batches(self) -> int:
         """Batches per epoch, the same every epoch (only the order changes)."""
         n = len(self.pipe.train_rows) // self.dist.world  # what each rank's sampler yields (drop_last)
@@ -320,7 +324,7 @@ class Trainer:
         done = sum(end - start for _, start, end in plan[:first_piece])
         if first_piece < len(plan):
             done += max(0, first_batch - plan[first_piece][1])
-        total = sum(end - start for _, start, end in plan)
+        total = self.stage_batches(stage)
         bar = tqdm(total=total, initial=done, leave=False,
                    desc=f"stage {stage + 1}/{n_stages}", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True)
@@ -346,7 +350,7 @@ class Trainer:
     def _left(self, stage: int, per_batch: float) -> str:
         """``; about 12 min of training left``: the later stages' batches at ``per_batch`` seconds each (this
         stage's pace in this process, validation and checkpoints included); nothing after the last stage."""
-        later = sum(end - start for s in range(stage + 1, len(self.pipe.taus)) for _, start, end in self.stage_plan(s))
+        later = sum(self.stage_batches(s) for s in range(stage + 1, len(self.pipe.taus)))
         return f"; about {about(per_batch * later)} of training left" if later else ""
 
     def _epoch(self, stage: int, piece: int, epoch: int, tau: float, first_batch: int, end: int, acc: EpochAcc,
