@@ -27,6 +27,7 @@ import torch
 
 from .config import field_defaults, flatten, resumable_keys, training_keys
 from .errors import CheckpointError, WriteError
+from .formats import unreadable
 
 
 def _umask() -> int:
@@ -117,6 +118,8 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool
     if not p.is_file():
         raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file ({what})")
 
+    reads = (".pt", ".pth") if what == "teacher file" else None  # a teacher of another format: named so
+
     def load(weights_only: bool):
         # Sparse tensors checked as they load: torch leaves the checks off by default, so a crafted file could
         # hand over indices outside the tensor (memory errors later); some torch versions warn about it too.
@@ -129,8 +132,8 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool
         except pickle.UnpicklingError:
             imports = pickled_imports(p)
             if imports is None:
-                raise CheckpointError(f"{p}: not a readable {what}: it is damaged or not a torch file "
-                                      "(torch.save writes a zip archive)") from None
+                raise CheckpointError(unreadable(p, what, reads, ": it is damaged or not a torch file (torch.save "
+                                                 "writes a zip archive)")) from None
             unsafe = [g for g in imports if not g.startswith(_SAFE_PREFIXES)]
             first = f" (it would import {unsafe[0]})" if unsafe else ""
             if trust is not True:
@@ -144,7 +147,7 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool
             return load(weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p}: not a readable {what} ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(unreadable(p, what, reads, f" ({type(exc).__name__}: {first})")) from None
 
 
 _SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",

@@ -126,6 +126,46 @@ def no_reader(path) -> str | None:
     return npy_shards(path) or f"{path}: is a folder; expected a teacher file"
 
 
+def content_kind(path) -> tuple[str, str] | None:
+    """``(what, suffix)`` of a file whose first bytes say what it is: a NumPy ``.npy`` or ``.npz``, a torch
+    ``.pt`` (a zip archive with a ``data.pkl``), Parquet, Arrow IPC (Feather) or safetensors; None otherwise."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(10)
+        if head.startswith(b"PK"):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                return "a torch file", ".pt"
+            return ("a NumPy .npz archive", ".npz") if names and all(n.endswith(".npy") for n in names) else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if len(head) == 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file", ".safetensors"  # an 8-byte header length, then the JSON header
+    kinds = ((b"\x93NUMPY", ("a NumPy .npy file", ".npy")), (b"PAR1", ("a Parquet file", ".parquet")),
+             (b"ARROW1", ("an Arrow IPC (Feather) file", ".arrow")))
+    return next((kind for magic, kind in kinds if head.startswith(magic)), None)
+
+
+def unreadable(path, what: str, reads: Sequence[str] | None, why) -> str:
+    """The one line for a file that a reader of ``reads`` suffixes could not read as ``what``: the format its
+    bytes are (:func:`content_kind`) and what to do, when that is another; else why not, from ``why``: an
+    exception (its first line, in brackets) or the text to add.  ``reads = None``: no file of another format
+    would do (a checkpoint)."""
+    kind = content_kind(path) if reads is not None else None
+    if kind is None or kind[1] in reads:
+        if isinstance(why, BaseException):
+            why = f" ({str(why).strip().splitlines()[0][:160] if str(why).strip() else type(why).__name__})"
+        return f"{path}: not a readable {what}{why}"
+    if kind[1] != _suffix(path):
+        return (f"{path}: not a readable {what}: its bytes are {kind[0]}; give it a {kind[1]} name, and the "
+                f"teacher for {kind[1]} files reads it")
+    return (f"{path}: not a readable {what}: it is {kind[0]}, which the teacher for {kind[1]} files reads "
+            "(leave teacher.loader out)")
+
+
 def npy_shards(path) -> str | None:
     """For a folder of ``.npy`` files (what a batched embedding script leaves), the one line that names them
     and joins them into one file; None for any other folder."""

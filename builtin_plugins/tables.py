@@ -24,7 +24,7 @@ from atlas_plugins.checkpoint import atomic_write_bytes
 from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
                                    hf_shards, holds_vector, ipc_batches, json_field, not_utf8, parquet_parts,
-                                   read_table, text_vector, utf16)
+                                   read_table, text_vector, unreadable, utf16)
 from atlas_plugins.teacher import TeacherData, dtype_hint
 
 from .teachers import _exists
@@ -108,7 +108,7 @@ def parquet(path, column: str = "embedding", text_column: str | None = None, lab
             meta = pq.read_metadata(f)
             found = meta.schema.to_arrow_schema()
         except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
-            raise DataError(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
+            raise DataError(unreadable(f, "Parquet file", PARQUET_SUFFIXES, exc)) from None
         if schema is not None and not found.equals(schema):
             raise DataError(f"{f}: its columns differ from those of {Path(files[0][0]).name}; write the parts with "
                             "one schema")
@@ -171,8 +171,7 @@ def arrow(path, column: str = "embedding", text_column: str | None = None, label
             found, batches = ipc_batches(f)
             n += sum(b.num_rows for b in batches)  # no copy: the batches point into the map
         except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for damaged files
-            raise DataError(f"{f}: not a readable Arrow IPC (Feather) file ({str(exc).splitlines()[0][:160]})"
-                            ) from None
+            raise DataError(unreadable(f, "Arrow IPC (Feather) file", ARROW_SUFFIXES, exc)) from None
         if schema is not None and not found.equals(schema):
             raise DataError(f"{f}: its columns differ from those of {files[0].name}; save the dataset again")
         schema = found

@@ -13,7 +13,7 @@ import torch
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field,
-                                   read_columnar_texts, read_table, text_lines)
+                                   read_columnar_texts, read_table, text_lines, unreadable)
 from atlas_plugins.teacher import TeacherData, mend_unicode, missing_value, transposed
 
 NAME_IT = "teacher.key in a pipeline file, --key for atlas-encode"
@@ -137,8 +137,9 @@ def npy(path, key: str | None = None, meta: str | None = None):
     ``meta`` names a JSONL file with a ``text`` (and optional ``label``) per row.
     """
     p = _exists(path)
+    expected = ".npz" if p.suffix.lower() == ".npz" else ".npy"
     try:
-        if p.suffix.lower() == ".npz":
+        if expected == ".npz":
             with np.load(p, allow_pickle=False) as archive:
                 names = archive.files
                 if key is None:
@@ -155,6 +156,9 @@ def npy(path, key: str | None = None, meta: str | None = None):
                 raise DataError(f"{p}: key = {key!r} is set, but a .npy file holds one array; remove the key "
                                 f"({NAME_IT}): it names an array inside a .npz")
             emb = np.load(p, mmap_mode="r", allow_pickle=False)
+            if not isinstance(emb, np.ndarray):  # numpy opens any zip archive as an .npz, whatever its name
+                emb.close()
+                raise DataError(unreadable(p, "NumPy file", (expected,), ": it is a zip archive, not one array"))
             labels = None
     except DataError:
         raise
@@ -164,7 +168,7 @@ def npy(path, key: str | None = None, meta: str | None = None):
             raise DataError(f"{p}: holds Python objects (an array of lists, as df['embedding'].values is), which "
                             "only unpickling could read, and data files are never unpickled; save the vectors as "
                             "one float array: np.save(path, np.stack(vectors).astype(np.float32))") from None
-        raise DataError(f"{p}: not a readable NumPy file ({str(exc).splitlines()[0][:160]})") from None
+        raise DataError(unreadable(p, "NumPy file", (expected,), exc)) from None
     texts = None
     if meta is not None:
         texts, meta_labels = read_meta(meta, p, emb)
@@ -193,7 +197,7 @@ def safetensors(path, key: str = "embeddings", meta: str | None = None):
     except DataError:
         raise
     except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
-        raise DataError(f"{p}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+        raise DataError(unreadable(p, "safetensors file", safetensors.suffixes, exc)) from None
     texts = labels = None
     if meta is not None:
         texts, labels = read_meta(meta, p, emb)

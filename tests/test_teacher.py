@@ -112,6 +112,18 @@ def _text(name, content, teacher):
     return lambda p: (p / name).write_text(content) and teacher
 
 
+def _parquet(path):
+    pa = pytest.importorskip("pyarrow", reason="needs the 'parquet' extra")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"embedding": [[0.5, 1.0]] * 8}), path)
+
+
+def _safetensors_bytes() -> bytes:
+    numpy_safetensors = pytest.importorskip("safetensors.numpy", reason="needs the 'safetensors' extra")
+    return numpy_safetensors.save({"embeddings": np.ones((4, 3), np.float32)})
+
+
 def _npy(arr):
     return lambda p: np.save(p / "t.npy", arr) or 'path = "t.npy"'
 
@@ -198,7 +210,25 @@ CASES = {
                     "join them in row order, e.g. numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) "
                     "for f in sorted(glob.glob('", "out/*.npy'))]))"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
-                     or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"', ["t.pt: not a readable teacher file"]),
+                     or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"',
+                     ["t.pt: not a readable teacher file: its bytes are a NumPy .npy file; give it a .npy name, and "
+                      "the teacher for .npy files reads it"]),
+    # numpy opened a zip named .npy as an .npz (was: "embeddings must be a numpy array or torch tensor, got NpzFile")
+    "npz-named-npy": (lambda p: np.savez(p / "t.npz", embeddings=np.ones((600, 384), np.float32))
+                      or (p / "t.npz").rename(p / "t.npy") and 'path = "t.npy"',
+                      ["t.npy: not a readable NumPy file: its bytes are a NumPy .npz archive; give it a .npz name"]),
+    "pt-named-npy": (lambda p: torch.save({"embeddings": torch.ones(600, 384)}, p / "t.npy") or 'path = "t.npy"',
+                     ["t.npy: not a readable NumPy file: its bytes are a torch file; give it a .pt name, and the "
+                      "teacher for .pt files reads it"]),
+    "parquet-named-npy": (lambda p: _parquet(p / "t.npy") or 'path = "t.npy"',
+                          ["t.npy: not a readable NumPy file: its bytes are a Parquet file; give it a .parquet name"]),
+    "safetensors-named-pt": (lambda p: (p / "t.pt").write_bytes(_safetensors_bytes()) and 'path = "t.pt"',
+                             ["t.pt: not a readable teacher file: its bytes are a safetensors file; give it a "
+                              ".safetensors name"]),
+    "npy-given-to-pt": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
+                        or 'path = "t.npy"\nloader = "pt"', ["t.npy: not a readable teacher file: it is a NumPy "
+                                                             ".npy file, which the teacher for .npy files reads "
+                                                             "(leave teacher.loader out)"]),
     "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
                         or 'path = "t.npz"', ["t.npz: holds 2 arrays (a, b) and none is named 'embeddings'",
                                                    "teacher.key in a pipeline file"]),
@@ -247,6 +277,21 @@ def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
     make, fragments = CASES[case]
     teacher = make(tmp_path)
     one_error_line(run_cli(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
+
+
+def test_a_damaged_file_of_its_own_format_gets_the_reader_s_reason_not_a_format(tmp_path):
+    from atlas_plugins import get_teacher
+    from atlas_plugins.formats import content_kind, unreadable
+
+    (tmp_path / "t.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    assert content_kind(tmp_path / "t.npy") == ("a NumPy .npy file", ".npy")
+    assert unreadable(tmp_path / "t.npy", "NumPy file", (".npy",), ValueError("bad header\nmore")) == \
+        f"{tmp_path / 't.npy'}: not a readable NumPy file (bad header)"
+    (tmp_path / "t.txt").write_text("1,2,3\n")
+    assert content_kind(tmp_path / "t.txt") is None and content_kind(tmp_path / "missing") is None
+    with pytest.raises(DataError, match=r"t.npy: not a readable NumPy file \(") as caught:
+        get_teacher("npy")(tmp_path / "t.npy")
+    assert "its bytes" not in str(caught.value)
 
 
 def test_the_commands_for_quantized_and_binary_vectors_keep_their_geometry(tmp_path, monkeypatch):
