@@ -67,8 +67,13 @@ def shell_results(docs_workdir, trained) -> list:
     return results
 
 
-@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p.name == "quickstart.md" else p
-                                  for p in DOCS], ids=lambda p: p.name)
+def _trains(page) -> bool:
+    """A page whose blocks train a student (``train(``) runs them in the slow tests."""
+    return any("train(" in code for _, code, _ in code_blocks(page, "python"))
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if _trains(p) else p for p in DOCS],
+                         ids=lambda p: p.name)
 def test_python_blocks_run(page, docs_workdir, request, monkeypatch):
     if page.name == "quickstart.md":  # its blocks use what its shell commands made (an exported model)
         request.getfixturevalue("shell_results")
