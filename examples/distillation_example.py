@@ -67,9 +67,16 @@ def pca(train_rows: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
     return (rows - mean) @ axes.T
 
 
+def positive(text: str) -> int:
+    """``--epochs``: a whole number of at least 1 (argparse reports anything else in one line)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10, help="epochs in each curriculum stage, for both (default 10)")
+    p.add_argument("--epochs", type=positive, default=10, help="epochs in each curriculum stage, for both (default 10)")
     p.add_argument("--out", type=Path, default=Path("runs/distillation-example"),
                    help="where the teacher checkpoint and the pipeline's run folder go")
     args = p.parse_args(argv)

@@ -119,3 +119,12 @@ def test_the_example_script_trains_both_ways_and_prints_its_maps_recall(tmp_path
     assert float(printed["train()"]) > float(printed["PCA"])  # 0.294 against 0.214 at 3 epochs a stage
     assert 0 < float(printed["guide loop"]) < 1
     assert (tmp_path / "out" / "pipeline" / "report.md").is_file()
+
+
+def test_the_example_script_names_a_bad_epoch_count_and_trains_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, ROOT / "examples" / "distillation_example.py", "--epochs", "0",
+                           "--out", tmp_path / "out"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == ("distillation_example.py: error: argument --epochs: expected a whole "
+                                            "number >= 1, got '0'")
+    assert not (tmp_path / "out").exists()
