@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import re
+import zipfile
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -129,8 +130,6 @@ def no_reader(path) -> str | None:
 def content_kind(path) -> tuple[str, str] | None:
     """``(what, suffix)`` of a file whose first bytes say what it is: a NumPy ``.npy`` or ``.npz``, a torch
     ``.pt`` (a zip archive with a ``data.pkl``), Parquet, Arrow IPC (Feather) or safetensors; None otherwise."""
-    import zipfile
-
     try:
         with open(path, "rb") as fh:
             head = fh.read(10)
@@ -163,7 +162,7 @@ def unreadable(path, what: str, reads: Sequence[str] | None, why) -> str:
         return (f"{path}: not a readable {what}: its bytes are {kind[0]}; give it a {kind[1]} name, and the "
                 f"teacher for {kind[1]} files reads it")
     return (f"{path}: not a readable {what}: it is {kind[0]}, which the teacher for {kind[1]} files reads "
-            "(leave teacher.loader out)")
+            "(leave out teacher.loader in a pipeline file, --loader for atlas-encode)")
 
 
 def npy_shards(path) -> str | None:

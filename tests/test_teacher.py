@@ -226,9 +226,9 @@ CASES = {
                              ["t.pt: not a readable teacher file: its bytes are a safetensors file; give it a "
                               ".safetensors name"]),
     "npy-given-to-pt": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
-                        or 'path = "t.npy"\nloader = "pt"', ["t.npy: not a readable teacher file: it is a NumPy "
-                                                             ".npy file, which the teacher for .npy files reads "
-                                                             "(leave teacher.loader out)"]),
+                        or 'path = "t.npy"\nloader = "pt"',
+                        ["t.npy: not a readable teacher file: it is a NumPy .npy file, which the teacher for .npy "
+                         "files reads (leave out teacher.loader in a pipeline file, --loader for atlas-encode)"]),
     "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
                         or 'path = "t.npz"', ["t.npz: holds 2 arrays (a, b) and none is named 'embeddings'",
                                                    "teacher.key in a pipeline file"]),
