@@ -27,7 +27,7 @@ import torch
 
 from .config import field_defaults, flatten, resumable_keys, training_keys
 from .errors import CheckpointError, WriteError
-from .formats import unreadable
+from .formats import content_kind, unreadable
 
 
 def _umask() -> int:
@@ -180,12 +180,22 @@ def pickled_imports(path) -> list[str] | None:
         return None
 
 
+OTHER_READERS = {".npy": "numpy.load(path)", ".npz": "numpy.load(path)[name]",
+                 ".parquet": "pyarrow.parquet.read_table(path)", ".arrow": "pyarrow.feather.read_table(path)",
+                 ".safetensors": "safetensors.torch.load_file(path)[name]"}  # format -> the Python call that reads it
+
+
 def load_teacher_checkpoint(checkpoint_path, device: str = "cpu") -> dict:
     """Load a teacher checkpoint safely; return a dict with at least ``embeddings`` (N, D).
 
     A bare tensor becomes ``{"embeddings": tensor}``; a dict must hold
     ``embeddings`` and may hold ``model_state``, ``labels`` and ``texts``.
     """
+    kind = content_kind(checkpoint_path)
+    if kind is not None and kind[1] in OTHER_READERS:  # a teacher's vectors, but not in a torch file
+        raise CheckpointError(f"{checkpoint_path}: is {kind[0]}, and load_teacher_checkpoint reads torch files; "
+                              f"read the vectors with {OTHER_READERS[kind[1]]}, or train on the file as it is "
+                              "(a pipeline's [teacher] path)")
     obj = safe_load(checkpoint_path, what="teacher file")
     if isinstance(obj, torch.Tensor):
         obj = {"embeddings": obj}

@@ -129,7 +129,10 @@ def no_reader(path) -> str | None:
 
 def content_kind(path) -> tuple[str, str] | None:
     """``(what, suffix)`` of a file whose first bytes say what it is: a NumPy ``.npy`` or ``.npz``, a torch
-    ``.pt`` (a zip archive with a ``data.pkl``), Parquet, Arrow IPC (Feather) or safetensors; None otherwise."""
+    ``.pt`` (a zip archive with a ``data.pkl``), Parquet, Arrow IPC (Feather) or safetensors; None otherwise,
+    and for anything but a regular file (opening a FIFO would wait for a writer)."""
+    if not os.path.isfile(path):
+        return None
     try:
         with open(path, "rb") as fh:
             head = fh.read(10)

@@ -1,5 +1,6 @@
 """No code from data: every .pt load is weights_only; atomic writes; student files."""
 
+import os
 import re
 import shutil
 
@@ -101,6 +102,29 @@ def test_corrupt_and_non_torch_files(tmp_path):
         load_teacher_checkpoint(tmp_path / "k.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_teacher_checkpoint(tmp_path / "missing.pt")
+
+
+def test_load_teacher_checkpoint_names_vectors_kept_in_another_format_and_the_call_that_reads_them(tmp_path):
+    import threading
+
+    x = np.ones((6, 4), np.float32)
+    np.save(tmp_path / "v.npy", x)
+    np.savez(tmp_path / "v.npz", embeddings=x)
+    (tmp_path / "v.npy").rename(tmp_path / "npy-named.pt")
+    for name, what, call in (("v.npz", "a NumPy .npz archive", "numpy.load(path)[name]"),
+                             ("npy-named.pt", "a NumPy .npy file", "numpy.load(path)")):
+        with pytest.raises(CheckpointError) as caught:
+            load_teacher_checkpoint(tmp_path / name)
+        assert str(caught.value) == (f"{tmp_path / name}: is {what}, and load_teacher_checkpoint reads torch files; "
+                                     f"read the vectors with {call}, or train on the file as it is (a pipeline's "
+                                     "[teacher] path)")
+    os.mkfifo(tmp_path / "fifo")  # looking at a file's first bytes never opens a FIFO (that would wait forever)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(pytest.raises(CheckpointError, load_teacher_checkpoint,
+                                                                        tmp_path / "fifo")), daemon=True)
+    reader.start()
+    reader.join(120)  # a hang guard only
+    assert answer and "not a regular file" in str(answer[0].value)
 
 
 def test_atomic_writes_replace_whole_files_and_leave_no_temp(tmp_path):
