@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     pipeline = recipe.pipeline(str(teacher_path), str(args.out / "pipeline"))
     pipeline["output"]["plots"] = False
     start = time.perf_counter()
-    trained = train(pipeline, quiet=True, overwrite=(args.out / "pipeline" / "student.pt").exists())
+    trained = train(pipeline, quiet=True, overwrite=True)  # a rerun replaces the last run's files, and only them
     pipeline_seconds = time.perf_counter() - start
 
     scores = {
