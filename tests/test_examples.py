@@ -81,3 +81,12 @@ def test_make_example_data_makes_the_bundled_rows(tmp_path):
     assert len(found) >= 118  # another machine's standard library may hold a docstring or two more
     assert all(label == made_label for (_, label), made_label, _ in found)
     assert max(float(np.abs(vectors[i] - v).max()) for (i, _), _, v in found) < 1e-5
+
+
+def test_make_example_data_names_a_bad_row_count_and_writes_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, ROOT / "examples" / "make_example_data.py", "--rows", "0", "--out",
+                           tmp_path / "out"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == ("make_example_data.py: error: argument --rows: expected a whole number "
+                                            ">= 1, got 0")
+    assert not (tmp_path / "out").exists()
