@@ -191,12 +191,15 @@ def load_teacher_checkpoint(checkpoint_path, device: str = "cpu") -> dict:
     A bare tensor becomes ``{"embeddings": tensor}``; a dict must hold
     ``embeddings`` and may hold ``model_state``, ``labels`` and ``texts``.
     """
-    kind = content_kind(checkpoint_path)
-    if kind is not None and kind[1] in OTHER_READERS:  # a teacher's vectors, but not in a torch file
+    try:
+        obj = safe_load(checkpoint_path, what="teacher file")
+    except CheckpointError:
+        kind = content_kind(checkpoint_path)  # looked at only when torch could not read it
+        if kind is None or kind[1] not in OTHER_READERS:
+            raise
         raise CheckpointError(f"{checkpoint_path}: is {kind[0]}, and load_teacher_checkpoint reads torch files; "
                               f"read the vectors with {OTHER_READERS[kind[1]]}, or train on the file as it is "
-                              "(a pipeline's [teacher] path)")
-    obj = safe_load(checkpoint_path, what="teacher file")
+                              "(a pipeline's [teacher] path)") from None
     if isinstance(obj, torch.Tensor):
         obj = {"embeddings": obj}
     if not isinstance(obj, dict) or "embeddings" not in obj:
