@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import field_defaults, flatten, resumable_keys, training_keys
-from .errors import CheckpointError, WriteError
+from .errors import CheckpointError, WriteError, first_line
 from .formats import content_kind, unreadable
 
 
@@ -146,8 +146,7 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool
                           stacklevel=2)
             return load(weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(unreadable(p, what, reads, f" ({type(exc).__name__}: {first})")) from None
+        raise CheckpointError(unreadable(p, what, reads, f" ({first_line(exc, 200)})")) from None
 
 
 _SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",

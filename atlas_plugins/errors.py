@@ -60,6 +60,13 @@ class TrainingError(AtlasError):
     exit_code = 1
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """``"TypeName: the first line of its message"`` (at most ``limit`` characters of it), or ``"TypeName"``
+    when the message is empty: how a library's exception is quoted inside one of our one-line messages."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
+
+
 def did_you_mean(name: str, choices) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

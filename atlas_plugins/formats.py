@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 
 def _suffix(path) -> str:
@@ -159,7 +159,7 @@ def unreadable(path, what: str, reads: Sequence[str] | None, why) -> str:
     kind = content_kind(path) if reads is not None else None
     if kind is None or kind[1] in reads:
         if isinstance(why, BaseException):
-            why = f" ({str(why).strip().splitlines()[0][:160] if str(why).strip() else type(why).__name__})"
+            why = f" ({first_line(why)})"
         return f"{path}: not a readable {what}{why}"
     if kind[1] != _suffix(path):
         return (f"{path}: not a readable {what}: its bytes are {kind[0]}; give it a {kind[1]} name, and the "
@@ -363,8 +363,7 @@ def read_columnar_texts(path, column: str, optional: Sequence[str], what: str, h
             batches = [b.select(columns) for f in _ipc_files(path) for b in ipc_batches(f)[1]]
             table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(c) for c in columns]))
     except Exception as exc:  # pyarrow's own: a damaged file, or shards whose columns differ
-        raise DataError(f"{path}: cannot read column '{column}' ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]})") from None
+        raise DataError(f"{path}: cannot read column '{column}' ({first_line(exc)})") from None
     out = {c: table.column(c).to_pylist() for c in columns}
     bad = next((t for t in out[column] if not isinstance(t, (str, type(None)))), None)
     if bad is not None:

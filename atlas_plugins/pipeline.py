@@ -24,7 +24,7 @@ import torch
 from .batches import MIN_BATCH_ROWS
 from .config import PipelineConfig
 from .distributed import missing_device
-from .errors import AtlasError, ConfigError, DataError, PluginError
+from .errors import AtlasError, ConfigError, DataError, PluginError, first_line
 from .neighbors import choose_method
 from .params import accepts, resolve_refs
 from .registry import Registry, get_registry
@@ -127,9 +127,7 @@ def blame(kind: str, name: str, distribution: str | None, section: str | None = 
     except AtlasError as exc:
         raise type(exc)(f"[{section or kind}] {who}: {exc}") from None
     except (Exception, SystemExit) as exc:
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise PluginError(f"[{section or kind}] {who} failed: {type(exc).__name__}" + (f": {text}" if text else "")) \
-            from None
+        raise PluginError(f"[{section or kind}] {who} failed: {first_line(exc, 300)}") from None
 
 
 def _call_plugin(registry: Registry, section: str, kind: str, name: str, *args, **params):

@@ -26,7 +26,7 @@ import torch
 from .checkpoint import atomic_save, safe_load
 from .config import MAX_SEED
 from .distributed import missing_device, parameter_digest
-from .errors import CheckpointError, ConfigError, DataError, PluginError
+from .errors import CheckpointError, ConfigError, DataError, PluginError, first_line
 from .params import accepts
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,
                      refines)
@@ -343,7 +343,7 @@ def load_student(path, registry=None) -> TrainedStudent:
         module.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
         raise PluginError(f"{path}: student '{blob['plugin']}' no longer matches the saved weights: "
-                          f"{str(exc).splitlines()[0]}") from None
+                          f"{first_line(exc)}") from None
     module.eval()
     return TrainedStudent(module, blob["plugin"], dict(blob["params"]), blob["input_dim"], blob["dim"],
                           map_path=path.with_name("map.pt"), teacher=dict(blob.get("teacher") or {}))

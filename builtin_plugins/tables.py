@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
-from atlas_plugins.errors import DataError
+from atlas_plugins.errors import DataError, first_line
 from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
                                    hf_shards, holds_vector, ipc_batches, json_field, not_utf8, parquet_parts,
                                    read_table, text_vector, unreadable, utf16)
@@ -214,8 +214,7 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{p}: cannot read column '{column}' ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]})") from None
+        raise DataError(f"{p}: cannot read column '{column}' ({first_line(exc)})") from None
     return TeacherData(emb, labels=lists.get("label"), texts=lists.get("text"), ids=lists.get("id"), source=str(p))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
-from atlas_plugins.errors import DataError, WriteError
+from atlas_plugins.errors import DataError, WriteError, first_line
 from atlas_plugins import quiet_transformers
 from atlas_plugins.teacher import TeacherData
 
@@ -116,8 +116,8 @@ def _encoder(location: str, device: str):
         with _offline():
             return SentenceTransformer(location, device=device)
     except Exception as exc:
-        raise DataError(f"cannot load the SentenceTransformer model '{location}' ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]}); {GIVE}") from None
+        raise DataError(f"cannot load the SentenceTransformer model '{location}' ({first_line(exc)}); {GIVE}") \
+            from None
 
 
 def _loaded(location: str, device: str, progress: bool):
@@ -222,7 +222,7 @@ def _cached(cached: Path, rows: int):
             return emb
         why = f"it holds an array of shape {emb.shape} and dtype {emb.dtype}, expected ({rows}, D) floats"
     except (ValueError, OSError, EOFError) as exc:
-        why = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        why = first_line(exc)
     print(f"atlas: warning: the cached embeddings {cached} are damaged ({why}); embedding the texts again",
           file=sys.stderr)
     return None

@@ -285,8 +285,8 @@ def test_a_damaged_file_of_its_own_format_gets_the_reader_s_reason_not_a_format(
 
     (tmp_path / "t.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
     assert content_kind(tmp_path / "t.npy") == ("a NumPy .npy file", ".npy")
-    assert unreadable(tmp_path / "t.npy", "NumPy file", (".npy",), ValueError("bad header\nmore")) == \
-        f"{tmp_path / 't.npy'}: not a readable NumPy file (bad header)"
+    assert unreadable(tmp_path / "t.npy", "NumPy file", (".npy",), ValueError("\nbad header\nmore")) == \
+        f"{tmp_path / 't.npy'}: not a readable NumPy file (ValueError: bad header)"
     (tmp_path / "t.txt").write_text("1,2,3\n")
     assert content_kind(tmp_path / "t.txt") is None and content_kind(tmp_path / "missing") is None
     with pytest.raises(DataError, match=r"t.npy: not a readable NumPy file \(") as caught:

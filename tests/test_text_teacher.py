@@ -143,6 +143,27 @@ def test_a_model_name_not_on_this_disk_is_refused_at_once_never_fetched(hub_cach
         embed(["parse a CSV file"], model="no-such-model-anywhere")
 
 
+
+@pytest.mark.parametrize("error, said", [(RuntimeError(), "RuntimeError"),
+                                         (OSError("\nmodel.safetensors: truncated\nsee above"),
+                                          "OSError: model.safetensors: truncated")])
+def test_a_model_that_fails_to_load_is_one_line_even_when_its_error_says_nothing(tmp_path, monkeypatch, error, said):
+    import sentence_transformers
+
+    from atlas_plugins import DataError
+    from builtin_plugins import text
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", fails)
+    text._encoder.cache_clear()
+    with pytest.raises(DataError) as raised:
+        text.embed(["parse a CSV file"], model=str(tmp_path))
+    text._encoder.cache_clear()
+    assert str(raised.value) == (f"cannot load the SentenceTransformer model '{tmp_path}' ({said}); give the model's "
+                                 "local folder (teacher.model in a pipeline file, --model for atlas-encode)")
+
 def test_a_map_whose_model_folder_moved_embeds_with_model(tmp_path):
     """student.pt records a local model folder by its path; once the folder moved (a project copied to another
     machine) atlas-encode could not embed texts, and its message named teacher.model, which it has no way to
