@@ -37,7 +37,7 @@ from .registry import Registry, get_registry
 from .student import ZERO_ROWS_MEAN_NOTHING, TrainedStudent
 from .params import accepts
 from .formats import (ABSENT, TABLE_SUFFIXES, batch_input, columnar, convert_first, first_row, holds_vector,
-                      json_field, loader_for_suffix, no_reader, npy_shards, read_columnar_texts, read_table,
+                      json_field, loader_for_suffix, no_reader, npy_parts, read_columnar_texts, read_table,
                       table_schema, text_lines, text_vector, vector_field)
 from .teacher import RowScan, TeacherData, in_memory_if_small, mend_unicode, missing_value, validate_teacher
 
@@ -156,13 +156,12 @@ def _vectors(data: TeacherData, dim: int) -> Source:
 
 
 def _must_exist(p: Path) -> None:
-    if p.is_dir() and columnar(p):  # a Hugging Face dataset, or Parquet parts: the teacher reads its files
+    if p.is_dir() and (columnar(p) or npy_parts(p)):  # a dataset, Parquet or .npy parts: the teacher reads them
         return
     if why := convert_first(p):
         raise DataError(why)
     if p.is_dir() or not p.exists():
-        raise DataError((p.is_dir() and npy_shards(p))
-                        or f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
+        raise DataError(f"{p}: {'is a folder' if p.is_dir() else 'not found'}; expected an input file")
 
 
 def _lines(fh, name: str) -> Iterator[dict]:

@@ -47,14 +47,27 @@ def hf_shards(path) -> list[str] | None:
 
 def parquet_parts(path) -> list[str] | None:
     """The Parquet files of a folder of them (what Spark, Dask and ``pyarrow.parquet.write_to_dataset`` write:
-    ``part-00000.parquet``, ...) in natural name order (``part.2`` before ``part.10``), the rows' order; files
-    whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are left out, as pyarrow does.  None for
-    anything else, a folder of partition subfolders (``label=x/``, whose values are in folder names, not in
-    the files) included."""
+    ``part-00000.parquet``, ...) in natural name order (:func:`_parts`).  None for anything else, a folder of
+    partition subfolders (``label=x/``, whose values are in folder names, not in the files) included."""
+    return _parts(path, PARQUET_SUFFIXES)
+
+
+def npy_parts(path) -> list[str] | None:
+    """The ``.npy`` files of a folder of them (what a script that embeds in batches leaves: ``batch-0.npy``,
+    ..., ``batch-10.npy``) in natural name order (:func:`_parts`); None for anything else, a folder of Parquet
+    parts included."""
+    return None if parquet_parts(path) else _parts(path, (".npy",))
+
+
+def _parts(path, suffixes) -> list[str] | None:
+    """The files of the folder ``path`` whose suffix is one of ``suffixes``, in natural name order (``part.2``
+    before ``part.10``, where plain sorting, ``sorted(glob(...))``, puts ``part.10`` first): the rows' order.
+    Names that start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are left out, as pyarrow does.  None for
+    anything else, a Hugging Face dataset folder included."""
     if not os.path.isdir(path) or hf_shards(path) is not None:
         return None
     names = [f for f in os.listdir(path) if not f.startswith(("_", ".")) and os.path.isfile(os.path.join(path, f))
-             and _suffix(f) in PARQUET_SUFFIXES]
+             and _suffix(f) in suffixes]
     key = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # noqa: E731
     return [os.path.join(str(path), n) for n in sorted(names, key=key)] or None
 
@@ -67,8 +80,9 @@ def _parquet_files(path) -> list | None:
 
 def loader_for_suffix(path, registry) -> str | None:
     """The teacher plugin that reads files like ``path`` (its ``suffixes`` attribute), or None.  A Hugging
-    Face dataset folder reads as its shards do (``.arrow``), a folder of Parquet files as they do."""
-    suffix = ".arrow" if hf_shards(path) is not None else ".parquet" if parquet_parts(path) else _suffix(path)
+    Face dataset folder reads as its shards do (``.arrow``), a folder of Parquet or ``.npy`` files as they do."""
+    suffix = (".arrow" if hf_shards(path) is not None else ".parquet" if parquet_parts(path)
+              else ".npy" if npy_parts(path) else _suffix(path))
     return next((i.name for i in registry.available("teacher") if suffix in getattr(i.obj, "suffixes", ())), None)
 
 
@@ -124,7 +138,7 @@ def no_reader(path) -> str | None:
         return f"{path}: is {NO_READER[_suffix(path)]}"
     if not os.path.isdir(path):
         return None
-    return npy_shards(path) or f"{path}: is a folder; expected a teacher file"
+    return f"{path}: is a folder; expected a teacher file"
 
 
 def content_kind(path) -> tuple[str, str] | None:
@@ -166,18 +180,6 @@ def unreadable(path, what: str, reads: Sequence[str] | None, why) -> str:
                 f"teacher for {kind[1]} files reads it")
     return (f"{path}: not a readable {what}: it is {kind[0]}, which the teacher for {kind[1]} files reads "
             "(leave out teacher.loader in a pipeline file, --loader for atlas-encode)")
-
-
-def npy_shards(path) -> str | None:
-    """For a folder of ``.npy`` files (what a batched embedding script leaves), the one line that names them
-    and joins them into one file; None for any other folder."""
-    shards = sorted(f for f in os.listdir(path) if _suffix(f) == ".npy")
-    if not shards:
-        return None
-    return (f"{path}: is a folder of {len(shards):,} .npy file{'s' * (len(shards) > 1)} ({', '.join(shards[:3])}"
-            f"{', ...' if len(shards) > 3 else ''}); give one file: join them in row order, e.g. "
-            f"numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) for f in sorted(glob.glob("
-            f"'{os.path.join(os.path.normpath(str(path)), '*.npy')}'))]))")
 
 
 def not_utf8(name, lineno: int | None, head: bytes, what: str = "file", hint: str = "") -> str:

@@ -11,7 +11,6 @@ a second run reuses the conversion; without ``cache_dir`` the vectors are read i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -27,7 +26,7 @@ from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api
                                    read_table, text_vector, unreadable, utf16)
 from atlas_plugins.teacher import TeacherData, dtype_hint
 
-from .teachers import _exists
+from .teachers import _cache_file, _exists, _stamp
 
 BATCH_ROWS = 65536
 TEXT_CELLS = 4096  # vectors kept as text parsed at a time: a 1536-D one is some 25 kB of it
@@ -264,13 +263,6 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
     return np.load(cache, mmap_mode="r"), lists
 
 
-def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
-    """The ``.npy`` in ``cache_dir`` that holds ``path``'s vectors read with ``params``: named by the file (its
-    resolved path, size and modification time) and the parameters, so a changed file is converted again."""
-    key = hashlib.sha256(json.dumps([str(path.resolve()), *_stamp(path), *params]).encode())
-    return Path(cache_dir) / f"{prefix}-{key.hexdigest()[:20]}.npy"
-
-
 def jsonl(path, column: str = "embedding", text_column: str = "text", label_column: str = "label",
           id_column: str = "id", requests: str | None = None, cache_dir: str | None = None):
     """JSON lines with a vector per row (``{"embedding": [...], "text": ..., "label": ..., "id": ...}``), a
@@ -468,12 +460,6 @@ def _npy_header(shape: tuple) -> bytes:
     header padded with spaces, as the format allows), so that rows can be written before their count is known."""
     text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", NPY_HEADER - 10) + text.ljust(NPY_HEADER - 11).encode() + b"\n"
-
-
-def _stamp(p: Path) -> tuple:
-    """What tells a changed file from the one read before: its size and modification time."""
-    st = p.stat()
-    return st.st_size, st.st_mtime_ns
 
 
 def _present(lists: dict) -> dict:

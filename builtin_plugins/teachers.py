@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -12,7 +13,7 @@ import torch
 
 from atlas_plugins.checkpoint import safe_load
 from atlas_plugins.errors import DataError
-from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field,
+from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field, npy_parts,
                                    read_columnar_texts, read_table, text_lines, unreadable)
 from atlas_plugins.teacher import TeacherData, mend_unicode, missing_value, transposed
 
@@ -131,11 +132,21 @@ def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = No
 pt.suffixes = (".pt", ".pth")
 
 
-def npy(path, key: str | None = None, meta: str | None = None):
-    """NumPy ``.npy`` (memory-mapped, never read whole) or ``.npz`` (one array by ``key``).
+def npy(path, key: str | None = None, meta: str | None = None, cache_dir: str | None = None):
+    """NumPy ``.npy`` (memory-mapped, never read whole), ``.npz`` (one array by ``key``), or a folder of ``.npy``
+    files (``batch-0.npy``, ...), their rows one after another in natural name order (``batch-2`` before
+    ``batch-10``): joined into one ``.npy`` in ``cache_dir`` (a run's ``cache/``), a part at a time, then
+    memory-mapped; without ``cache_dir``, in memory.
 
     ``meta`` names a JSONL file with a ``text`` (and optional ``label``) per row.
     """
+    if parts := npy_parts(path):
+        if key is not None:
+            raise DataError(f"{path}: key = {key!r} is set, but a folder of .npy files holds one array a file; remove "
+                            f"the key ({NAME_IT})")
+        emb = _joined(Path(path), [Path(f) for f in parts], cache_dir)
+        texts, labels = read_meta(meta, path, emb) if meta is not None else (None, None)
+        return TeacherData(emb, labels=labels, texts=texts, source=str(path))
     p = _exists(path)
     expected = ".npz" if p.suffix.lower() == ".npz" else ".npy"
     try:
@@ -177,6 +188,67 @@ def npy(path, key: str | None = None, meta: str | None = None):
 
 
 npy.suffixes = (".npy", ".npz")
+
+
+def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
+    """The ``.npy`` in ``cache_dir`` that holds ``path``'s vectors read with ``params``: named by the file (its
+    resolved path, size and modification time) and the parameters, so a changed file is converted again."""
+    key = hashlib.sha256(json.dumps([str(path.resolve()), *_stamp(path), *params]).encode())
+    return Path(cache_dir) / f"{prefix}-{key.hexdigest()[:20]}.npy"
+
+
+def _stamp(p: Path) -> tuple:
+    """What tells a changed file from the one read before: its size and modification time."""
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _joined(folder: Path, parts: list[Path], cache_dir: str | None) -> np.ndarray:
+    """The rows of the ``.npy`` files ``parts`` of ``folder`` as one array ``(N, D)`` of their one dtype: a
+    ``.npy`` in ``cache_dir`` named by the parts (their names, sizes and modification times, so a changed part
+    is joined again), written 16 MiB at a time and memory-mapped; without ``cache_dir``, in memory.  Each part
+    is mapped only while it is copied: a map's pages count as the process's memory while it is open."""
+    def part(f: Path) -> np.ndarray:
+        try:
+            return np.load(f, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(unreadable(f, "NumPy file", (".npy",), exc)) from None
+
+    shapes, width, dtype = [], None, None
+    for f in parts:
+        a = part(f)
+        if not isinstance(a, np.ndarray) or a.ndim != 2 or (width, dtype) not in ((None, None), (a.shape[1], a.dtype)):
+            what = f"an array of shape {a.shape} and dtype {a.dtype}" if isinstance(a, np.ndarray) else "a zip archive"
+            expected = (f"(N, {width}) {dtype} rows, as {parts[0].name} holds" if width is not None
+                        else "rows (N, D), one vector a row")
+            raise DataError(f"{f}: holds {what}; each .npy file of the folder {folder} should hold {expected}")
+        shapes.append(a.shape)
+        width, dtype = a.shape[1], a.dtype
+        del a
+    if not cache_dir:
+        return np.concatenate([part(f) for f in parts])
+    cache = _cache_file(folder, cache_dir, "npy", [[f.name, *_stamp(f)] for f in parts])
+    if cache.is_file():
+        return np.load(cache, mmap_mode="r")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    step = max(1, 16 * 2**20 // max(dtype.itemsize * width, 1))  # rows
+    try:
+        with open(tmp, "wb") as out:  # written, not mapped, for the same reason
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False,
+                                                      "shape": (sum(n for n, _ in shapes), width)})
+            for f in parts:
+                a = part(f)
+                for start in range(0, len(a), step):
+                    out.write(np.ascontiguousarray(a[start:start + step]).tobytes())
+                del a
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, cache)
+    finally:  # Ctrl-C part way: no half-joined file is left
+        tmp.unlink(missing_ok=True)
+    return np.load(cache, mmap_mode="r")
 
 
 def safetensors(path, key: str = "embeddings", meta: str | None = None):

@@ -176,9 +176,9 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     (tmp_path / "shards").mkdir()
     one_error_line(run_cli(run, tmp_path / "shards", program="atlas-encode"),
                    "shards: is a folder; expected an input file")
-    np.save(tmp_path / "shards" / "part-1.npy", np.ones((3, 384), np.float32))
+    np.save(tmp_path / "shards" / "part-1.npy", np.ones((3, 768), np.float32))  # read as parts, then checked
     one_error_line(run_cli(run, tmp_path / "shards", program="atlas-encode"),
-                   "shards: is a folder of 1 .npy file (part-1.npy); give one file: join them in row order")
+                   "the student expects 384-D vectors (teacher 'npy', model all-MiniLM-L6-v2), got 768-D vectors")
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     one_error_line(run_cli(run, tmp_path / "broken.npy", program="atlas-encode"),
                    "broken.npy: not a readable NumPy file")

@@ -204,11 +204,18 @@ CASES = {
                      "index=False)"]),
     "folder-no-loader": (lambda p: (p / "vectors").mkdir() or 'path = "vectors"',
                          ["vectors: is a folder; expected a teacher file"]),
-    "npy-shards": (lambda p: (p / "out").mkdir() or [np.save(p / "out" / f"batch-{i}.npy", np.ones((9, 4), np.float32))
-                                                    for i in range(4)] and 'path = "out"',
-                   ["out: is a folder of 4 .npy files (batch-0.npy, batch-1.npy, batch-2.npy, ...); give one file: "
-                    "join them in row order, e.g. numpy.save('vectors.npy', numpy.concatenate([numpy.load(f) "
-                    "for f in sorted(glob.glob('", "out/*.npy'))]))"]),
+    "npy-parts-of-two-widths": (lambda p: (p / "out").mkdir() or [np.save(p / "out" / f"batch-{i}.npy",
+                                                                   np.ones((9, 4 + (i == 10)), np.float32))
+                                                           for i in (2, 10)] and 'path = "out"',
+                                ["out/batch-10.npy: holds an array of shape (9, 5) and dtype float32; each .npy file "
+                                 "of the folder ", "out should hold (N, 4) float32 rows, as batch-2.npy holds"]),
+    "npy-part-of-one-vector": (lambda p: (p / "out").mkdir() or np.save(p / "out" / "v.npy", np.ones(4, np.float32))
+                               or 'path = "out"', ["out/v.npy: holds an array of shape (4,) and dtype float32; each "
+                                                   ".npy file of the folder ", "out should hold rows (N, D), one "
+                                                   "vector a row"]),
+    "npy-parts-with-key": (lambda p: (p / "out").mkdir() or np.save(p / "out" / "a.npy", np.ones((9, 4), np.float32))
+                           or 'path = "out"\nkey = "x"', ["out: key = 'x' is set, but a folder of .npy files holds "
+                                                          "one array a file; remove the key (teacher.key"]),
     "npy-named-pt": (lambda p: np.save(p / "t.pt.npy", np.ones((600, 384), np.float32))
                      or (p / "t.pt.npy").rename(p / "t.pt") and 'path = "t.pt"',
                      ["t.pt: not a readable teacher file: its bytes are a NumPy .npy file; give it a .npy name, and "
@@ -277,6 +284,46 @@ def test_bad_teacher_file_is_one_clear_line(tmp_path, case):
     make, fragments = CASES[case]
     teacher = make(tmp_path)
     one_error_line(run_cli(write_pipeline(tmp_path, teacher=teacher), "--dry-run"), *fragments)
+
+
+def test_a_folder_of_npy_files_is_one_teacher_in_natural_name_order(tmp_path):
+    """What a script that embeds in batches leaves: batch-0.npy ... batch-11.npy.  It was refused with a command
+    to join them whose sorted(glob(...)) put batch-10 before batch-2, rows out of order.  Now the parts are read
+    in natural name order, joined once into the run's cache/ (a part at a time) and memory-mapped."""
+    from atlas_plugins import get_teacher, load_student
+
+    emb = np.load(EXAMPLE_NPY)[:600]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    bounds = [0, 40, 90, 100, 180, 260, 300, 370, 420, 480, 500, 570, 600]
+    for i, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        np.save(folder / f"batch-{i}.npy", emb[start:stop])
+    (folder / ".batch-0.npy.swp").write_bytes(b"an editor's")
+    npy = get_teacher("npy")
+    assert np.array_equal(npy(folder).embeddings, emb)  # in memory
+    cache = tmp_path / "cache"
+    joined = npy(folder, cache_dir=str(cache)).embeddings
+    [written] = cache.glob("npy-*.npy")
+    assert isinstance(joined, np.memmap) and np.array_equal(joined, emb)
+    assert np.load(written, mmap_mode="r").filename == npy(folder, cache_dir=str(cache)).embeddings.filename  # reused
+    np.save(folder / "batch-11.npy", emb[570:600] * 2)  # a part changed: joined again
+    assert np.array_equal(npy(folder, cache_dir=str(cache)).embeddings[570:], emb[570:600] * 2)
+    assert len(list(cache.glob("npy-*.npy"))) == 2 and not list(cache.glob(".*"))
+    np.save(folder / "batch-11.npy", emb[570:600])
+
+    meta = EXAMPLE_NPY.with_suffix(".jsonl").read_text().splitlines(keepends=True)[:600]
+    (tmp_path / "meta.jsonl").write_text("".join(meta))
+    pipe = write_pipeline(tmp_path, teacher='path = "out"\nmeta = "meta.jsonl"', stages=1, epochs=1)
+    dry = run_cli(pipe, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"teacher    npy: {folder}  (600 x 384 float32, with labels and texts)" in dry.stdout
+    done = run_cli(pipe, "--quiet")
+    assert done.returncode == 0, done.stderr
+    np.save(tmp_path / "e.npy", emb)
+    for given in (folder, tmp_path / "e.npy"):
+        assert run_cli(tmp_path / "run", given, "-o", f"{given}.xy.npy", "--quiet", program="atlas-encode").returncode == 0
+    assert np.array_equal(np.load(f"{folder}.xy.npy"), np.load(tmp_path / "e.npy.xy.npy"))
+    assert np.allclose(np.load(f"{folder}.xy.npy"), load_student(tmp_path / "run").encode(emb), atol=1e-6)
 
 
 def test_a_damaged_file_of_its_own_format_gets_the_reader_s_reason_not_a_format(tmp_path):
