@@ -27,7 +27,7 @@ import torch
 
 from .config import field_defaults, flatten, resumable_keys, training_keys
 from .errors import CheckpointError, WriteError, first_line
-from .formats import content_kind, unreadable
+from .formats import content_kind, npy_parts, parquet_parts, unreadable
 
 
 def _umask() -> int:
@@ -116,7 +116,8 @@ def safe_load(path, *, trust: bool = False, what: str = "checkpoint", mmap: bool
     """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file ({what})")
+        raise CheckpointError(f"{p}: {what} not found" if not p.exists() else f"{p}: is a folder; expected a {what}"
+                              if p.is_dir() else f"{p}: not a regular file ({what})")
 
     reads = (".pt", ".pth") if what == "teacher file" else None  # a teacher of another format: named so
 
@@ -193,6 +194,10 @@ def load_teacher_checkpoint(checkpoint_path, device: str = "cpu") -> dict:
     try:
         obj = safe_load(checkpoint_path, what="teacher file")
     except CheckpointError:
+        if parts := npy_parts(checkpoint_path) or parquet_parts(checkpoint_path):
+            raise CheckpointError(f"{checkpoint_path}: is a folder of {Path(parts[0]).suffix} parts, and "
+                                  "load_teacher_checkpoint reads torch files; train on the folder as it is (a "
+                                  "pipeline's [teacher] path)") from None
         kind = content_kind(checkpoint_path)  # looked at only when torch could not read it
         if kind is None or kind[1] not in OTHER_READERS:
             raise

@@ -118,6 +118,14 @@ def test_load_teacher_checkpoint_names_vectors_kept_in_another_format_and_the_ca
         assert str(caught.value) == (f"{tmp_path / name}: is {what}, and load_teacher_checkpoint reads torch files; "
                                      f"read the vectors with {call}, or train on the file as it is (a pipeline's "
                                      "[teacher] path)")
+    (tmp_path / "out").mkdir()  # what a script that embeds in batches leaves: the pipeline's teacher reads it
+    with pytest.raises(CheckpointError, match="out: is a folder; expected a teacher file$"):
+        load_teacher_checkpoint(tmp_path / "out")
+    np.save(tmp_path / "out" / "batch-0.npy", x)
+    with pytest.raises(CheckpointError) as caught:
+        load_teacher_checkpoint(tmp_path / "out")
+    assert str(caught.value) == (f"{tmp_path / 'out'}: is a folder of .npy parts, and load_teacher_checkpoint reads "
+                                 "torch files; train on the folder as it is (a pipeline's [teacher] path)")
     os.mkfifo(tmp_path / "fifo")  # looking at a file's first bytes never opens a FIFO (that would wait forever)
     answer = []
     reader = threading.Thread(target=lambda: answer.append(pytest.raises(CheckpointError, load_teacher_checkpoint,
