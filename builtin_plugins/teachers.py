@@ -238,8 +238,11 @@ def _joined(folder: Path, parts: list[Path], cache_dir: str | None) -> np.ndarra
             np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                       "fortran_order": False,
                                                       "shape": (sum(n for n, _ in shapes), width)})
-            for f in parts:
+            for f, shape in zip(parts, shapes):
                 a = part(f)
+                if a.shape != shape or a.dtype != dtype:  # the header above holds the first pass's row count
+                    raise DataError(f"{f}: changed while the folder's parts were joined (shape {shape}, now "
+                                    f"{a.shape}); run again once the files are written")
                 for start in range(0, len(a), step):
                     out.write(np.ascontiguousarray(a[start:start + step]).tobytes())
                 del a

@@ -4,6 +4,7 @@ import gzip
 import json
 import lzma
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,9 +322,36 @@ def test_a_folder_of_npy_files_is_one_teacher_in_natural_name_order(tmp_path):
     assert done.returncode == 0, done.stderr
     np.save(tmp_path / "e.npy", emb)
     for given in (folder, tmp_path / "e.npy"):
-        assert run_cli(tmp_path / "run", given, "-o", f"{given}.xy.npy", "--quiet", program="atlas-encode").returncode == 0
+        done = run_cli(tmp_path / "run", given, "-o", f"{given}.xy.npy", "--quiet", program="atlas-encode")
+        assert done.returncode == 0, done.stderr
     assert np.array_equal(np.load(f"{folder}.xy.npy"), np.load(tmp_path / "e.npy.xy.npy"))
     assert np.allclose(np.load(f"{folder}.xy.npy"), load_student(tmp_path / "run").encode(emb), atol=1e-6)
+
+
+def test_a_part_that_changes_while_the_folder_is_joined_is_named_never_joined_out_of_place(tmp_path, monkeypatch):
+    """The joined file's header holds the rows counted before the copy: a part that grew meanwhile would shift
+    every later row (a map of rows against other rows' texts) had it been copied as it now is."""
+    from atlas_plugins import get_teacher
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"batch-{i}.npy", np.full((5, 4), i, np.float32))
+    seen, load = [], np.load
+
+    def load_while_a_writer_appends(f, *args, **kwargs):
+        seen.append(Path(f).name)
+        if seen.count("batch-1.npy") == 2:  # the copy pass: another process has rewritten it meanwhile
+            np.save(f, np.full((7, 4), 1, np.float32))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", load_while_a_writer_appends)
+    with pytest.raises(DataError, match=r"batch-1.npy: changed while the folder's parts were joined \(shape \(5, 4\), "
+                                        r"now \(7, 4\)\); run again once the files are written$"):
+        get_teacher("npy")(folder, cache_dir=str(tmp_path / "cache"))
+    assert not list((tmp_path / "cache").iterdir())  # no joined file, and no half-written one
+    monkeypatch.setattr(np, "load", load)
+    assert get_teacher("npy")(folder, cache_dir=str(tmp_path / "cache")).embeddings.shape == (17, 4)
 
 
 def test_a_damaged_file_of_its_own_format_gets_the_reader_s_reason_not_a_format(tmp_path):
