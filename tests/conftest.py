@@ -15,13 +15,13 @@ EXAMPLE_META = ROOT / "examples" / "data" / "stdlib-minilm.jsonl"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-
 def example_rows(n: int, longest: int | None = 160) -> list[dict]:
     """The bundled example's first ``n`` rows (``text``, ``label``), each text cut to its first ``longest``
     characters (None: whole).  MiniLM spends its time on the few long docstrings (up to 1,370 characters, past
     its 256 tokens): on one core it embeds 120 whole texts in about 9 s, 120 cut ones in under 2 s."""
     rows = [json.loads(line) for line in EXAMPLE_META.read_text().splitlines()[:n]]
     return [{**row, "text": row["text"][:longest]} for row in rows] if longest else rows
+
 
 NEW_INTERPRETER = ("run_atlas(", "popen_atlas(", "torchrun(", "subprocess.")
 
