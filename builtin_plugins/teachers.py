@@ -174,12 +174,7 @@ def npy(path, key: str | None = None, meta: str | None = None, cache_dir: str | 
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, ValueError) and ("Python objects" in str(exc) or "Object arrays" in str(exc)):
-            # numpy's words for a dtype=object array (a file that is no .npy at all is "pickled (object) data")
-            raise DataError(f"{p}: holds Python objects (an array of lists, as df['embedding'].values is), which "
-                            "only unpickling could read, and data files are never unpickled; save the vectors as "
-                            "one float array: np.save(path, np.stack(vectors).astype(np.float32))") from None
-        raise DataError(unreadable(p, "NumPy file", (expected,), exc)) from None
+        raise DataError(_unreadable_npy(p, expected, exc)) from None
     texts = None
     if meta is not None:
         texts, meta_labels = read_meta(meta, p, emb)
@@ -188,6 +183,16 @@ def npy(path, key: str | None = None, meta: str | None = None, cache_dir: str | 
 
 
 npy.suffixes = (".npy", ".npz")
+
+
+def _unreadable_npy(p: Path, expected: str, exc: Exception) -> str:
+    """The one line for a NumPy file (``expected``: its suffix) that ``np.load`` refused with ``exc``."""
+    if isinstance(exc, ValueError) and ("Python objects" in str(exc) or "Object arrays" in str(exc)):
+        # numpy's words for a dtype=object array (a file that is no .npy at all is "pickled (object) data")
+        return (f"{p}: holds Python objects (an array of lists, as df['embedding'].values is), which only "
+                "unpickling could read, and data files are never unpickled; save the vectors as one float array: "
+                "np.save(path, np.stack(vectors).astype(np.float32))")
+    return unreadable(p, "NumPy file", (expected,), exc)
 
 
 def _cache_file(path: Path, cache_dir: str, prefix: str, params: list) -> Path:
@@ -212,7 +217,7 @@ def _joined(folder: Path, parts: list[Path], cache_dir: str | None) -> np.ndarra
         try:
             return np.load(f, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise DataError(unreadable(f, "NumPy file", (".npy",), exc)) from None
+            raise DataError(_unreadable_npy(f, ".npy", exc)) from None
 
     shapes, width, dtype = [], None, None
     for f in parts:

@@ -214,6 +214,10 @@ CASES = {
                                or 'path = "out"', ["out/v.npy: holds an array of shape (4,) and dtype float32; each "
                                                    ".npy file of the folder ", "out should hold rows (N, D), one "
                                                    "vector a row"]),
+    "npy-part-of-objects": (lambda p: (p / "out").mkdir() or np.save(p / "out" / "a.npy", np.array([[0.1], [0.2, 0.3]],
+                                                                                                    dtype=object))
+                            or 'path = "out"', ["out/a.npy: holds Python objects (an array of lists, as "
+                                                "df['embedding'].values is), which only unpickling could read"]),
     "npy-parts-with-key": (lambda p: (p / "out").mkdir() or np.save(p / "out" / "a.npy", np.ones((9, 4), np.float32))
                            or 'path = "out"\nkey = "x"', ["out: key = 'x' is set, but a folder of .npy files holds "
                                                           "one array a file; remove the key (teacher.key"]),
