@@ -35,6 +35,38 @@ def _exists(path, what: str = "teacher file") -> Path:
     return p
 
 
+def _vectors_key(p, key: str | None, shapes: dict, noun: str):
+    """Which of a file's named arrays (``shapes``: name -> shape, None for what is not an array) holds the
+    vectors: ``key``; when it is ``embeddings`` (the default name) or None and not there, the file's only
+    array, else its only 2-D one.  The rule of ``.npz``, ``.pt`` and ``.safetensors`` files alike; ``noun``
+    is what the file calls a name ("array", "key", "tensor")."""
+    names = ", ".join(map(str, shapes)) or "none"
+    if key in shapes:
+        return key
+    if key not in (None, "embeddings"):
+        raise DataError(f"{p}: no {noun} '{key}'; its {noun}s are: {names}; name the one with the vectors: {NAME_IT}")
+    matrices = [name for name, shape in shapes.items() if shape is not None and len(shape) == 2]
+    if len(shapes) == 1 or len(matrices) == 1:
+        return next(iter(shapes)) if len(shapes) == 1 else matrices[0]
+    found = f"{len(matrices)} (N, D) arrays ({', '.join(map(str, matrices))})" if matrices else \
+        f"no (N, D) array of vectors (its {noun}s are: {names})"
+    raise DataError(f"{p}: holds {found} and none is named 'embeddings'; name the one with the vectors: {NAME_IT}")
+
+
+def _npz_shapes(archive) -> dict:
+    """name -> shape of each array in an open ``.npz``, read from the headers alone (None where unreadable)."""
+    shapes = {}
+    for name in archive.files:
+        try:
+            with archive.zip.open(f"{name}.npy") as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shapes[name] = header(fh)[0]
+        except (KeyError, ValueError, OSError):
+            shapes[name] = None
+    return shapes
+
+
 def read_texts(path, what: str = "text file", one_per_row: bool = False, text_field: str = "text",
                label_field: str = "label") -> tuple[list[str], list | None]:
     """Texts (and labels) from a ``.jsonl`` file, a ``.csv``/``.tsv`` table or a columnar one (``text``,
@@ -104,16 +136,15 @@ def read_meta(meta, path, emb) -> tuple[list[str], list | None]:
 
 
 def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = None):
-    """Torch checkpoint: a tensor, or a dict with ``embeddings`` and optional ``labels``/``texts``/``model_state``.
+    """Torch checkpoint: a tensor, or a dict with the vectors (``key``; without an ``embeddings`` key, the dict's
+    only tensor) and optional ``labels``/``texts``/``model_state``.
 
     ``trust = true`` loads a full pickle, which can run code: only for files you trust.
     """
     obj = safe_load(_exists(path), trust=trust, what="teacher file")
     labels = texts = state = None
     if isinstance(obj, dict):
-        if key not in obj:
-            raise DataError(f"{path}: no key '{key}' in the checkpoint; keys are: {', '.join(map(str, obj)) or 'none'}"
-                            f"; name the one with the vectors: {NAME_IT}")
+        key = _vectors_key(path, key, {k: getattr(v, "shape", None) for k, v in obj.items()}, "key")
         emb = obj[key]
         labels, texts, state = obj.get("labels"), obj.get("texts"), obj.get("model_state")
         if isinstance(labels, torch.Tensor):
@@ -123,7 +154,8 @@ def pt(path, key: str = "embeddings", trust: bool = False, meta: str | None = No
     if isinstance(emb, np.ndarray):
         emb = torch.from_numpy(emb)
     if not isinstance(emb, torch.Tensor):
-        raise DataError(f"{path}: '{key}' is of type {type(emb).__name__}; expected a tensor of shape (N, D)")
+        held = f"'{key}' is of type" if isinstance(obj, dict) else "holds a"
+        raise DataError(f"{path}: {held} {type(emb).__name__}; expected a tensor of shape (N, D)")
     if meta is not None:
         texts, labels = read_meta(meta, path, emb)
     return TeacherData(emb, labels=labels, texts=texts, model_state=state, source=str(path))
@@ -133,7 +165,8 @@ pt.suffixes = (".pt", ".pth")
 
 
 def npy(path, key: str | None = None, meta: str | None = None, cache_dir: str | None = None):
-    """NumPy ``.npy`` (memory-mapped, never read whole), ``.npz`` (one array by ``key``), or a folder of ``.npy``
+    """NumPy ``.npy`` (memory-mapped, never read whole), ``.npz`` (the array ``key``: by default ``embeddings``,
+    else the archive's only array), or a folder of ``.npy``
     files (``batch-0.npy``, ...), their rows one after another in natural name order (``batch-2`` before
     ``batch-10``): joined into one ``.npy`` in ``cache_dir`` (a run's ``cache/``), a part at a time, then
     memory-mapped; without ``cache_dir``, in memory.
@@ -152,15 +185,7 @@ def npy(path, key: str | None = None, meta: str | None = None, cache_dir: str | 
     try:
         if expected == ".npz":
             with np.load(p, allow_pickle=False) as archive:
-                names = archive.files
-                if key is None:
-                    key = "embeddings" if "embeddings" in names else names[0] if len(names) == 1 else None
-                    if key is None:
-                        raise DataError(f"{p}: holds {len(names)} arrays ({', '.join(names) or 'none'}) and none is "
-                                        f"named 'embeddings'; name the one with the vectors: {NAME_IT}")
-                if key not in names:
-                    raise DataError(f"{p}: no array '{key}' in the .npz; arrays are: {', '.join(names) or 'none'}")
-                emb = archive[key]
+                emb = archive[_vectors_key(p, key, _npz_shapes(archive), "array")]
                 labels = archive["labels"].tolist() if "labels" in archive.files else None
         else:
             if key is not None:
@@ -260,7 +285,8 @@ def _joined(folder: Path, parts: list[Path], cache_dir: str | None) -> np.ndarra
 
 
 def safetensors(path, key: str = "embeddings", meta: str | None = None):
-    """A ``.safetensors`` file (needs the ``safetensors`` extra); the tensor named ``key``."""
+    """A ``.safetensors`` file (needs the ``safetensors`` extra); the tensor named ``key`` (without an
+    ``embeddings`` tensor, the file's only one)."""
     p = _exists(path)
     try:
         from safetensors import safe_open
@@ -269,11 +295,7 @@ def safetensors(path, key: str = "embeddings", meta: str | None = None):
                         "pip install 'atlas-distill[safetensors]'") from None
     try:
         with safe_open(str(p), framework="pt") as fh:
-            keys = list(fh.keys())
-            if key not in keys:
-                raise DataError(f"{p}: no tensor '{key}'; tensors are: {', '.join(keys) or 'none'}; name the one "
-                                f"with the vectors: {NAME_IT}")
-            emb = fh.get_tensor(key)
+            emb = fh.get_tensor(_vectors_key(p, key, {k: fh.get_slice(k).get_shape() for k in fh.keys()}, "tensor"))
     except DataError:
         raise
     except Exception as exc:  # safetensors raises its own SafetensorError for bad headers

@@ -464,12 +464,15 @@ def test_key_names_the_vectors_in_any_vector_file(run, tmp_path):
     # without --key, or with a wrong one: one line that names what the file holds, and nothing written
     bad = ("-o", tmp_path / "bad.csv")
     one_error_line(run_cli(run, tmp_path / "two.npz", *bad, program="atlas-encode"),
-                   "two.npz: holds 2 arrays (vecs, other) and none is named 'embeddings'",
+                   "two.npz: holds 2 (N, D) arrays (vecs, other) and none is named 'embeddings'",
                    "--key for atlas-encode")
     one_error_line(run_cli(run, tmp_path / "two.npz", "--key", "x", *bad, program="atlas-encode"),
-                   "two.npz: no array 'x' in the .npz; arrays are: vecs, other")
-    one_error_line(run_cli(run, tmp_path / "d.pt", *bad, program="atlas-encode"),
-                   "d.pt: no key 'embeddings' in the checkpoint; keys are: vecs", "--key for atlas-encode")
+                   "two.npz: no array 'x'; its arrays are: vecs, other")
+    one_error_line(run_cli(run, tmp_path / "d.pt", "--key", "vec", *bad, program="atlas-encode"),
+                   "d.pt: no key 'vec'; its keys are: vecs", "--key for atlas-encode")
+    done = run_cli(run, tmp_path / "d.pt", "-o", tmp_path / "only.npy", program="atlas-encode")  # its only tensor
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "only.npy"), expected)
     one_error_line(run_cli(run, tmp_path / "d.jsonl", "--key", "v", *bad, program="atlas-encode"),
                    "d.jsonl:1: no field 'v' (--key); its fields are: vec")
     np.save(tmp_path / "one.npy", x)

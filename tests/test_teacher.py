@@ -120,6 +120,58 @@ def _parquet(path):
     pq.write_table(pa.table({"embedding": [[0.5, 1.0]] * 8}), path)
 
 
+def test_without_a_key_the_vectors_are_embeddings_or_the_only_array_or_the_only_2d_one(tmp_path):
+    """One rule for the three formats that name their arrays: .npz, a .pt dict and .safetensors."""
+    from builtin_plugins.teachers import npy, pt
+
+    x = np.load(EXAMPLE_NPY)[:50]
+    ids = np.arange(50)
+    np.savez(tmp_path / "a.npz", vectors=x, labels=ids)  # the labels come along, as under 'embeddings'
+    torch.save({"vectors": torch.from_numpy(x), "ids": torch.from_numpy(ids), "note": "v1"}, tmp_path / "a.pt")
+    torch.save({"vectors": torch.from_numpy(x)}, tmp_path / "one.pt")
+    torch.save({"embeddings": torch.from_numpy(x[:, :8]), "vectors": torch.from_numpy(x)}, tmp_path / "both.pt")
+    a = npy(str(tmp_path / "a.npz"))
+    assert np.array_equal(np.asarray(a.embeddings), x) and a.labels == ids.tolist()
+    for name in ("a.pt", "one.pt"):
+        assert torch.equal(torch.as_tensor(pt(str(tmp_path / name)).embeddings), torch.from_numpy(x)), name
+    assert torch.as_tensor(pt(str(tmp_path / "both.pt")).embeddings).shape == (50, 8)  # 'embeddings' comes first
+    assert torch.as_tensor(pt(str(tmp_path / "both.pt"), key="vectors").embeddings).shape == (50, 384)
+    assert torch.equal(torch.as_tensor(pt(str(tmp_path / "a.pt"), key="embeddings").embeddings),
+                       torch.from_numpy(x))  # the default name, given: not there, so the only (N, D) tensor
+    torch.save({"a": torch.from_numpy(x), "b": torch.from_numpy(x)}, tmp_path / "two.pt")
+    with pytest.raises(DataError, match=r"two.pt: holds 2 \(N, D\) arrays \(a, b\) and none is named 'embeddings'; "
+                                        r"name the one with the vectors: teacher.key in a pipeline file"):
+        pt(str(tmp_path / "two.pt"))
+    torch.save({"ids": torch.arange(3), "note": "v1"}, tmp_path / "none.pt")
+    with pytest.raises(DataError, match=r"none.pt: holds no \(N, D\) array of vectors \(its keys are: ids, note\)"):
+        pt(str(tmp_path / "none.pt"))
+    with pytest.raises(DataError, match=r"a.pt: no key 'x'; its keys are: vectors, ids, note; name the one"):
+        pt(str(tmp_path / "a.pt"), key="x")
+    torch.save({"vectors": [0.5, 0.25]}, tmp_path / "list.pt")  # the only key, named in the type error
+    with pytest.raises(DataError, match=r"list.pt: 'vectors' is of type list; expected a tensor of shape \(N, D\)"):
+        pt(str(tmp_path / "list.pt"))
+    torch.save([0.5, 0.25], tmp_path / "bare.pt")
+    with pytest.raises(DataError, match=r"bare.pt: holds a list; expected a tensor of shape \(N, D\)"):
+        pt(str(tmp_path / "bare.pt"))
+
+
+def test_safetensors_without_a_key_reads_its_only_2d_tensor(tmp_path):
+    pytest.importorskip("safetensors", reason="needs the 'safetensors' extra")
+    from safetensors.torch import save_file
+
+    from builtin_plugins.teachers import safetensors
+
+    x = torch.from_numpy(np.load(EXAMPLE_NPY)[:50])
+    save_file({"vectors": x, "ids": torch.arange(50)}, tmp_path / "a.safetensors")
+    assert torch.equal(torch.as_tensor(safetensors(str(tmp_path / "a.safetensors")).embeddings), x)
+    save_file({"a": x, "b": x.clone()}, tmp_path / "two.safetensors")
+    with pytest.raises(DataError, match=r"two.safetensors: holds 2 \(N, D\) arrays \(a, b\) and none is named"):
+        safetensors(str(tmp_path / "two.safetensors"))
+    with pytest.raises(DataError, match=r"a.safetensors: no tensor 'x'; its tensors are: (ids, vectors|vectors, ids); "
+                                        "name the one"):
+        safetensors(str(tmp_path / "a.safetensors"), key="x")
+
+
 def _safetensors_bytes() -> bytes:
     numpy_safetensors = pytest.importorskip("safetensors.numpy", reason="needs the 'safetensors' extra")
     return numpy_safetensors.save({"embeddings": np.ones((4, 3), np.float32)})
@@ -241,12 +293,12 @@ CASES = {
                         or 'path = "t.npy"\nloader = "pt"',
                         ["t.npy: not a readable teacher file: it is a NumPy .npy file, which the teacher for .npy "
                          "files reads (leave out teacher.loader in a pipeline file, --loader for atlas-encode)"]),
-    "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones(3))
-                        or 'path = "t.npz"', ["t.npz: holds 2 arrays (a, b) and none is named 'embeddings'",
+    "npz-missing-key": (lambda p: np.savez(p / "t.npz", a=np.ones((600, 384)), b=np.ones((3, 3)))
+                        or 'path = "t.npz"', ["t.npz: holds 2 (N, D) arrays (a, b) and none is named 'embeddings'",
                                                    "teacher.key in a pipeline file"]),
     "pt-missing-key": (lambda p: torch.save({"vectors": torch.ones(600, 384)}, p / "t.pt")
-                       or 'path = "t.pt"\nkey = "embeddings"', ["t.pt: no key 'embeddings'", "keys are: vectors",
-                                                                     "teacher.key in a pipeline file"]),
+                       or 'path = "t.pt"\nkey = "vecs"', ["t.pt: no key 'vecs'; its keys are: vectors",
+                                                       "teacher.key in a pipeline file"]),
     "too-few-rows": (_npy(np.load(EXAMPLE_NPY)[:3]), ["2 training rows after the validation split",
                                                            "a batch needs at least 3"]),
     "meta-length": (lambda p: np.save(p / "t.npy", np.ones((600, 384), np.float32))
