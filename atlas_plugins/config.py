@@ -609,6 +609,9 @@ def _resolve_paths(tables: dict, path: Path, base: Path, origin: Origin) -> dict
     runs/<file name>."""
     for key in PATH_KEYS:
         value = tables["teacher"].get(key)
+        if isinstance(value, str) and not value.strip():  # resolved, "" would be the pipeline file's folder
+            raise ConfigError(f"{origin(f'teacher.{key}')}: teacher.{key} must be a path (a non-empty string), "
+                              f"got {value!r}")
         if isinstance(value, str):
             tables["teacher"][key] = _beside(base, value)
             _check_set_path(origin, f"teacher.{key}", value, tables["teacher"][key], base)

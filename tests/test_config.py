@@ -91,6 +91,18 @@ def test_a_broken_toml_value_from_set_is_an_error_not_a_string(tmp_path, item, w
                               "without quotes")
 
 
+@pytest.mark.parametrize("key", ["path", "meta", "cache_dir"])
+def test_an_empty_teacher_path_is_named_not_read_as_the_pipeline_folder(tmp_path, key):
+    # resolved against the pipeline file's folder, "" was that folder: "/tmp/...: is a folder; expected a teacher file"
+    with pytest.raises(ConfigError, match=rf"^--set 'teacher.{key}= ': teacher.{key} must be a path \(a non-empty "
+                                          r"string\), got ' '$"):
+        load(tmp_path, "", [f"teacher.{key}= "])
+    teacher = 'path = ""' if key == "path" else f'path = "{EXAMPLE_NPY}"\n{key} = ""'
+    (tmp_path / "q.toml").write_text(f"[teacher]\n{teacher}\n")
+    with pytest.raises(ConfigError, match=rf"q.toml: teacher.{key} must be a path \(a non-empty string\), got ''$"):
+        load_config(tmp_path / "q.toml", registry=REGISTRY)
+
+
 def test_a_bare_string_from_set_is_a_string(tmp_path):
     config = load(tmp_path, "", ["output.dir=runs/my run", "train.device=cpu"])
     assert config.output.dir == str(tmp_path / "runs" / "my run") and config.train.device == "cpu"
