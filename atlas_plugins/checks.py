@@ -1,7 +1,8 @@
-"""Argument checks, reductions and small tensor helpers shared by loss plugins.
+"""Argument checks, reductions and small tensor helpers shared by plugins.
 
 Plugins are free to use these so that every loss answers bad input the same
-way: a :class:`ConfigError` (also a ``ValueError``) naming the argument.
+way: a :class:`ConfigError` (also a ``ValueError``) naming the argument; and so
+that a device name means what ``train.device`` means (:func:`resolve_device`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,40 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 REDUCTIONS = ("mean", "sum", "none")
+DEVICE_NAMES = ("cpu", "cuda", "mps", "auto")
+DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
+
+
+def is_device(name) -> bool:
+    """Whether ``name`` is a device name: one of :data:`DEVICES` (``auto``: CUDA when there is a CUDA GPU)."""
+    return isinstance(name, str) and (name in DEVICE_NAMES or (name[:5] == "cuda:" and name[5:].isdigit()))
+
+
+def missing_device(name: str) -> str | None:
+    """Why this machine cannot run on the device ``name`` ('cuda', 'cuda:1', 'mps', 'cpu'), or None when it can."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        return "CUDA is not available here"
+    if name[:5] == "cuda:" and name[5:].isdigit() and int(name[5:]) >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return "Apple's MPS is not available here"
+    return None
+
+
+def resolve_device(name, what: str) -> torch.device:
+    """The device ``name`` on this machine (``auto``: CUDA when there is a CUDA GPU, else the CPU), or the
+    :class:`ConfigError` that names ``what`` (the key that gave it) and says what to give instead."""
+    if not is_device(name):
+        raise ConfigError(f"{what} must be {DEVICES}, got {name!r}"
+                          + (did_you_mean(name, DEVICE_NAMES) if isinstance(name, str) else ""))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if why := missing_device(name):
+        raise ConfigError(f"{what} = '{name}' but {why}; use 'cpu' or 'auto'")
+    return torch.device(name)
 
 
 def as_number(value, what: str) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from .checks import DEVICE_NAMES, DEVICES, is_device
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 from .params import accepts, describe, literal_values, matches, parameters, plugin_ref, signature_annotations
 from .registry import get_registry
@@ -91,10 +92,7 @@ optional_dim = bounded_int(1, MAX_TEACHER_DIM, optional=True)
 optional_positive_int = bounded_int(1, MAX_COUNT, optional=True)
 optional_positive_number = _check(lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
                                   "a positive number")
-DEVICES = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
-DEVICE_NAMES = ("cpu", "cuda", "mps", "auto")
-device = _check(lambda v: isinstance(v, str) and (v in DEVICE_NAMES or (v.startswith("cuda:") and v[5:].isdigit())),
-                DEVICES, DEVICE_NAMES)
+device = _check(is_device, DEVICES, DEVICE_NAMES)
 
 
 def one_of(*choices):

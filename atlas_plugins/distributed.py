@@ -7,7 +7,7 @@ timeout (a faiss graph of millions of rows takes hours on a few cores), so that 
 :data:`WAIT_TIMEOUT`.  A rank that dies still ends the others at once: torchrun stops the whole group.
 
 Without ``WORLD_SIZE`` > 1 in the environment everything is a no-op and the
-run is a single process.  :func:`missing_device` says whether this machine has a device at all.
+run is a single process.
 """
 
 from __future__ import annotations
@@ -40,17 +40,6 @@ class DistInfo:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-
-def missing_device(name: str) -> str | None:
-    """Why this machine cannot run on the device ``name`` ('cuda', 'cuda:1', 'mps', 'cpu'), or None when it can."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        return "CUDA is not available here"
-    if name[:5] == "cuda:" and name[5:].isdigit() and int(name[5:]) >= torch.cuda.device_count():
-        return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        return "Apple's MPS is not available here"
-    return None
 
 
 def init_from_env(device: torch.device) -> DistInfo:

@@ -23,7 +23,8 @@ from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
 from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec, override_items
 from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
-from .pipeline import Pipeline, assemble, blame, resolve_device
+from .checks import resolve_device
+from .pipeline import Pipeline, assemble, blame
 from .mapfiles import write_map_html, write_map_table
 from .refine import build_map
 from .registry import Registry, get_registry
@@ -89,7 +90,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                  progress: bool = False, echo: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                  registry: Registry | None = None, command: str = "atlas-run") -> RunResult:
     """Train the pipeline ``config`` describes into ``config.output.dir`` (with ``dry_run``: check only)."""
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, "train.device")
     dist = distributed.init_from_env(device)
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

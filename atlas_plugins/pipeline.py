@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .batches import MIN_BATCH_ROWS
+from .checks import resolve_device
 from .config import PipelineConfig
-from .distributed import missing_device
 from .errors import AtlasError, ConfigError, DataError, PluginError, first_line
 from .neighbors import choose_method
 from .params import accepts, resolve_refs
@@ -95,14 +95,6 @@ def _fmt_params(params: dict) -> str:
     return "".join(f"{k}={v!r} " for k, v in params.items())
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if why := missing_device(name):
-        raise ConfigError(f"train.device = '{name}' but {why}; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split of ``n`` rows; both index arrays sorted.
 
@@ -157,7 +149,7 @@ def assemble(config: PipelineConfig, registry: Registry | None = None, device: t
     ``progress=False``: the teacher plugin draws no progress bar either (:func:`load_teacher`)."""
     registry = registry or get_registry()
     tr = config.train
-    device = device or resolve_device(tr.device)
+    device = device or resolve_device(tr.device, "train.device")
     providers = {kind: registry.info(kind, name).distribution for kind, name in  # for error messages
                  (("teacher", config.teacher.loader), ("student", config.student.name),
                   ("loss", config.loss.name), ("schedule", config.schedule.name))}

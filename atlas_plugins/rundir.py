@@ -49,7 +49,7 @@ class RunDir:
     def __init__(self, path):
         self.path = Path(os.path.abspath(path))
         self._lock_fd: int | None = None
-        self._created = False
+        self._created: Path | None = None
 
     # -- locking ---------------------------------------------------------------
     def acquire(self) -> None:
@@ -59,7 +59,8 @@ class RunDir:
         run is stale by construction and is simply taken over.
         """
         try:
-            self._created = not self.path.exists()
+            missing = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
+            self._created = missing[-1] if missing else None  # the outermost folder this run makes
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"{self.path}: cannot create the output folder ({exc.strerror})") from None
@@ -123,7 +124,8 @@ class RunDir:
 
     def release(self) -> None:
         """Remove the lock file (while still holding it) and let go of the lock; remove the folder too
-        when :meth:`acquire` created it and nothing else was written."""
+        when :meth:`acquire` created it and nothing else was written, and the empty folders it was made in
+        (``runs/`` of ``runs/my-map``) when it made them too."""
         if self._lock_fd is not None:
             try:
                 if os.fstat(self._lock_fd).st_ino == os.lstat(self.path / LOCK).st_ino:
@@ -134,9 +136,14 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
             if self._created:  # a teacher's cache/, left empty by a file it could not convert, then the folder
-                for folder in (self.path / "cache", self.path):
-                    with contextlib.suppress(OSError):
+                made = [self.path / "cache", self.path]
+                made += [p for p in self.path.parents if p.is_relative_to(self._created)]
+                for folder in made:
+                    try:
                         folder.rmdir()  # only succeeds when empty
+                    except OSError:
+                        if folder != made[0]:
+                            break
 
     @contextlib.contextmanager
     def recording_new_files(self, folder: str, enabled: bool = True):

@@ -25,7 +25,8 @@ import torch
 
 from .checkpoint import atomic_save, safe_load
 from .config import MAX_SEED
-from .distributed import missing_device, parameter_digest
+from .checks import missing_device
+from .distributed import parameter_digest
 from .errors import CheckpointError, ConfigError, DataError, PluginError, first_line
 from .params import accepts
 from .refine import (REFINE_BLOCK, REFINE_MAX_DIMS, REFINE_MAX_EPOCHS, TrainingMap, refine as refine_points,

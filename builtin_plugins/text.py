@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes
-from atlas_plugins.errors import DataError, WriteError, first_line
+from atlas_plugins.checks import resolve_device
+from atlas_plugins.errors import ConfigError, DataError, WriteError, first_line
 from atlas_plugins import quiet_transformers
 from atlas_plugins.teacher import TeacherData
 
@@ -127,6 +128,17 @@ def _loaded(location: str, device: str, progress: bool):
         return _encoder(location, device)
 
 
+def _checked(model: str, batch_size: int, device: str) -> str:
+    """The device to embed on, once the parameters are checked: before the texts are read and the (slow) model
+    loads, and before a cached answer could hide a bad value until a run that embeds.  ``auto``: CUDA when
+    there is a CUDA GPU, else the CPU."""
+    if not model.strip():
+        raise ConfigError(f"model must name a SentenceTransformer model (a name or a local folder), got {model!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+    return str(resolve_device(device, "device"))
+
+
 def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_size: int = 64,
           device: str = "cpu", progress: bool = False) -> np.ndarray:
     """Embed ``texts`` (a list of strings) with a SentenceTransformer model: a float32 array ``(N, D)``.
@@ -134,6 +146,7 @@ def embed(texts, model: str = "all-MiniLM-L6-v2", normalize: bool = True, batch_
     What ``TrainedStudent.encode(list_of_texts)`` and ``atlas-encode`` call with the ``model`` and
     ``normalize`` a run recorded in ``student.pt``.
     """
+    device = _checked(model, batch_size, device)
     emb, long = _embed(texts, _model_location(model), normalize, batch_size, device, progress)
     if long:  # one message per model, so a stream of chunks (atlas-encode) shows it once
         warnings.warn(f"atlas: some texts are longer than {model}'s {long[0]} tokens; each is embedded from its "
@@ -180,6 +193,7 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
     """Embed the texts of ``path`` (``.txt``: one per line; ``.jsonl``, ``.csv``, ``.tsv``, Parquet, Arrow or a
     Hugging Face dataset folder: ``text`` and optional ``label``, or the fields or columns ``text_column`` and
     ``label_column`` name)."""
+    device = _checked(model, batch_size, device)
     path = Path(path)
     texts, labels = read_texts(path, text_field=text_column, label_field=label_column)
     location = _model_location(model)
@@ -230,7 +244,7 @@ def _cached(cached: Path, rows: int):
 
 def model(model: str = "all-MiniLM-L6-v2", normalize: bool = True, device: str = "cpu", progress: bool = True, **_):
     """The SentenceTransformer model itself (what a SentenceTransformer export starts from)."""
-    return _loaded(_model_location(model), device, progress)
+    return _loaded(_model_location(model), _checked(model, 1, device), progress)
 
 
 sentence_transformers.suffixes = (".txt", ".jsonl", ".csv", ".tsv")

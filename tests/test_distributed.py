@@ -188,16 +188,16 @@ def test_every_rank_reads_the_graph_of_rank_0_s_method(tmp_path):
 def test_missing_device_says_why_a_device_is_not_here(monkeypatch, cuda, gpus, name, why):
     """One rule for 'is this device here', read by train.device (refused) and a map's recorded teacher device
     (replaced by the CPU, :func:`atlas_plugins.student.on_this_machine`)."""
-    from atlas_plugins.pipeline import resolve_device
+    from atlas_plugins.checks import missing_device, resolve_device
     from atlas_plugins.student import on_this_machine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    assert distributed.missing_device(name) == why
+    assert missing_device(name) == why
     assert on_this_machine({"device": name, "normalize": True}) == {"device": "cpu" if why else name, "normalize": True}
     if why:
         with pytest.raises(ConfigError) as err:
-            resolve_device(name)
+            resolve_device(name, "train.device")
         assert str(err.value) == f"train.device = '{name}' but {why}; use 'cpu' or 'auto'"
     else:
-        assert resolve_device(name) == torch.device(name)
+        assert resolve_device(name, "train.device") == torch.device(name)

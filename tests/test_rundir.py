@@ -140,6 +140,23 @@ def test_a_failed_assembly_leaves_no_folder_behind(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_failed_run_removes_the_empty_folders_it_made_and_no_others(tmp_path):
+    """``runs/my-map`` where there was no ``runs/``: a run that fails leaves neither; a folder that was there
+    before, or that holds anything, stays."""
+    pipeline = write_pipeline(tmp_path, **TINY)
+    bad = ("--dry-run", "--set", "teacher.dim=100")
+    one_error_line(run_cli(pipeline, *bad, "--set", "output.dir=runs/deeper/my-map"), "embeddings have dimension 384")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "other").mkdir(parents=True)
+    one_error_line(run_cli(pipeline, *bad, "--set", "output.dir=runs/deeper/my-map"), "embeddings have dimension 384")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
+    run = RunDir(tmp_path / "runs" / "a" / "b")  # another process fills a folder this one made
+    run.acquire()
+    (tmp_path / "runs" / "a" / "theirs.txt").write_text("x")
+    run.release()
+    assert not (tmp_path / "runs" / "a" / "b").exists() and (tmp_path / "runs" / "a" / "theirs.txt").is_file()
+
+
 def test_without_posix_file_locks_the_import_says_which_systems_work(monkeypatch):
     """On Windows (no ``fcntl``) importing the toolkit names the systems it runs on, not a bare missing module."""
     import importlib.util

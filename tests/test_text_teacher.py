@@ -140,6 +140,47 @@ def test_a_model_name_not_on_this_disk_is_refused_at_once_never_fetched(hub_cach
         embed(["parse a CSV file"], model="no-such-model-anywhere")
 
 
+@pytest.mark.parametrize("param, message", [
+    ({"device": "gpu"}, "device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got 'gpu' (did you mean 'cpu'?)"),
+    ({"device": "cuda:x"},
+     "device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got 'cuda:x' (did you mean 'cuda'?)"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"model": ""}, "model must name a SentenceTransformer model (a name or a local folder), got ''"),
+])
+def test_bad_parameters_are_named_before_the_texts_are_read_or_a_cache_is_used(tmp_path, param, message):
+    """A bad device was blamed on the model ("give the model's local folder"); batch_size = 0 failed only after
+    "embedding N texts", and passed unnoticed while the embeddings were cached."""
+    from atlas_plugins import ConfigError
+    from builtin_plugins import text
+
+    calls = [lambda: text.sentence_transformers(tmp_path / "not-read.txt", **param),
+             lambda: text.embed(["parse a CSV file"], **param)]
+    if "batch_size" not in param:  # the model alone (what an export loads) takes no batch size
+        calls.append(lambda: text.model(**param))
+    for call in calls:
+        with pytest.raises(ConfigError) as raised:
+            call()
+        assert str(raised.value) == message
+    (tmp_path / "p.toml").write_text('[teacher]\nloader = "sentence-transformers"\npath = "not-read.txt"\n')
+    key, value = next(iter(param.items()))
+    one_error_line(run_cli(tmp_path / "p.toml", "--dry-run", "--set", f"teacher.{key}={json.dumps(value)}"),
+                   f"[teacher] teacher 'sentence-transformers' (atlas-distill): {message}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_device_auto_embeds_on_a_cuda_gpu_when_there_is_one_else_the_cpu(monkeypatch):
+    import torch
+
+    from builtin_plugins import text
+
+    assert text._checked("m", 1, "auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert text._checked("m", 1, "auto") == "cpu"
+    from atlas_plugins import ConfigError
+
+    with pytest.raises(ConfigError, match="^device = 'cuda:0' but CUDA is not available here; use 'cpu' or 'auto'$"):
+        text._checked("m", 1, "cuda:0")
+
 
 @pytest.mark.parametrize("error, said", [(RuntimeError(), "RuntimeError"),
                                          (OSError("\nmodel.safetensors: truncated\nsee above"),
@@ -160,6 +201,7 @@ def test_a_model_that_fails_to_load_is_one_line_even_when_its_error_says_nothing
     text._encoder.cache_clear()
     assert str(raised.value) == (f"cannot load the SentenceTransformer model '{tmp_path}' ({said}); give the model's "
                                  "local folder (teacher.model in a pipeline file, --model for atlas-encode)")
+
 
 def test_a_map_whose_model_folder_moved_embeds_with_model(tmp_path):
     """student.pt records a local model folder by its path; once the folder moved (a project copied to another
