@@ -286,13 +286,13 @@ def test_blank_lines_before_a_text_are_named_as_rows_then_follow_lines_no_more(r
         "for each of the other 3 texts, in order", f"atlas-encode: 3 rows written to {tmp_path / 'xy.npy'}"]
     expected = load_student(run).encode(["parse a CSV file", "open a TCP socket", "compute a SHA-256 digest"])
     assert np.allclose(np.load(tmp_path / "xy.npy"), expected, atol=1e-5)
+    # the same command in this process (the real entry point ran above): torch and the model load once
     (tmp_path / "texts.txt").write_text("parse a CSV file\nopen a TCP socket\n\n")  # at the end: nothing moves
-    proc = subprocess.run([ENCODE, run, tmp_path / "texts.txt", "--quiet"], capture_output=True, text=True, timeout=600)
+    proc = run_cli(run, tmp_path / "texts.txt", "--quiet", program="atlas-encode")
     assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout.splitlines()) == 2, proc.stderr
     (tmp_path / "texts.txt").write_text("\n  \n\n")  # no text at all: said, and nothing written
-    for given, stdin in ((tmp_path / "texts.txt", ""), ("-", ""), ("-", "\n\n")):
-        proc = subprocess.run([ENCODE, run, given, "-o", tmp_path / "none.npy", "--quiet"], input=stdin,
-                              capture_output=True, text=True, timeout=600)
+    for given, stdin in ((tmp_path / "texts.txt", b""), ("-", b""), ("-", b"\n\n")):
+        proc = run_cli(run, given, "-o", tmp_path / "none.npy", "--quiet", stdin=stdin, program="atlas-encode")
         name = "stdin" if given == "-" else given
         assert proc.returncode == 2 and proc.stderr == (f"atlas-encode: error: {name}: no texts found; give one text "
                                                         "per line (blank lines are skipped)\n"), proc.stderr
