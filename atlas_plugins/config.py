@@ -350,7 +350,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or any(not p.strip() for p in parts):
-        raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.batch_size=64")
+        owners = [name for name, cls in SECTIONS.items() if key.strip() in attrs.fields_dict(cls)]
+        hint = f"; did you mean --set {owners[0]}.{key.strip()}={raw.strip()}?" if sep and len(owners) == 1 else \
+            ", e.g. --set train.batch_size=64"
+        raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE{hint}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError as exc:

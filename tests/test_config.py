@@ -103,6 +103,19 @@ def test_an_empty_teacher_path_is_named_not_read_as_the_pipeline_folder(tmp_path
         load_config(tmp_path / "q.toml", registry=REGISTRY)
 
 
+@pytest.mark.parametrize("item, hint", [
+    ("epochs_per_stage=1", "; did you mean --set train.epochs_per_stage=1?"),  # the one section with that key
+    ("dir = runs/x", "; did you mean --set output.dir=runs/x?"),
+    ("name=mlp", ", e.g. --set train.batch_size=64"),  # a key of several sections: no guess
+    ("train=1", ", e.g. --set train.batch_size=64"),
+    ("epochs_per_stage", ", e.g. --set train.batch_size=64"),
+])
+def test_a_set_item_without_its_section_names_the_section_that_has_the_key(tmp_path, item, hint):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "", [item])
+    assert str(err.value) == f"--set {item!r}: expected SECTION.KEY=VALUE{hint}"
+
+
 def test_a_bare_string_from_set_is_a_string(tmp_path):
     config = load(tmp_path, "", ["output.dir=runs/my run", "train.device=cpu"])
     assert config.output.dir == str(tmp_path / "runs" / "my run") and config.train.device == "cpu"
