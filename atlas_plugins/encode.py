@@ -396,6 +396,8 @@ def writer_for(out: str | None):
     if out is None:
         return _Jsonl
     suffix = Path(out).suffix.lower()
+    if Path(out).is_dir():  # before its suffix: a folder named like a file (coords.npy/) is a folder all the same
+        raise ConfigError(f"-o {out}: is a folder; name a file in it, e.g. -o {Path(out) / 'coords.parquet'}")
     if suffix not in WRITERS:
         raise ConfigError(f"-o {out}: unknown output suffix '{suffix or Path(out).name}'; write one of: "
                           f"{', '.join(WRITERS)} (or no -o for JSON lines on stdout)")
@@ -423,8 +425,6 @@ def encode_file(student: TrainedStudent, source: str, out: str | None = None, *,
     with ExitStack() as stack:
         workdir = None
         if out is not None:
-            if Path(out).is_dir():
-                raise ConfigError(f"-o {out}: is a folder; give a file name ending in {', '.join(WRITERS)}")
             if os.path.islink(out):  # os.replace would put a file where the link was, not at its target
                 raise ConfigError(f"-o {out}: is a symbolic link (to {os.readlink(out)}); give the file's own path")
             if Path(out).exists():

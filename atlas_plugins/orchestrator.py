@@ -21,9 +21,9 @@ import torch
 
 from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
+from .checks import resolve_device
 from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec, override_items
 from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
-from .checks import resolve_device
 from .pipeline import Pipeline, assemble, blame
 from .mapfiles import write_map_html, write_map_table
 from .refine import build_map

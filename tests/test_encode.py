@@ -185,6 +185,10 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     np.save(tmp_path / "ok.npy", np.ones((4, 384), np.float32))
     one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "o.xlsx", program="atlas-encode"),
                    "unknown output suffix '.xlsx'; write one of: .jsonl, .csv, .npy, .parquet")
+    (tmp_path / "coords.npy").mkdir()  # a folder, even one named like a file a writer writes
+    for folder in (tmp_path / "shards", tmp_path / "coords.npy"):
+        one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", folder, program="atlas-encode"),
+                       f"-o {folder}: is a folder; name a file in it, e.g. -o {folder / 'coords.parquet'}")
     (tmp_path / "x.bin").write_bytes(b"")
     one_error_line(run_cli(run, tmp_path / "x.bin", program="atlas-encode"), "no teacher plugin reads '.bin' files")
     one_error_line(run_cli(run, tmp_path / "ok.npy", "--batch-size", "0", program="atlas-encode"),
@@ -200,8 +204,10 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
     one_error_line(run_cli(run, tmp_path / "ok.npy", "-o", tmp_path / "link.npy", program="atlas-encode"),
                    f"link.npy: is a symbolic link (to {tmp_path / 'elsewhere.npy'}); give the file's own path")
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.xlsx").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "link.npy", "ok.npy", "shards", "wide.npy",
-                                                          "x.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npy", "coords.npy", "link.npy", "ok.npy", "shards",
+                                                          "wide.npy", "x.bin"]
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["part-1.npy"]  # nothing written in the folders
+    assert not any((tmp_path / "coords.npy").iterdir())
     assert np.load(tmp_path / "ok.npy").shape == (4, 384) and (tmp_path / "link.npy").is_symlink()
 
 
