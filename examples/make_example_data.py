@@ -43,19 +43,20 @@ def collect() -> list[tuple[str, str]]:
     for name in sorted(sys.stdlib_module_names):
         if name.startswith("_") or name in SKIP:
             continue
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # importing (and reading: typing.io) deprecated modules warns
             warnings.simplefilter("ignore")
             try:
                 mod = importlib.import_module(name)
             except Exception:
                 continue
-        objects = [mod] + [obj for _, obj in sorted(vars(mod).items())
-                           if (inspect.isclass(obj) or inspect.isfunction(obj))
-                           and getattr(obj, "__module__", "").split(".")[0] == name]
-        methods = [fn for cls in objects if inspect.isclass(cls)
-                   for _, fn in sorted(vars(cls).items()) if inspect.isfunction(fn)]
-        for obj in objects + methods:
-            text = first_paragraph(getattr(obj, "__doc__", None))
+            objects = [mod] + [obj for _, obj in sorted(vars(mod).items())
+                               if (inspect.isclass(obj) or inspect.isfunction(obj))
+                               and getattr(obj, "__module__", "").split(".")[0] == name]
+            methods = [fn for cls in objects if inspect.isclass(cls)
+                       for _, fn in sorted(vars(cls).items()) if inspect.isfunction(fn)]
+            docs = [getattr(obj, "__doc__", None) for obj in objects + methods]
+        for doc in docs:
+            text = first_paragraph(doc)
             if text and text not in seen:
                 seen.add(text)
                 rows.append((text, name))
