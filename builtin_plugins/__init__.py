@@ -26,9 +26,10 @@ def register_schedules(register):
 @hookimpl
 def register_teachers(register):
     register("pt", teachers.pt, "torch checkpoint (tensor or dict), loaded with weights_only=True")
-    register("npy", teachers.npy, "NumPy .npy (memory-mapped) or .npz")
+    register("npy", teachers.npy, "NumPy .npy (memory-mapped), .npz, or a folder of .npy parts (joined in order)")
     register("safetensors", teachers.safetensors, "safetensors file (optional extra)")
-    register("parquet", tables.parquet, "Parquet embedding column, with text/label/id columns (optional extra)")
+    register("parquet", tables.parquet, "Parquet file or folder of parts: embedding column, with text/label/id columns "
+             "(optional extra)")
     register("arrow", tables.arrow, "Arrow IPC (Feather) file or Hugging Face dataset folder: embedding column, "
              "with text/label/id columns (the parquet extra)")
     register("jsonl", tables.jsonl, "JSON lines with an embedding (and text/label/id) per row, a vector per line, "
