@@ -71,6 +71,20 @@ def on_this_machine(params: dict) -> dict:
     return {**params, "device": "cpu"} if gone else params
 
 
+def _rows(x: list | tuple) -> np.ndarray:
+    """A list of vectors as a float32 array ``(N, D)``; rows of different lengths are named, not NumPy's
+    "inhomogeneous shape"."""
+    try:
+        return np.asarray(x, np.float32)
+    except (ValueError, TypeError):
+        lengths = [len(r) if isinstance(r, (list, tuple, np.ndarray, torch.Tensor)) else None for r in x]
+        other = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+        if other is None or None in (lengths[0], lengths[other]):
+            raise DataError("encode: the rows are not vectors of numbers of one length") from None
+        raise DataError(f"encode: row {other} holds {lengths[other]:,} values, row 0 {lengths[0]:,}; every row "
+                        "is a vector of one length") from None
+
+
 @attrs.define
 class TrainedStudent:
     """A student module with the plugin name and parameters that rebuild it.
@@ -117,9 +131,12 @@ class TrainedStudent:
 
     def _encode(self, x, batch_size, precision, refine, seed, check):
         as_numpy = not isinstance(x, torch.Tensor)
+        if isinstance(x, str) or x is None:
+            raise DataError(f"the student encodes rows of vectors (N, {self.input_dim}) or a list of texts, got "
+                            + ("one text; pass it as a list: encode([text])" if x is not None else "None"))
         if isinstance(x, (list, tuple)):
             x = (self.embed_texts(x) if any(isinstance(t, str) for t in x)
-                 else np.asarray(x, np.float32) if len(x) else np.zeros((0, self.input_dim), np.float32))
+                 else _rows(x) if len(x) else np.zeros((0, self.input_dim), np.float32))
         x = x if isinstance(x, (np.ndarray, torch.Tensor)) else np.asarray(x)  # a DataFrame, a Series, ...
         if isinstance(x, np.ndarray) and x.dtype.kind in "OU" and x.ndim == 1 and len(x) and all(
                 isinstance(t, str) for t in x):  # a Series (or array) of texts, as a list of them

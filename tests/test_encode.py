@@ -413,6 +413,19 @@ def test_one_vector_is_told_how_to_pass_it_and_an_empty_list_is_no_rows(run):
     assert load_student(run).encode([]).shape == (0, 5)  # was "got an array of shape (0,)"
 
 
+@pytest.mark.parametrize("given, message", [
+    ("parse a CSV file", "the student encodes rows of vectors (N, 384) or a list of texts, got one text; pass it as "
+                         "a list: encode([text])"),  # was "the vectors are str128, expected floats"
+    (None, "the student encodes rows of vectors (N, 384) or a list of texts, got None"),  # "an array of shape ()"
+    ([[0.5] * 384, [0.5] * 383], "encode: row 1 holds 383 values, row 0 384; every row is a vector of one length"),
+    ([[0.5] * 384, 0.5], "encode: the rows are not vectors of numbers of one length"),  # both: NumPy's ValueError
+])
+def test_a_text_none_or_ragged_rows_are_named(run, given, message):
+    with pytest.raises(DataError) as raised:
+        load_student(run).encode(given)
+    assert str(raised.value) == message
+
+
 def test_vectors_stored_as_columns_are_told_to_turn(run, tmp_path):
     """Julia, R and MATLAB keep a matrix's vectors as its columns: ``(384, N)``. It was "expects 384-D vectors,
     got N-D vectors; encode vectors made by the same teacher model", which sent the user to the wrong cause."""
