@@ -61,8 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(line: str) -> None:
+    """``line`` on stderr in one write: the ranks of a torchrun run share it, and ``print`` writes the text and
+    its newline apart, so two ranks' lines ran together."""
+    sys.stderr.write(line + "\n")
+
+
 def _warn(message: str) -> None:
-    print(f"atlas-run: warning: {message}", file=sys.stderr)
+    _say(f"atlas-run: warning: {message}")
 
 
 def list_plugins(as_json: bool) -> str:
@@ -198,8 +204,8 @@ def encode(args: argparse.Namespace) -> int:
         if args.input:
             raise _usage("--export-sentence-transformers takes the run folder only, no INPUT", ENCODE_USAGE)
         folder = student.to_sentence_transformer(args.export, progress=not args.quiet)
-        print(f"atlas-encode: SentenceTransformer model written to {folder}; SentenceTransformer('{folder}')"
-              ".encode(texts) returns the map's coordinates", file=sys.stderr)
+        _say(f"atlas-encode: SentenceTransformer model written to {folder}; SentenceTransformer('{folder}')"
+             ".encode(texts) returns the map's coordinates")
         return 0
     if not args.input:
         raise _usage("INPUT is required (a file, or - for texts on stdin)", ENCODE_USAGE)
@@ -209,7 +215,7 @@ def encode(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, precision=args.precision, refine=args.refine, seed=args.seed,
                        progress=not args.quiet and sys.stderr.isatty(), overwrite=args.overwrite)
     if args.output:
-        print(f"atlas-encode: {rows:,} row{'s' * (rows != 1)} written to {args.output}", file=sys.stderr)
+        _say(f"atlas-encode: {rows:,} row{'s' * (rows != 1)} written to {args.output}")
     return 0
 
 
@@ -224,35 +230,34 @@ def main(argv=None) -> int:
 
 def _guarded(prog: str, parser: argparse.ArgumentParser, command, argv) -> int:
     """Run ``command(args)``: an :class:`AtlasError` is one line and its exit code, never a traceback."""
-    warnings.showwarning = lambda message, category, *a, **k: print(
-        f"{prog}: warning: {str(message).removeprefix('atlas: ')}", file=sys.stderr)
+    warnings.showwarning = lambda message, category, *a, **k: _say(
+        f"{prog}: warning: {str(message).removeprefix('atlas: ')}")
     # the toolkit's own warnings are messages for the user: a warning line even under PYTHONWARNINGS=error
     warnings.filterwarnings("default", message="atlas: ")
     args = parser.parse_args(argv)
     try:
         return command(args)
     except AtlasError as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        _say(f"{prog}: error: {one_line(exc)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        _say(f"{prog}: interrupted")
         return 130
     except BrokenPipeError:  # the reader went away (atlas-run --list-plugins | head): stop quietly
         _silence_stdout()
         return 128 + signal.SIGPIPE
     except torch.cuda.OutOfMemoryError as exc:  # the machine's limit, not a bug: what to change instead
         what = ". ".join(one_line(exc).split(". ")[:2]).rstrip(".")  # torch's first two sentences: what it tried
-        print(f"{prog}: error: the GPU ran out of memory ({what}); lower train.batch_size or "
-              'train.eval_rows, or set train.device = "cpu" '
-              "(--resume continues a run with either of the last two changed)",
-              file=sys.stderr)
+        _say(f"{prog}: error: the GPU ran out of memory ({what}); lower train.batch_size or "
+             'train.eval_rows, or set train.device = "cpu" '
+             "(--resume continues a run with either of the last two changed)")
         return 1
     except RecursionError:
-        print(f"{prog}: error: the input is nested too deeply to process", file=sys.stderr)
+        _say(f"{prog}: error: the input is nested too deeply to process")
         return 2
     except Exception:
         traceback.print_exc()
-        print(f"{prog}: internal error (above); please report it", file=sys.stderr)
+        _say(f"{prog}: internal error (above); please report it")
         return 1
 
 

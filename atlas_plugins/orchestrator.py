@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
 from .checks import resolve_device
 from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec, override_items
-from .errors import CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
+from .errors import AtlasError, CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame
 from .mapfiles import write_map_html, write_map_table
 from .refine import build_map
@@ -99,17 +99,26 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         echo(f"note: this machine has a CUDA GPU, left idle: {idle}")
     run = RunDir(config.output.dir)
     try:
-        blob = None
+        blob, refused = None, None
         if dist.is_main:
-            check_folder(run, resume, overwrite, command)
-            run.acquire()  # a dry run too: a teacher may convert its file into cache/ while it loads
-            if resume:
-                blob = find_resume_checkpoint(run, warn)
-                if blob is None:
-                    hint = run.continue_command(command) if run.holds_run() else command
-                    raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); start with: {hint}")
-                for change in check_resumable(blob, config.to_dict(), config.source):
-                    echo(f"note: resuming with changed {change}")
+            try:
+                check_folder(run, resume, overwrite, command)
+                run.acquire()  # a dry run too: a teacher may convert its file into cache/ while it loads
+                if resume:
+                    blob = find_resume_checkpoint(run, warn)
+                    if blob is None:
+                        hint = run.continue_command(command) if run.holds_run() else command
+                        raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); start "
+                                              f"with: {hint}")
+                    for change in check_resumable(blob, config.to_dict(), config.source):
+                        echo(f"note: resuming with changed {change}")
+            except AtlasError as exc:
+                refused = exc
+        # every rank waits for rank 0's word on the folder: none may write there (a teacher's cache) when it is
+        # refused, and each stops with rank 0's one line rather than a broken connection's traceback
+        refused = distributed.broadcast(dist, refused)
+        if refused is not None:
+            raise refused
         with run.recording_new_files("cache", enabled=dist.is_main):
             pipe = assemble(config, registry, device=device, progress=progress)
         loggers = make_loggers(config, registry, run) if dist.is_main else []

@@ -1,5 +1,7 @@
 """``atlas-run`` driven as a user drives it: the real entry point, in a subprocess, on real data."""
 
+import contextlib
+import io
 import json
 import tomllib
 from pathlib import Path
@@ -426,3 +428,25 @@ def test_without_the_text_extra_texts_name_it(tmp_path, monkeypatch):
     assert run_cli(pipe, "--quiet").returncode == 0  # vectors need no model
     encoded = run_cli(tmp_path / "run", "-", program="atlas-encode", stdin=b"parse a CSV file\n", env=env)
     assert one_error_line(encoded) == f"atlas-encode: error: {extra}"
+
+
+class Writes(io.StringIO):
+    """A stderr that keeps each ``write`` call apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def write(self, text):
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_a_message_line_is_one_write_so_torchrun_ranks_do_not_run_together(tmp_path):
+    """The ranks of a torchrun run share stderr, unbuffered: ``print`` wrote a line's text, then its newline,
+    and two ranks' lines came out as one (``...--overwrite (...)atlas-run: error: ...``)."""
+    errors = Writes()
+    with contextlib.redirect_stderr(errors):
+        code = cli.main([str(tmp_path / "missing.toml")])
+    assert code == 2
+    assert errors.calls == [f"atlas-run: error: {tmp_path / 'missing.toml'}: pipeline file not found\n"]

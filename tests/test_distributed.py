@@ -66,6 +66,46 @@ def test_resume_under_torchrun_is_bit_identical(ddp_run, tmp_path):
     assert same_weights(weights(run / "student.pt"), weights(folder / "run" / "student.pt"))
 
 
+RANK_0_REFUSES_SLOWLY = """
+import os, sys, time
+from atlas_plugins import orchestrator
+from atlas_plugins.cli import main
+
+check = orchestrator.check_folder
+assemble = orchestrator.assemble
+
+def slow_check(*args, **kwargs):
+    time.sleep(3)  # long enough for another rank to go on alone, if it could
+    return check(*args, **kwargs)
+
+def noted_assemble(*args, **kwargs):
+    open(os.environ["ASSEMBLED"] + os.environ["RANK"], "w").close()
+    return assemble(*args, **kwargs)
+
+orchestrator.check_folder = slow_check
+orchestrator.assemble = noted_assemble
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_when_rank_0_refuses_the_folder_no_rank_goes_on(ddp_run, tmp_path, monkeypatch):
+    """A folder that already holds a run (no --resume): rank 0 says so; the other ranks stop with it before
+    they read the teacher or write a cache there, not with a broken connection's traceback."""
+    folder, pipe, _ = ddp_run
+    before = sorted(p.relative_to(folder) for p in (folder / "run").rglob("*"))
+    script = tmp_path / "patched_atlas_run.py"
+    script.write_text(RANK_0_REFUSES_SLOWLY)
+    monkeypatch.setenv("ASSEMBLED", str(tmp_path / "assembled-rank"))
+    proc = torchrun(pipe, script=script)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if "atlas-run: error:" in line]
+    assert said and all(line.count("atlas-run: error:") == 1 for line in said), said  # a line per rank
+    assert "already holds a run; continue it with: atlas-run" in said[0]
+    assert "internal error" not in proc.stderr and "atlas_plugins/" not in proc.stderr, proc.stderr
+    assert not list(tmp_path.glob("assembled-rank*"))
+    assert sorted(p.relative_to(folder) for p in (folder / "run").rglob("*")) == before
+
+
 def test_gradient_accumulation_under_ddp_keeps_the_ranks_identical(tmp_path):
     """Micro-batches before the last of a step run under ``no_sync``: the ranks must still agree exactly."""
     pipe = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [16]')
