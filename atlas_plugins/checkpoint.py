@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import io
 import os
 import pickle
 import pickletools
+import socket
 import tempfile
 import warnings
 import zipfile
@@ -98,6 +100,46 @@ def atomic_write_bytes(path, data) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_open`)."""
     with atomic_open(path) as fh:
         fh.write(data)
+
+
+@contextlib.contextmanager
+def cache_writer(path):
+    """A binary file handle whose contents become the cache file ``path`` when the block ends without an error.
+
+    For a file that several processes may write at once, each the same bytes (the ranks of a torchrun run
+    converting one teacher): each writes ``.<name>.<host>-<pid>.tmp`` beside it, fsync's it and renames it into
+    place, so the last rename wins and every reader sees a whole file.  On an error the temp file is removed; one
+    left by a process of this host that was killed part way (``kill -9``, the out-of-memory killer: as large as
+    the teacher) is removed by the next writer of the same file.  Errors are the caller's to name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = f".{path.name}.{socket.gethostname().replace('.', '_')}-"
+    for old in path.parent.glob(glob.escape(stem) + "*.tmp"):
+        pid = old.name[len(stem):-len(".tmp")]
+        if pid.isdigit() and not _running(int(pid)):
+            old.unlink(missing_ok=True)
+    tmp = path.with_name(f"{stem}{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def atomic_save(obj: Any, path) -> None:

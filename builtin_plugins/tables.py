@@ -11,15 +11,15 @@ a second run reuses the conversion; without ``cache_dir`` the vectors are read i
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from atlas_plugins.checkpoint import atomic_write_bytes
+from atlas_plugins.checkpoint import atomic_write_bytes, cache_writer
 from atlas_plugins.errors import DataError, first_line
 from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
                                    hf_shards, holds_vector, ipc_batches, json_field, not_utf8, parquet_parts,
@@ -222,7 +222,7 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
     """Read the record batches of ``batches(columns)`` into an array (memory, or a ``.npy`` in ``cache_dir``,
     written as the batches come and then memory-mapped) and lists."""
     lists: dict[str, list] = {kind: [] for kind in extras}
-    cache = out = None
+    cache = None
     if cache_dir:
         cache = _cache_file(path, cache_dir, prefix, [column, *stamps])
         if cache.is_file():
@@ -231,15 +231,14 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
                     lists[kind] += batch.column(name).to_pylist()
             return np.load(cache, mmap_mode="r"), lists
     parts, row = [], 0
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}") if cache is not None else None
-    try:
+    with contextlib.ExitStack() as stack:  # a bad row, or Ctrl-C, part way: no half-converted file is left
+        # written, not mapped: a map's written pages count as the process's memory
+        out = stack.enter_context(cache_writer(cache)) if cache is not None else None
+        if out is not None:
+            out.write(_npy_header((0, 0)))  # room for the header, written once the width is known
         for batch in batches([column, *extras.values()]):
             block = _vectors(pa, batch.column(column), path, column, row, dim)
             dim = block.shape[1]
-            if cache is not None and out is None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                out = open(tmp, "wb")  # written, not mapped: a map's written pages count as the process's memory
-                out.write(_npy_header((n, dim)))
             if out is not None:
                 out.write(block.astype("<f4", copy=False).tobytes())
             else:
@@ -247,19 +246,12 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
             for kind, name in extras.items():
                 lists[kind] += batch.column(name).to_pylist()
             row += len(block)
-        if row != n:  # the header written first said n
+        if row != n:
             raise DataError(f"{path}: holds {row:,} rows, its metadata {n:,}; write the file again")
         if out is None:
             return np.concatenate(parts), lists
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        os.replace(tmp, cache)
-    finally:  # a bad row, or Ctrl-C, part way: no half-converted file is left
-        if out is not None:
-            out.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        out.seek(0)
+        out.write(_npy_header((n, dim)))
     return np.load(cache, mmap_mode="r"), lists
 
 
@@ -425,28 +417,21 @@ def _parsed(p: Path, prefix: str, params: list, cache_dir, rows) -> TeacherData:
         emb = np.stack(vectors)
     else:
         before, n, dim = _stamp(p), 0, 0
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as out:
-                out.write(_npy_header((0, 0)))  # room for the header, written once the rows are counted
-                for values, extras in rows():
-                    out.write(values.astype("<f4", copy=False).tobytes())
-                    n, dim = n + 1, len(values)
-                    for kind in lists:
-                        lists[kind].append(extras[kind])
-                if n == 0:
-                    raise DataError(f"{p}: no rows found")
-                if _stamp(p) != before:
-                    raise DataError(f"{p}: changed while it was read; run again once it is written")
-                out.seek(0)
-                out.write(_npy_header((n, dim)))
-                out.flush()
-                os.fsync(out.fileno())
+        with cache_writer(cache) as out:
+            out.write(_npy_header((0, 0)))  # room for the header, written once the rows are counted
+            for values, extras in rows():
+                out.write(values.astype("<f4", copy=False).tobytes())
+                n, dim = n + 1, len(values)
+                for kind in lists:
+                    lists[kind].append(extras[kind])
+            if n == 0:
+                raise DataError(f"{p}: no rows found")
+            if _stamp(p) != before:
+                raise DataError(f"{p}: changed while it was read; run again once it is written")
+            out.seek(0)
+            out.write(_npy_header((n, dim)))
+            # the .npy is renamed into place last: its presence says both files are whole
             atomic_write_bytes(cache.with_suffix(".json"), json.dumps(lists).encode())
-            os.replace(tmp, cache)  # last: the .npy's presence says both files are whole
-        finally:
-            tmp.unlink(missing_ok=True)
         emb = np.load(cache, mmap_mode="r")
     extra = _present(lists)
     return TeacherData(emb, labels=extra["label"], texts=extra["text"], ids=extra["id"], source=str(p))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atlas_plugins.checkpoint import safe_load
+from atlas_plugins.checkpoint import cache_writer, safe_load
 from atlas_plugins.errors import DataError
 from atlas_plugins.formats import (ABSENT, TABLE_SUFFIXES, columnar, convert_first, json_field, npy_parts,
                                    read_columnar_texts, read_table, text_lines, unreadable)
@@ -260,27 +260,19 @@ def _joined(folder: Path, parts: list[Path], cache_dir: str | None) -> np.ndarra
     cache = _cache_file(folder, cache_dir, "npy", [[f.name, *_stamp(f)] for f in parts])
     if cache.is_file():
         return np.load(cache, mmap_mode="r")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
     step = max(1, 16 * 2**20 // max(dtype.itemsize * width, 1))  # rows
-    try:
-        with open(tmp, "wb") as out:  # written, not mapped, for the same reason
-            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": False,
-                                                      "shape": (sum(n for n, _ in shapes), width)})
-            for f, shape in zip(parts, shapes):
-                a = part(f)
-                if a.shape != shape or a.dtype != dtype:  # the header above holds the first pass's row count
-                    raise DataError(f"{f}: changed while the folder's parts were joined (shape {shape}, now "
-                                    f"{a.shape}); run again once the files are written")
-                for start in range(0, len(a), step):
-                    out.write(np.ascontiguousarray(a[start:start + step]).tobytes())
-                del a
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, cache)
-    finally:  # Ctrl-C part way: no half-joined file is left
-        tmp.unlink(missing_ok=True)
+    with cache_writer(cache) as out:  # written, not mapped, for the same reason; Ctrl-C: no half-joined file
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False,
+                                                  "shape": (sum(n for n, _ in shapes), width)})
+        for f, shape in zip(parts, shapes):
+            a = part(f)
+            if a.shape != shape or a.dtype != dtype:  # the header above holds the first pass's row count
+                raise DataError(f"{f}: changed while the folder's parts were joined (shape {shape}, now "
+                                f"{a.shape}); run again once the files are written")
+            for start in range(0, len(a), step):
+                out.write(np.ascontiguousarray(a[start:start + step]).tobytes())
+            del a
     return np.load(cache, mmap_mode="r")
 
 

@@ -3,6 +3,9 @@ teachers."""
 
 import csv
 import json
+import os
+import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -47,6 +50,30 @@ def test_parquet_reads_vectors_texts_labels_and_ids_across_row_groups(tmp_path, 
     assert np.array_equal(np.asarray(data.embeddings), emb)
     assert data.texts == [m["text"] for m in meta] and data.labels == [m["label"] for m in meta]
     assert data.ids[:2] == ["row-0", "row-1"]
+
+
+def test_a_conversion_killed_part_way_leaves_a_temp_file_the_next_one_removes(tmp_path):
+    """``kill -9`` (or the out-of-memory killer) during a conversion leaves its temp file, as large as the
+    teacher's vectors: it stayed in ``cache/`` for good, through later runs and ``--overwrite``.  The next
+    conversion of the same file removes the temp files of its processes that no longer run on this host, and
+    leaves a running one's (a torchrun rank converting beside it) and another host's."""
+    _, _, table = example_table(rows=50)
+    pq.write_table(table, tmp_path / "e.parquet")
+    cache = tmp_path / "cache"
+    parquet(tmp_path / "e.parquet", cache_dir=str(cache))
+    [done] = cache.glob("parquet-*.npy")
+    whole = done.read_bytes()
+    done.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname().replace(".", "_")
+    temps = {name: cache / f".{done.name}.{name}.tmp" for name in
+             (f"{host}-{int(dead.stdout)}", f"{host}-{os.getppid()}", f"other_host-{int(dead.stdout)}")}
+    for temp in temps.values():
+        temp.write_bytes(whole[:1000])
+    data = parquet(tmp_path / "e.parquet", cache_dir=str(cache))
+    assert done.read_bytes() == whole and np.asarray(data.embeddings).shape == (50, 384)
+    assert sorted(p.name for p in cache.iterdir() if p.name.endswith(".tmp")) == sorted(
+        temps[name].name for name in list(temps)[1:])
 
 
 def test_parquet_converts_once_into_a_memory_mapped_cache(tmp_path, monkeypatch):
