@@ -18,6 +18,7 @@ import warnings
 
 import torch
 
+from . import distributed
 from .config import MAX_SEED, RESERVED, load_config, loss_tau_range
 from .errors import AtlasError, PluginError
 from .orchestrator import atlas_run_command, run_pipeline
@@ -255,7 +256,11 @@ def _guarded(prog: str, parser: argparse.ArgumentParser, command, argv) -> int:
     except RecursionError:
         _say(f"{prog}: error: the input is nested too deeply to process")
         return 2
-    except Exception:
+    except Exception as exc:
+        if said := distributed.lost_peer(exc):  # not a bug here: the rank that stopped first said why
+            _say(f"{prog}: error: rank {os.environ.get('RANK', '?')} stopped: another rank of this torchrun run "
+                 f"stopped first (its error is above, or in its host's log; here: {said})")
+            return 1
         traceback.print_exc()
         _say(f"{prog}: internal error (above); please report it")
         return 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 from typing import Any
 
 import attrs
@@ -115,6 +116,20 @@ def digests(info: DistInfo, module: torch.nn.Module) -> list[str]:
     out: list = [None] * info.world
     dist.all_gather_object(out, mine, group=info.group)
     return out
+
+
+# How the backends say that the other end of a collective went away (gloo; NCCL; a socket)
+_PEER_GONE = ("closed by peer", "reset by peer", "remote process exited", "Broken pipe")
+
+
+def lost_peer(exc: BaseException) -> str:
+    """What the backend said (its first sentence, less a source-file prefix) when ``exc`` is a collective of a
+    torchrun run failing because another rank stopped, else "": that rank reports its own error; this one's is
+    only the broken connection."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    said = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).strip().splitlines() or [""])[0]).split(". ")[0]
+    gone = world.isdigit() and int(world) > 1 and isinstance(exc, RuntimeError)
+    return said[:100] if gone and any(words in str(exc) for words in _PEER_GONE) else ""
 
 
 def shutdown(info: DistInfo) -> None:

@@ -106,6 +106,50 @@ def test_when_rank_0_refuses_the_folder_no_rank_goes_on(ddp_run, tmp_path, monke
     assert sorted(p.relative_to(folder) for p in (folder / "run").rglob("*")) == before
 
 
+RANK_0_CANNOT_WRITE_ITS_REPORT = """
+import os, sys
+from atlas_plugins import orchestrator
+from atlas_plugins.errors import WriteError
+from atlas_plugins.cli import main
+
+def full_disk(*args, **kwargs):
+    raise WriteError("report.md: could not be written (No space left on device)")
+
+if os.environ["RANK"] == "0":
+    orchestrator.write_report = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_left_waiting_by_rank_0_s_error_says_so_in_one_line(tmp_path):
+    """Rank 0 alone writes the outputs while the others wait; when it stops on an error, theirs is the broken
+    connection: one line that points to rank 0's, not a traceback and 'internal error (above); please report it'."""
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    script = tmp_path / "patched_atlas_run.py"
+    script.write_text(RANK_0_CANNOT_WRITE_ITS_REPORT)
+    proc = torchrun(pipe, script=script)
+    assert proc.returncode != 0
+    assert "atlas-run: error: report.md: could not be written (No space left on device)\n" in proc.stderr
+    assert "internal error" not in proc.stderr and "atlas_plugins/" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("world, exc, said", [
+    ("2", RuntimeError("[/__w/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:54949. This is "
+                       "typically caused by a remote worker crashing."), "Connection closed by peer [127.0.0.1]:54949"),
+    ("2", RuntimeError("NCCL error: unhandled system error\nremote process exited or there was a network error"),
+     "NCCL error: unhandled system error"),
+    (None, RuntimeError("Connection closed by peer [127.0.0.1]:54949"), ""),  # no torchrun: a bug, with its traceback
+    ("2", RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ""),
+    ("2", ValueError("Connection closed by peer"), ""),
+])
+def test_a_broken_connection_is_told_from_a_bug(monkeypatch, world, exc, said):
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    assert distributed.lost_peer(exc) == said
+
+
 def test_gradient_accumulation_under_ddp_keeps_the_ranks_identical(tmp_path):
     """Micro-batches before the last of a step run under ``no_sync``: the ranks must still agree exactly."""
     pipe = write_pipeline(tmp_path, stages=1, epochs=1, student='name = "mlp"\ndim = 5\nhidden = [16]')
