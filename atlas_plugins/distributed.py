@@ -1,9 +1,9 @@
 """``torch.distributed`` glue: ranks from ``torchrun``'s environment, DDP on ``gloo`` (CPU) or ``nccl`` (CUDA).
 
-DDP's gradients travel on the default group; the toolkit's own collectives (a loss check, a mean, rank 0's
-checkpoint, waiting while rank 0 builds the neighbour graph or writes the map and report) on a second,
-``gloo`` group of CPU tensors: NCCL takes CUDA tensors only, and those waits can outlast the default
-timeout (a faiss graph of millions of rows takes hours on a few cores), so that group's is
+DDP's gradients travel on the default group; the toolkit's own collectives (a loss check and a stop
+signal, a mean, rank 0's checkpoint, waiting while rank 0 builds the neighbour graph or writes the map and
+report) on a second, ``gloo`` group of CPU tensors: NCCL takes CUDA tensors only, and those waits can outlast
+the default timeout (a faiss graph of millions of rows takes hours on a few cores), so that group's is
 :data:`WAIT_TIMEOUT`.  A rank that dies still ends the others at once: torchrun stops the whole group.
 
 Without ``WORLD_SIZE`` > 1 in the environment everything is a no-op and the
@@ -82,13 +82,14 @@ def broadcast(info: DistInfo, obj: Any) -> Any:
     return box[0]
 
 
-def all_ok(info: DistInfo, ok: bool) -> bool:
-    """True when every rank reports ``ok`` (so all ranks stop together on an error)."""
+def agree(info: DistInfo, *values: int) -> list[int]:
+    """The largest of each of ``values`` over all ranks, in one all-reduce: a flag that any rank raised (a loss
+    that is not finite), a signal that any rank got (so all ranks stop at the same step)."""
     if not info.active:
-        return ok
-    flag = torch.tensor([0 if ok else 1])
-    dist.all_reduce(flag, group=info.group)
-    return int(flag.item()) == 0
+        return list(values)
+    found = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(found, op=dist.ReduceOp.MAX, group=info.group)
+    return found.tolist()
 
 
 def mean(info: DistInfo, value: float) -> float:

@@ -159,7 +159,8 @@ class Trainer:
         self.opt = opt_cls(self.student.parameters(), lr=self.cfg.learning_rate, **kwargs)
         self.global_step = 0
         self.metrics: list[dict] = []
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # the first signal this process got
+        self.stopping = 0  # the signal the ranks agreed to stop on at the last loss read (0: none)
         self.graph_info: dict | None = None
         self._drawn: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches): _drawn_batches
         self.graph = self._neighbor_graph() if pipe.batch_mode == "neighbors" else None
@@ -281,13 +282,14 @@ class Trainer:
 
     def next_step(self) -> str:
         """The command that continues this run from where it stopped."""
-        return self.run.continue_command(self.resume_hint) if self.run is not None else self.resume_hint
+        command = self.run.continue_command(self.resume_hint) if self.run is not None else self.resume_hint
+        return f"{command}, started by torchrun as before" if self.dist.active else command
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, resume: dict | None = None) -> None:
         stage0, epoch0, batch0, acc = (0, 0, 0, EpochAcc()) if resume is None else self.restore(resume)
         old_handlers = {}
-        if self.dist.is_main and _main_thread():
+        if _main_thread():  # every rank: torchrun passes a Ctrl-C or SIGTERM on to each
             old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-read")
         if self.dist.is_main:
@@ -314,9 +316,11 @@ class Trainer:
             call_loggers(self.loggers, method, arg)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None:  # a second Ctrl-C stops at once
+        # a second Ctrl-C stops at once; not under torchrun, which repeats the terminal's to each rank (and
+        # kills the ranks itself 30 s later)
+        if self.stop_signal is not None and not self.dist.active:
             raise KeyboardInterrupt
-        self.stop_signal = signum
+        self.stop_signal = self.stop_signal or signum
 
     def _stage(self, stage: int, first_piece: int, first_batch: int, acc: EpochAcc) -> None:
         tau = self.pipe.taus[stage]
@@ -381,7 +385,7 @@ class Trainer:
                 # drawn at once on an epoch's first read (a fast epoch may end before the bar's next redraw)
                 bar.set_postfix(loss=f"{loss:.4f}", tau=f"{tau:.3g}",
                                 refresh=b - first_batch < READ_EVERY * self.cfg.accumulate)
-                if self.stop_signal is not None and b + 1 < end:  # a step boundary, every loss checked
+                if self.stopping and b + 1 < end:  # a step boundary, every loss checked
                     acc.seconds = time.perf_counter() - t0
                     self.save_checkpoint("checkpoints/interrupt.pt", self.state(stage, piece, b + 1, acc))
                     raise self._interrupted(f"at stage {stage + 1}, epoch {piece + 1}")
@@ -401,7 +405,9 @@ class Trainer:
         """Bring the pending losses to the host (one sync, one all-reduce under DDP); stop on the first that is
         not finite, before any checkpoint can hold what followed it.  Returns the last loss."""
         values = torch.stack([loss for _, _, loss in pending]).tolist()
-        if not distributed.all_ok(self.dist, all(math.isfinite(v) for v in values)):
+        diverged, self.stopping = distributed.agree(self.dist, not all(math.isfinite(v) for v in values),
+                                                    self.stop_signal or 0)
+        if diverged:
             bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
             b, step, _ = pending[bad if bad is not None else -1]
             raise TrainingError(self._divergence(values[bad] if bad is not None else None, batches[b], step, tau,
@@ -451,13 +457,15 @@ class Trainer:
         self._to_loggers("log", self.metrics[-1])
         self.save_checkpoint("checkpoints/latest.pt", self.state(stage, piece + 1, 0, EpochAcc()))
         last = stage + 1 == len(self.pipe.taus) and piece + 1 == len(self.stage_plan(stage))
-        if self.stop_signal is not None and not last:
+        if self.stopping and not last:
             raise self._interrupted(f"after stage {stage + 1}, epoch {piece + 1}")
 
     def _interrupted(self, where: str) -> Interrupted:
-        name = signal.Signals(self.stop_signal).name
+        """The stop every rank agreed on, once rank 0's checkpoint is written."""
+        distributed.barrier(self.dist)
+        name = signal.Signals(self.stopping).name
         return Interrupted(f"interrupted ({name}) {where}; checkpoint saved; continue with: {self.next_step()}",
-                           self.stop_signal)
+                           self.stopping)
 
     @torch.no_grad()
     def val_loss(self, tau: float) -> float | None:

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -148,6 +150,37 @@ def test_a_broken_connection_is_told_from_a_bug(monkeypatch, world, exc, said):
     else:
         monkeypatch.setenv("WORLD_SIZE", world)
     assert distributed.lost_peer(exc) == said
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, how):
+    """A terminal's Ctrl-C reaches every process, and torchrun repeats it to each rank; a scheduler's SIGTERM
+    goes to torchrun, which passes it on.  Only rank 0 caught signals: the others died at once, and rank 0
+    broke on its next collective (no checkpoint, 'another rank stopped first').  Now the ranks agree on the
+    stop at a loss read, rank 0 saves, each says so, and the same torchrun command with --resume finishes."""
+    pipe = write_pipeline(tmp_path, stages=2, epochs=30, batch_size=64)  # 1,020 steps: seconds
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "atlas_plugins.cli", str(pipe), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600  # a hang guard only
+    while not metrics.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    name = {"ctrl-c": "SIGINT", "sigterm": "SIGTERM"}[how]
+    said = [line for line in stderr.splitlines() if line.startswith("atlas-run:")]
+    assert len(said) == 2 and all(line.startswith(f"atlas-run: error: interrupted ({name})") for line in said), stderr
+    assert said[0] == said[1] and "--resume, started by torchrun as before" in said[0]
+    saved = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    assert {"interrupt.pt", "latest.pt"} & saved
+    resumed = torchrun(pipe, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 ranks finished with identical student parameters" in resumed.stdout
 
 
 def test_gradient_accumulation_under_ddp_keeps_the_ranks_identical(tmp_path):
