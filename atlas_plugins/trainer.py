@@ -118,9 +118,9 @@ def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0) -> s
 
 
 def about(seconds: float) -> str:
-    """A duration as people say it: ``40 s``, ``12 min``, ``2.5 h``."""
+    """A duration as people say it: ``40 s``, ``12 min``, ``2.5 h`` (never ``0 s``: what is left takes time)."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{max(1, round(seconds))} s"
     return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
