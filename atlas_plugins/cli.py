@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         print(dry_run_plan(result.pipeline))
         print("dry run: everything checks out; nothing was trained")
     else:
-        print(f"done: student written to {config.run_dir / 'student.pt'}")
+        shown = [str(config.run_dir / name) for name in ("report.md", "map.html") if (config.run_dir / name).is_file()]
+        see = f"; see {' and '.join(shown)}" if shown else ""
+        print(f"done: student written to {config.run_dir / 'student.pt'}{see}")
     return 0
 
 

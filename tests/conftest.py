@@ -218,7 +218,9 @@ def markup_run(folder):
     path.write_text(path.read_text().replace("plots = false", "plots = true"))
     done = run_cli(path, "--quiet")
     assert done.returncode == 0, done.stderr
-    return folder / "run"
+    run = folder / "run"
+    assert done.stdout.splitlines()[-1].endswith(f"; see {run / 'report.md'} and {run / 'map.html'}")  # where to look
+    return run
 
 
 def weights(path):

@@ -26,6 +26,7 @@ def finished_run(tmp_path_factory):
 def test_full_run_leaves_everything_it_promises(finished_run):
     folder, proc = finished_run
     run = folder / "run"
+    assert proc.stdout.splitlines()[-1] == f"done: student written to {run / 'student.pt'}; see {run / 'report.md'}"
     resolved = tomllib.loads((run / "pipeline.toml").read_text())
     assert resolved["train"]["accumulate"] == 1 and resolved["train"]["weight_decay"] == 0.0
     assert resolved["student"]["reconstruct"] is False and resolved["output"]["dir"] == str(run)
