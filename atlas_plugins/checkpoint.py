@@ -301,6 +301,8 @@ def check_checkpoint(blob, path) -> None:
             raise CheckpointError(f"{path}: incomplete checkpoint ('{key}' is missing or not a {kind.__name__})")
     if not blob["student"]:
         raise CheckpointError(f"{path}: incomplete checkpoint (no student weights)")
+    if "world" in blob and not (type(blob["world"]) is int and blob["world"] >= 1):  # older checkpoints lack it
+        raise CheckpointError(f"{path}: incomplete checkpoint ('world' is not a number of processes)")
 
 
 def check_same_teacher(blob: dict, teacher, digest: str, source) -> None:
@@ -332,10 +334,20 @@ def _sampled_rows_hash(teacher) -> str:
 TEACHER_LOCATIONS = {"teacher.path", "teacher.meta", "teacher.cache_dir"}
 
 
-def check_resumable(blob: dict, config_dict: dict, source) -> list[str]:
+def check_resumable(blob: dict, config_dict: dict, source, world: int = 1) -> list[str]:
     """Refuse a resume whose configuration changed in a way that changes the weights; list allowed changes:
     the fields marked ``resumable``, and :data:`TEACHER_LOCATIONS` for a checkpoint with a teacher digest.
-    A key the checkpoint lacks (a field added since it was written) is its field's default there."""
+    A key the checkpoint lacks (a field added since it was written) is its field's default there.  The
+    number of processes (``world``, torchrun's) may not change either: each draws its share of every step's
+    rows, so it sets the global batch, the steps per epoch and the learning-rate schedule, as batch_size does
+    (a checkpoint written before it was recorded is not checked)."""
+    was = blob.get("world", world)
+    if was != world:
+        how = "one process" if was == 1 else f"{was} processes (torchrun)"
+        again = "atlas-run without torchrun" if was == 1 else f"torchrun with {was} processes in all"
+        raise CheckpointError(f"{source}: cannot resume: the checkpoint was trained by {how} and this run has "
+                              f"{world}; the global batch, the steps and the learning-rate schedule would change: "
+                              f"resume with {again}, or start a fresh run with --overwrite")
     old, new = flatten(training_keys(blob["config"])), flatten(training_keys(config_dict))
     old = {**{k: v for k, v in field_defaults().items() if k in new}, **old}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -110,7 +110,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                         hint = run.continue_command(command) if run.holds_run() else command
                         raise CheckpointError(f"{run.path}: nothing to resume (no readable checkpoint); start "
                                               f"with: {hint}")
-                    for change in check_resumable(blob, config.to_dict(), config.source):
+                    for change in check_resumable(blob, config.to_dict(), config.source, dist.world):
                         echo(f"note: resuming with changed {change}")
             except AtlasError as exc:
                 refused = exc

@@ -257,7 +257,7 @@ class Trainer:
                 "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                 "epoch_acc": attrs.asdict(acc), "metrics": list(self.metrics),
                 "config_hash": self.config_hash, "config": self.config_dict,
-                "teacher_digest": self.pipe.teacher_digest}
+                "teacher_digest": self.pipe.teacher_digest, "world": self.dist.world}
         if self.pipe.device.type == "cuda":
             blob["cuda_rng"] = torch.cuda.get_rng_state(self.pipe.device)
         return blob

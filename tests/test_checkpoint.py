@@ -191,6 +191,7 @@ def two_stage_run(tmp_path_factory):
     (lambda b: b.update(student={}), "no student weights"),
     (lambda b: b.update(rng="not a tensor"), "'rng' is missing or not a Tensor"),
     (lambda b: b.update(format="something-else/9"), "not an atlas checkpoint"),
+    (lambda b: b.update(world="2"), "'world' is not a number of processes"),
 ])
 def test_crafted_checkpoints_are_skipped_with_a_warning(two_stage_run, tmp_path, damage, reason):
     from atlas_plugins.checkpoint import find_resume_checkpoint
@@ -241,6 +242,34 @@ def test_a_resume_reads_a_key_the_checkpoint_lacks_as_its_default(tmp_path):
     assert check_resumable({"config": older}, resolved(), "ckpt.pt") == []
     with pytest.raises(CheckpointError, match=r"ckpt.pt: cannot resume: .*\(train.neighbor_hops: 1 -> 2\)"):
         check_resumable({"config": older}, resolved(neighbor_hops=2), "ckpt.pt")
+
+
+@pytest.mark.parametrize("was, now, message", [
+    (2, 1, "the checkpoint was trained by 2 processes (torchrun) and this run has 1; the global batch, the steps "
+           "and the learning-rate schedule would change: resume with torchrun with 2 processes in all, or start a "
+           "fresh run with --overwrite"),
+    (1, 4, "the checkpoint was trained by one process and this run has 4; the global batch, the steps and the "
+           "learning-rate schedule would change: resume with atlas-run without torchrun, or start a fresh run with "
+           "--overwrite"),
+    (None, 2, None),  # a checkpoint from before the count was recorded: nothing to compare
+    (3, 3, None),
+])
+def test_a_resume_keeps_the_number_of_processes(tmp_path, was, now, message):
+    """torchrun's process count sets the global batch (batch_size per rank), the steps per epoch and so the
+    learning-rate schedule: a resume on another count went on with a jump in the schedule, unsaid."""
+    from atlas_plugins import Registry
+    from atlas_plugins.checkpoint import check_resumable
+    from atlas_plugins.config import build_config
+
+    config = build_config({"teacher": {"path": str(EXAMPLE_NPY)}}, tmp_path / "p.toml",
+                          Registry(load_entrypoints=False)).to_dict()
+    blob = {"config": config, **({"world": was} if was is not None else {})}
+    if message is None:
+        assert check_resumable(blob, config, "p.toml", now) == []
+    else:
+        with pytest.raises(CheckpointError) as err:
+            check_resumable(blob, config, "p.toml", now)
+        assert str(err.value) == f"p.toml: cannot resume: {message}"
 
 
 def test_the_teacher_s_files_may_move_on_resume_when_the_checkpoint_can_prove_the_rows_are_the_same(tmp_path):

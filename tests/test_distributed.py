@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 from atlas_plugins import distributed
 from atlas_plugins.errors import ConfigError
-from conftest import same_weights, weights, write_pipeline
+from conftest import one_error_line, run_cli, same_weights, weights, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +67,22 @@ def test_resume_under_torchrun_is_bit_identical(ddp_run, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming from" in proc.stdout and "stage-0.pt" in proc.stdout
     assert same_weights(weights(run / "student.pt"), weights(folder / "run" / "student.pt"))
+
+
+def test_a_run_trained_under_torchrun_resumes_only_with_as_many_processes(ddp_run, tmp_path):
+    """Two ranks' checkpoints, resumed by one process: refused with the count to use (it went on, each epoch
+    twice the steps, the learning-rate schedule stretched from the step it had reached)."""
+    folder, _, _ = ddp_run
+    pipe = write_pipeline(tmp_path, stages=2, epochs=2)
+    shutil.copytree(folder / "run", tmp_path / "run")
+    for name in ("checkpoints/stage-1.pt", "checkpoints/latest.pt", "student.pt"):
+        (tmp_path / "run" / name).unlink()
+    done = run_cli(pipe, "--resume", "--quiet")
+    assert done.returncode == 2
+    assert one_error_line(done) == (f"atlas-run: error: {pipe}: cannot resume: the checkpoint was trained by 2 "
+                                    "processes (torchrun) and this run has 1; the global batch, the steps and the "
+                                    "learning-rate schedule would change: resume with torchrun with 2 processes in "
+                                    "all, or start a fresh run with --overwrite")
 
 
 RANK_0_REFUSES_SLOWLY = """
