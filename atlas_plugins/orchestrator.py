@@ -40,6 +40,7 @@ class RunResult:
     student: TrainedStudent | None
     metrics: list[dict]
     report: dict | None = None
+    dist: distributed.DistInfo = attrs.field(factory=distributed.DistInfo)  # this process's rank, of how many
 
 
 def check_folder(run: RunDir, resume: bool, overwrite: bool, command: str) -> None:
@@ -123,7 +124,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             pipe = assemble(config, registry, device=device, progress=progress)
         loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:
-            return RunResult(pipe, None, [])
+            return RunResult(pipe, None, [], dist=dist)
         if dist.is_main:
             if blob is not None:
                 check_same_teacher(blob, pipe.teacher, pipe.teacher_digest, pipe.teacher.source or config.teacher.path)
@@ -154,7 +155,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
                                  pipe.teacher.dim, config.student.dim,
                                  teacher=teacher_record(config.teacher.loader, pipe.teacher, pipe.train_rows,
                                                         config.teacher.embedder))
-        result = RunResult(pipe, student, trainer.metrics)
+        result = RunResult(pipe, student, trainer.metrics, dist=dist)
         if dist.is_main:
             student.save(run.file("student.pt"))
             if config.output.map_rows and student.refinable:  # only refine reads the map

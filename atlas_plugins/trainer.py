@@ -104,12 +104,15 @@ def step_budget(cfg, batches_per_epoch: int, stages: int) -> tuple[int, int, int
     return per_epoch, per_stage, per_stage * stages
 
 
-def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0) -> str:
+def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0, world: int = 1) -> str:
     """``training N optimizer steps: S stage(s) x ...``: what a run trains, printed before its first step (and
-    by ``--dry-run``), with a hint when an epoch budget grows past :data:`LONG_RUN_STEPS`."""
+    by ``--dry-run``), with a hint when an epoch budget grows past :data:`LONG_RUN_STEPS`.  Under torchrun
+    (``world`` processes) each process takes those steps on its share of the rows, in step with the others."""
     per_epoch, per_stage, total = step_budget(cfg, batches_per_epoch, stages)
     shown = f"{per_stage:,}" if cfg.steps_per_stage else f"{cfg.epochs_per_stage} epoch(s) of {per_epoch:,}"
     line = f"training {total:,} optimizer steps: {stages} stage(s) x {shown} steps"
+    if world > 1:
+        line += f", on each of {world} processes (a global batch of {cfg.batch_size * world:,} rows)"
     if from_step:
         line += f", from step {from_step:,}"
     if cfg.steps_per_stage is None and total > LONG_RUN_STEPS:
@@ -124,15 +127,16 @@ def about(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
-def dry_run_plan(pipe: Pipeline) -> str:
+def dry_run_plan(pipe: Pipeline, world: int = 1) -> str:
     """``--dry-run``'s :func:`plan_line`, before any graph is built (a neighbour graph's width is known ahead:
-    :func:`~atlas_plugins.neighbors.graph_width`); for one process."""
+    :func:`~atlas_plugins.neighbors.graph_width`), for ``world`` processes: each trains on its share of the
+    rows, in step with the others, so ``train.batch_size`` is per process."""
     cfg, n = pipe.config.train, len(pipe.train_rows)
     width = graph_width(cfg.neighbor_pool, n) if pipe.batch_mode == "neighbors" else None
-    count = count_batches(cfg, n, width)
+    count = count_batches(cfg, n // world, width)
     if count is None:
         return "steps      counted when training starts (neighbour batches this small merge as they come)"
-    return "steps      " + plan_line(cfg, count, len(pipe.taus)).removeprefix("training ")
+    return "steps      " + plan_line(cfg, count, len(pipe.taus), world=world).removeprefix("training ")
 
 
 class Trainer:
@@ -309,7 +313,7 @@ class Trainer:
 
     def plan(self) -> str:
         """What :meth:`fit` trains, in optimizer steps: the line atlas-run prints before the first."""
-        return plan_line(self.cfg, self.batches_per_epoch, len(self.pipe.taus), self.global_step)
+        return plan_line(self.cfg, self.batches_per_epoch, len(self.pipe.taus), self.global_step, self.dist.world)
 
     def _to_loggers(self, method: str, arg: dict) -> None:
         if self.dist.is_main:

@@ -69,6 +69,19 @@ def test_resume_under_torchrun_is_bit_identical(ddp_run, tmp_path):
     assert same_weights(weights(run / "student.pt"), weights(folder / "run" / "student.pt"))
 
 
+def test_a_dry_run_under_torchrun_counts_each_process_s_steps_once(ddp_run, tmp_path):
+    """Each rank printed the whole plan, with the steps of one process over all the rows: twice the steps
+    each rank then trained."""
+    _, _, trained = ddp_run
+    [plan] = [line for line in trained.stdout.splitlines() if line.startswith("training ")]
+    assert plan.endswith("steps, on each of 2 processes (a global batch of 256 rows)")
+    proc = torchrun(write_pipeline(tmp_path, stages=2, epochs=2), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("dry run: everything checks out") == 1
+    assert "steps      " + plan.removeprefix("training ") in proc.stdout.splitlines()
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_trained_under_torchrun_resumes_only_with_as_many_processes(ddp_run, tmp_path):
     """Two ranks' checkpoints, resumed by one process: refused with the count to use (it went on, each epoch
     twice the steps, the learning-rate schedule stretched from the step it had reached)."""
