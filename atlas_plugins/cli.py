@@ -131,11 +131,12 @@ def run(args: argparse.Namespace) -> int:
     result = run_pipeline(config, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run,
                           progress=progress, echo=lambda m: print(m, flush=True), warn=_warn,
                           command=atlas_run_command(args.pipeline, args.overrides))
+    if not result.dist.is_main:  # under torchrun every rank checks and trains; rank 0 writes, and says so
+        return 0
     if args.dry_run:
-        if result.dist.is_main:  # under torchrun every rank checks; one says so
-            print(result.pipeline.describe())
-            print(dry_run_plan(result.pipeline, result.dist.world))
-            print("dry run: everything checks out; nothing was trained")
+        print(result.pipeline.describe())
+        print(dry_run_plan(result.pipeline, result.dist.world))
+        print("dry run: everything checks out; nothing was trained")
     else:
         shown = [str(config.run_dir / name) for name in ("report.md", "map.html") if (config.run_dir / name).is_file()]
         see = f"; see {' and '.join(shown)}" if shown else ""
