@@ -111,8 +111,8 @@ def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0, worl
     per_epoch, per_stage, total = step_budget(cfg, batches_per_epoch, stages)
     shown = f"{per_stage:,}" if cfg.steps_per_stage else f"{cfg.epochs_per_stage} epoch(s) of {per_epoch:,}"
     line = f"training {total:,} optimizer steps: {stages} stage(s) x {shown} steps"
-    if world > 1:
-        line += f", on each of {world} processes (a global batch of {cfg.batch_size * world:,} rows)"
+    if world > 1:  # a step's batch: batch_size rows per micro-batch, accumulate of them, on each process
+        line += f", on each of {world} processes (a global batch of {cfg.batch_size * cfg.accumulate * world:,} rows)"
     if from_step:
         line += f", from step {from_step:,}"
     if cfg.steps_per_stage is None and total > LONG_RUN_STEPS:

@@ -219,6 +219,7 @@ def test_gradient_accumulation_under_ddp_keeps_the_ranks_identical(tmp_path):
     proc = torchrun(pipe, "--set", "train.accumulate=3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 ranks finished with identical student parameters" in proc.stdout
+    assert "on each of 2 processes (a global batch of 768 rows)" in proc.stdout  # 128 rows x 3 micro-batches x 2
 
 
 def test_a_step_budget_and_neighbour_batches_under_torchrun(tmp_path):
