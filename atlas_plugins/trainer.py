@@ -113,7 +113,9 @@ def plan_line(cfg, batches_per_epoch: int, stages: int, from_step: int = 0, worl
     line = f"training {total:,} optimizer steps: {stages} stage(s) x {shown} steps"
     if world > 1:  # a step's batch: batch_size rows per micro-batch, accumulate of them, on each process
         line += f", on each of {world} processes (a global batch of {cfg.batch_size * cfg.accumulate * world:,} rows)"
-    if from_step:
+    if from_step >= total:  # --resume of a finished run: its outputs are written again
+        line += "; all done before: nothing is left to train"
+    elif from_step:
         line += f", from step {from_step:,}"
     if cfg.steps_per_stage is None and total > LONG_RUN_STEPS:
         line += "; train.steps_per_stage sets a budget that does not grow with the rows"

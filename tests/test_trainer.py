@@ -328,6 +328,8 @@ def test_a_run_stopped_inside_a_step_stage_resumes_bit_identical(tmp_path):
     assert [m["step"] for m in second.metrics] == [m["step"] for m in whole.metrics]
     assert not (tmp_path / "stopped" / "checkpoints" / "interrupt.pt").exists()  # done: nothing to resume from it
     assert lines[0] == f"training 50 optimizer steps: 2 stage(s) x 25 steps, from step {first.global_step}"
+    assert second.plan() == ("training 50 optimizer steps: 2 stage(s) x 25 steps; all done before: nothing is left "
+                             "to train")  # what --resume of a finished run says
     # The stage line reports the stage's own average speed (its epochs weighted by their seconds).
     mine = [m for m in second.metrics if m["stage"] == 1]
     rate = sum(m["samples_per_s"] * m["seconds"] for m in mine) / sum(m["seconds"] for m in mine)
