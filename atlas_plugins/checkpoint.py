@@ -110,25 +110,56 @@ def cache_writer(path):
     converting one teacher): each writes ``.<name>.<host>-<pid>.tmp`` beside it, fsync's it and renames it into
     place, so the last rename wins and every reader sees a whole file.  On an error the temp file is removed; one
     left by a process of this host that was killed part way (``kill -9``, the out-of-memory killer: as large as
-    the teacher) is removed by the next writer of the same file.  Errors are the caller's to name.
+    the teacher) is removed by the next writer of the same file.  A failure to write the cache (a full disk, a
+    ``cache_dir`` inside a file) is a :class:`WriteError` naming it, never taken for a failure to read the data.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stem = f".{path.name}.{socket.gethostname().replace('.', '_')}-"
-    for old in path.parent.glob(glob.escape(stem) + "*.tmp"):
-        pid = old.name[len(stem):-len(".tmp")]
-        if pid.isdigit() and not _running(int(pid)):
-            old.unlink(missing_ok=True)
     tmp = path.with_name(f"{stem}{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(glob.escape(stem) + "*.tmp"):
+            pid = old.name[len(stem):-len(".tmp")]
+            if pid.isdigit() and not _running(int(pid)):
+                old.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise _cache_unwritable(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            yield _CacheFile(fh, path)
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise _cache_unwritable(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _CacheFile:
+    """What :func:`cache_writer` yields: ``write`` and ``seek`` of the temp file, a failed write a
+    :class:`WriteError` naming the cache (the block's other errors, reading the data, stay the caller's)."""
+
+    def __init__(self, fh, path: Path):
+        self._fh, self._path = fh, path
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            raise _cache_unwritable(self._path, exc) from None
+
+    def seek(self, *args) -> int:
+        return self._fh.seek(*args)
+
+
+def _cache_unwritable(path: Path, exc: OSError) -> WriteError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    then = ("free some space, or set the teacher's cache_dir to a disk with room for a copy of the vectors" if full
+            else "set the teacher's cache_dir to a folder this process can write")
+    return WriteError(f"{path}: cache file could not be written ({exc.strerror or exc}); {then}")
 
 
 def _running(pid: int) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_plugins.checkpoint import atomic_write_bytes, cache_writer
-from atlas_plugins.errors import DataError, first_line
+from atlas_plugins.errors import AtlasError, DataError, first_line
 from atlas_plugins.formats import (ABSENT, ARROW_SUFFIXES, PARQUET_SUFFIXES, api_answer, batch_answer, cell_numbers,
                                    hf_shards, holds_vector, ipc_batches, json_field, not_utf8, parquet_parts,
                                    read_table, text_vector, unreadable, utf16)
@@ -210,7 +210,7 @@ def _table(pa, p: Path, schema, n: int, batches, column: str, given: tuple, cach
         raise DataError(f"{p}: has no rows")
     try:
         emb, lists = _convert(pa, batches, p, column, dim, n, extras, cache_dir, prefix, stamps)
-    except DataError:
+    except AtlasError:  # a bad row, a cache that cannot be written: already named
         raise
     except Exception as exc:
         raise DataError(f"{p}: cannot read column '{column}' ({first_line(exc)})") from None

@@ -2,8 +2,10 @@
 teachers."""
 
 import csv
+import errno
 import json
 import os
+import re
 import socket
 import sys
 
@@ -49,6 +51,43 @@ def test_parquet_reads_vectors_texts_labels_and_ids_across_row_groups(tmp_path, 
     assert np.array_equal(np.asarray(data.embeddings), emb)
     assert data.texts == [m["text"] for m in meta] and data.labels == [m["label"] for m in meta]
     assert data.ids[:2] == ["row-0", "row-1"]
+
+
+def cached_teachers(folder):
+    """The three teachers that convert into ``cache/``, each on 600 example rows: pipeline [teacher] lines."""
+    emb, _, table = example_table()
+    pq.write_table(table, folder / "e.parquet")
+    (folder / "e.jsonl").write_text("".join(json.dumps({"embedding": row.tolist()}) + "\n" for row in emb))
+    (folder / "parts").mkdir()
+    np.save(folder / "parts" / "p-0.npy", emb[:300])
+    np.save(folder / "parts" / "p-1.npy", emb[300:])
+    return {"parquet": 'path = "e.parquet"', "jsonl": 'path = "e.jsonl"', "npy": 'path = "parts"'}
+
+
+@pytest.mark.parametrize("teacher", ["parquet", "jsonl", "npy"])
+@pytest.mark.parametrize("failure", ["cache_dir inside a file", "full disk"])
+def test_a_cache_that_cannot_be_written_is_named_not_taken_for_unreadable_data(tmp_path, monkeypatch, teacher,
+                                                                                 failure):
+    """A Parquet file's cache on a full disk said 'cannot read column 'embedding' (OSError: ...)', a folder of
+    .npy parts 'teacher 'npy' failed: NotADirectoryError: ...'."""
+    lines = cached_teachers(tmp_path)
+    cache = "afile/cache" if failure == "cache_dir inside a file" else "cache"
+    (tmp_path / "afile").write_text("not a folder")
+    if failure == "full disk":
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "fsync", full)
+    pipe = write_pipeline(tmp_path, teacher=f'{lines[teacher]}\ncache_dir = "{cache}"', stages=1, epochs=1)
+    done = run_cli(pipe, "--dry-run")
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    why, then = {"cache_dir inside a file": ("Not a directory", "a folder this process can write"),
+                 "full disk": ("No space left on device", "free some space")}[failure]
+    # the jsonl teacher's texts and labels go in a .json beside its .npy, written first, by atomic_write_bytes
+    assert re.fullmatch(rf"atlas-run: error: \[teacher\] teacher '{teacher}' \(atlas-distill\): {tmp_path}/{cache}/"
+                        rf"{teacher}-[0-9a-f]{{20}}\.(npy: cache file|json:) could not be written \({why}\); .*", line)
+    assert then in line or ".json:" in line
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_a_conversion_killed_part_way_leaves_a_temp_file_the_next_one_removes(tmp_path):
