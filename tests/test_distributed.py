@@ -197,6 +197,7 @@ def test_ctrl_c_or_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_pa
     metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600  # a hang guard only
     while not metrics.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before the signal"
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
     else:
