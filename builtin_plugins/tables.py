@@ -231,9 +231,9 @@ def _convert(pa, batches, path: Path, column: str, dim, n: int, extras: dict, ca
                     lists[kind] += batch.column(name).to_pylist()
             return np.load(cache, mmap_mode="r"), lists
     parts, row = [], 0
-    with contextlib.ExitStack() as stack:  # a bad row, or Ctrl-C, part way: no half-converted file is left
-        # written, not mapped: a map's written pages count as the process's memory
-        out = stack.enter_context(cache_writer(cache)) if cache is not None else None
+    # written, not mapped (a map's written pages count as the process's memory); a bad row, or Ctrl-C, part
+    # way: no half-converted file is left
+    with cache_writer(cache) if cache is not None else contextlib.nullcontext() as out:
         if out is not None:
             out.write(_npy_header((0, 0)))  # room for the header, written once the width is known
         for batch in batches([column, *extras.values()]):
