@@ -204,10 +204,10 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
     for cached in places:
         emb = _cached(cached, len(texts))
         if emb is not None:
-            print(f"atlas: using {len(texts)} cached embeddings from {cached}", file=sys.stderr)
+            _say(f"atlas: using {len(texts)} cached embeddings from {cached}")
             return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
     _loaded(location, device, progress)  # a model that cannot load is reported before the message below
-    print(f"atlas: embedding {len(texts)} texts from {path} with {model}", file=sys.stderr)
+    _say(f"atlas: embedding {len(texts)} texts from {path} with {model}")
     emb, long = _embed(texts, location, normalize, batch_size, device, progress)
     if long:
         limit, count, longest = long
@@ -221,8 +221,13 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
             atomic_write_bytes(place, buf.getvalue())
             break
         except WriteError as exc:
-            print(f"atlas: warning: embeddings not cached: {exc}", file=sys.stderr)
+            _say(f"atlas: warning: embeddings not cached: {exc}")
     return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr in one write (``print`` writes the newline apart: torchrun ranks' lines ran together)."""
+    sys.stderr.write(line + "\n")
 
 
 def _cached(cached: Path, rows: int):
@@ -237,8 +242,7 @@ def _cached(cached: Path, rows: int):
         why = f"it holds an array of shape {emb.shape} and dtype {emb.dtype}, expected ({rows}, D) floats"
     except (ValueError, OSError, EOFError) as exc:
         why = first_line(exc)
-    print(f"atlas: warning: the cached embeddings {cached} are damaged ({why}); embedding the texts again",
-          file=sys.stderr)
+    _say(f"atlas: warning: the cached embeddings {cached} are damaged ({why}); embedding the texts again")
     return None
 
 
