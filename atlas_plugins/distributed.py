@@ -109,14 +109,18 @@ def parameter_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def gathered(info: DistInfo, value: str) -> list[str]:
+    """Every rank's ``value`` (a digest it computed), in rank order, to compare."""
+    if not info.active:
+        return [value]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, value, group=info.group)
+    return out
+
+
 def digests(info: DistInfo, module: torch.nn.Module) -> list[str]:
     """Every rank's parameter digest (rank order); DDP keeps them equal, so they must all match."""
-    mine = parameter_digest(module)
-    if not info.active:
-        return [mine]
-    out: list = [None] * info.world
-    dist.all_gather_object(out, mine, group=info.group)
-    return out
+    return gathered(info, parameter_digest(module))
 
 
 # How the backends say that the other end of a collective went away (gloo; NCCL; a socket)

@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
 from .checks import resolve_device
 from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec, override_items
-from .errors import AtlasError, CheckpointError, ConfigError, PluginError, RunDirError, TrainingError
+from .errors import AtlasError, CheckpointError, ConfigError, DataError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame
 from .mapfiles import write_map_html, write_map_table
 from .refine import build_map
@@ -122,6 +122,11 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             raise refused
         with run.recording_new_files("cache", enabled=dist.is_main):
             pipe = assemble(config, registry, device=device, progress=progress)
+        found = distributed.gathered(dist, pipe.teacher_digest)  # hosts each read their own copy of the teacher
+        if len(set(found)) > 1:
+            ranks = ", ".join(f"rank {rank} {digest[:12]}" for rank, digest in enumerate(found))
+            raise DataError(f"the ranks read different teacher rows ({ranks}): {config.teacher.path} must hold the "
+                            "same rows on every host; copy it again from rank 0's host")
         loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:
             return RunResult(pipe, None, [], dist=dist)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from atlas_plugins import distributed
 from atlas_plugins.errors import ConfigError
-from conftest import one_error_line, run_cli, same_weights, weights, write_pipeline
+from conftest import EXAMPLE_NPY, one_error_line, run_cli, same_weights, weights, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +98,37 @@ def test_a_run_trained_under_torchrun_resumes_only_with_as_many_processes(ddp_ru
                                     "processes (torchrun) and this run has 1; the global batch, the steps and the "
                                     "learning-rate schedule would change: resume with torchrun with 2 processes in "
                                     "all, or start a fresh run with --overwrite")
+
+
+RANK_1_READS_A_STALE_COPY = """
+import os, sys
+from atlas_plugins.cli import main
+
+if os.environ["RANK"] == "1":  # this host's copy of the teacher is not rank 0's
+    sys.argv += ["--set", "teacher.path='" + os.environ["STALE_COPY"] + "'"]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ranks_that_read_different_teacher_rows_stop_before_training(tmp_path, monkeypatch):
+    """Across hosts each rank reads its own copy of the teacher; a stale copy (one row re-embedded) trained
+    silently on other data, and DDP kept the parameters identical all the same."""
+    stale = np.load(EXAMPLE_NPY)
+    stale[7] = -stale[7]
+    np.save(tmp_path / "stale.npy", stale)
+    monkeypatch.setenv("STALE_COPY", str(tmp_path / "stale.npy"))
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    script = tmp_path / "patched_atlas_run.py"
+    script.write_text(RANK_1_READS_A_STALE_COPY)
+    proc = torchrun(pipe, script=script)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("atlas-run:")]
+    assert len(said) == 2, proc.stderr  # each rank names its own copy (here at another path, on a host the same)
+    for line in said:
+        assert re.fullmatch(r"atlas-run: error: the ranks read different teacher rows \(rank 0 [0-9a-f]{12}, rank 1 "
+                            r"[0-9a-f]{12}\): \S+ must hold the same rows on every host; copy it again from rank 0's "
+                            r"host", line)
+    assert any(str(EXAMPLE_NPY) in line for line in said) and any("stale.npy" in line for line in said)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 RANK_0_REFUSES_SLOWLY = """
