@@ -109,8 +109,9 @@ def parameter_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def gathered(info: DistInfo, value: str) -> list[str]:
-    """Every rank's ``value`` (a digest it computed), in rank order, to compare."""
+def gathered(info: DistInfo, value: Any) -> list:
+    """Every rank's ``value`` (a digest it computed, its settings), in rank order, to compare (our own objects:
+    they travel pickled between our processes)."""
     if not info.active:
         return [value]
     out: list = [None] * info.world

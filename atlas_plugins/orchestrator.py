@@ -20,9 +20,10 @@ import attrs
 import torch
 
 from . import distributed
-from .checkpoint import check_resumable, check_same_teacher, find_resume_checkpoint
+from .checkpoint import TEACHER_LOCATIONS, check_resumable, check_same_teacher, find_resume_checkpoint
 from .checks import resolve_device
-from .config import PipelineConfig, config_from_dict, dump_toml, load_config, logger_spec, override_items
+from .config import (PipelineConfig, config_from_dict, dump_toml, flatten, load_config, logger_spec, override_items,
+                     training_keys)
 from .errors import AtlasError, CheckpointError, ConfigError, DataError, PluginError, RunDirError, TrainingError
 from .pipeline import Pipeline, assemble, blame
 from .mapfiles import write_map_html, write_map_table
@@ -87,6 +88,24 @@ def idle_gpu(config: PipelineConfig, device: torch.device, registry: Registry | 
     return "; ".join(idle)
 
 
+def check_same_everywhere(dist: distributed.DistInfo, config: PipelineConfig, teacher_digest: str) -> None:
+    """Under torchrun, before training: every rank runs the same pipeline (its own file and ``--set`` options,
+    on its own host; the teacher's location aside) on the same teacher rows (its own copy): DDP keeps the
+    parameters equal whatever each rank trains on, so nothing later would tell."""
+    mine = {k: v for k, v in flatten(training_keys(config.to_dict())).items() if k not in TEACHER_LOCATIONS}
+    found = distributed.gathered(dist, (mine, teacher_digest))
+    first = found[0][0]
+    for rank, (theirs, _) in enumerate(found[1:], start=1):
+        if changed := sorted(k for k in set(first) | set(theirs) if first.get(k) != theirs.get(k)):
+            detail = ", ".join(f"{k}: {first.get(k)!r} -> {theirs.get(k)!r}" for k in changed)
+            raise ConfigError(f"rank {rank} runs another pipeline than rank 0 ({detail}): give every host the same "
+                              "pipeline file and --set options")
+    if len({digest for _, digest in found}) > 1:
+        ranks = ", ".join(f"rank {rank} {digest[:12]}" for rank, (_, digest) in enumerate(found))
+        raise DataError(f"the ranks read different teacher rows ({ranks}): {config.teacher.path} must hold the same "
+                        "rows on every host; copy it again from rank 0's host")
+
+
 def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
                  progress: bool = False, echo: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                  registry: Registry | None = None, command: str = "atlas-run") -> RunResult:
@@ -122,11 +141,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
             raise refused
         with run.recording_new_files("cache", enabled=dist.is_main):
             pipe = assemble(config, registry, device=device, progress=progress)
-        found = distributed.gathered(dist, pipe.teacher_digest)  # hosts each read their own copy of the teacher
-        if len(set(found)) > 1:
-            ranks = ", ".join(f"rank {rank} {digest[:12]}" for rank, digest in enumerate(found))
-            raise DataError(f"the ranks read different teacher rows ({ranks}): {config.teacher.path} must hold the "
-                            "same rows on every host; copy it again from rank 0's host")
+        check_same_everywhere(dist, config, pipe.teacher_digest)
         loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:
             return RunResult(pipe, None, [], dist=dist)

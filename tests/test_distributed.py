@@ -100,14 +100,29 @@ def test_a_run_trained_under_torchrun_resumes_only_with_as_many_processes(ddp_ru
                                     "all, or start a fresh run with --overwrite")
 
 
-RANK_1_READS_A_STALE_COPY = """
+RANK_1_SETS = """
 import os, sys
 from atlas_plugins.cli import main
 
-if os.environ["RANK"] == "1":  # this host's copy of the teacher is not rank 0's
-    sys.argv += ["--set", "teacher.path='" + os.environ["STALE_COPY"] + "'"]
+if os.environ["RANK"] == "1":  # this host's pipeline, or its copy of the teacher, is not rank 0's
+    sys.argv += ["--set", os.environ["RANK_1_SETS"]]
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def test_ranks_that_run_different_pipelines_stop_before_training(tmp_path, monkeypatch):
+    """A pipeline file edited on one host: the ranks trained with different learning rates, in lockstep, until
+    the end's parameter check said they differ (hours later, with nothing to say why)."""
+    monkeypatch.setenv("RANK_1_SETS", "train.learning_rate=0.01")
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    script = tmp_path / "patched_atlas_run.py"
+    script.write_text(RANK_1_SETS)
+    proc = torchrun(pipe, script=script)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("atlas-run:")]
+    assert len(said) == 2 and said[0] == said[1], proc.stderr
+    assert said[0] == ("atlas-run: error: rank 1 runs another pipeline than rank 0 (train.learning_rate: 0.002 -> "
+                       "0.01): give every host the same pipeline file and --set options")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_ranks_that_read_different_teacher_rows_stop_before_training(tmp_path, monkeypatch):
@@ -116,10 +131,10 @@ def test_ranks_that_read_different_teacher_rows_stop_before_training(tmp_path, m
     stale = np.load(EXAMPLE_NPY)
     stale[7] = -stale[7]
     np.save(tmp_path / "stale.npy", stale)
-    monkeypatch.setenv("STALE_COPY", str(tmp_path / "stale.npy"))
+    monkeypatch.setenv("RANK_1_SETS", f"teacher.path='{tmp_path / 'stale.npy'}'")  # a path of its own: one host here
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
     script = tmp_path / "patched_atlas_run.py"
-    script.write_text(RANK_1_READS_A_STALE_COPY)
+    script.write_text(RANK_1_SETS)
     proc = torchrun(pipe, script=script)
     said = [line for line in proc.stderr.splitlines() if line.startswith("atlas-run:")]
     assert len(said) == 2, proc.stderr  # each rank names its own copy (here at another path, on a host the same)
