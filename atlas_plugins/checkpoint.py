@@ -168,8 +168,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
-        return True
+    except (OSError, OverflowError):  # another user's; or no pid at all (a name we did not write): kept
+        pass
     return True
 
 

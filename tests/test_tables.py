@@ -94,7 +94,7 @@ def test_a_conversion_killed_part_way_leaves_a_temp_file_the_next_one_removes(tm
     """``kill -9`` (or the out-of-memory killer) during a conversion leaves its temp file, as large as the
     teacher's vectors: it stayed in ``cache/`` for good, through later runs and ``--overwrite``.  The next
     conversion of the same file removes the temp files of its processes that no longer run on this host, and
-    leaves a running one's (a torchrun rank converting beside it) and another host's."""
+    leaves a running one's (a torchrun rank converting beside it), another host's and one whose number is no pid."""
     _, _, table = example_table(rows=50)
     pq.write_table(table, tmp_path / "e.parquet")
     cache = tmp_path / "cache"
@@ -106,7 +106,7 @@ def test_a_conversion_killed_part_way_leaves_a_temp_file_the_next_one_removes(tm
     os.waitpid(dead, 0)
     host = socket.gethostname().replace(".", "_")
     temps = {name: cache / f".{done.name}.{name}.tmp" for name in
-             (f"{host}-{dead}", f"{host}-{os.getppid()}", f"other_host-{dead}")}
+             (f"{host}-{dead}", f"{host}-{os.getppid()}", f"other_host-{dead}", f"{host}-{10**20}")}  # no pid
     for temp in temps.values():
         temp.write_bytes(whole[:1000])
     data = parquet(tmp_path / "e.parquet", cache_dir=str(cache))
