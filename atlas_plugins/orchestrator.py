@@ -92,6 +92,8 @@ def check_same_everywhere(dist: distributed.DistInfo, config: PipelineConfig, te
     """Under torchrun, before training: every rank runs the same pipeline (its own file and ``--set`` options,
     on its own host; the teacher's location aside) on the same teacher rows (its own copy): DDP keeps the
     parameters equal whatever each rank trains on, so nothing later would tell."""
+    if not dist.active:
+        return
     mine = {k: v for k, v in flatten(training_keys(config.to_dict())).items() if k not in TEACHER_LOCATIONS}
     found = distributed.gathered(dist, (mine, teacher_digest))
     first = found[0][0]
