@@ -84,6 +84,9 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     labels = [pipe.teacher.labels[i] for i in rows] if pipe.teacher.labels is not None else None
     k = min(K, len(rows) - 1)  # a point's neighbours are the other rows: at most N - 1 of them
     notes = [f"k = {k} instead of {K}: only {len(rows)} rows to measure on"] if k < K else []
+    if k == len(rows) - 1:  # true of any map, the student's, PCA's or a random one: not a finding
+        notes.append(f"recall@{k} is 1 for any map here: among {len(rows)} rows a row's {k} nearest are all the "
+                     "others; measure on more rows (train.eval_rows, train.val_fraction) to compare maps")
     if k >= len(rows) / 2:
         notes.append(f"trustworthiness@{k} left out: it needs k < rows / 2")
     labelled = sum(lab is not None for lab in labels) if labels is not None else 0

@@ -27,6 +27,9 @@
    ``--profile`` adds each student's recall@10 among samples of 2,000–50,000 training rows: the map at
    coarse to fine neighbourhood scales; ``--hops 2`` draws the neighbour batches' partners two steps out on
    the graph (``train.neighbor_hops``); ``--kernel student-t`` gives both kinds the loss's heavy-tailed kernel.
+   ``--held-out 20000`` holds out atlas-run's default share at 200,000 rows (10 %) instead of 5,000 rows; the
+   report still measures 5,000 of them, and ``--profile`` adds recall@10 among samples of the held-out rows,
+   up to all of them.
 """
 
 from __future__ import annotations
@@ -191,10 +194,10 @@ def gather_vs_sequential(path: Path, batches: int = 30, batch: int = 1024) -> No
 
 def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_reference: bool = False,
               same_time: bool = False, epochs: int | None = None, profile: bool = False, hops: int = 1,
-              kernel: str | None = None) -> None:
+              kernel: str | None = None, held_out: int = 5000) -> None:
     """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
-    summaries, MiniLM), neighbour batches vs random batches, the same held-out 5,000 rows and step budget
-    (``epochs``: the same epochs per stage instead, as the default budget counts them; ``hops``: the neighbour
+    summaries, MiniLM), neighbour batches vs random batches, the same ``held_out`` rows (the report measures
+    the first 5,000 of them) and step budget (``epochs``: the same epochs per stage instead, as the default budget counts them; ``hops``: the neighbour
     batches' ``train.neighbor_hops``; ``kernel``: the ``neighbors`` loss's ``kernel`` for both kinds);
     optionally random batches given the neighbour run's seconds including its graph build (``same_time``),
     UMAP fitted on the same training rows as the reference, and each student's recall at several
@@ -218,11 +221,12 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
         label += f"-hops{hops}" if hop else ""
         loss = {**quick["loss"], "kernel": kernel} if kernel else quick["loss"]
         label += f"-{kernel}" if kernel else ""
+        label += f"-held{held_out}" if held_out != 5000 else ""
         out = folder / f"run-{n}-{label}"
         d = {"teacher": {"path": str(path), "meta": str(meta)}, "student": quick["student"],
              "loss": loss, "schedule": quick["schedule"],
              "train": {**{k: v for k, v in quick["train"].items() if k != "epochs_per_stage"},
-                       **budget, **hop, "batches": mode, "val_fraction": 5000 / n, "eval_rows": 5000},
+                       **budget, **hop, "batches": mode, "val_fraction": held_out / n, "eval_rows": 5000},
              "output": {"dir": str(out), "plots": False}}
         pipeline = folder / f"run-{n}-{label}.toml"
         pipeline.write_text(toml(d))
@@ -268,16 +272,20 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
             _, longer, _ = run(n, path, meta, "random", "random-same-time", max(1, round(steps * budget)))
             ratio_row(n, "neighbours ÷ random in the same seconds", recall["neighbors"], longer)
         if umap_reference:
-            m = umap_fit_transform(path, 5000 / n, quick["train"]["seed"])
+            m = umap_fit_transform(path, held_out / n, quick["train"]["seed"])
             print(f"| {n:,} | UMAP on all training rows (reference; fit {m['fit_seconds']:.0f} s) | | | | | | | "
                   f"{m['recall@10']:.3f} | {m['trustworthiness@10']:.3f} | — | | | |", flush=True)
         if profile:
-            scale_profile(path, 5000 / n, quick["train"]["seed"], run_dirs)
+            scale_profile(path, held_out / n, quick["train"]["seed"], run_dirs)
+            if held_out > 5000:
+                scale_profile(path, held_out / n, quick["train"]["seed"], run_dirs, held=True,
+                              sizes=(*(v for v in (2_000, 5_000, 10_000) if v < held_out), held_out))
 
 
 def scale_profile(path: Path, val_fraction: float, seed: int, runs: dict[str, Path],
-                  sizes=(2_000, 5_000, 20_000, 50_000)) -> None:
-    """Recall@10 among random samples of the training rows, one sample per size, for each run's student.
+                  sizes=(2_000, 5_000, 20_000, 50_000), held: bool = False) -> None:
+    """Recall@10 among random samples of the training rows (``held``: of the held-out rows, the largest
+    sample all of them), one sample per size, for each run's student.
 
     Among ``m`` of ``N`` training rows a row's 10 nearest are about its ``10·N/m`` nearest in the whole set,
     so the sizes read the map at scales from coarse to fine; the held-out metric (5,000 rows) is one of
@@ -289,14 +297,15 @@ def scale_profile(path: Path, val_fraction: float, seed: int, runs: dict[str, Pa
     from atlas_plugins.student import load_student
 
     x_all = np.load(path, mmap_mode="r")
-    train, _ = split_rows(len(x_all), val_fraction, seed)
-    order = np.random.default_rng(seed + 1).permutation(train)
+    train, val = split_rows(len(x_all), val_fraction, seed)
+    pool = val if held else train
+    order = np.random.default_rng(seed + 1).permutation(pool)
     students = {name: load_student(folder / "student.pt") for name, folder in runs.items()}
     names = list(students)
-    print(f"\n| sample of the {len(train):,} training rows | about the whole set's | "
+    print(f"\n| sample of the {len(pool):,} {'held-out' if held else 'training'} rows | about the whole set's | "
           + " | ".join(f"{n} recall@10" for n in names) + " | ratio |\n|---:|---:|" + "---:|" * (len(names) + 1))
     for m in sizes:
-        if m > len(train):
+        if m > len(pool):
             continue
         x = torch.from_numpy(np.asarray(x_all[np.sort(order[:m])], dtype=np.float32))
         got = []
@@ -304,7 +313,7 @@ def scale_profile(path: Path, val_fraction: float, seed: int, runs: dict[str, Pa
             z = st.encode(x)
             got.append(recall_at_k(x, z[0] if isinstance(z, tuple) else z, 10))
         ratio = f"{got[0] / got[1]:.2f}" if len(got) == 2 else "—"
-        print(f"| {m:,} | {10 * len(train) // m:,} nearest | " + " | ".join(f"{g:.3f}" for g in got)
+        print(f"| {m:,} | {10 * len(x_all if held else train) // m:,} nearest | " + " | ".join(f"{g:.3f}" for g in got)
               + f" | {ratio} |", flush=True)
 
 
@@ -375,6 +384,8 @@ def main(argv=None):
                     "quickstart's, gaussian; student-t is heavy-tailed)")
     ap.add_argument("--profile", action="store_true", help="section 6: also each student's recall@10 among "
                     "samples of 2,000-50,000 training rows, coarse to fine neighbourhood scales")
+    ap.add_argument("--held-out", type=int, default=5000, help="section 6: rows held out (atlas-run's default "
+                    "holds out 10%%: 20000 at 200000 rows); the report measures 5,000 of them, --profile all")
     ap.add_argument("--same-time", action="store_true",
                     help="section 6: also random batches given the neighbour run's seconds, its graph build included")
     ap.add_argument("--umap", action="store_true", help="section 6: also fit UMAP on the same training rows "
@@ -385,7 +396,7 @@ def main(argv=None):
     if args.pypi:
         pypi_runs([int(v) for v in args.pypi.split(",")], args.steps, umap_reference=args.umap,
                   same_time=args.same_time, epochs=args.epochs, profile=args.profile, hops=args.hops,
-                  kernel=args.kernel)
+                  kernel=args.kernel, held_out=args.held_out)
         return
     if args.only_refine or args.only_gather or args.only_rss:
         with tempfile.TemporaryDirectory() as d:

@@ -364,6 +364,8 @@ def test_the_report_fits_k_to_the_rows_there_are(tmp_path, rows, sets, note):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert any(note in n for n in report["notes"]), report["notes"]
     assert report["k"] == min(10, report["rows"] - 1) and f"recall@{report['k']}" in report["student"]
+    trivial = [n for n in report["notes"] if n.startswith(f"recall@{report['k']} is 1 for any map here")]
+    assert len(trivial) == (report["k"] == report["rows"] - 1)  # a row's k nearest are all the others: say so
 
 
 def test_a_small_eval_rows_still_measures_held_out_rows(tmp_path):
