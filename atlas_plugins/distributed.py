@@ -16,13 +16,15 @@ import datetime
 import hashlib
 import os
 import re
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import attrs
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import AtlasError, ConfigError
+
+T = TypeVar("T")
 
 WAIT_TIMEOUT = datetime.timedelta(hours=24)  # the toolkit's own collectives; DDP's keep torch's default
 
@@ -80,6 +82,30 @@ def broadcast(info: DistInfo, obj: Any) -> Any:
     box = [obj if info.is_main else None]
     dist.broadcast_object_list(box, src=0, group=info.group)
     return box[0]
+
+
+def host_first(info: DistInfo, load: Callable[[], T]) -> T:
+    """``load()`` on each host's first rank (``LOCAL_RANK`` 0) with all the host's cores while the other ranks
+    wait, then on the others: what it does once and caches (a text teacher's embeddings, a table converted to
+    ``.npy``), they find done.  Before, every rank did it at once on the one thread torchrun gives each
+    process.  An :class:`AtlasError` raised there stops every rank with its line."""
+    if not info.active:
+        return load()
+    failed, result = None, None
+    if info.local_rank == 0:
+        threads = torch.get_num_threads()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(threads, cores))
+        try:
+            result = load()
+        except AtlasError as exc:
+            failed = exc
+        finally:
+            torch.set_num_threads(threads)
+    failures = [exc for exc in gathered(info, failed) if exc is not None]
+    if failures:
+        raise failures[0]
+    return result if info.local_rank == 0 else load()
 
 
 def agree(info: DistInfo, *values: int) -> list[int]:

@@ -142,7 +142,7 @@ def run_pipeline(config: PipelineConfig, *, resume: bool = False, overwrite: boo
         if refused is not None:
             raise refused
         with run.recording_new_files("cache", enabled=dist.is_main):
-            pipe = assemble(config, registry, device=device, progress=progress)
+            pipe = distributed.host_first(dist, lambda: assemble(config, registry, device=device, progress=progress))
         check_same_everywhere(dist, config, pipe.teacher_digest)
         loggers = make_loggers(config, registry, run) if dist.is_main else []
         if dry_run:

