@@ -204,10 +204,10 @@ def sentence_transformers(path, model: str = "all-MiniLM-L6-v2", batch_size: int
     for cached in places:
         emb = _cached(cached, len(texts))
         if emb is not None:
-            _say(f"atlas: using {len(texts)} cached embeddings from {cached}")
+            _say(f"atlas: using {len(texts):,} cached embeddings from {cached}")
             return TeacherData(emb, labels=labels, texts=texts, source=str(path), embed_params=recorded)
     _loaded(location, device, progress)  # a model that cannot load is reported before the message below
-    _say(f"atlas: embedding {len(texts)} texts from {path} with {model}")
+    _say(f"atlas: embedding {len(texts):,} texts from {path} with {model}")
     emb, long = _embed(texts, location, normalize, batch_size, device, progress)
     if long:
         limit, count, longest = long
