@@ -71,7 +71,7 @@ REFINE_MAX_EPOCHS = 1000  # a typo guard: the layout settles within ~10 epochs (
 REFINE_MAX_DIMS = 10  # wider levels keep the student's output: refine gained nothing there or lost (point 5)
 
 
-@attrs.define
+@attrs.define(repr=False)
 class TrainingMap:
     """The training rows a student saw, in both spaces.
 
@@ -93,6 +93,10 @@ class TrainingMap:
     basis: torch.Tensor | None = None
     student: str | None = None
     units: tuple | None = None
+
+    def __repr__(self) -> str:
+        return (f"TrainingMap({self.vectors.shape[0]:,} rows, {self.vectors.shape[1]} of {self.teacher_dim} "
+                f"dimensions, levels {[c.shape[1] for c in self.coords]})")
 
     def __attrs_post_init__(self):
         n, d = self.vectors.shape if self.vectors.dim() == 2 else (-1, -1)

@@ -85,7 +85,7 @@ def _rows(x: list | tuple) -> np.ndarray:
                         "is a vector of one length") from None
 
 
-@attrs.define
+@attrs.define(repr=False)
 class TrainedStudent:
     """A student module with the plugin name and parameters that rebuild it.
 
@@ -101,6 +101,18 @@ class TrainedStudent:
     training_map: TrainingMap | None = None
     map_path: Path | None = None
     teacher: dict = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        """One line, not the module's weights, the map's tensors and the teacher's 384 or 1536 numbers."""
+        try:  # a repr never raises, whatever the module or a loaded record holds
+            embed = self.teacher.get("embed") or {}
+            texts = f", texts by {embed['params'].get('model', embed['loader'])}" if embed else ""
+            place = (f"{self.training_map.vectors.shape[0]:,} rows" if self.training_map is not None else
+                     str(self.map_path) if self.map_path is not None and self.map_path.is_file() else "none")
+            return (f"TrainedStudent({self.plugin!r} {self.input_dim}->{'+'.join(map(str, self.levels))}, teacher "
+                    f"{self.teacher.get('loader', '?')!r}{texts}, map for refine: {place})")
+        except Exception:
+            return f"TrainedStudent({self.plugin!r} {self.input_dim}->{self.dim})"
 
     def encode(self, x, batch_size: int = 65536, precision: str = "float32", refine: int = 0, seed: int = 0,
                check: bool = True):

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
 
 from atlas_plugins import ConfigError, DataError, load_student
 from atlas_plugins.encode import column_names
+from atlas_plugins.refine import TrainingMap
 from conftest import EXAMPLE_META, EXAMPLE_NPY, one_error_line, run_cli, write_pipeline
 
 ENCODE = Path(sys.executable).with_name("atlas-encode")  # the installed console script
@@ -54,6 +56,17 @@ def test_the_student_records_its_teacher(run):
     assert abs(t["norm_mean"] - 1.0) < 1e-3  # MiniLM vectors are normalised
     blob = torch.load(run / "student.pt", weights_only=True)  # the record loads weights-only
     assert blob["teacher"] == t
+
+
+def test_a_student_prints_as_one_line_not_its_tensors(run):
+    """print(student) showed the map's tensors and the teacher's 384 centre values: thousands of characters."""
+    student = load_student(run)
+    assert repr(student) == ("TrainedStudent('mlp' 384->5, teacher 'npy', texts by all-MiniLM-L6-v2, "
+                             "map for refine: none)")  # map_rows = 0
+    mapped = attrs.evolve(student, training_map=TrainingMap(torch.zeros(3000, 8), (torch.randn(3000, 5),),
+                                                            torch.arange(3000)))
+    assert repr(mapped).endswith("map for refine: 3,000 rows)")
+    assert repr(mapped.training_map) == "TrainingMap(3,000 rows, 8 of 8 dimensions, levels [5])"
 
 
 def test_encode_returns_what_it_was_given(run, new_vectors):
