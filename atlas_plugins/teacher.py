@@ -29,7 +29,7 @@ CHUNK_BYTES = 8 * 2**20
 MAP_BUDGET_BYTES = 64 * 2**20  # larger memory-mapped files are read with pread (see _large_file)
 
 
-@attrs.define
+@attrs.define(repr=False)
 class TeacherData:
     """Teacher embeddings ``(N, D)`` and, when known, a label, a text and an id per row.
 
@@ -45,6 +45,19 @@ class TeacherData:
     source: str = ""
     ids: Sequence | None = None
     embed_params: dict | None = None
+
+    def __repr__(self) -> str:
+        """One line: the shape and what comes with the rows, not every vector and text (a quarter of a million
+        characters for the bundled example)."""
+        emb = self.embeddings
+        try:
+            shape = " x ".join(f"{n:,}" for n in emb.shape) + f" {str(emb.dtype).removeprefix('torch.')}"
+        except Exception:  # not validated yet: whatever a plugin returned
+            shape = type(emb).__name__
+        mapped = " (memory-mapped)" if isinstance(emb, np.memmap) else ""
+        extras = "".join(f", {name}" for name in ("texts", "labels", "ids", "model_state", "embed_params")
+                         if getattr(self, name) is not None)
+        return f"TeacherData({shape}{mapped}{extras}" + (f", source {self.source!r})" if self.source else ")")
 
     @property
     def num_rows(self) -> int:

@@ -12,7 +12,8 @@ import torch
 
 from atlas_plugins import DataError, TeacherData
 from atlas_plugins.teacher import validate_teacher
-from conftest import EXAMPLE_NPY, run_cli
+from builtin_plugins import teachers
+from conftest import EXAMPLE_META, EXAMPLE_NPY, run_cli
 from conftest import one_error_line, same_weights, weights, write_pipeline
 
 
@@ -100,6 +101,14 @@ def test_atlas_run_names_repeated_rows_and_trains_on(tmp_path):
         "row 3, in 31 rows); copies are each other's nearest neighbours, so they crowd the neighbour graph and count "
         "as found neighbours in the report: keep each vector's first row (and its text, label): "
         "keep = numpy.sort(numpy.unique(x, axis=0, return_index=True)[1])"]
+
+
+def test_teacher_data_prints_as_one_line_not_its_rows_and_texts():
+    """print(teacher) wrote every vector and every text: 262,237 characters for the bundled example."""
+    data = teachers.npy(EXAMPLE_NPY, meta=EXAMPLE_META)
+    assert repr(data) == f"TeacherData(2,642 x 384 float32 (memory-mapped), texts, labels, source '{EXAMPLE_NPY}')"
+    assert repr(TeacherData(torch.zeros(3, 4, dtype=torch.float16))) == "TeacherData(3 x 4 float16)"
+    assert repr(TeacherData([[1.0, 2.0]])) == "TeacherData(list)"  # a plugin's return, before it is checked
 
 
 def test_rows_reads_only_requested_rows_in_order():
