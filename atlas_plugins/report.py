@@ -152,6 +152,7 @@ def build_report(pipe, student, metrics: list[dict], coords: np.ndarray) -> tupl
     notes += _below_pca_note(methods, k, cfg.train)
     report = {
         "rows": len(rows), "held_out": held_out, "k": k, "notes": notes, "methods": methods,
+        "rows_available": len(pipe.val_rows if held_out else pipe.train_rows),  # rows is a sample of these
         "student": _metrics(methods["student"]), "pca": _metrics(methods["PCA"]),
         "encode_vectors_per_s": methods["student"]["vectors_per_s"],
         "pca_transform_vectors_per_s": methods["PCA"]["vectors_per_s"],
@@ -245,12 +246,19 @@ def _umap(pipe, x, labels, k: int, dim: int, fit_rows) -> dict:
                                          warmed_up=True)}
 
 
+def _measured(report: dict) -> str:
+    """``5,000 of the 20,000 held-out rows (train.eval_rows)``, or ``264 held-out rows`` when that is all."""
+    where, total = "held-out" if report["held_out"] else "training", report.get("rows_available", report["rows"])
+    if report["rows"] < total:
+        return f"{report['rows']:,} of the {total:,} {where} rows (train.eval_rows)"
+    return f"{report['rows']:,} {where} rows"
+
+
 def headline(report: dict) -> str:
     """The table ``atlas-run`` prints at the end: one line per method, then the report's notes."""
-    where = "held-out" if report["held_out"] else "training"
     keys = list(report["student"])
     width = max(len(name) for name in report["methods"]) + 2
-    lines = [f"{report['rows']} {where} rows, k = {report['k']}",
+    lines = [f"{_measured(report)}, k = {report['k']}",
              f"{'method':<{width}}" + "".join(f"{key:>{len(key) + 2}}" for key in keys) + f"{'vectors/s':>12}"]
     for name, m in report["methods"].items():
         lines.append(f"{name:<{width}}" + "".join(f"{_cell(m, key):>{len(key) + 2}}" for key in keys)
@@ -272,7 +280,7 @@ def markdown(report: dict, pipe) -> str:
            f"schedule `{cfg.schedule.name}` "
            f"(τ {', '.join(f'{t:.3g}' for t in pipe.taus)}), teacher `{cfg.teacher.path}` "
            f"({pipe.teacher.num_rows:,} × {pipe.teacher.dim}).", "",
-           f"Measured on {report['rows']:,} {'held-out' if report['held_out'] else 'training'} rows; neighbours k = "
+           f"Measured on {_measured(report).replace('(train.eval_rows)', '(`train.eval_rows`)')}; neighbours k = "
            f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA"
            + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows"
            + ("; `refine N` places each new point N epochs against the frozen training map (`map.pt`)."

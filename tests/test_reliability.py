@@ -376,6 +376,10 @@ def test_a_small_eval_rows_still_measures_held_out_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert (report["rows"], report["held_out"]) == (20, True) and "student + refine 6" in report["methods"]
+    assert report["rows_available"] == 40  # a sample, and the report says of what
+    assert "\n20 of the 40 held-out rows (train.eval_rows), k = 10\n" in proc.stdout
+    assert "Measured on 20 of the 40 held-out rows (`train.eval_rows`); neighbours k = 10" in (
+        tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_batch_larger_than_the_data_is_a_warning(tmp_path):
