@@ -246,11 +246,12 @@ def _umap(pipe, x, labels, k: int, dim: int, fit_rows) -> dict:
                                          warmed_up=True)}
 
 
-def _measured(report: dict) -> str:
-    """``5,000 of the 20,000 held-out rows (train.eval_rows)``, or ``264 held-out rows`` when that is all."""
-    where, total = "held-out" if report["held_out"] else "training", report.get("rows_available", report["rows"])
+def _measured(report: dict, quote: str = "") -> str:
+    """``5,000 of the 20,000 held-out rows (train.eval_rows)``, or ``264 held-out rows`` when that is all
+    (``quote``: around the key, a backtick in markdown)."""
+    where, total = "held-out" if report["held_out"] else "training", report["rows_available"]
     if report["rows"] < total:
-        return f"{report['rows']:,} of the {total:,} {where} rows (train.eval_rows)"
+        return f"{report['rows']:,} of the {total:,} {where} rows ({quote}train.eval_rows{quote})"
     return f"{report['rows']:,} {where} rows"
 
 
@@ -280,7 +281,7 @@ def markdown(report: dict, pipe) -> str:
            f"schedule `{cfg.schedule.name}` "
            f"(τ {', '.join(f'{t:.3g}' for t in pipe.taus)}), teacher `{cfg.teacher.path}` "
            f"({pipe.teacher.num_rows:,} × {pipe.teacher.dim}).", "",
-           f"Measured on {_measured(report).replace('(train.eval_rows)', '(`train.eval_rows`)')}; neighbours k = "
+           f"Measured on {_measured(report, '`')}; neighbours k = "
            f"{report['k']} (teacher by cosine, student by Euclidean distance). PCA"
            + (" and UMAP are" if ref != "PCA" else " is") + " fitted on the training rows"
            + ("; `refine N` places each new point N epochs against the frozen training map (`map.pt`)."
