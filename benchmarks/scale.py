@@ -197,8 +197,9 @@ def pypi_runs(sizes: list[int], steps: int, modes=("neighbors", "random"), umap_
               kernel: str | None = None, held_out: int = 5000) -> None:
     """Real texts at scale: ``atlas-run`` on the first N rows of benchmarks/make_pypi.py's corpus (PyPI package
     summaries, MiniLM), neighbour batches vs random batches, the same ``held_out`` rows (the report measures
-    the first 5,000 of them) and step budget (``epochs``: the same epochs per stage instead, as the default budget counts them; ``hops``: the neighbour
-    batches' ``train.neighbor_hops``; ``kernel``: the ``neighbors`` loss's ``kernel`` for both kinds);
+    the first 5,000 of them) and step budget (``epochs``: the same epochs per stage instead, as the default
+    budget counts them; ``hops``: the neighbour batches' ``train.neighbor_hops``; ``kernel``: the ``neighbors``
+    loss's ``kernel`` for both kinds);
     optionally random batches given the neighbour run's seconds including its graph build (``same_time``),
     UMAP fitted on the same training rows as the reference, and each student's recall at several
     neighbourhood scales (``profile``, :func:`scale_profile`)."""
