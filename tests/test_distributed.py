@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,10 +36,13 @@ def torchrun_env(pipe) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", "TMPDIR": str(scratch)}
 
 
-def torchrun(pipe, *args, nproc=2, script=None):
-    """atlas-run under torchrun (or ``script``, a program that patches something, then calls it)."""
+def torchrun(pipe, *args, nproc=2, patch=None):
+    """atlas-run under torchrun (``patch``: the source of a program that patches something, then calls it)."""
     env = torchrun_env(pipe)
-    program = ["-m", "atlas_plugins.cli"] if script is None else [str(script)]
+    program = ["-m", "atlas_plugins.cli"]
+    if patch is not None:
+        program = [str(pipe.parent / "patched_atlas_run.py")]
+        Path(program[0]).write_text(patch)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", *program, str(pipe), "--quiet", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -122,9 +126,7 @@ def test_ranks_that_run_different_pipelines_stop_before_training(tmp_path, monke
     the end's parameter check said they differ (hours later, with nothing to say why)."""
     monkeypatch.setenv("RANK_1_SETS", "train.learning_rate=0.01")
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    script = tmp_path / "patched_atlas_run.py"
-    script.write_text(RANK_1_SETS)
-    proc = torchrun(pipe, script=script)
+    proc = torchrun(pipe, patch=RANK_1_SETS)
     said = [line for line in proc.stderr.splitlines() if line.startswith("atlas-run:")]
     assert len(said) == 2 and said[0] == said[1], proc.stderr
     assert said[0] == ("atlas-run: error: rank 1 runs another pipeline than rank 0 (train.learning_rate: 0.002 -> "
@@ -140,9 +142,7 @@ def test_ranks_that_read_different_teacher_rows_stop_before_training(tmp_path, m
     np.save(tmp_path / "stale.npy", stale)
     monkeypatch.setenv("RANK_1_SETS", f"teacher.path='{tmp_path / 'stale.npy'}'")  # a path of its own: one host here
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    script = tmp_path / "patched_atlas_run.py"
-    script.write_text(RANK_1_SETS)
-    proc = torchrun(pipe, script=script)
+    proc = torchrun(pipe, patch=RANK_1_SETS)
     said = [line for line in proc.stderr.splitlines() if line.startswith("atlas-run:")]
     assert len(said) == 2, proc.stderr  # each rank names its own copy (here at another path, on a host the same)
     for line in said:
@@ -180,10 +180,8 @@ def test_when_rank_0_refuses_the_folder_no_rank_goes_on(ddp_run, tmp_path, monke
     they read the teacher or write a cache there, not with a broken connection's traceback."""
     folder, pipe, _ = ddp_run
     before = sorted(p.relative_to(folder) for p in (folder / "run").rglob("*"))
-    script = tmp_path / "patched_atlas_run.py"
-    script.write_text(RANK_0_REFUSES_SLOWLY)
     monkeypatch.setenv("ASSEMBLED", str(tmp_path / "assembled-rank"))
-    proc = torchrun(pipe, script=script)
+    proc = torchrun(pipe, patch=RANK_0_REFUSES_SLOWLY)
     assert proc.returncode != 0
     said = [line for line in proc.stderr.splitlines() if "atlas-run: error:" in line]
     assert said and all(line.count("atlas-run: error:") == 1 for line in said), said  # a line per rank
@@ -219,10 +217,8 @@ def test_the_teacher_loads_on_each_host_s_first_rank_first_with_all_its_cores(tm
     """Every rank read (and converted, or embedded) the teacher at once, each on the one thread torchrun gives
     it; now the host's first rank does it with the host's cores, the others after it, from what it cached."""
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    script = tmp_path / "patched_atlas_run.py"
-    script.write_text(NOTED_ASSEMBLE)
     monkeypatch.setenv("ASSEMBLED", str(tmp_path / "assembled-rank"))
-    proc = torchrun(pipe, script=script)
+    proc = torchrun(pipe, patch=NOTED_ASSEMBLE)
     assert proc.returncode == 0, proc.stderr
     first, second = (json.loads((tmp_path / f"assembled-rank{r}").read_text()) for r in (0, 1))
     assert first["end"] <= second["start"]
@@ -273,9 +269,7 @@ def test_a_rank_left_waiting_by_rank_0_s_error_says_so_in_one_line(tmp_path):
     """Rank 0 alone writes the outputs while the others wait; when it stops on an error, theirs is the broken
     connection: one line that points to rank 0's, not a traceback and 'internal error (above); please report it'."""
     pipe = write_pipeline(tmp_path, stages=1, epochs=1)
-    script = tmp_path / "patched_atlas_run.py"
-    script.write_text(RANK_0_CANNOT_WRITE_ITS_REPORT)
-    proc = torchrun(pipe, script=script)
+    proc = torchrun(pipe, patch=RANK_0_CANNOT_WRITE_ITS_REPORT)
     assert proc.returncode != 0
     assert "atlas-run: error: report.md: could not be written (No space left on device)\n" in proc.stderr
     assert "internal error" not in proc.stderr and "atlas_plugins/" not in proc.stderr, proc.stderr
@@ -387,9 +381,7 @@ def patched_neighbour_run(tmp_path, source: str):
     something, then calls atlas-run's main)."""
     pipe = write_pipeline(tmp_path, stages=1, epochs=1, batches="neighbors", batch_size=256,
                           student='name = "mlp"\ndim = 5\nhidden = [16]')
-    script = tmp_path / "patched_atlas_run.py"
-    script.write_text(source)
-    return torchrun(pipe, script=script)
+    return torchrun(pipe, patch=source)
 
 
 SLOW_RANK_0 = """
