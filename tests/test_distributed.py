@@ -28,23 +28,26 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun_env(pipe) -> dict:
-    """The built-ins only, whatever is installed; one thread a rank; torchrun's own temporary folders
-    (``torchelastic_*``, which it leaves behind) inside the test's folder, not in the machine's /tmp."""
+def torchrun_command(pipe, *args, nproc=2, patch=None) -> tuple[list[str], dict]:
+    """The command line and environment of atlas-run under torchrun (``patch``: the source of a program that
+    patches something, then calls it): the built-ins only, whatever is installed; one thread a rank;
+    torchrun's own temporary folders (``torchelastic_*``, which it leaves behind) inside the test's folder,
+    not in the machine's /tmp."""
     scratch = pipe.parent / "torchrun-tmp"
     scratch.mkdir(exist_ok=True)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", "TMPDIR": str(scratch)}
-
-
-def torchrun(pipe, *args, nproc=2, patch=None):
-    """atlas-run under torchrun (``patch``: the source of a program that patches something, then calls it)."""
-    env = torchrun_env(pipe)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ATLAS_DISABLE_PLUGIN_AUTOLOAD": "1", "TMPDIR": str(scratch)}
     program = ["-m", "atlas_plugins.cli"]
     if patch is not None:
         program = [str(pipe.parent / "patched_atlas_run.py")]
         Path(program[0]).write_text(patch)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", *program, str(pipe), "--quiet", *args]
+    return cmd, env
+
+
+def torchrun(pipe, *args, nproc=2, patch=None):
+    """atlas-run under torchrun, run to its end (:func:`torchrun_command`)."""
+    cmd, env = torchrun_command(pipe, *args, nproc=nproc, patch=patch)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -299,9 +302,7 @@ def test_ctrl_c_or_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_pa
     broke on its next collective (no checkpoint, 'another rank stopped first').  Now the ranks agree on the
     stop at a loss read, rank 0 saves, each says so, and the same torchrun command with --resume finishes."""
     pipe = write_pipeline(tmp_path, stages=2, epochs=30, batch_size=64)  # 1,020 steps: seconds
-    env = torchrun_env(pipe)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "atlas_plugins.cli", str(pipe), "--quiet"]
+    cmd, env = torchrun_command(pipe)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600  # a hang guard only
